@@ -1,0 +1,59 @@
+/* wire.h: the hand-written parts of the protobuf wire format.
+ *
+ * LookupResponse carries up to tens of MiB in one `bytes` field. protobuf-c
+ * would copy it twice (into a message, then into a buffer); instead the
+ * server writes the field header itself and gathers rows straight into the
+ * outgoing slice, and the client streams the field out of the received
+ * slices into the caller's buffer. The bytes are wire-identical to what any
+ * protobuf library produces, so every other client reads them unchanged.
+ *
+ * The decoder works on a stream of chunks with arbitrary boundaries (gRPC
+ * hands a message over in slices that may split any varint). */
+#ifndef ENGRAM_COMMON_WIRE_H
+#define ENGRAM_COMMON_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define WIRE_VARINT_MAX 10
+
+size_t wire_varint_len(uint64_t v);
+/* Writes v as a varint at p (room for WIRE_VARINT_MAX); returns bytes used. */
+size_t wire_put_varint(uint8_t *p, uint64_t v);
+
+/* Bytes before the row data in a LookupResponse carrying data_len bytes. */
+size_t lookup_response_head_len(uint64_t data_len);
+size_t lookup_response_put_head(uint8_t *p, uint64_t data_len);
+/* Bytes after the row data: row_bytes (field 2) and version (field 3), each
+ * omitted when zero as proto3 does. */
+size_t lookup_response_tail_len(uint32_t row_bytes, uint64_t version);
+size_t lookup_response_put_tail(uint8_t *p, uint32_t row_bytes, uint64_t version);
+
+/* Streaming LookupResponse decoder. Field 1 is copied into `dst` (capacity
+ * dst_cap); a field 1 longer than dst_cap is an error, so a misbehaving
+ * server can never overrun the caller's buffer. Unknown fields are skipped. */
+typedef struct lookup_decoder {
+    uint8_t *dst;
+    uint64_t dst_cap;
+    uint64_t data_len;   /* length of field 1 as declared */
+    uint64_t data_got;
+    uint32_t row_bytes;
+    uint64_t version;
+    int seen_data;
+    /* internal state */
+    int state;
+    uint32_t field;
+    uint32_t wiretype;
+    uint64_t acc;
+    int shift;
+    uint64_t skip;
+    const char *error;   /* set on malformed input */
+} lookup_decoder;
+
+void lookup_decoder_init(lookup_decoder *d, uint8_t *dst, uint64_t dst_cap);
+/* Feeds the next chunk; returns 0, or -1 with d->error set. */
+int lookup_decoder_feed(lookup_decoder *d, const uint8_t *p, size_t n);
+/* Ends the stream; returns 0 when the message was complete, else -1. */
+int lookup_decoder_finish(lookup_decoder *d);
+
+#endif

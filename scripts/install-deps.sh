@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages engram-store builds, tests and benchmarks
+# with. Idempotent: installs only what is missing, so it costs a few dpkg
+# queries on a machine that already has everything.
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake pkg-config
+  libgrpc-dev libprotobuf-c-dev protobuf-c-compiler
+  librocksdb-dev libjemalloc-dev libcmocka-dev
+  protobuf-compiler python3 python3-grpcio python3-protobuf
+  openssl ca-certificates
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+echo "install-deps: installing ${missing[*]}" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
