@@ -1,0 +1,235 @@
+/* main.c: engram-server's entry point: options, module setup in dependency
+ * order, signal handling, and teardown in reverse order.
+ *
+ * Signals are blocked in every thread and taken synchronously by main with
+ * sigwait, so shutdown runs as ordinary code rather than in a handler. */
+#include <errno.h>
+#include <getopt.h>
+#include <grpc/grpc.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "admin.h"
+#include "import.h"
+#include "log.h"
+#include "lookup.h"
+#include "server.h"
+#include "store.h"
+
+typedef struct options {
+    const char *data;
+    const char *listen;
+    const char *port_file;
+    const char *log_file;
+    int threads;
+    uint64_t resident_budget;
+    uint64_t block_cache;
+    uint64_t max_rows;
+    uint64_t max_message;
+    int log_level;
+    int64_t grace_ms;
+} options;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: engram-server [options]\n"
+"Serves Engram embedding tables over gRPC (engram.v1.Lookup, engram.v1.Admin).\n"
+"\n"
+"  --data DIR               data directory (RocksDB), default ./engram-data\n"
+"  --listen HOST:PORT       address to serve on, default 127.0.0.1:7070\n"
+"                           (port 0 picks a free port; see --port-file)\n"
+"  --threads N              data-plane worker threads, default: one per CPU\n"
+"  --resident-budget BYTES  RAM for tables held as dense arrays,\n"
+"                           default a quarter of physical memory\n"
+"  --block-cache BYTES      RocksDB block cache, default 256M\n"
+"  --max-rows N             rows per Lookup request, default 262144\n"
+"  --max-message-bytes B    max gRPC message size, default 64M\n"
+"  --grace-ms MS            shutdown wait for in-flight calls, default 5000\n"
+"  --port-file FILE         write the bound port to FILE once serving\n"
+"  --log-level LEVEL        debug, info, warn, error; default info\n"
+"  --log-file FILE          append logs to FILE instead of stderr\n"
+"  --help                   this text\n"
+"BYTES accept K, M, G, T suffixes (powers of 1024).\n"
+"SIGINT or SIGTERM stops the server gracefully.\n");
+}
+
+static int parse_u64(const char *s, uint64_t *out, int suffixes)
+{
+    if (!s || !*s || *s == '-')
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return -1;
+    uint64_t mul = 1;
+    if (suffixes && *end) {
+        const char *u = "KMGT";
+        const char *p = strchr(u, *end);
+        if (!p || end[1])
+            return -1;
+        mul = 1ull << (10 * (p - u + 1));
+        end++;
+    }
+    if (*end || (v && mul > UINT64_MAX / v))
+        return -1;
+    *out = v * mul;
+    return 0;
+}
+
+static void bad_value(const char *opt, const char *val)
+{
+    fprintf(stderr, "engram-server: invalid value \"%s\" for --%s\n", val, opt);
+    exit(2);
+}
+
+static void defaults(options *o)
+{
+    memset(o, 0, sizeof *o);
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGE_SIZE);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    o->data = "./engram-data";
+    o->listen = "127.0.0.1:7070";
+    o->threads = cpus > 0 ? (int)cpus : 1;
+    o->resident_budget = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz / 4 : 1ull << 30;
+    o->block_cache = 256ull << 20;
+    o->max_rows = 262144;
+    o->max_message = 64ull << 20;
+    o->log_level = LOG_INFO;
+    o->grace_ms = 5000;
+}
+
+static void parse_args(int argc, char **argv, options *o)
+{
+    static const struct option longopts[] = {
+        {"data", 1, 0, 'd'}, {"listen", 1, 0, 'l'}, {"threads", 1, 0, 't'},
+        {"resident-budget", 1, 0, 'r'}, {"block-cache", 1, 0, 'c'},
+        {"max-rows", 1, 0, 'm'}, {"max-message-bytes", 1, 0, 'M'},
+        {"grace-ms", 1, 0, 'g'}, {"port-file", 1, 0, 'p'},
+        {"log-level", 1, 0, 'L'}, {"log-file", 1, 0, 'F'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
+    defaults(o);
+    int ch;
+    uint64_t v;
+    while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        const char *name = ch == '?' ? "" : longopts[0].name;
+        for (const struct option *lo = longopts; lo->name; lo++)
+            if (lo->val == ch)
+                name = lo->name;
+        switch (ch) {
+        case 'd': o->data = optarg; break;
+        case 'l': o->listen = optarg; break;
+        case 'p': o->port_file = optarg; break;
+        case 'F': o->log_file = optarg; break;
+        case 't':
+            if (parse_u64(optarg, &v, 0) || v < 1 || v > 256) bad_value(name, optarg);
+            o->threads = (int)v; break;
+        case 'r': if (parse_u64(optarg, &o->resident_budget, 1)) bad_value(name, optarg); break;
+        case 'c': if (parse_u64(optarg, &o->block_cache, 1)) bad_value(name, optarg); break;
+        case 'm':
+            if (parse_u64(optarg, &o->max_rows, 0) || o->max_rows < 1) bad_value(name, optarg);
+            break;
+        case 'M':
+            if (parse_u64(optarg, &o->max_message, 1) || o->max_message < 4096 ||
+                o->max_message > 2000000000ull) bad_value(name, optarg);
+            break;
+        case 'g': if (parse_u64(optarg, &v, 0)) bad_value(name, optarg); o->grace_ms = (int64_t)v; break;
+        case 'L':
+            if ((o->log_level = log_level_parse(optarg)) < 0) bad_value(name, optarg);
+            break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); exit(2);
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "engram-server: unexpected argument \"%s\"\n", argv[optind]);
+        exit(2);
+    }
+}
+
+static void write_port_file(const char *path, int port)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0 || rename(tmp, path) != 0)
+        log_error("port_file_failed", "path=%s error=\"%s\"", path, strerror(errno));
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    parse_args(argc, argv, &o);
+    FILE *logf = o.log_file ? fopen(o.log_file, "a") : NULL;
+    if (o.log_file && !logf) {
+        fprintf(stderr, "engram-server: cannot open log file %s: %s\n", o.log_file, strerror(errno));
+        return 1;
+    }
+    log_setup(logf, (log_level)o.log_level);
+
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    grpc_init();
+    static store_metrics sm;
+    char *err = NULL;
+    store_options so = {o.data, o.resident_budget, o.block_cache};
+    store *st = store_setup(&so, &sm, &err);
+    if (!st) {
+        log_error("store_open_failed", "data=%s error=\"%s\"", o.data, err);
+        free(err);
+        grpc_shutdown();
+        return 1;
+    }
+    static lookup_metrics lm;
+    static import_metrics im;
+    lookup_options lo = {o.max_rows, o.max_message};
+    lookup_setup(st, &lo, &lm);
+    admin_setup(st);
+    import_options io = {(uint32_t)(o.max_message / 2 < (1u << 20) ? o.max_message / 2 : (1u << 20)),
+                         256ull << 20};
+    import_setup(st, &io, &im);
+
+    const method_def methods[] = {
+        {"/engram.v1.Lookup/Lookup", PLANE_DATA, lookup_handle, NULL, 32},
+        {"/engram.v1.Admin/ListTables", PLANE_ADMIN, admin_list_tables, NULL, 2},
+        {"/engram.v1.Admin/GetTable", PLANE_ADMIN, admin_get_table, NULL, 4},
+        {"/engram.v1.Admin/Import", PLANE_ADMIN, NULL, import_stream, 2},
+    };
+    static server_metrics svm;
+    server_options sopts = {o.listen, o.threads, (int)o.max_message};
+    int port = server_setup(&sopts, methods, sizeof methods / sizeof methods[0], &svm);
+    int rc = 0;
+    if (port) {
+        log_info("server_started", "listen=%s port=%d threads=%d data=%s resident_budget=%llu "
+                 "max_rows=%llu max_message_bytes=%llu version=%s transport=insecure",
+                 o.listen, port, o.threads, o.data, (unsigned long long)o.resident_budget,
+                 (unsigned long long)o.max_rows, (unsigned long long)o.max_message, ENGRAM_VERSION);
+        if (o.port_file)
+            write_port_file(o.port_file, port);
+        int sig = 0;
+        sigwait(&sigs, &sig);
+        log_info("server_stopping", "signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    } else {
+        rc = 1;
+    }
+    server_teardown(o.grace_ms);
+    import_teardown();
+    admin_teardown();
+    lookup_teardown();
+    store_teardown(st);
+    grpc_shutdown();
+    log_info("server_stopped", "lookups=%llu rows=%llu imports=%llu", (unsigned long long)lm.calls,
+             (unsigned long long)lm.rows, (unsigned long long)im.completed);
+    if (logf)
+        fclose(logf);
+    return rc;
+}

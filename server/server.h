@@ -1,0 +1,84 @@
+/* server.h: the gRPC core machinery of engram-server.
+ *
+ * Threads and queues: the data plane (Lookup) runs on N worker threads, each
+ * draining its own completion queue; the admin plane (tables, imports) runs
+ * on one more thread with its own queue, so a long import never holds up a
+ * lookup that gRPC matched to a busy queue. Every method is registered, and
+ * requests are pre-posted on each queue so an arriving call is matched at
+ * once; each call re-arms its slot as soon as it arrives.
+ *
+ * A call is a small state machine: the completion-queue tag is the
+ * server_call itself, and its `step` says what to do with the next event. */
+#ifndef ENGRAM_SERVER_SERVER_H
+#define ENGRAM_SERVER_SERVER_H
+
+#include <grpc/grpc.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct server_call server_call;
+typedef void (*call_step)(server_call *c, int ok);
+
+/* A unary handler: parses `req` (never NULL), answers with a status code,
+ * and on ES_OK sets *reply. On error it writes a message naming the bad
+ * value into msg. */
+typedef int (*unary_handler)(server_call *c, grpc_byte_buffer *req,
+                             grpc_byte_buffer **reply, char *msg, size_t msglen);
+/* A streaming handler takes over the call once it has arrived; it drives it
+ * with call_recv and ends it with call_finish. */
+typedef void (*stream_handler)(server_call *c);
+
+typedef enum { PLANE_DATA, PLANE_ADMIN } plane;
+
+typedef struct method_def {
+    const char *path;            /* "/engram.v1.Lookup/Lookup" */
+    plane plane;
+    unary_handler unary;         /* exactly one of unary/stream */
+    stream_handler stream;
+    int preposted;               /* requests kept armed per queue */
+} method_def;
+
+struct server_call {
+    call_step step;              /* must stay first: the tag is the call */
+    const struct method_slot *slot;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload;   /* unary request / last streamed message */
+    grpc_byte_buffer *reply;
+    grpc_slice details;
+    void *state;                 /* per-method state of a streaming call */
+    void (*state_free)(void *);  /* called when the call ends */
+};
+
+typedef struct server_options {
+    const char *listen;          /* host:port; port 0 picks a free one */
+    int threads;                 /* data-plane workers */
+    int max_message_bytes;
+} server_options;
+
+typedef struct server_metrics {
+    uint64_t calls_started;
+    uint64_t calls_finished;
+    uint64_t calls_in_flight;
+} server_metrics;
+
+/* Creates and starts the server; returns the bound port, or 0 on failure
+ * (with a log line). */
+int server_setup(const server_options *opts, const method_def *methods,
+                 size_t nmethods, server_metrics *metrics);
+/* Graceful stop, in the order gRPC core requires: stop re-arming, shut down
+ * and wait (cancelling calls still running after grace_ms), destroy the
+ * server, shut down and drain every queue, join the threads. */
+void server_teardown(int64_t grace_ms);
+
+/* Posts one RECV_MESSAGE; `next` runs when it completes with the message
+ * (or NULL at the end of the stream) in c->payload. */
+void call_recv(server_call *c, call_step next);
+/* Sends the final status (and `reply` when code is ES_OK) in one batch and
+ * frees the call when done. Takes ownership of reply. */
+void call_finish(server_call *c, int code, const char *msg, grpc_byte_buffer *reply);
+/* Milliseconds left before the call's deadline. */
+int64_t call_ms_left(const server_call *c);
+
+#endif
