@@ -1,0 +1,412 @@
+/* client.c: the engram_client (one channel, one completion queue, one
+ * background thread draining it) and the asynchronous unary call machinery
+ * that lookup.c and admin.c build on. See client_internal.h for the life of
+ * a call.
+ *
+ * Locking: client->mu guards the in-flight list; each call's own mu guards
+ * its grpc_call pointer and its outcome. The two are never held together
+ * except client->mu -> grpc_call_cancel in close, which takes no call mu:
+ * a call stays in the in-flight list until the completion thread has
+ * unlinked it, and only after that does the thread unref the grpc_call, so
+ * close can cancel every listed call without a use-after-free. */
+#include "client_internal.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+
+#include "grpc_util.h"
+#include "status.h"
+
+/* ---- errors ------------------------------------------------------------- */
+
+const char *engram_status_name(int code)
+{
+    if (code == ENGRAM_TIMEOUT)
+        return "TIMEOUT";
+    return es_code_name(code);
+}
+
+int ec_error(engram_error *err, int code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        err->code = code;
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+int ec_ok(engram_error *err)
+{
+    if (err) {
+        err->code = ENGRAM_OK;
+        err->message[0] = '\0';
+    }
+    return ENGRAM_OK;
+}
+
+int ec_status_to_error(grpc_status_code status, grpc_slice details,
+                       char *message, size_t cap)
+{
+    size_t len = GRPC_SLICE_LENGTH(details);
+    if (status == GRPC_STATUS_OK) {
+        message[0] = '\0';
+    } else if (len == 0) {
+        /* A status with no text (e.g. a proxy's) still gets a message. */
+        snprintf(message, cap, "call failed with %s", es_code_name(status));
+    } else {
+        if (len >= cap)
+            len = cap - 1;
+        memcpy(message, GRPC_SLICE_START_PTR(details), len);
+        message[len] = '\0';
+    }
+    return (int)status;
+}
+
+/* ---- options, open, close ------------------------------------------------ */
+
+void engram_client_options_init(engram_client_options *opts)
+{
+    opts->deadline_ms = 10000;
+    opts->max_message_bytes = 64 << 20;
+}
+
+/* The completion thread: every event is the end of one unary batch. */
+static void ec_call_complete(ec_call *c, int success);
+
+static void *cq_thread(void *arg)
+{
+    engram_client *cl = arg;
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(
+            cl->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+            break;
+        if (ev.type == GRPC_OP_COMPLETE)
+            ec_call_complete(ev.tag, ev.success);
+    }
+    return NULL;
+}
+
+static void register_methods(engram_client *cl)
+{
+    cl->m_lookup = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Lookup/Lookup", NULL, NULL);
+    cl->m_list_tables = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/ListTables", NULL, NULL);
+    cl->m_get_table = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/GetTable", NULL, NULL);
+}
+
+static int check_open_args(const char *address,
+                           const engram_client_options *o,
+                           engram_client **out, engram_error *err)
+{
+    if (!out)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "out is NULL");
+    if (!address || !*address)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "address is empty (want host:port)");
+    if (o->max_message_bytes <= 0)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "max_message_bytes %d is not positive",
+                        (int)o->max_message_bytes);
+    return ENGRAM_OK;
+}
+
+int engram_client_open(const char *address, const engram_client_options *opts,
+                       engram_client **out, engram_error *err)
+{
+    engram_client_options o;
+    if (opts)
+        o = *opts;
+    else
+        engram_client_options_init(&o);
+    int rc = check_open_args(address, &o, out, err);
+    if (rc)
+        return rc;
+    *out = NULL;
+
+    engram_client *cl = calloc(1, sizeof *cl);
+    if (!cl)
+        return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
+    cl->deadline_ms = o.deadline_ms;
+    cl->max_message_bytes = o.max_message_bytes;
+    pthread_mutex_init(&cl->mu, NULL);
+    pthread_cond_init(&cl->idle, NULL);
+
+    grpc_init();
+    grpc_arg args[2];
+    message_size_args(args, o.max_message_bytes);
+    grpc_channel_args chargs = {.num_args = 2, .args = args};
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    cl->channel = grpc_channel_create(address, creds, &chargs);
+    grpc_channel_credentials_release(creds);
+    register_methods(cl);
+    cl->cq = grpc_completion_queue_create_for_next(NULL);
+
+    rc = pthread_create(&cl->thread, NULL, cq_thread, cl);
+    if (rc) {
+        grpc_completion_queue_shutdown(cl->cq);
+        grpc_completion_queue_destroy(cl->cq);
+        grpc_channel_destroy(cl->channel);
+        grpc_shutdown();
+        pthread_cond_destroy(&cl->idle);
+        pthread_mutex_destroy(&cl->mu);
+        free(cl);
+        return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED,
+                        "cannot start the completion thread: %s", strerror(rc));
+    }
+    *out = cl;
+    return ec_ok(err);
+}
+
+/* Cancels every in-flight call and waits until the completion thread has
+ * finished them all (a cancelled batch still completes, with CANCELLED). */
+static void cancel_and_drain(engram_client *cl)
+{
+    pthread_mutex_lock(&cl->mu);
+    cl->closing = 1;
+    for (ec_call *c = cl->inflight; c; c = c->next)
+        grpc_call_cancel(c->call, NULL);
+    while (cl->inflight)
+        pthread_cond_wait(&cl->idle, &cl->mu);
+    pthread_mutex_unlock(&cl->mu);
+}
+
+void engram_client_close(engram_client *cl)
+{
+    if (!cl)
+        return;
+    cancel_and_drain(cl);
+    /* Nothing is in flight: the queue drains at once and the thread sees
+     * GRPC_QUEUE_SHUTDOWN. */
+    grpc_completion_queue_shutdown(cl->cq);
+    pthread_join(cl->thread, NULL);
+    grpc_completion_queue_destroy(cl->cq);
+    grpc_channel_destroy(cl->channel);
+    grpc_shutdown();
+    pthread_cond_destroy(&cl->idle);
+    pthread_mutex_destroy(&cl->mu);
+    free(cl);
+}
+
+/* ---- unary calls --------------------------------------------------------- */
+
+void ec_call_init(ec_call *c, engram_client *client, ec_decode_fn decode)
+{
+    c->client = client;
+    c->decode = decode;
+    pthread_mutex_init(&c->mu, NULL);
+    /* Timed waits measure on the monotonic clock: immune to clock steps. */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    grpc_metadata_array_init(&c->md_initial);
+    grpc_metadata_array_init(&c->md_trailing);
+    c->details = grpc_empty_slice();
+}
+
+/* Fills the six ops of a unary client call. */
+static void fill_unary_ops(ec_call *c, grpc_op ops[6])
+{
+    memset(ops, 0, 6 * sizeof ops[0]);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = c->send_bb;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &c->md_initial;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &c->recv_bb;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.trailing_metadata = &c->md_trailing;
+    ops[5].data.recv_status_on_client.status = &c->status;
+    ops[5].data.recv_status_on_client.status_details = &c->details;
+}
+
+static void unlink_call(engram_client *cl, ec_call *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        cl->inflight = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    if (!cl->inflight)
+        pthread_cond_broadcast(&cl->idle);
+}
+
+/* Frees the gRPC resources a call holds besides the grpc_call itself. */
+static void free_call_buffers(ec_call *c)
+{
+    if (c->send_bb)
+        grpc_byte_buffer_destroy(c->send_bb);
+    if (c->recv_bb)
+        grpc_byte_buffer_destroy(c->recv_bb);
+    c->send_bb = c->recv_bb = NULL;
+    grpc_metadata_array_destroy(&c->md_initial);
+    grpc_metadata_array_destroy(&c->md_trailing);
+    grpc_slice_unref(c->details);
+    c->details = grpc_empty_slice();
+}
+
+int ec_call_start(ec_call *c, void *method, const ProtobufCMessage *req,
+                  engram_error *err)
+{
+    engram_client *cl = c->client;
+    grpc_call *call = grpc_channel_create_registered_call(
+        cl->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cl->cq, method,
+        deadline_in_ms(cl->deadline_ms), NULL);
+    if (!call) {
+        free_call_buffers(c);
+        c->done = 1;
+        c->code = ENGRAM_INTERNAL;
+        return ec_error(err, ENGRAM_INTERNAL, "grpc could not create a call");
+    }
+    c->call = call;
+    c->send_bb = pb_to_byte_buffer(req);
+
+    /* Listed before the batch starts: the completion may come at once and
+     * expects to find it there. */
+    pthread_mutex_lock(&cl->mu);
+    int closing = cl->closing;
+    if (!closing) {
+        c->next = cl->inflight;
+        if (c->next)
+            c->next->prev = c;
+        cl->inflight = c;
+    }
+    pthread_mutex_unlock(&cl->mu);
+    if (closing) {
+        free_call_buffers(c);
+        grpc_call_unref(call);
+        c->call = NULL;
+        c->done = 1;
+        c->code = ENGRAM_CANCELLED;
+        return ec_error(err, ENGRAM_CANCELLED, "the client is closing");
+    }
+
+    grpc_op ops[6];
+    fill_unary_ops(c, ops);
+    grpc_call_error e = grpc_call_start_batch(call, ops, 6, c, NULL);
+    if (e != GRPC_CALL_OK) {
+        pthread_mutex_lock(&cl->mu);
+        unlink_call(cl, c);
+        pthread_mutex_unlock(&cl->mu);
+        free_call_buffers(c);
+        grpc_call_unref(call);
+        c->call = NULL;
+        c->done = 1;
+        c->code = ENGRAM_INTERNAL;
+        return ec_error(err, ENGRAM_INTERNAL,
+                        "grpc_call_start_batch failed: error %d", (int)e);
+    }
+    return ec_ok(err);
+}
+
+/* Turns the finished batch into code/message; runs the decode hook. */
+static void settle(ec_call *c, int success)
+{
+    if (!success) {
+        /* A unary batch with RECV_STATUS normally succeeds even when the
+         * RPC failed; failure here means gRPC itself gave up on the call. */
+        c->code = ENGRAM_UNKNOWN;
+        snprintf(c->message, sizeof c->message,
+                 "grpc reported the call batch as failed");
+        return;
+    }
+    c->code = ec_status_to_error(c->status, c->details, c->message,
+                                 sizeof c->message);
+    if (c->code == ENGRAM_OK && c->decode)
+        c->code = c->decode(c, c->recv_bb);
+}
+
+static void ec_call_complete(ec_call *c, int success)
+{
+    settle(c, success);
+    free_call_buffers(c);
+
+    engram_client *cl = c->client;
+    pthread_mutex_lock(&cl->mu);
+    unlink_call(cl, c);
+    pthread_mutex_unlock(&cl->mu);
+
+    pthread_mutex_lock(&c->mu);
+    grpc_call *call = c->call;
+    c->call = NULL;
+    pthread_mutex_unlock(&c->mu);
+    grpc_call_unref(call);
+
+    /* Last touch of c: after the unlock its owner may free it. */
+    pthread_mutex_lock(&c->mu);
+    c->done = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static struct timespec mono_deadline(int64_t timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+int ec_call_wait(ec_call *c, int64_t timeout_ms, engram_error *err)
+{
+    struct timespec until = mono_deadline(timeout_ms < 0 ? 0 : timeout_ms);
+    pthread_mutex_lock(&c->mu);
+    while (!c->done) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&c->cv, &c->mu);
+        } else if (pthread_cond_timedwait(&c->cv, &c->mu, &until) ==
+                   ETIMEDOUT) {
+            break;
+        }
+    }
+    int done = c->done;
+    pthread_mutex_unlock(&c->mu);
+    if (!done)
+        return ec_error(err, ENGRAM_TIMEOUT,
+                        "not finished after %lld ms", (long long)timeout_ms);
+    /* code/message are final once done was seen under mu. */
+    return ec_error(err, c->code, "%s", c->message);
+}
+
+int ec_call_poll(ec_call *c)
+{
+    pthread_mutex_lock(&c->mu);
+    int done = c->done;
+    pthread_mutex_unlock(&c->mu);
+    return done;
+}
+
+void ec_call_release(ec_call *c)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->call)
+        grpc_call_cancel(c->call, NULL);
+    while (!c->done)
+        pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+}

@@ -1,0 +1,108 @@
+/* client_internal.h: what the parts of libengram share and callers never
+ * see: the client struct, the asynchronous unary call ("ec_call") that
+ * lookups and admin calls are built on, and error helpers.
+ *
+ * Every unary call is one 6-op batch on the client's completion queue. The
+ * client's one background thread drains that queue: on completion it turns
+ * the gRPC status into an engram status, runs the call's decode hook (which
+ * reads the reply, e.g. straight into a lookup's output buffer), releases
+ * every gRPC resource of the call and only then signals `done`. After the
+ * signal the thread never touches the call again, so the owner may free it
+ * as soon as it sees done. */
+#ifndef ENGRAM_CLIENT_INTERNAL_H
+#define ENGRAM_CLIENT_INTERNAL_H
+
+#include "engram/engram.h"
+
+#include <grpc/grpc.h>
+#include <pthread.h>
+
+#include "engram/v1/engram.pb-c.h"
+
+typedef struct ec_call ec_call;
+
+struct engram_client {
+    grpc_channel *channel;
+    grpc_completion_queue *cq;
+    pthread_t thread;
+    /* Registered methods: gRPC parses the path once, not per call. */
+    void *m_lookup;
+    void *m_list_tables;
+    void *m_get_table;
+    int64_t deadline_ms;
+    int32_t max_message_bytes;
+
+    /* In-flight calls, so close can cancel them. Guarded by mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t idle;   /* broadcast when the list becomes empty */
+    ec_call *inflight;
+    int closing;           /* set by close: no new calls */
+};
+
+/* Runs on the completion thread when the call ended with gRPC status OK.
+ * `reply` is the received message (may be NULL). Returns an engram code and
+ * fills c->message when not OK. */
+typedef int (*ec_decode_fn)(ec_call *c, grpc_byte_buffer *reply);
+
+struct ec_call {
+    engram_client *client;
+    ec_decode_fn decode;
+
+    /* gRPC state; owned by the completion thread once the batch started. */
+    grpc_call *call;                  /* guarded by mu once started */
+    grpc_byte_buffer *send_bb;
+    grpc_byte_buffer *recv_bb;
+    grpc_metadata_array md_initial;
+    grpc_metadata_array md_trailing;
+    grpc_status_code status;
+    grpc_slice details;
+
+    /* Outcome, published under mu with done. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    int code;
+    char message[sizeof(((engram_error *)0)->message)];
+
+    ec_call *prev, *next;             /* client->inflight, under client->mu */
+};
+
+/* Prepares c (zeroed by the caller) for a call. */
+void ec_call_init(ec_call *c, engram_client *client, ec_decode_fn decode);
+
+/* Starts the unary call `method` (a registered handle) sending `req`
+ * (packed here; the caller keeps ownership of the message). On failure
+ * nothing is in flight, c counts as finished with that code (so
+ * ec_call_release still works) and the error is in err. */
+int ec_call_start(ec_call *c, void *method, const ProtobufCMessage *req,
+                  engram_error *err);
+
+/* Waits for the call (timeout_ms < 0: forever). Returns ENGRAM_TIMEOUT or
+ * the final code; fills err either way. */
+int ec_call_wait(ec_call *c, int64_t timeout_ms, engram_error *err);
+
+/* 1 when the call has finished. */
+int ec_call_poll(ec_call *c);
+
+/* Cancels the call if still in flight and waits until the completion thread
+ * let go of it; then destroys its mutex/condvar. c's memory stays the
+ * caller's to free. */
+void ec_call_release(ec_call *c);
+
+/* Fills err (may be NULL) with code and a printf message; returns code. */
+int ec_error(engram_error *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Clears err to OK with an empty message; returns ENGRAM_OK. */
+int ec_ok(engram_error *err);
+
+/* Copies a protobuf TableInfo into the public struct, truncating strings
+ * safely. Defined in admin.c, also used by import.c. */
+void ec_table_info_from_pb(engram_table_info *out,
+                           const Engram__V1__TableInfo *in);
+
+/* Copies a gRPC status (code + details slice) into code/message form. */
+int ec_status_to_error(grpc_status_code status, grpc_slice details,
+                       char *message, size_t cap);
+
+#endif
