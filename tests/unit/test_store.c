@@ -1,0 +1,281 @@
+/* test_store.c: the table store, the resident tier, and the Lookup error
+ * mapping, on real RocksDB directories (no gRPC server).
+ *
+ * Tables are written the way import.c writes them: SstFileWriter files with
+ * the rows family's options, then store_activate. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <grpc/byte_buffer.h>
+#include <grpc/grpc.h>
+#include <zlib.h>
+
+#include "engram/v1/engram.pb-c.h"
+#include "grpc_util.h"
+#include "lookup.h"
+#include "status.h"
+#include "store.h"
+#include "synthetic.h"
+
+static char dir[256];
+
+static store *open_store(uint64_t budget)
+{
+    store_options o = {dir, budget, 8 << 20};
+    char *err = NULL;
+    store *s = store_setup(&o, NULL, &err);
+    if (!s)
+        fail_msg("store_setup: %s", err);
+    return s;
+}
+
+/* Writes `rows` synthetic rows into SST files of at most 300 rows each and
+ * activates them as the table's next version. */
+static uint64_t import_table(store *s, const char *name, uint64_t rows, uint32_t rb,
+                             uint64_t seed)
+{
+    table_version tv = {0};
+    char msg[512];
+    snprintf(tv.name, sizeof tv.name, "%s", name);
+    snprintf(tv.dtype, sizeof tv.dtype, "u8");
+    tv.rows = rows;
+    tv.row_bytes = rb;
+    tv.dim = rb;
+    assert_int_equal(store_import_claim(s, name, &tv.table_id, &tv.version, msg, sizeof msg), 0);
+    size_t nfiles = (rows + 299) / 300;
+    char **files = calloc(nfiles, sizeof *files);
+    uint8_t *row = malloc(rb);
+    rocksdb_envoptions_t *eo = rocksdb_envoptions_create();
+    for (size_t f = 0; f < nfiles; f++) {
+        files[f] = malloc(512);
+        snprintf(files[f], 512, "%s/t%zu.sst", store_tmp_dir(s), f);
+        rocksdb_sstfilewriter_t *w = rocksdb_sstfilewriter_create(eo, store_rows_options(s));
+        char *err = NULL;
+        rocksdb_sstfilewriter_open(w, files[f], &err);
+        assert_null(err);
+        for (uint64_t r = f * 300; r < rows && r < (f + 1) * 300; r++) {
+            uint8_t key[ROW_KEY_LEN];
+            store_row_key(key, tv.table_id, tv.version, r);
+            synthetic_row(seed, r, row, rb);
+            tv.checksum = (uint32_t)crc32_z(tv.checksum, row, rb);
+            rocksdb_sstfilewriter_put(w, (char *)key, sizeof key, (char *)row, rb, &err);
+            assert_null(err);
+        }
+        rocksdb_sstfilewriter_finish(w, &err);
+        assert_null(err);
+        rocksdb_sstfilewriter_destroy(w);
+    }
+    rocksdb_envoptions_destroy(eo);
+    int rc = store_activate(s, &tv, (const char *const *)files, nfiles, msg, sizeof msg);
+    if (rc != 0)
+        fail_msg("store_activate: %s", msg);
+    for (size_t f = 0; f < nfiles; f++)
+        free(files[f]);
+    free(files);
+    free(row);
+    return tv.version;
+}
+
+static void check_rows(store *s, const char *name, uint64_t seed, const uint64_t *rows, size_t n)
+{
+    table_version *tv = store_acquire(s, name);
+    assert_non_null(tv);
+    uint8_t *got = malloc(n * tv->row_bytes), *want = malloc(tv->row_bytes);
+    char msg[256];
+    assert_int_equal(store_read_rows(tv, rows, n, got, msg, sizeof msg), 0);
+    for (size_t i = 0; i < n; i++) {
+        synthetic_row(seed, rows[i], want, tv->row_bytes);
+        assert_memory_equal(got + i * tv->row_bytes, want, tv->row_bytes);
+    }
+    free(got);
+    free(want);
+    table_version_release(tv);
+}
+
+static int setup_dir(void **state)
+{
+    snprintf(dir, sizeof dir, "/tmp/engram-test-store-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    return 0;
+}
+
+static int remove_dir(void **state)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd);
+}
+
+static const uint64_t probe[] = {0, 1, 999, 500, 500, 7, 998};
+
+static void test_resident_and_rocksdb_tiers(void **state)
+{
+    store *s = open_store(100000); /* fits 1000 x 64 B, not 3000 x 64 B */
+    assert_int_equal(import_table(s, "small", 1000, 64, 11), 1);
+    assert_int_equal(import_table(s, "large", 3000, 64, 12), 1);
+    table_version *a = store_acquire(s, "small"), *b = store_acquire(s, "large");
+    assert_non_null(a->resident);
+    assert_null(b->resident);
+    table_version_release(a);
+    table_version_release(b);
+    check_rows(s, "small", 11, probe, 7);
+    check_rows(s, "large", 12, probe, 7);
+    const uint64_t tail[] = {2999, 2998, 1500};
+    check_rows(s, "large", 12, tail, 3);
+    assert_null(store_acquire(s, "missing"));
+    store_teardown(s);
+}
+
+static void test_new_version_does_not_disturb_readers(void **state)
+{
+    store *s = open_store(1 << 20);
+    import_table(s, "t", 1000, 32, 1);
+    table_version *old = store_acquire(s, "t");
+    assert_int_equal(import_table(s, "t", 1000, 32, 2), 2);
+    /* a reader holding v1 still reads v1's bytes */
+    uint8_t got[32], want[32];
+    char msg[128];
+    uint64_t r = 123;
+    assert_int_equal(store_read_rows(old, &r, 1, got, msg, sizeof msg), 0);
+    synthetic_row(1, 123, want, 32);
+    assert_memory_equal(got, want, 32);
+    assert_int_equal(old->version, 1);
+    table_version_release(old);
+    check_rows(s, "t", 2, probe, 7);
+    store_teardown(s);
+}
+
+static void test_tables_survive_restart(void **state)
+{
+    store *s = open_store(1 << 20);
+    table_version **all;
+    size_t n = store_list(s, &all);
+    assert_int_equal(n, 3); /* large, small, t: sorted by name */
+    assert_string_equal(all[0]->name, "large");
+    assert_string_equal(all[1]->name, "small");
+    assert_string_equal(all[2]->name, "t");
+    assert_int_equal(all[2]->version, 2);
+    for (size_t i = 0; i < n; i++)
+        table_version_release(all[i]);
+    free(all);
+    check_rows(s, "t", 2, probe, 7);
+    check_rows(s, "large", 12, probe, 7);
+    store_teardown(s);
+}
+
+static void test_one_import_per_table(void **state)
+{
+    store *s = open_store(1 << 20);
+    uint32_t id;
+    uint64_t v;
+    char msg[256];
+    assert_int_equal(store_import_claim(s, "t", &id, &v, msg, sizeof msg), 0);
+    assert_int_equal(v, 3);
+    assert_int_equal(store_import_claim(s, "t", &id, &v, msg, sizeof msg), -1);
+    assert_string_equal(msg, "an import of table \"t\" is already running");
+    store_import_unclaim(s, "t");
+    assert_int_equal(store_import_claim(s, "t", &id, &v, msg, sizeof msg), 0);
+    store_import_unclaim(s, "t");
+    store_teardown(s);
+}
+
+static void test_table_names(void **state)
+{
+    assert_true(table_name_valid("demo.l1"));
+    assert_true(table_name_valid("A-b_c.9"));
+    assert_false(table_name_valid(""));
+    assert_false(table_name_valid("a/b"));
+    assert_false(table_name_valid("a b"));
+    char longname[130];
+    memset(longname, 'x', 129);
+    longname[129] = 0;
+    assert_false(table_name_valid(longname));
+    longname[128] = 0;
+    assert_true(table_name_valid(longname));
+}
+
+/* ---- Lookup status mapping ---------------------------------------------- */
+
+static int call_lookup(const char *table, const uint64_t *rows, size_t n,
+                       Engram__V1__LookupResponse **out, char *msg)
+{
+    Engram__V1__LookupRequest rq = ENGRAM__V1__LOOKUP_REQUEST__INIT;
+    rq.table = (char *)table;
+    rq.rows = (uint64_t *)rows;
+    rq.n_rows = n;
+    grpc_byte_buffer *req = pb_to_byte_buffer(&rq.base), *reply = NULL;
+    int code = lookup_handle(NULL, req, &reply, msg, 512);
+    grpc_byte_buffer_destroy(req);
+    if (reply) {
+        *out = (Engram__V1__LookupResponse *)pb_from_byte_buffer(
+            &engram__v1__lookup_response__descriptor, reply);
+        grpc_byte_buffer_destroy(reply);
+    }
+    return code;
+}
+
+static void test_lookup_statuses(void **state)
+{
+    store *s = open_store(1 << 20);
+    lookup_options lo = {4, 1 << 20};
+    lookup_setup(s, &lo, NULL);
+    char msg[512];
+    Engram__V1__LookupResponse *resp = NULL;
+
+    const uint64_t ok_rows[] = {999, 0, 0};
+    assert_int_equal(call_lookup("t", ok_rows, 3, &resp, msg), ES_OK);
+    assert_non_null(resp);
+    assert_int_equal(resp->data.len, 96);
+    assert_int_equal(resp->row_bytes, 32);
+    assert_int_equal(resp->version, 2);
+    uint8_t want[32];
+    synthetic_row(2, 999, want, 32);
+    assert_memory_equal(resp->data.data, want, 32);
+    synthetic_row(2, 0, want, 32);
+    assert_memory_equal(resp->data.data + 64, want, 32);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+
+    assert_int_equal(call_lookup("nope", ok_rows, 3, &resp, msg), ES_NOT_FOUND);
+    assert_string_equal(msg, "table \"nope\" not found");
+    assert_int_equal(call_lookup("", ok_rows, 3, &resp, msg), ES_INVALID_ARGUMENT);
+    assert_string_equal(msg, "table name is empty");
+
+    const uint64_t bad_rows[] = {5, 1000, 5000};
+    assert_int_equal(call_lookup("t", bad_rows, 3, &resp, msg), ES_OUT_OF_RANGE);
+    assert_string_equal(msg, "row 1000 (index 1 in the request) is out of range: table \"t\" has 1000 rows");
+
+    const uint64_t five[] = {1, 2, 3, 4, 5};
+    assert_int_equal(call_lookup("t", five, 5, &resp, msg), ES_INVALID_ARGUMENT);
+    assert_string_equal(msg, "request has 5 rows; the maximum per request is 4");
+
+    grpc_slice junk = grpc_slice_from_static_string("\xff\xff\xff");
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&junk, 1), *reply = NULL;
+    assert_int_equal(lookup_handle(NULL, bb, &reply, msg, sizeof msg), ES_INVALID_ARGUMENT);
+    assert_null(reply);
+    grpc_byte_buffer_destroy(bb);
+
+    lookup_teardown();
+    store_teardown(s);
+}
+
+int main(void)
+{
+    grpc_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_resident_and_rocksdb_tiers),
+        cmocka_unit_test(test_new_version_does_not_disturb_readers),
+        cmocka_unit_test(test_tables_survive_restart),
+        cmocka_unit_test(test_one_import_per_table),
+        cmocka_unit_test(test_table_names),
+        cmocka_unit_test(test_lookup_statuses),
+    };
+    int rc = cmocka_run_group_tests(tests, setup_dir, remove_dir);
+    grpc_shutdown();
+    return rc;
+}
