@@ -1,0 +1,30 @@
+/* harness.h: starts and stops real engram-server processes and runs
+ * engramctl for the integration tests. Paths to both binaries come from the
+ * build (ENGRAM_SERVER_BIN, ENGRAMCTL_BIN). */
+#ifndef ENGRAM_TESTS_HARNESS_H
+#define ENGRAM_TESTS_HARNESS_H
+
+#include <sys/types.h>
+
+typedef struct test_server {
+    pid_t pid;
+    char dir[256];       /* data dir; the log is dir/../server.log */
+    char addr[64];       /* 127.0.0.1:PORT */
+    int port;
+} test_server;
+
+/* Makes a fresh temporary directory for a server's data. */
+void harness_tmpdir(char *out, size_t cap);
+
+/* Starts engram-server on a free loopback port with data dir `dir` and the
+ * extra arguments (NULL-terminated); waits until it serves. 0 on success. */
+int server_start(test_server *s, const char *dir, const char *const *extra);
+
+/* SIGTERM, then waits; returns the exit status (0 = clean), or -1. */
+int server_stop(test_server *s);
+
+/* Runs engramctl --server addr ARGS... (NULL-terminated); returns its exit
+ * status. Output goes to the test's stdout/stderr. */
+int engramctl(const char *addr, ...);
+
+#endif
