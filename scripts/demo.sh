@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The main job on an embedded default: installs what is missing, builds,
+# starts engram-server on a local data dir, imports a demo table (65536
+# synthetic bf16 rows of dim 64, i.e. 128-byte rows like the reference
+# Engram config), looks rows up, verifies them, and stops the server.
+# KEEP_RUNNING=1 leaves the server running and prints how to stop it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/build.sh
+
+DEMO=${DEMO_DIR:-.demo}
+mkdir -p "$DEMO"
+rm -f "$DEMO/port"
+SERVER=build/server/engram-server
+CTL=build/client/engramctl
+
+"$SERVER" --data "$DEMO/data" --listen 127.0.0.1:${PORT:-0} --port-file "$DEMO/port" \
+  --log-file "$DEMO/server.log" &
+pid=$!
+stop() { kill -TERM "$pid" 2>/dev/null && wait "$pid" || true; }
+[ "${KEEP_RUNNING:-0}" = 1 ] || trap stop EXIT
+for _ in $(seq 200); do [ -s "$DEMO/port" ] && break; sleep 0.05; done
+[ -s "$DEMO/port" ] || { echo "demo: server did not start; see $DEMO/server.log" >&2; exit 1; }
+ADDR=127.0.0.1:$(cat "$DEMO/port")
+echo "== engram-server (pid $pid) serving $DEMO/data on $ADDR"
+
+echo "== importing table demo: 65536 rows x 64 bf16 (128 bytes), seed 42"
+"$CTL" --server "$ADDR" import-synthetic --table demo --rows 65536 --row-bytes 128 \
+  --dim 64 --dtype bf16 --seed 42
+echo "== tables"
+"$CTL" --server "$ADDR" tables
+echo "== lookup rows 0, 1, 65535 (first 32 bytes of each row shown)"
+"$CTL" --server "$ADDR" lookup --table demo 0 1 65535 | cut -c1-80
+echo "== verify 4096 random rows and the edges against the synthetic rule"
+"$CTL" --server "$ADDR" verify-synthetic --table demo --seed 42 --samples 4096
+if [ "${KEEP_RUNNING:-0}" = 1 ]; then
+  echo "== server left running on $ADDR (pid $pid); stop it with: kill $pid"
+else
+  echo "== stopping the server (log: $DEMO/server.log)"
+fi
