@@ -177,7 +177,8 @@ static void cancel_and_drain(engram_client *cl)
     pthread_mutex_lock(&cl->mu);
     cl->closing = 1;
     for (ec_call *c = cl->inflight; c; c = c->next)
-        grpc_call_cancel(c->call, NULL);
+        grpc_call_cancel_with_status(c->call, GRPC_STATUS_CANCELLED,
+                                     "cancelled by engram_client_close", NULL);
     while (cl->inflight)
         pthread_cond_wait(&cl->idle, &cl->mu);
     pthread_mutex_unlock(&cl->mu);
@@ -403,7 +404,8 @@ void ec_call_release(ec_call *c)
 {
     pthread_mutex_lock(&c->mu);
     if (c->call)
-        grpc_call_cancel(c->call, NULL);
+        grpc_call_cancel_with_status(c->call, GRPC_STATUS_CANCELLED,
+                                     "cancelled: freed while in flight", NULL);
     while (!c->done)
         pthread_cond_wait(&c->cv, &c->mu);
     pthread_mutex_unlock(&c->mu);

@@ -24,9 +24,10 @@
 #define EXIT_RPC 1
 #define EXIT_USAGE 2
 
-/* Rows generated / read per import write and looked up per verify batch. */
-#define IMPORT_BATCH_ROWS 8192
-#define IMPORT_BATCH_MAX_BYTES (8u << 20)
+/* Bytes generated / read per import write (the library splits writes into
+ * <= 4 MiB messages anyway; sizing by bytes keeps narrow rows from turning
+ * into many tiny writes), and rows looked up per verify batch. */
+#define IMPORT_BATCH_BYTES (4u << 20)
 #define VERIFY_BATCH_ROWS 4096
 
 static const char usage_text[] =
@@ -255,12 +256,10 @@ static void print_import_done(const engram_table_info *t, uint64_t t0_ns)
            rows_s * t->row_bytes / 1e6, s);
 }
 
-/* Rows per write batch: IMPORT_BATCH_ROWS, fewer for wide rows. */
+/* Rows per write batch: about IMPORT_BATCH_BYTES, at least one row. */
 static size_t batch_rows_for(uint32_t row_bytes)
 {
-    size_t n = IMPORT_BATCH_MAX_BYTES / row_bytes;
-    if (n > IMPORT_BATCH_ROWS)
-        n = IMPORT_BATCH_ROWS;
+    size_t n = IMPORT_BATCH_BYTES / row_bytes;
     return n ? n : 1;
 }
 
