@@ -371,8 +371,14 @@ static struct timespec mono_deadline(int64_t timeout_ms)
     return ts;
 }
 
+/* Timeouts beyond this (about 30 years) are treated as forever, so the
+ * absolute deadline below cannot overflow. */
+#define WAIT_FOREVER_MS (1000LL * 86400 * 365 * 30)
+
 int ec_call_wait(ec_call *c, int64_t timeout_ms, engram_error *err)
 {
+    if (timeout_ms > WAIT_FOREVER_MS)
+        timeout_ms = -1;
     struct timespec until = mono_deadline(timeout_ms < 0 ? 0 : timeout_ms);
     pthread_mutex_lock(&c->mu);
     while (!c->done) {

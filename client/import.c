@@ -26,8 +26,10 @@
 #include "grpc_util.h"
 
 /* Largest chunk payload: well under the default 64 MiB message limit and
- * big enough to amortise per-message costs. */
+ * big enough to amortise per-message costs. A client with a smaller
+ * message limit gets smaller chunks (minus room for the framing). */
 #define CHUNK_MAX_BYTES (4u << 20)
+#define CHUNK_FRAMING_BYTES 64
 
 struct engram_import {
     grpc_completion_queue *cq;
@@ -36,6 +38,7 @@ struct engram_import {
     uint64_t rows;
     uint64_t next_row;
     uint32_t row_bytes;
+    size_t chunk_max;             /* payload bytes per chunk message */
     int failed;                   /* sticky status once the stream broke */
     char failed_msg[sizeof(((engram_error *)0)->message)];
 };
@@ -152,6 +155,12 @@ static engram_import *import_new(engram_client *client, const char *table,
     snprintf(imp->table, sizeof imp->table, "%s", table);
     imp->rows = rows;
     imp->row_bytes = row_bytes;
+    imp->chunk_max = CHUNK_MAX_BYTES;
+    if (client->max_message_bytes > CHUNK_FRAMING_BYTES &&
+        (size_t)client->max_message_bytes - CHUNK_FRAMING_BYTES <
+            imp->chunk_max)
+        imp->chunk_max =
+            (size_t)client->max_message_bytes - CHUNK_FRAMING_BYTES;
     imp->cq = grpc_completion_queue_create_for_pluck(NULL);
     grpc_slice method = grpc_slice_from_static_string("/engram.v1.Admin/Import");
     imp->call = grpc_channel_create_call(
@@ -228,9 +237,9 @@ int engram_import_write(engram_import *imp, uint64_t start_row,
     int rc = check_write_args(imp, start_row, data, len, err);
     if (rc)
         return rc;
-    size_t per_msg = CHUNK_MAX_BYTES / imp->row_bytes;
+    size_t per_msg = imp->chunk_max / imp->row_bytes;
     if (per_msg == 0)
-        per_msg = 1; /* a row over 4 MiB goes alone */
+        per_msg = 1; /* a row wider than a chunk goes alone */
     per_msg *= imp->row_bytes;
     const uint8_t *p = data;
     for (size_t off = 0; off < len; off += per_msg) {
