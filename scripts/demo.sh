@@ -29,7 +29,7 @@ echo "== importing table demo: 65536 rows x 64 bf16 (128 bytes), seed 42"
   --dim 64 --dtype bf16 --seed 42
 echo "== tables"
 "$CTL" --server "$ADDR" tables
-echo "== lookup rows 0, 1, 65535 (first 32 bytes of each row shown)"
+echo "== lookup rows 0, 1, 65535 (each line cut to 80 columns)"
 "$CTL" --server "$ADDR" lookup --table demo 0 1 65535 | cut -c1-80
 echo "== verify 4096 random rows and the edges against the synthetic rule"
 "$CTL" --server "$ADDR" verify-synthetic --table demo --seed 42 --samples 4096
