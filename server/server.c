@@ -150,9 +150,8 @@ void call_finish(server_call *c, int code, const char *msg, grpc_byte_buffer *re
     ops[n].data.send_status_from_server.status = (grpc_status_code)code;
     ops[n++].data.send_status_from_server.status_details =
         (msg && *msg) ? &c->details : NULL;
-    static int cancelled_sink;
     ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[n++].data.recv_close_on_server.cancelled = &cancelled_sink;
+    ops[n++].data.recv_close_on_server.cancelled = &c->cancelled;
     c->step = on_finished;
     if (grpc_call_start_batch(c->call, ops, n, c, NULL) != GRPC_CALL_OK) {
         log_error("start_batch_failed", "method=%s", c->slot->def->path);

@@ -47,6 +47,7 @@ struct server_call {
     grpc_byte_buffer *payload;   /* unary request / last streamed message */
     grpc_byte_buffer *reply;
     grpc_slice details;
+    int cancelled;               /* RECV_CLOSE_ON_SERVER's answer */
     void *state;                 /* per-method state of a streaming call */
     void (*state_free)(void *);  /* called when the call ends */
 };
