@@ -86,4 +86,59 @@ int eh_hash(const eh_model *m, int li, const int64_t *tokens, size_t B, size_t T
  * SeedSequence -> PCG64 -> Lemire, bit-exact with numpy >= 1.17. high >= 1. */
 void np_default_rng_integers(uint64_t seed, uint64_t high, size_t n, int64_t *out);
 
+/* ---- Added for tests and callers that need the pieces (declarations
+ * above are the contract; these only expose its intermediate steps). ---- */
+
+/* What numpy's SeedSequence/PCG64 computed on the way (for the test vectors'
+ * traces). u128 values are split into hi/lo 64-bit halves. */
+typedef struct np_rng_trace {
+    uint32_t pool[4];          /* SeedSequence pool after mixing */
+    uint32_t state_u32[8];     /* generate_state(8, uint32) */
+    uint64_t state_u64[4];     /* the same as 4 x uint64 */
+    uint64_t pcg_state_hi, pcg_state_lo; /* PCG64 state after seeding */
+    uint64_t pcg_inc_hi, pcg_inc_lo;
+    uint64_t first_next64[4];  /* the first four next64() of that state */
+} np_rng_trace;
+
+/* As np_default_rng_integers, for a seed of any size given as its
+ * little-endian base-2^32 digits (n_words 0 means seed 0); fills *trace when
+ * trace is not NULL. */
+void np_default_rng_integers_words(const uint32_t *words, size_t n_words, uint64_t high,
+                                   size_t n, int64_t *out, np_rng_trace *trace);
+
+/* The mixes eh_hash reduces: out[B, T, max_ngram - 1], entry n - 2 holds
+ * mix_n (wrapping int64). Same inputs, errors and messages as eh_hash. */
+int eh_mixes(const eh_model *m, int li, const int64_t *tokens, size_t B, size_t T,
+             const int64_t *history, int64_t *out, char *err, size_t errlen);
+
+/* The division-free floor-mod eh_hash uses: a precomputed reciprocal per
+ * divisor. eh_floor_mod(a, d) == ((a % d) + d) % d for every int64 a and
+ * every d in [2, 2^63). */
+typedef struct eh_divisor {
+    uint64_t d;
+    uint64_t recip;            /* floor(2^64 / d) */
+    uint64_t r64;              /* 2^64 mod d */
+} eh_divisor;
+
+void eh_divisor_init(eh_divisor *dv, uint64_t d);
+
+static inline uint64_t eh_mod_u64(uint64_t a, const eh_divisor *dv)
+{
+    /* q = floor(a * recip / 2^64) is floor(a / d) or one less. */
+    uint64_t q = (uint64_t)(((unsigned __int128)a * dv->recip) >> 64);
+    uint64_t r = a - q * dv->d;
+    return r >= dv->d ? r - dv->d : r;
+}
+
+static inline uint64_t eh_floor_mod(int64_t a, const eh_divisor *dv)
+{
+    uint64_t r = eh_mod_u64((uint64_t)a, dv);
+    if (a < 0) /* a = (uint64)a - 2^64 */
+        r = r >= dv->r64 ? r - dv->r64 : r + dv->d - dv->r64;
+    return r;
+}
+
+/* Deterministic Miller-Rabin, exact for every 64-bit n. */
+int eh_is_prime(uint64_t n);
+
 #endif
