@@ -13,12 +13,6 @@
 
 #include "grpc_util.h"
 
-typedef struct admin_call {
-    ec_call c;                           /* first: hooks cast back */
-    const ProtobufCMessageDescriptor *desc;
-    ProtobufCMessage *reply;             /* unpacked on success */
-} admin_call;
-
 static int admin_decode(ec_call *c, grpc_byte_buffer *reply)
 {
     admin_call *a = (admin_call *)c;
@@ -32,9 +26,7 @@ static int admin_decode(ec_call *c, grpc_byte_buffer *reply)
     return ENGRAM_OK;
 }
 
-/* Runs one admin call to completion. On success a->reply is set and the
- * caller frees it with protobuf_c_message_free_unpacked. */
-static int admin_run(engram_client *cl, void *method,
+int ec_admin_run(engram_client *cl, void *method,
                      const ProtobufCMessage *req,
                      const ProtobufCMessageDescriptor *desc, admin_call *a,
                      engram_error *err)
@@ -89,7 +81,7 @@ int engram_table_get(engram_client *client, const char *name,
     Engram__V1__GetTableRequest req = ENGRAM__V1__GET_TABLE_REQUEST__INIT;
     req.name = (char *)name; /* only read by pack */
     admin_call a;
-    int rc = admin_run(client, client->m_get_table, &req.base,
+    int rc = ec_admin_run(client, client->m_get_table, &req.base,
                        &engram__v1__table_info__descriptor, &a, err);
     if (rc)
         return rc;
@@ -137,7 +129,7 @@ int engram_table_list(engram_client *client, engram_table_info **out,
     *count = 0;
     Engram__V1__ListTablesRequest req = ENGRAM__V1__LIST_TABLES_REQUEST__INIT;
     admin_call a;
-    int rc = admin_run(client, client->m_list_tables, &req.base,
+    int rc = ec_admin_run(client, client->m_list_tables, &req.base,
                        &engram__v1__list_tables_response__descriptor, &a, err);
     if (rc)
         return rc;

@@ -78,6 +78,7 @@ void engram_client_options_init(engram_client_options *opts)
 {
     opts->deadline_ms = 10000;
     opts->max_message_bytes = 64 << 20;
+    opts->max_prefetch_tokens = 1 << 20;
 }
 
 /* The completion thread: every event is the end of one unary batch. */
@@ -105,6 +106,12 @@ static void register_methods(engram_client *cl)
         cl->channel, "/engram.v1.Admin/ListTables", NULL, NULL);
     cl->m_get_table = grpc_channel_register_call(
         cl->channel, "/engram.v1.Admin/GetTable", NULL, NULL);
+    cl->m_put_manifest = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/PutManifest", NULL, NULL);
+    cl->m_get_manifest = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/GetManifest", NULL, NULL);
+    cl->m_list_manifests = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/ListManifests", NULL, NULL);
 }
 
 static int check_open_args(const char *address,
@@ -120,6 +127,10 @@ static int check_open_args(const char *address,
         return ec_error(err, ENGRAM_INVALID_ARGUMENT,
                         "max_message_bytes %d is not positive",
                         (int)o->max_message_bytes);
+    if (o->max_prefetch_tokens <= 0)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "max_prefetch_tokens %lld is not positive",
+                        (long long)o->max_prefetch_tokens);
     return ENGRAM_OK;
 }
 
@@ -141,6 +152,7 @@ int engram_client_open(const char *address, const engram_client_options *opts,
         return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
     cl->deadline_ms = o.deadline_ms;
     cl->max_message_bytes = o.max_message_bytes;
+    cl->max_prefetch_tokens = o.max_prefetch_tokens;
     pthread_mutex_init(&cl->mu, NULL);
     pthread_cond_init(&cl->idle, NULL);
 

@@ -18,6 +18,7 @@
 #include <pthread.h>
 
 #include "engram/v1/engram.pb-c.h"
+#include "manifest.h"
 
 typedef struct ec_call ec_call;
 
@@ -29,8 +30,12 @@ struct engram_client {
     void *m_lookup;
     void *m_list_tables;
     void *m_get_table;
+    void *m_put_manifest;
+    void *m_get_manifest;
+    void *m_list_manifests;
     int64_t deadline_ms;
     int32_t max_message_bytes;
+    int64_t max_prefetch_tokens;
 
     /* In-flight calls, so close can cancel them. Guarded by mu. */
     pthread_mutex_t mu;
@@ -100,6 +105,42 @@ int ec_ok(engram_error *err);
  * safely. Defined in admin.c, also used by import.c. */
 void ec_table_info_from_pb(engram_table_info *out,
                            const Engram__V1__TableInfo *in);
+
+/* An opened model (model.c). Prefetches started with
+ * ENGRAM_PREFETCH_HASH_ASYNC queue on `queue` and are hashed and sent by
+ * the model's one worker thread, started on first use. */
+struct engram_model {
+    engram_client *client;
+    engram_manifest *man;
+    uint64_t manifest_version;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t worker;
+    int worker_started;
+    int stopping;
+    struct engram_prefetch *queue_head, *queue_tail;
+};
+
+/* Runs on the model's worker: hashes and sends one queued prefetch
+ * (prefetch.c). */
+void ec_prefetch_run(struct engram_prefetch *p);
+/* Hands a prefetch to the model's worker (model.c). */
+void ec_model_enqueue(engram_model *m, struct engram_prefetch *p);
+/* The queue link of a prefetch (prefetch.c owns the struct). */
+struct engram_prefetch **ec_prefetch_next(struct engram_prefetch *p);
+
+/* An admin (small unary) call: its reply is unpacked with protobuf-c. */
+typedef struct admin_call {
+    ec_call c;                           /* first: hooks cast back */
+    const ProtobufCMessageDescriptor *desc;
+    ProtobufCMessage *reply;             /* unpacked on success */
+} admin_call;
+
+/* Runs one admin call to completion. On success a->reply is set and the
+ * caller frees it with protobuf_c_message_free_unpacked. Defined in admin.c. */
+int ec_admin_run(engram_client *cl, void *method, const ProtobufCMessage *req,
+                 const ProtobufCMessageDescriptor *desc, admin_call *a,
+                 engram_error *err);
 
 /* Copies a gRPC status (code + details slice) into code/message form. */
 int ec_status_to_error(grpc_status_code status, grpc_slice details,

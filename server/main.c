@@ -16,6 +16,7 @@
 #include "import.h"
 #include "log.h"
 #include "lookup.h"
+#include "manifests.h"
 #include "server.h"
 #include "store.h"
 
@@ -194,6 +195,7 @@ int main(int argc, char **argv)
     lookup_options lo = {o.max_rows, o.max_message};
     lookup_setup(st, &lo, &lm);
     admin_setup(st);
+    manifests_setup(st);
     import_options io = {(uint32_t)(o.max_message / 2 < (1u << 20) ? o.max_message / 2 : (1u << 20)),
                          256ull << 20};
     import_setup(st, &io, &im);
@@ -203,6 +205,9 @@ int main(int argc, char **argv)
         {"/engram.v1.Admin/ListTables", PLANE_ADMIN, admin_list_tables, NULL, 2},
         {"/engram.v1.Admin/GetTable", PLANE_ADMIN, admin_get_table, NULL, 4},
         {"/engram.v1.Admin/Import", PLANE_ADMIN, NULL, import_stream, 2},
+        {"/engram.v1.Admin/PutManifest", PLANE_ADMIN, manifests_put, NULL, 1},
+        {"/engram.v1.Admin/GetManifest", PLANE_ADMIN, manifests_get, NULL, 4},
+        {"/engram.v1.Admin/ListManifests", PLANE_ADMIN, manifests_list, NULL, 1},
     };
     static server_metrics svm;
     server_options sopts = {o.listen, o.threads, (int)o.max_message};
@@ -223,6 +228,7 @@ int main(int argc, char **argv)
     }
     server_teardown(o.grace_ms);
     import_teardown();
+    manifests_teardown();
     admin_teardown();
     lookup_teardown();
     store_teardown(st);

@@ -17,6 +17,7 @@
 
 #include "engram/v1/engram.pb-c.h"
 #include "log.h"
+#include "names.h"
 
 #define CF_META 0
 #define CF_ROWS 1
@@ -84,16 +85,7 @@ void store_row_key(uint8_t key[ROW_KEY_LEN], uint32_t table_id,
 
 int table_name_valid(const char *name)
 {
-    size_t n = strlen(name);
-    if (n == 0 || n > TABLE_NAME_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = name[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
-            return 0;
-    }
-    return 1;
+    return engram_name_valid(name);
 }
 
 static uint64_t unix_ms(void)
@@ -557,6 +549,65 @@ int store_read_rows(table_version *tv, const uint64_t *rows, size_t n,
     }
     __atomic_add_fetch(&tv->s->m->rows_rocksdb, n, __ATOMIC_RELAXED);
     return 0;
+}
+
+/* ---- documents ---------------------------------------------------------- */
+
+static size_t doc_key(char *key, char kind, const char *name)
+{
+    size_t n = strlen(name);
+    key[0] = kind;
+    memcpy(key + 1, name, n);
+    return n + 1;
+}
+
+int store_doc_put(store *s, char kind, const char *name, const void *val, size_t len,
+                  char *msg, size_t msglen)
+{
+    char key[TABLE_NAME_MAX + 2];
+    size_t kl = doc_key(key, kind, name);
+    char *rerr = NULL;
+    rocksdb_put_cf(s->db, s->wopts_sync, s->cf[CF_META], key, kl, val, len, &rerr);
+    if (rerr) {
+        snprintf(msg, msglen, "writing document \"%s\" failed: %s", name, rerr);
+        free(rerr);
+        return -1;
+    }
+    return 0;
+}
+
+char *store_doc_get(store *s, char kind, const char *name, size_t *len)
+{
+    char key[TABLE_NAME_MAX + 2];
+    size_t kl = doc_key(key, kind, name);
+    char *rerr = NULL;
+    char *v = rocksdb_get_cf(s->db, s->ropts, s->cf[CF_META], key, kl, len, &rerr);
+    if (rerr) {
+        log_error("document_read_failed", "name=%s error=\"%s\"", name, rerr);
+        free(rerr);
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+size_t store_doc_list(store *s, char kind, char ***names)
+{
+    size_t n = 0, cap = 0;
+    char **v = NULL;
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ropts, s->cf[CF_META]);
+    for (rocksdb_iter_seek(it, &kind, 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t kl;
+        const char *k = rocksdb_iter_key(it, &kl);
+        if (kl < 1 || k[0] != kind)
+            break;
+        if (n == cap)
+            v = realloc(v, (cap = cap ? cap * 2 : 8) * sizeof *v);
+        v[n++] = strndup(k + 1, kl - 1);
+    }
+    rocksdb_iter_destroy(it);
+    *names = v;
+    return n;
 }
 
 /* ---- import claims and activation -------------------------------------- */

@@ -4,6 +4,7 @@
  * Layout in RocksDB (one database, two column families):
  *   "default": 'm' + name          -> u32 BE table id + packed TableInfo
  *              'n'                 -> u32 BE next table id
+ *              'M' + name          -> a manifest document (JSON)
  *   "rows":    id(u32 BE) version(u64 BE) row(u64 BE) -> row bytes
  * Rows live in their own column family so their options differ from the
  * metadata's: no compression (embeddings do not compress and decompression
@@ -80,6 +81,17 @@ size_t store_list(store *s, table_version ***out);
  * (a storage failure: the caller answers INTERNAL/DATA_LOSS). */
 int store_read_rows(table_version *tv, const uint64_t *rows, size_t n,
                     uint8_t *out, char *msg, size_t msglen);
+
+/* ---- documents ---------------------------------------------------------- */
+
+/* Small named documents kept in the metadata family under a one-byte kind
+ * ('M': manifests), written synced. get returns a malloc'd copy or NULL;
+ * list returns malloc'd names (sorted) the caller frees. */
+#define STORE_DOC_MANIFEST 'M'
+int store_doc_put(store *s, char kind, const char *name, const void *val, size_t len,
+                  char *msg, size_t msglen);
+char *store_doc_get(store *s, char kind, const char *name, size_t *len);
+size_t store_doc_list(store *s, char kind, char ***names);
 
 /* ---- import support ---------------------------------------------------- */
 

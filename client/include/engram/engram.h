@@ -67,6 +67,8 @@ typedef struct engram_client_options {
     int64_t deadline_ms;
     /* Max message size sent and received, bytes. Default 64 MiB. */
     int32_t max_message_bytes;
+    /* Most tokens (batch x seq_len) one prefetch may cover. Default 1 Mi. */
+    int64_t max_prefetch_tokens;
 } engram_client_options;
 
 /* Fills `opts` with the defaults. */
@@ -175,6 +177,134 @@ int engram_import_finish(engram_import *imp, engram_table_info *info,
 
 /* Cancels the stream; the server discards everything. Frees imp. */
 void engram_import_abort(engram_import *imp);
+
+/* ---- manifests ---------------------------------------------------------- */
+
+/* A model manifest (JSON, see README "Models") names a model's hashing
+ * parameters and the table of each Engram layer. */
+typedef struct engram_manifest_info {
+    char name[129];
+    uint64_t version;          /* increases by one with every put */
+    uint32_t n_layers;
+    uint32_t dim;              /* elements per head row */
+    uint32_t row_bytes;
+    char dtype[16];
+    uint32_t n_missing;        /* tables named but not on the server */
+    char missing_tables[1024]; /* their names, comma separated (truncated) */
+    uint64_t updated_unix_ms;
+} engram_manifest_info;
+
+/* Stores (or replaces) a manifest. The server refuses an invalid document
+ * (ENGRAM_INVALID_ARGUMENT) or one naming an existing table of the wrong
+ * shape (ENGRAM_FAILED_PRECONDITION); tables not imported yet are allowed
+ * and listed in info->missing_tables. info may be NULL. */
+int engram_manifest_put(engram_client *client, const char *json, size_t len,
+                        engram_manifest_info *info, engram_error *err);
+
+/* The stored document of model `name`: *json is a NUL-terminated copy the
+ * caller frees with engram_free; *version (may be NULL) its version. */
+int engram_manifest_get(engram_client *client, const char *name, char **json,
+                        uint64_t *version, engram_error *err);
+
+/* All manifests, sorted by name; free *out with engram_free. */
+int engram_manifest_list(engram_client *client, engram_manifest_info **out,
+                         size_t *count, engram_error *err);
+
+/* ---- models: hashing and prefetch --------------------------------------- */
+
+/* An opened model: its manifest fetched from the server, its hashing state
+ * derived, and every layer's table checked to exist with the right shape.
+ * A model is immutable and may be used by any number of threads; it must be
+ * closed before its client. */
+typedef struct engram_model engram_model;
+
+#define ENGRAM_MAX_LAYERS 64
+
+typedef struct engram_model_info {
+    char name[129];
+    uint64_t manifest_version;
+    uint32_t n_layers;
+    int64_t layer_ids[ENGRAM_MAX_LAYERS];
+    uint32_t max_ngram;
+    uint32_t heads;            /* (max_ngram - 1) * n_head_per_ngram */
+    uint32_t dim;
+    uint32_t row_bytes;
+    char dtype[16];
+    int64_t pad_id;
+} engram_model_info;
+
+/* Opens model `name`: ENGRAM_NOT_FOUND without a manifest of that name,
+ * ENGRAM_FAILED_PRECONDITION when a layer's table is missing or of the
+ * wrong shape (the message names it). */
+int engram_model_open(engram_client *client, const char *name,
+                      engram_model **out, engram_error *err);
+void engram_model_get_info(const engram_model *model, engram_model_info *out);
+/* Waits for the model's background hashing (if any was used) to finish. */
+void engram_model_close(engram_model *model);
+
+/* Hashes tokens [batch, seq_len] (raw token ids) for one layer into
+ * rows_out[batch, seq_len, heads]: the global row ids the reference model
+ * reads from that layer's table. history: NULL, or [batch, max_ngram - 1]
+ * ids preceding each sequence, oldest first (decode steps). A token beyond
+ * the compression table is ENGRAM_INVALID_ARGUMENT naming it. Thread-safe;
+ * no server call. */
+int engram_model_hash(const engram_model *model, int64_t layer_id,
+                      const int64_t *tokens, size_t batch, size_t seq_len,
+                      const int64_t *history, uint64_t *rows_out,
+                      engram_error *err);
+
+/* Hash and send on the model's background thread instead of the caller's:
+ * start returns at once (tokens and history are copied first). */
+#define ENGRAM_PREFETCH_HASH_ASYNC 0x1u
+
+typedef struct engram_prefetch_request {
+    const int64_t *layer_ids;  /* n_layers layers; one call may cover a step */
+    size_t n_layers;
+    const int64_t *tokens;     /* [batch, seq_len] raw token ids */
+    size_t batch;
+    size_t seq_len;
+    const int64_t *history;    /* NULL or [batch, max_ngram - 1], oldest first */
+    const uint32_t *heads;     /* NULL (all heads) or n_heads head indices */
+    size_t n_heads;
+    void *out;                 /* [n_layers][batch, seq_len, heads, row_bytes] */
+    size_t out_cap;
+    unsigned flags;            /* ENGRAM_PREFETCH_* */
+} engram_prefetch_request;
+
+typedef struct engram_prefetch engram_prefetch;
+
+/* Bytes the output of `req` takes (0 when req is invalid). */
+size_t engram_prefetch_out_bytes(const engram_model *model,
+                                 const engram_prefetch_request *req);
+
+/* Starts a prefetch: hashes every layer's rows, de-duplicates them within
+ * the call, and sends every table's lookups at once; the rows are scattered
+ * into req->out, laid out [n_layers][batch, seq_len, heads, D] in the order
+ * of req->layer_ids and req->heads. req->out must stay valid until the
+ * prefetch is finished or freed; everything else in req is read (or copied)
+ * before start returns. Many prefetches may be in flight at once. Errors in
+ * the request are returned here; errors found while hashing in the
+ * background, or from the server, come from wait. */
+int engram_prefetch_start(engram_model *model,
+                          const engram_prefetch_request *req,
+                          engram_prefetch **handle, engram_error *err);
+
+/* Waits up to timeout_ms (< 0: forever). ENGRAM_TIMEOUT if not finished;
+ * else the final status, the same on every later call. On ENGRAM_OK every
+ * byte of out is written; on any error out must not be used (a row that did
+ * not arrive is never left as zeros behind an OK). */
+int engram_prefetch_wait(engram_prefetch *handle, int64_t timeout_ms,
+                         engram_error *err);
+
+/* Non-blocking: 1 when every row has arrived or the prefetch failed (wait
+ * then returns at once), else 0. */
+int engram_prefetch_poll(engram_prefetch *handle);
+
+/* Cancels what is still in flight; wait then gives ENGRAM_CANCELLED. */
+void engram_prefetch_cancel(engram_prefetch *handle);
+
+/* Frees the handle, cancelling first if still in flight. NULL is a no-op. */
+void engram_prefetch_free(engram_prefetch *handle);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,75 @@
+/* ctl.h: what engramctl's command files share (util.c) and the commands
+ * each file implements. A command gets the arguments after its name and
+ * returns the process exit code. */
+#ifndef ENGRAM_CTL_H
+#define ENGRAM_CTL_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engram/engram.h"
+
+#define EXIT_RPC 1
+#define EXIT_USAGE 2
+
+/* Bytes generated / read per import write (the library splits writes into
+ * <= 4 MiB messages anyway; sizing by bytes keeps narrow rows from turning
+ * into many tiny writes), and rows looked up per verify batch. */
+#define IMPORT_BATCH_BYTES (4u << 20)
+#define VERIFY_BATCH_ROWS 4096
+
+/* Prints `engramctl: INVALID_ARGUMENT: ...`; returns EXIT_USAGE. */
+int die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints `engramctl: STATUS: message`; returns EXIT_RPC. */
+int report(const engram_error *e);
+/* Prints `engramctl: STATUS: ...` for code; returns EXIT_RPC. */
+int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Strict decimal parsing; a message naming `what` on failure. */
+int parse_u64(const char *s, const char *what, uint64_t *out);
+int parse_u32(const char *s, const char *what, uint32_t *out);
+
+/* A command's `--name value` options (also `--name=value`) and its
+ * positional arguments. Every option takes a value. */
+typedef struct {
+    const char *names[8];
+    const char *values[8];
+    int n;
+    const char *pos[256];
+    int npos;
+} opts;
+
+int parse_opts(opts *o, int argc, char **argv, const char *cmd);
+const char *opt(const opts *o, const char *name);
+const char *need(const opts *o, const char *name, const char *cmd);
+
+/* Reads one line of whitespace-separated token ids from `in` into *tokens
+ * (grown as needed; *cap is its capacity). Returns 1 with *n set, 0 at end
+ * of input, or EXIT_USAGE after a message naming the bad token. */
+int read_token_line(FILE *in, int64_t **tokens, size_t *n, size_t *cap, size_t lineno);
+
+/* Commands that talk to a server. */
+typedef int (*ctl_cmd)(engram_client *cl, int argc, char **argv);
+int cmd_tables(engram_client *cl, int argc, char **argv);
+int cmd_table(engram_client *cl, int argc, char **argv);
+int cmd_lookup(engram_client *cl, int argc, char **argv);
+int cmd_verify_synthetic(engram_client *cl, int argc, char **argv);
+int cmd_import_synthetic(engram_client *cl, int argc, char **argv);
+int cmd_import(engram_client *cl, int argc, char **argv);
+int cmd_put_manifest(engram_client *cl, int argc, char **argv);
+int cmd_manifests(engram_client *cl, int argc, char **argv);
+int cmd_manifest(engram_client *cl, int argc, char **argv);
+int cmd_prefetch(engram_client *cl, int argc, char **argv);
+
+/* Commands that need no server (cl is NULL). */
+int cmd_hash(engram_client *cl, int argc, char **argv);
+int cmd_compress_vocab(engram_client *cl, int argc, char **argv);
+
+/* Streams the synthetic table `seed` of the given shape (import.c). */
+int import_synthetic_table(engram_client *cl, const char *table, uint64_t rows,
+                           uint32_t dim, const char *dtype, uint32_t row_bytes,
+                           uint64_t seed);
+/* import-synthetic --manifest NAME --seed S: every table of a model, each
+ * with manifest_synthetic_seed(S, layer) (models.c). */
+int import_synthetic_manifest(engram_client *cl, const opts *o);
+
+#endif

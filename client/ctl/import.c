@@ -1,0 +1,402 @@
+/* import.c: engramctl import-synthetic and import: streams rows through
+ * Admin.Import in batches (a synthetic table generated on the fly, or a raw
+ * / .npy file read in chunks, never whole). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "ctl.h"
+#include "dtype.h"
+#include "grpc_util.h"
+#include "synthetic.h"
+
+/* ---- imports ------------------------------------------------------------ */
+
+/* Prints the activated table and the rate of an import. */
+static void print_import_done(const engram_table_info *t, uint64_t t0_ns)
+{
+    double s = (double)(now_ns() - t0_ns) / 1e9;
+    double rows_s = s > 0 ? (double)t->rows / s : 0;
+    printf("imported %s: %llu rows of %u bytes, version %llu, checksum %08x, "
+           "resident %s\n", t->name, (unsigned long long)t->rows,
+           t->row_bytes, (unsigned long long)t->version, t->checksum,
+           t->resident ? "yes" : "no");
+    printf("%.0f rows/s, %.1f MB/s, %.3f s\n", rows_s,
+           rows_s * t->row_bytes / 1e6, s);
+}
+
+/* Rows per write batch: about IMPORT_BATCH_BYTES, at least one row. */
+static size_t batch_rows_for(uint32_t row_bytes)
+{
+    size_t n = IMPORT_BATCH_BYTES / row_bytes;
+    return n ? n : 1;
+}
+
+/* dtype defaults to u8; dim to row_bytes / dtype size; both must agree
+ * with row_bytes. */
+static int synthetic_shape(const opts *o, uint32_t row_bytes,
+                           const char **dtype, uint32_t *dim)
+{
+    *dtype = opt(o, "--dtype") ? opt(o, "--dtype") : "u8";
+    size_t es = dtype_size(*dtype);
+    if (!es)
+        return die_usage("import-synthetic: unknown dtype '%s' (known: %s)",
+                         *dtype, dtype_list());
+    if (opt(o, "--dim")) {
+        if (parse_u32(opt(o, "--dim"), "--dim", dim))
+            return EXIT_USAGE;
+    } else {
+        *dim = (uint32_t)(row_bytes / es);
+    }
+    if ((uint64_t)*dim * es != row_bytes)
+        return die_usage("import-synthetic: dim %u x %s (%zu bytes) is %llu "
+                         "bytes, not --row-bytes %u", *dim, *dtype, es,
+                         (unsigned long long)*dim * es, row_bytes);
+    return 0;
+}
+
+/* Generates and streams rows [0, rows) of the synthetic table; returns 0
+ * or EXIT_RPC after reporting. */
+static int stream_synthetic(engram_import *imp, uint64_t seed, uint64_t rows,
+                            uint32_t row_bytes, engram_error *e)
+{
+    size_t per = batch_rows_for(row_bytes);
+    uint8_t *buf = malloc(per * row_bytes);
+    if (!buf)
+        return fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %zu rows",
+                    per);
+    int rc = 0;
+    for (uint64_t r = 0; r < rows && !rc; r += per) {
+        uint64_t n = rows - r < per ? rows - r : per;
+        synthetic_rows(seed, r, n, buf, row_bytes);
+        if (engram_import_write(imp, r, buf, n * row_bytes, e))
+            rc = report(e);
+    }
+    free(buf);
+    return rc;
+}
+
+int import_synthetic_table(engram_client *cl, const char *table, uint64_t rows,
+                           uint32_t dim, const char *dtype, uint32_t row_bytes,
+                           uint64_t seed)
+{
+    uint64_t t0 = now_ns();
+    engram_import *imp;
+    engram_error e;
+    if (engram_import_begin(cl, table, rows, dim, dtype, &imp, &e))
+        return report(&e);
+    int rc = stream_synthetic(imp, seed, rows, row_bytes, &e);
+    if (rc) {
+        engram_import_abort(imp);
+        return rc;
+    }
+    engram_table_info info;
+    if (engram_import_finish(imp, &info, &e))
+        return report(&e);
+    print_import_done(&info, t0);
+    return 0;
+}
+
+int cmd_import_synthetic(engram_client *cl, int argc, char **argv)
+{
+    opts o = {.names = {"--table", "--rows", "--row-bytes", "--seed",
+                        "--dim", "--dtype", "--manifest"}, .n = 7};
+    const char *c = "import-synthetic";
+    if (parse_opts(&o, argc, argv, c))
+        return EXIT_USAGE;
+    if (o.npos)
+        return die_usage("%s: unexpected argument '%s'", c, o.pos[0]);
+    if (opt(&o, "--manifest"))
+        return import_synthetic_manifest(cl, &o);
+    const char *table = need(&o, "--table", c);
+    const char *srows = need(&o, "--rows", c);
+    const char *srb = need(&o, "--row-bytes", c);
+    const char *sseed = need(&o, "--seed", c);
+    if (!table || !srows || !srb || !sseed)
+        return EXIT_USAGE;
+    uint64_t rows, seed;
+    uint32_t row_bytes, dim = 0;
+    const char *dtype = NULL;
+    if (parse_u64(srows, "--rows", &rows) ||
+        parse_u32(srb, "--row-bytes", &row_bytes) ||
+        parse_u64(sseed, "--seed", &seed))
+        return EXIT_USAGE;
+    if (row_bytes == 0)
+        return die_usage("%s: --row-bytes must be positive", c);
+    if (synthetic_shape(&o, row_bytes, &dtype, &dim))
+        return EXIT_USAGE;
+    return import_synthetic_table(cl, table, rows, dim, dtype, row_bytes, seed);
+}
+
+/* ---- .npy headers --------------------------------------------------------- */
+
+/* What an .npy file holds: data offset, element descr, shape. */
+typedef struct {
+    long data_off;
+    char descr[16];
+    uint64_t shape[2];
+    int ndim;
+} npy_info;
+
+/* Finds `'key':` in the header dict and returns the text after it. */
+static const char *npy_value(const char *hdr, const char *key)
+{
+    char pat[32];
+    snprintf(pat, sizeof pat, "'%s'", key);
+    const char *p = strstr(hdr, pat);
+    if (!p)
+        return NULL;
+    p += strlen(pat);
+    while (*p == ' ')
+        p++;
+    if (*p != ':')
+        return NULL;
+    p++;
+    while (*p == ' ')
+        p++;
+    return p;
+}
+
+/* Parses "(a, b)" / "(a,)" / "(a)" into info->shape. */
+static int npy_shape(const char *p, npy_info *info, const char *file)
+{
+    if (*p++ != '(')
+        return fail(ENGRAM_INVALID_ARGUMENT, "%s: .npy shape is not a tuple",
+                    file);
+    info->ndim = 0;
+    for (;;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (*p == ')')
+            break;
+        if (*p < '0' || *p > '9' || info->ndim == 2)
+            return fail(ENGRAM_INVALID_ARGUMENT,
+                        "%s: .npy shape must be (rows,) or (rows, dim)", file);
+        char *end;
+        info->shape[info->ndim++] = strtoull(p, &end, 10);
+        p = end;
+    }
+    if (info->ndim == 0)
+        return fail(ENGRAM_INVALID_ARGUMENT,
+                    "%s: .npy shape () is a scalar, want (rows, dim)", file);
+    return 0;
+}
+
+/* Parses the header dict: descr, fortran_order, shape. */
+static int npy_dict(const char *hdr, npy_info *info, const char *file)
+{
+    const char *d = npy_value(hdr, "descr");
+    const char *f = npy_value(hdr, "fortran_order");
+    const char *s = npy_value(hdr, "shape");
+    if (!d || !f || !s)
+        return fail(ENGRAM_INVALID_ARGUMENT,
+                    "%s: .npy header lacks descr, fortran_order or shape",
+                    file);
+    if (strncmp(f, "False", 5) != 0)
+        return fail(ENGRAM_INVALID_ARGUMENT,
+                    "%s: .npy array is fortran_order; want C order", file);
+    char q = *d++;
+    const char *e = strchr(d, q);
+    if ((q != '\'' && q != '"') || !e || (size_t)(e - d) >= sizeof info->descr)
+        return fail(ENGRAM_INVALID_ARGUMENT,
+                    "%s: .npy descr is not a simple type string", file);
+    memcpy(info->descr, d, (size_t)(e - d));
+    info->descr[e - d] = '\0';
+    return npy_shape(s, info, file);
+}
+
+/* Reads the magic, version and header dict of an .npy file. */
+static int npy_read_header(FILE *fp, npy_info *info, const char *file)
+{
+    uint8_t pre[12];
+    if (fread(pre, 1, 10, fp) != 10)
+        return fail(ENGRAM_INVALID_ARGUMENT, "%s: .npy header truncated",
+                    file);
+    uint8_t major = pre[6];
+    uint32_t hlen;
+    long off;
+    if (major == 1) {
+        hlen = pre[8] | (uint32_t)pre[9] << 8;
+        off = 10;
+    } else if (major == 2 || major == 3) {
+        if (fread(pre + 10, 1, 2, fp) != 2)
+            return fail(ENGRAM_INVALID_ARGUMENT, "%s: .npy header truncated",
+                        file);
+        hlen = pre[8] | (uint32_t)pre[9] << 8 | (uint32_t)pre[10] << 16 |
+               (uint32_t)pre[11] << 24;
+        off = 12;
+    } else {
+        return fail(ENGRAM_INVALID_ARGUMENT,
+                    "%s: .npy version %u is not 1, 2 or 3", file, major);
+    }
+    if (hlen > (1u << 20))
+        return fail(ENGRAM_INVALID_ARGUMENT,
+                    "%s: .npy header of %u bytes is implausible", file, hlen);
+    char *hdr = malloc(hlen + 1);
+    if (!hdr || fread(hdr, 1, hlen, fp) != hlen) {
+        free(hdr);
+        return fail(ENGRAM_INVALID_ARGUMENT, "%s: .npy header truncated",
+                    file);
+    }
+    hdr[hlen] = '\0';
+    info->data_off = off + (long)hlen;
+    int rc = npy_dict(hdr, info, file);
+    free(hdr);
+    return rc;
+}
+
+/* numpy descr strings each dtype accepts. bf16 and fp8 have no numpy type:
+ * they come as raw 2-/1-byte fields. */
+static int descr_matches(const char *dtype, const char *descr)
+{
+    static const struct { const char *dtype, *descr; } m[] = {
+        {"f32", "<f4"},  {"f16", "<f2"},  {"f64", "<f8"},   {"i8", "|i1"},
+        {"u8", "|u1"},   {"i16", "<i2"},  {"i32", "<i4"},   {"bf16", "<V2"},
+        {"bf16", "|V2"}, {"bf16", "<u2"}, {"fp8_e4m3", "|u1"},
+        {"fp8_e4m3", "|V1"}, {"fp8_e5m2", "|u1"}, {"fp8_e5m2", "|V1"},
+    };
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
+        if (strcmp(m[i].dtype, dtype) == 0 && strcmp(m[i].descr, descr) == 0)
+            return 1;
+    return 0;
+}
+
+/* Checks an .npy header against --dim/--dtype; sets *rows. */
+static int npy_check(const npy_info *ni, const char *file, uint32_t dim,
+                     const char *dtype, uint64_t *rows)
+{
+    if (!descr_matches(dtype, ni->descr))
+        return fail(ENGRAM_INVALID_ARGUMENT,
+                    "%s: .npy descr '%s' does not match --dtype %s", file,
+                    ni->descr, dtype);
+    uint64_t fdim = ni->ndim == 2 ? ni->shape[1] : 1;
+    if (fdim != dim)
+        return fail(ENGRAM_INVALID_ARGUMENT,
+                    "%s: .npy shape[1] is %llu, --dim is %u", file,
+                    (unsigned long long)fdim, dim);
+    *rows = ni->shape[0];
+    return 0;
+}
+
+/* ---- file import ---------------------------------------------------------- */
+
+/* Opens F and works out where its rows start and how many there are: an
+ * .npy file (by its magic) or raw rows. */
+static int open_rows(const char *file, uint32_t dim, const char *dtype,
+                     uint32_t row_bytes, FILE **fpo, uint64_t *rows)
+{
+    FILE *fp = fopen(file, "rb");
+    if (!fp)
+        return fail(ENGRAM_NOT_FOUND, "%s: %s", file, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(fp), &st) != 0) {
+        fclose(fp);
+        return fail(ENGRAM_INTERNAL, "%s: %s", file, strerror(errno));
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    char magic[6] = {0};
+    size_t got = fread(magic, 1, 6, fp);
+    rewind(fp);
+    if (got == 6 && memcmp(magic, "\x93NUMPY", 6) == 0) {
+        npy_info ni;
+        if (npy_read_header(fp, &ni, file) ||
+            npy_check(&ni, file, dim, dtype, rows)) {
+            fclose(fp);
+            return EXIT_RPC;
+        }
+        uint64_t have = size - (uint64_t)ni.data_off;
+        if (have != *rows * row_bytes) {
+            fclose(fp);
+            return fail(ENGRAM_INVALID_ARGUMENT,
+                        "%s: .npy holds %llu data bytes, shape needs %llu",
+                        file, (unsigned long long)have,
+                        (unsigned long long)(*rows * row_bytes));
+        }
+        fseek(fp, ni.data_off, SEEK_SET);
+    } else if (size % row_bytes) {
+        fclose(fp);
+        return fail(ENGRAM_INVALID_ARGUMENT,
+                    "%s: size %llu is not a multiple of row_bytes %u "
+                    "(dim %u x %s)", file, (unsigned long long)size,
+                    row_bytes, dim, dtype);
+    } else {
+        *rows = size / row_bytes;
+    }
+    *fpo = fp;
+    return 0;
+}
+
+/* Reads the rows in batches and writes them to the import; returns 0 or
+ * EXIT_RPC after reporting. */
+static int stream_file(engram_import *imp, FILE *fp, const char *file,
+                       uint64_t rows, uint32_t row_bytes, engram_error *e)
+{
+    size_t per = batch_rows_for(row_bytes);
+    uint8_t *buf = malloc(per * row_bytes);
+    if (!buf)
+        return fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %zu rows",
+                    per);
+    int rc = 0;
+    for (uint64_t r = 0; r < rows && !rc; r += per) {
+        uint64_t n = rows - r < per ? rows - r : per;
+        if (fread(buf, row_bytes, n, fp) != n) {
+            rc = fail(ENGRAM_DATA_LOSS, "%s: short read at row %llu", file,
+                      (unsigned long long)r);
+            break;
+        }
+        if (engram_import_write(imp, r, buf, n * row_bytes, e))
+            rc = report(e);
+    }
+    free(buf);
+    return rc;
+}
+
+int cmd_import(engram_client *cl, int argc, char **argv)
+{
+    opts o = {.names = {"--table", "--file", "--dim", "--dtype"}, .n = 4};
+    const char *c = "import";
+    if (parse_opts(&o, argc, argv, c))
+        return EXIT_USAGE;
+    if (o.npos)
+        return die_usage("%s: unexpected argument '%s'", c, o.pos[0]);
+    const char *table = need(&o, "--table", c);
+    const char *file = need(&o, "--file", c);
+    const char *sdim = need(&o, "--dim", c);
+    const char *dtype = need(&o, "--dtype", c);
+    if (!table || !file || !sdim || !dtype)
+        return EXIT_USAGE;
+    uint32_t dim;
+    if (parse_u32(sdim, "--dim", &dim))
+        return EXIT_USAGE;
+    size_t es = dtype_size(dtype);
+    if (!es)
+        return die_usage("%s: unknown dtype '%s' (known: %s)", c, dtype,
+                         dtype_list());
+    if (dim == 0 || (uint64_t)dim * es > UINT32_MAX)
+        return die_usage("%s: --dim %u gives no valid row size", c, dim);
+    uint32_t row_bytes = dim * (uint32_t)es;
+
+    FILE *fp = NULL;
+    uint64_t rows = 0;
+    if (open_rows(file, dim, dtype, row_bytes, &fp, &rows))
+        return EXIT_RPC;
+    uint64_t t0 = now_ns();
+    engram_import *imp;
+    engram_error e;
+    int rc;
+    if (engram_import_begin(cl, table, rows, dim, dtype, &imp, &e)) {
+        rc = report(&e);
+    } else if ((rc = stream_file(imp, fp, file, rows, row_bytes, &e))) {
+        engram_import_abort(imp);
+    } else {
+        engram_table_info info;
+        if ((rc = engram_import_finish(imp, &info, &e)) != 0)
+            rc = report(&e);
+        else
+            print_import_done(&info, t0);
+    }
+    fclose(fp);
+    return rc;
+}

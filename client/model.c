@@ -1,0 +1,154 @@
+/* model.c: opening a model (manifest fetched from the server, hashing state
+ * derived, every layer's table checked), hashing token ids into row ids,
+ * and the model's background worker for asynchronous prefetches.
+ *
+ * The tables are checked at open so that a client never hashes into a
+ * table of another shape: a wrong row count would silently read the wrong
+ * rows, which is worse than failing. */
+#include "client_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int check_layer_table(engram_model *m, int li, engram_error *err)
+{
+    engram_table_info ti;
+    engram_error e;
+    const char *t = m->man->tables[li];
+    long long lid = (long long)m->man->model->layers[li].layer_id;
+    int rc = engram_table_get(m->client, t, &ti, &e);
+    if (rc == ENGRAM_NOT_FOUND)
+        return ec_error(err, ENGRAM_FAILED_PRECONDITION,
+                        "model %s: table \"%s\" of layer %lld is missing on the server",
+                        m->man->name, t, lid);
+    if (rc)
+        return ec_error(err, rc, "model %s: table \"%s\": %s", m->man->name, t, e.message);
+    char why[400];
+    if (manifest_check_table(m->man, li, ti.rows, ti.row_bytes, ti.dim, ti.dtype, why, sizeof why))
+        return ec_error(err, ENGRAM_FAILED_PRECONDITION, "model %s: %s", m->man->name, why);
+    return ENGRAM_OK;
+}
+
+static int load_manifest(engram_model *m, const char *name, engram_error *err)
+{
+    char *json = NULL;
+    int rc = engram_manifest_get(m->client, name, &json, &m->manifest_version, err);
+    if (rc)
+        return rc;
+    char why[512];
+    m->man = manifest_parse(json, strlen(json), why, sizeof why);
+    free(json);
+    if (!m->man)
+        return ec_error(err, ENGRAM_FAILED_PRECONDITION, "model %s: stored %s", name, why);
+    return ENGRAM_OK;
+}
+
+int engram_model_open(engram_client *client, const char *name, engram_model **out,
+                      engram_error *err)
+{
+    if (!client || !name || !out)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "client, name or out is NULL");
+    engram_model *m = calloc(1, sizeof *m);
+    m->client = client;
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->cv, NULL);
+    int rc = load_manifest(m, name, err);
+    for (int li = 0; rc == ENGRAM_OK && li < m->man->model->n_layers; li++)
+        rc = check_layer_table(m, li, err);
+    if (rc) {
+        engram_model_close(m);
+        return rc;
+    }
+    *out = m;
+    return ec_ok(err);
+}
+
+void engram_model_get_info(const engram_model *m, engram_model_info *out)
+{
+    const eh_model *h = m->man->model;
+    memset(out, 0, sizeof *out);
+    snprintf(out->name, sizeof out->name, "%s", m->man->name);
+    snprintf(out->dtype, sizeof out->dtype, "%s", m->man->dtype);
+    out->manifest_version = m->manifest_version;
+    out->n_layers = (uint32_t)h->n_layers;
+    for (int i = 0; i < h->n_layers; i++)
+        out->layer_ids[i] = h->layers[i].layer_id;
+    out->max_ngram = (uint32_t)h->max_ngram;
+    out->heads = (uint32_t)h->heads;
+    out->dim = m->man->dim;
+    out->row_bytes = m->man->row_bytes;
+    out->pad_id = m->man->pad_id;
+}
+
+int engram_model_hash(const engram_model *m, int64_t layer_id, const int64_t *tokens,
+                      size_t batch, size_t seq_len, const int64_t *history,
+                      uint64_t *rows_out, engram_error *err)
+{
+    if (!m || !tokens || !rows_out)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "model, tokens or rows_out is NULL");
+    int li = eh_layer_index(m->man->model, layer_id);
+    if (li < 0)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "layer %lld is not a layer of model %s",
+                        (long long)layer_id, m->man->name);
+    char why[400];
+    if (eh_hash(m->man->model, li, tokens, batch, seq_len, history, rows_out, why, sizeof why))
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "%s", why);
+    return ec_ok(err);
+}
+
+/* ---- background worker ---------------------------------------------------- */
+
+static void *worker_main(void *arg)
+{
+    engram_model *m = arg;
+    pthread_mutex_lock(&m->mu);
+    for (;;) {
+        while (!m->queue_head && !m->stopping)
+            pthread_cond_wait(&m->cv, &m->mu);
+        struct engram_prefetch *p = m->queue_head;
+        if (!p)
+            break;               /* stopping and drained */
+        m->queue_head = *ec_prefetch_next(p);
+        if (!m->queue_head)
+            m->queue_tail = NULL;
+        pthread_mutex_unlock(&m->mu);
+        ec_prefetch_run(p);
+        pthread_mutex_lock(&m->mu);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
+void ec_model_enqueue(engram_model *m, struct engram_prefetch *p)
+{
+    pthread_mutex_lock(&m->mu);
+    if (!m->worker_started) {
+        pthread_create(&m->worker, NULL, worker_main, m);
+        m->worker_started = 1;
+    }
+    *ec_prefetch_next(p) = NULL;
+    if (m->queue_tail)
+        *ec_prefetch_next(m->queue_tail) = p;
+    else
+        m->queue_head = p;
+    m->queue_tail = p;
+    pthread_cond_signal(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void engram_model_close(engram_model *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->mu);
+    m->stopping = 1;
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+    if (m->worker_started)
+        pthread_join(m->worker, NULL);
+    manifest_free(m->man);
+    pthread_cond_destroy(&m->cv);
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+}

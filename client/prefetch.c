@@ -1,0 +1,457 @@
+/* prefetch.c: asynchronous Engram prefetch: token ids in, [B, T, heads, D]
+ * rows out, ahead of the layer that needs them.
+ *
+ * A prefetch goes through three steps:
+ *   1. hash (on the caller's thread, or the model's worker when asked):
+ *      every layer's global row ids for [B, T, heads], keeping the heads
+ *      asked for;
+ *   2. de-duplicate within the call (on real text about a third of a
+ *      batch's rows repeat) and send the unique rows of every layer at
+ *      once, in chunks, as asynchronous lookups over the client's channel;
+ *   3. on wait, collect the chunks, check each layer's rows all came from
+ *      one table version, and scatter the unique rows into the caller's
+ *      buffer.
+ * The caller's buffer is written only in step 3 and only when every chunk
+ * arrived, so an error can never hide behind rows of zeros. */
+#include "client_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Rows per lookup call: small enough that the chunks of one prefetch
+ * spread over the server's worker threads, big enough to amortise a call. */
+#define CHUNK_ROWS 8192
+
+typedef struct pf_layer {
+    int li;                      /* index in the model */
+    uint64_t *uniq;              /* unique rows, in first-seen order */
+    size_t nuniq;
+    uint32_t *slot;              /* per output row: its index in uniq */
+    uint8_t *buf;                /* nuniq * row_bytes, filled by lookups */
+    engram_lookup **calls;
+    size_t ncalls;
+} pf_layer;
+
+struct engram_prefetch {
+    engram_model *m;
+    size_t B, T, nheads;
+    uint32_t heads[EH_MAX_HEADS];
+    size_t nlayers;
+    pf_layer *layers;
+    int64_t *tokens, *history;   /* owned copies for async hashing */
+    uint8_t *out;
+    struct engram_prefetch *next;
+
+    pthread_mutex_t mu;          /* guards the fields below */
+    pthread_cond_t cv;
+    int sent;                    /* step 1-2 over (even if failed) */
+    int cancelled;
+    int finished;
+    int code;
+    char message[sizeof(((engram_error *)0)->message)];
+};
+
+struct engram_prefetch **ec_prefetch_next(struct engram_prefetch *p)
+{
+    return &p->next;
+}
+
+static size_t rows_per_layer(const engram_prefetch *p)
+{
+    return p->B * p->T * p->nheads;
+}
+
+/* Records the first error; later ones keep the first's code and message. */
+static void set_error(engram_prefetch *p, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_error(engram_prefetch *p, int code, const char *fmt, ...)
+{
+    if (p->code)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->message, sizeof p->message, fmt, ap);
+    va_end(ap);
+    p->code = code;
+}
+
+/* ---- step 1 and 2: hash, de-duplicate, send -------------------------------- */
+
+/* Open addressing over row + 1 (0 marks an empty slot). */
+static void dedupe(pf_layer *l, const uint64_t *rows, size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap <<= 1;
+    uint64_t *keys = calloc(cap, sizeof *keys);
+    uint32_t *vals = malloc(cap * sizeof *vals);
+    l->uniq = malloc(n * sizeof *l->uniq);
+    l->slot = malloc(n * sizeof *l->slot);
+    l->nuniq = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k = rows[i] + 1;
+        size_t h = (size_t)((k * 0x9E3779B97F4A7C15ULL) >> 20) & (cap - 1);
+        while (keys[h] && keys[h] != k)
+            h = (h + 1) & (cap - 1);
+        if (!keys[h]) {
+            keys[h] = k;
+            vals[h] = (uint32_t)l->nuniq;
+            l->uniq[l->nuniq++] = rows[i];
+        }
+        l->slot[i] = vals[h];
+    }
+    free(keys);
+    free(vals);
+}
+
+/* Keeps the requested heads of [B*T, heads] rows, in the order asked. */
+static void select_heads(const engram_prefetch *p, const uint64_t *all, int heads, uint64_t *sel)
+{
+    size_t bt = p->B * p->T;
+    for (size_t i = 0; i < bt; i++)
+        for (size_t j = 0; j < p->nheads; j++)
+            sel[i * p->nheads + j] = all[i * (size_t)heads + p->heads[j]];
+}
+
+static int hash_layer(engram_prefetch *p, pf_layer *l)
+{
+    const eh_model *h = p->m->man->model;
+    size_t bt = p->B * p->T;
+    uint64_t *all = malloc(bt * (size_t)h->heads * sizeof *all);
+    uint64_t *sel = malloc(rows_per_layer(p) * sizeof *sel);
+    char why[400];
+    int rc = eh_hash(h, l->li, p->tokens, p->B, p->T, p->history, all, why, sizeof why);
+    if (rc == 0) {
+        select_heads(p, all, h->heads, sel);
+        dedupe(l, sel, rows_per_layer(p));
+    } else {
+        set_error(p, ENGRAM_INVALID_ARGUMENT, "%s", why);
+    }
+    free(all);
+    free(sel);
+    return rc;
+}
+
+static size_t chunk_rows(const engram_prefetch *p)
+{
+    size_t rb = p->m->man->row_bytes;
+    size_t by_msg = ((size_t)p->m->client->max_message_bytes - 64) / rb;
+    return by_msg < CHUNK_ROWS ? (by_msg ? by_msg : 1) : CHUNK_ROWS;
+}
+
+static void send_layer(engram_prefetch *p, pf_layer *l)
+{
+    size_t rb = p->m->man->row_bytes, per = chunk_rows(p);
+    const char *table = p->m->man->tables[l->li];
+    l->buf = malloc(l->nuniq * rb + 1);
+    l->ncalls = (l->nuniq + per - 1) / per;
+    l->calls = calloc(l->ncalls + 1, sizeof *l->calls);
+    for (size_t c = 0; c < l->ncalls; c++) {
+        size_t off = c * per, n = l->nuniq - off < per ? l->nuniq - off : per;
+        engram_error e;
+        int rc = engram_lookup_start(p->m->client, table, l->uniq + off, n, l->buf + off * rb,
+                                     n * rb, &l->calls[c], &e);
+        if (rc) {
+            set_error(p, rc, "table %s: %s", table, e.message);
+            return;
+        }
+    }
+}
+
+static void hash_and_send(engram_prefetch *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int cancelled = p->cancelled;
+    pthread_mutex_unlock(&p->mu);
+    for (size_t i = 0; i < p->nlayers && !cancelled && !p->code; i++)
+        if (hash_layer(p, &p->layers[i]) == 0)
+            send_layer(p, &p->layers[i]);
+    pthread_mutex_lock(&p->mu);
+    p->sent = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void ec_prefetch_run(struct engram_prefetch *p)
+{
+    hash_and_send(p);
+}
+
+/* ---- start --------------------------------------------------------------- */
+
+static int check_request(const engram_model *m, const engram_prefetch_request *r,
+                         engram_error *err)
+{
+    const eh_model *h = m->man->model;
+    if (!r->layer_ids || !r->n_layers || !r->tokens || !r->out)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "layer_ids, tokens and out are required");
+    if (!r->batch || !r->seq_len)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "batch %zu x seq_len %zu is empty",
+                        r->batch, r->seq_len);
+    if (r->seq_len > (size_t)m->client->max_prefetch_tokens / r->batch)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "batch %zu x seq_len %zu tokens exceeds the limit of %lld tokens per prefetch",
+                        r->batch, r->seq_len, (long long)m->client->max_prefetch_tokens);
+    for (size_t i = 0; i < r->n_layers; i++)
+        if (eh_layer_index(h, r->layer_ids[i]) < 0)
+            return ec_error(err, ENGRAM_INVALID_ARGUMENT, "layer %lld is not a layer of model %s",
+                            (long long)r->layer_ids[i], m->man->name);
+    if (r->heads && (r->n_heads == 0 || r->n_heads > EH_MAX_HEADS))
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "n_heads %zu outside 1..%d",
+                        r->n_heads, EH_MAX_HEADS);
+    for (size_t j = 0; r->heads && j < r->n_heads; j++)
+        if (r->heads[j] >= (uint32_t)h->heads)
+            return ec_error(err, ENGRAM_INVALID_ARGUMENT, "head %u is out of range: model %s has %d heads",
+                            r->heads[j], m->man->name, h->heads);
+    size_t need = engram_prefetch_out_bytes(m, r);
+    if (r->out_cap < need)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "out_cap %zu is smaller than the %zu bytes the output needs", r->out_cap, need);
+    return ENGRAM_OK;
+}
+
+size_t engram_prefetch_out_bytes(const engram_model *m, const engram_prefetch_request *r)
+{
+    if (!m || !r)
+        return 0;
+    size_t heads = r->heads ? r->n_heads : (size_t)m->man->model->heads;
+    return r->n_layers * r->batch * r->seq_len * heads * m->man->row_bytes;
+}
+
+static engram_prefetch *prefetch_new(engram_model *m, const engram_prefetch_request *r)
+{
+    engram_prefetch *p = calloc(1, sizeof *p);
+    p->m = m;
+    p->B = r->batch;
+    p->T = r->seq_len;
+    p->nheads = r->heads ? r->n_heads : (size_t)m->man->model->heads;
+    for (size_t j = 0; j < p->nheads; j++)
+        p->heads[j] = r->heads ? r->heads[j] : (uint32_t)j;
+    p->nlayers = r->n_layers;
+    p->layers = calloc(r->n_layers, sizeof *p->layers);
+    for (size_t i = 0; i < r->n_layers; i++)
+        p->layers[i].li = eh_layer_index(m->man->model, r->layer_ids[i]);
+    p->out = r->out;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    return p;
+}
+
+static void copy_tokens(engram_prefetch *p, const engram_prefetch_request *r)
+{
+    size_t bt = p->B * p->T, hl = p->B * (size_t)(p->m->man->model->max_ngram - 1);
+    p->tokens = malloc(bt * sizeof *p->tokens);
+    memcpy(p->tokens, r->tokens, bt * sizeof *p->tokens);
+    if (r->history) {
+        p->history = malloc(hl * sizeof *p->history);
+        memcpy(p->history, r->history, hl * sizeof *p->history);
+    }
+}
+
+int engram_prefetch_start(engram_model *m, const engram_prefetch_request *r,
+                          engram_prefetch **handle, engram_error *err)
+{
+    if (!m || !r || !handle)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "model, request or handle is NULL");
+    int rc = check_request(m, r, err);
+    if (rc)
+        return rc;
+    engram_prefetch *p = prefetch_new(m, r);
+    if (r->flags & ENGRAM_PREFETCH_HASH_ASYNC) {
+        copy_tokens(p, r);
+        ec_model_enqueue(m, p);
+        *handle = p;
+        return ec_ok(err);
+    }
+    p->tokens = (int64_t *)r->tokens;    /* only read until hash_and_send returns */
+    p->history = (int64_t *)r->history;
+    hash_and_send(p);
+    p->tokens = p->history = NULL;
+    if (p->code == ENGRAM_INVALID_ARGUMENT) {   /* bad tokens: report at start */
+        rc = ec_error(err, p->code, "%s", p->message);
+        engram_prefetch_free(p);
+        return rc;
+    }
+    *handle = p;
+    return ec_ok(err);
+}
+
+/* ---- step 3: wait, check, scatter ------------------------------------------ */
+
+static struct timespec deadline_after(int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    return ts;
+}
+
+static int64_t ms_left(const struct timespec *dl)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t ms = (dl->tv_sec - now.tv_sec) * 1000 + (dl->tv_nsec - now.tv_nsec) / 1000000;
+    return ms < 0 ? 0 : ms;
+}
+
+/* Waits for step 2 to be over; 0, or ENGRAM_TIMEOUT. */
+static int wait_sent(engram_prefetch *p, int64_t timeout_ms)
+{
+    pthread_mutex_lock(&p->mu);
+    while (!p->sent) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&p->cv, &p->mu);
+            continue;
+        }
+        struct timespec rt;            /* cond uses the realtime clock */
+        clock_gettime(CLOCK_REALTIME, &rt);
+        int64_t ns = rt.tv_nsec + (timeout_ms % 1000) * 1000000;
+        rt.tv_sec += timeout_ms / 1000 + ns / 1000000000;
+        rt.tv_nsec = ns % 1000000000;
+        if (pthread_cond_timedwait(&p->cv, &p->mu, &rt) != 0 && !p->sent) {
+            pthread_mutex_unlock(&p->mu);
+            return ENGRAM_TIMEOUT;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return ENGRAM_OK;
+}
+
+/* Waits for every chunk of one layer and checks they agree on the table
+ * version: a prefetch never mixes rows of two versions. */
+static int collect_layer(engram_prefetch *p, pf_layer *l, int64_t timeout_ms,
+                         const struct timespec *dl)
+{
+    const char *table = p->m->man->tables[l->li];
+    uint64_t version = 0;
+    for (size_t c = 0; c < l->ncalls; c++) {
+        engram_error e;
+        int rc = engram_lookup_wait(l->calls[c], timeout_ms < 0 ? -1 : ms_left(dl), &e);
+        if (rc == ENGRAM_TIMEOUT)
+            return rc;
+        if (rc) {
+            set_error(p, rc, "table %s: %s", table, e.message);
+            return rc;
+        }
+        uint32_t rb;
+        uint64_t v;
+        engram_lookup_result(l->calls[c], &rb, &v);
+        if (c == 0)
+            version = v;
+        if (v != version) {
+            set_error(p, ENGRAM_ABORTED, "table %s changed version (%llu -> %llu) during the prefetch; retry",
+                      table, (unsigned long long)version, (unsigned long long)v);
+            return ENGRAM_ABORTED;
+        }
+    }
+    return ENGRAM_OK;
+}
+
+static void scatter(engram_prefetch *p)
+{
+    size_t rb = p->m->man->row_bytes, n = rows_per_layer(p);
+    for (size_t i = 0; i < p->nlayers; i++) {
+        const pf_layer *l = &p->layers[i];
+        uint8_t *dst = p->out + i * n * rb;
+        for (size_t r = 0; r < n; r++)
+            memcpy(dst + r * rb, l->buf + (size_t)l->slot[r] * rb, rb);
+    }
+}
+
+static int finish(engram_prefetch *p, engram_error *err)
+{
+    pthread_mutex_lock(&p->mu);
+    p->finished = 1;
+    int code = p->code;
+    pthread_mutex_unlock(&p->mu);
+    return code ? ec_error(err, code, "%s", p->message) : ec_ok(err);
+}
+
+int engram_prefetch_wait(engram_prefetch *p, int64_t timeout_ms, engram_error *err)
+{
+    if (!p)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "handle is NULL");
+    struct timespec dl = deadline_after(timeout_ms < 0 ? 0 : timeout_ms);
+    if (wait_sent(p, timeout_ms) == ENGRAM_TIMEOUT)
+        return ec_error(err, ENGRAM_TIMEOUT, "prefetch still hashing");
+    if (p->finished || p->code)
+        return finish(p, err);
+    for (size_t i = 0; i < p->nlayers; i++) {
+        int rc = collect_layer(p, &p->layers[i], timeout_ms, &dl);
+        if (rc == ENGRAM_TIMEOUT)
+            return ec_error(err, ENGRAM_TIMEOUT, "prefetch still in flight");
+        if (rc)
+            return finish(p, err);
+    }
+    scatter(p);
+    return finish(p, err);
+}
+
+int engram_prefetch_poll(engram_prefetch *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int done = p->sent && (p->finished || p->code);
+    int sent = p->sent;
+    pthread_mutex_unlock(&p->mu);
+    if (done || !sent)
+        return done;
+    for (size_t i = 0; i < p->nlayers; i++)
+        for (size_t c = 0; c < p->layers[i].ncalls; c++)
+            if (!engram_lookup_poll(p->layers[i].calls[c]))
+                return 0;
+    return 1;
+}
+
+static void free_calls(engram_prefetch *p)
+{
+    for (size_t i = 0; i < p->nlayers; i++) {
+        pf_layer *l = &p->layers[i];
+        for (size_t c = 0; c < l->ncalls; c++)
+            engram_lookup_free(l->calls[c]);     /* cancels if in flight */
+        free(l->calls);
+        l->calls = NULL;
+        l->ncalls = 0;
+    }
+}
+
+void engram_prefetch_cancel(engram_prefetch *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->cancelled = 1;
+    pthread_mutex_unlock(&p->mu);
+    wait_sent(p, -1);            /* the worker lets go of p */
+    if (p->finished)
+        return;
+    free_calls(p);
+    set_error(p, ENGRAM_CANCELLED, "prefetch cancelled");
+    p->finished = 1;
+}
+
+void engram_prefetch_free(engram_prefetch *p)
+{
+    if (!p)
+        return;
+    engram_prefetch_cancel(p);
+    free_calls(p);
+    for (size_t i = 0; i < p->nlayers; i++) {
+        free(p->layers[i].uniq);
+        free(p->layers[i].slot);
+        free(p->layers[i].buf);
+    }
+    free(p->layers);
+    free(p->tokens);
+    free(p->history);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}

@@ -1,0 +1,352 @@
+/* manifest.c: parses and validates model manifests with jansson (see
+ * manifest.h), then derives the hashing state with eh_model_create.
+ *
+ * Every error names the key and, where there is one, the bad value, since
+ * the person reading it is editing a JSON file by hand. */
+#include "manifest.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dtype.h"
+#include "names.h"
+#include "synthetic.h"
+
+typedef struct parse_ctx {
+    json_t *root;
+    char *err;
+    size_t errlen;
+    eh_config cfg;
+    int64_t *lookup;
+    engram_manifest *m;
+} parse_ctx;
+
+static int perr(parse_ctx *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int perr(parse_ctx *p, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err, p->errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* An integer member in [lo, hi]. */
+static int get_int(parse_ctx *p, json_t *obj, const char *key, long long lo, long long hi,
+                   long long *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return perr(p, "manifest: missing key \"%s\"", key);
+    if (!json_is_integer(v))
+        return perr(p, "manifest: \"%s\" must be an integer", key);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return perr(p, "manifest: \"%s\" is %lld; allowed %lld..%lld", key, x, lo, hi);
+    *out = x;
+    return 0;
+}
+
+static const char *get_str(parse_ctx *p, json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v) {
+        perr(p, "manifest: missing key \"%s\"", key);
+        return NULL;
+    }
+    if (!json_is_string(v)) {
+        perr(p, "manifest: \"%s\" must be a string", key);
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+static json_t *get_array(parse_ctx *p, json_t *obj, const char *key, size_t min, size_t max)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v) {
+        perr(p, "manifest: missing key \"%s\"", key);
+        return NULL;
+    }
+    if (!json_is_array(v) || json_array_size(v) < min || json_array_size(v) > max) {
+        perr(p, "manifest: \"%s\" must be an array of %zu..%zu entries", key, min, max);
+        return NULL;
+    }
+    return v;
+}
+
+static int parse_shape(parse_ctx *p)
+{
+    long long v;
+    if (get_int(p, p->root, "max_ngram_size", 2, EH_MAX_NGRAM, &v))
+        return -1;
+    p->cfg.max_ngram = (int)v;
+    if (get_int(p, p->root, "n_head_per_ngram", 1, EH_MAX_HEADS, &v))
+        return -1;
+    p->cfg.n_head_per_ngram = (int)v;
+    if (get_int(p, p->root, "n_embed_per_ngram", 1, 1 << 20, &v))
+        return -1;
+    p->m->n_embed_per_ngram = (uint32_t)v;
+    if (v % p->cfg.n_head_per_ngram)
+        return perr(p, "manifest: n_embed_per_ngram %lld is not a multiple of n_head_per_ngram %d",
+                    v, p->cfg.n_head_per_ngram);
+    p->m->dim = (uint32_t)(v / p->cfg.n_head_per_ngram);
+    if (get_int(p, p->root, "pad_id", INT64_MIN, INT64_MAX, &v))
+        return -1;
+    p->cfg.pad_id = v;
+    p->m->pad_id = v;
+    if (get_int(p, p->root, "seed", 0, INT64_MAX, &v))
+        return -1;
+    p->cfg.seed = (uint64_t)v;
+    return 0;
+}
+
+static int parse_vocab_sizes(parse_ctx *p)
+{
+    size_t want = (size_t)p->cfg.max_ngram - 1;
+    json_t *a = get_array(p, p->root, "engram_vocab_size", want, want);
+    if (!a)
+        return perr(p, "manifest: \"engram_vocab_size\" must be an array of %zu integers "
+                       "(one per N-gram order 2..%d)", want, p->cfg.max_ngram);
+    for (size_t i = 0; i < want; i++) {
+        json_t *x = json_array_get(a, i);
+        if (!json_is_integer(x) || json_integer_value(x) < 2)
+            return perr(p, "manifest: engram_vocab_size[%zu] must be an integer >= 2", i);
+        p->cfg.vocab_sizes[i] = (uint64_t)json_integer_value(x);
+    }
+    return 0;
+}
+
+static int parse_layers(parse_ctx *p)
+{
+    json_t *a = get_array(p, p->root, "layer_ids", 1, EH_MAX_LAYERS);
+    if (!a)
+        return -1;
+    p->cfg.n_layers = (int)json_array_size(a);
+    for (size_t i = 0; i < json_array_size(a); i++) {
+        json_t *x = json_array_get(a, i);
+        if (!json_is_integer(x) || json_integer_value(x) < 0)
+            return perr(p, "manifest: layer_ids[%zu] must be a non-negative integer", i);
+        p->cfg.layer_ids[i] = json_integer_value(x);
+        for (size_t j = 0; j < i; j++)
+            if (p->cfg.layer_ids[j] == p->cfg.layer_ids[i])
+                return perr(p, "manifest: layer id %lld appears twice in layer_ids",
+                            (long long)p->cfg.layer_ids[i]);
+    }
+    return 0;
+}
+
+static int parse_compression(parse_ctx *p)
+{
+    json_t *c = json_object_get(p->root, "compression");
+    if (!c)
+        return perr(p, "manifest: missing key \"compression\"");
+    if (!json_is_object(c))
+        return perr(p, "manifest: \"compression\" must be an object with \"lookup_table\"");
+    json_t *a = get_array(p, c, "lookup_table", 1, SIZE_MAX);
+    if (!a)
+        return -1;
+    size_t n = json_array_size(a);
+    p->lookup = malloc(n * sizeof *p->lookup);
+    for (size_t i = 0; i < n; i++) {
+        json_t *x = json_array_get(a, i);
+        if (!json_is_integer(x) || json_integer_value(x) < 0)
+            return perr(p, "manifest: compression.lookup_table[%zu] must be a non-negative integer", i);
+        p->lookup[i] = json_integer_value(x);
+    }
+    p->cfg.lookup = p->lookup;
+    p->cfg.lookup_len = n;
+    return 0;
+}
+
+static int layer_index_of_key(parse_ctx *p, const char *key, const char *what)
+{
+    char *end;
+    errno = 0;
+    long long id = strtoll(key, &end, 10);
+    if (errno || end == key || *end)
+        return perr(p, "manifest: %s key \"%s\" is not a layer id", what, key);
+    for (int i = 0; i < p->cfg.n_layers; i++)
+        if (p->cfg.layer_ids[i] == id)
+            return i;
+    return perr(p, "manifest: %s names layer %lld, which is not in layer_ids", what, id);
+}
+
+static int parse_multiplier(parse_ctx *p, json_t *x, const char *layer, size_t k, int64_t *out)
+{
+    unsigned long long v = 0;
+    if (json_is_string(x)) {
+        const char *s = json_string_value(x);
+        char *end;
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno || end == s || *end || *s == '-')
+            return perr(p, "manifest: multipliers[\"%s\"][%zu] \"%s\" is not a decimal integer",
+                        layer, k, s);
+    } else if (json_is_integer(x) && json_integer_value(x) > 0) {
+        v = (unsigned long long)json_integer_value(x);
+    } else {
+        return perr(p, "manifest: multipliers[\"%s\"][%zu] must be a decimal string", layer, k);
+    }
+    if (v == 0 || v > (unsigned long long)INT64_MAX)
+        return perr(p, "manifest: multipliers[\"%s\"][%zu] = %llu is outside 1..2^63-1", layer, k, v);
+    if (!(v & 1))
+        return perr(p, "manifest: multipliers[\"%s\"][%zu] = %llu is not odd", layer, k, v);
+    *out = (int64_t)v;
+    return 0;
+}
+
+static int parse_multipliers(parse_ctx *p)
+{
+    json_t *o = json_object_get(p->root, "multipliers");
+    if (!o)
+        return 0;
+    if (!json_is_object(o))
+        return perr(p, "manifest: \"multipliers\" must be an object keyed by layer id");
+    const char *key;
+    json_t *a;
+    json_object_foreach(o, key, a) {
+        int li = layer_index_of_key(p, key, "multipliers");
+        if (li < 0)
+            return -1;
+        if (!json_is_array(a) || json_array_size(a) != (size_t)p->cfg.max_ngram)
+            return perr(p, "manifest: multipliers[\"%s\"] must hold max_ngram_size = %d values",
+                        key, p->cfg.max_ngram);
+        for (size_t k = 0; k < json_array_size(a); k++)
+            if (parse_multiplier(p, json_array_get(a, k), key, k, &p->cfg.multipliers[li][k]))
+                return -1;
+        p->cfg.has_multipliers[li] = 1;
+    }
+    return 0;
+}
+
+static int parse_tables(parse_ctx *p)
+{
+    json_t *o = json_object_get(p->root, "tables");
+    if (!o)
+        return perr(p, "manifest: missing key \"tables\"");
+    if (!json_is_object(o))
+        return perr(p, "manifest: \"tables\" must be an object mapping layer id to table name");
+    const char *key;
+    json_t *v;
+    json_object_foreach(o, key, v) {
+        int li = layer_index_of_key(p, key, "tables");
+        if (li < 0)
+            return -1;
+        if (!json_is_string(v) || !engram_name_valid(json_string_value(v)))
+            return perr(p, "manifest: tables[\"%s\"] must be a table name of 1-128 characters of [A-Za-z0-9._-]", key);
+        snprintf(p->m->tables[li], sizeof p->m->tables[li], "%s", json_string_value(v));
+    }
+    for (int i = 0; i < p->cfg.n_layers; i++)
+        if (!p->m->tables[i][0])
+            return perr(p, "manifest: layer %lld has no table in \"tables\"", (long long)p->cfg.layer_ids[i]);
+    return 0;
+}
+
+static int parse_identity(parse_ctx *p)
+{
+    const char *name = get_str(p, p->root, "name");
+    if (!name)
+        return -1;
+    if (!engram_name_valid(name))
+        return perr(p, "manifest: name \"%.140s\" must be 1-128 characters of [A-Za-z0-9._-]", name);
+    snprintf(p->m->name, sizeof p->m->name, "%s", name);
+    const char *dtype = get_str(p, p->root, "dtype");
+    if (!dtype)
+        return -1;
+    size_t es = dtype_size(dtype);
+    if (!es)
+        return perr(p, "manifest: unknown dtype \"%.32s\"; expected one of %s", dtype, dtype_list());
+    snprintf(p->m->dtype, sizeof p->m->dtype, "%s", dtype);
+    p->m->row_bytes = (uint32_t)(p->m->dim * es);
+    return 0;
+}
+
+static int parse_all(parse_ctx *p)
+{
+    if (parse_shape(p) || parse_identity(p) || parse_vocab_sizes(p) || parse_layers(p) ||
+        parse_compression(p) || parse_multipliers(p) || parse_tables(p))
+        return -1;
+    char why[400];
+    p->m->model = eh_model_create(&p->cfg, why, sizeof why);
+    if (!p->m->model)
+        return perr(p, "manifest: %s", why);
+    return 0;
+}
+
+engram_manifest *manifest_parse(const char *json, size_t len, char *err, size_t errlen)
+{
+    json_error_t je;
+    parse_ctx p = {.err = err, .errlen = errlen};
+    p.root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
+    if (!p.root) {
+        snprintf(err, errlen, "manifest: invalid JSON at line %d column %d: %s", je.line, je.column, je.text);
+        return NULL;
+    }
+    p.m = calloc(1, sizeof *p.m);
+    int rc = json_is_object(p.root) ? parse_all(&p) : perr(&p, "manifest: the document must be a JSON object");
+    json_decref(p.root);
+    free(p.lookup);              /* eh_model_create keeps its own copy */
+    if (rc) {
+        manifest_free(p.m);
+        return NULL;
+    }
+    return p.m;
+}
+
+engram_manifest *manifest_load(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open manifest %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t len = 0, cap = 0, n;
+    do {
+        if (len == cap)
+            buf = realloc(buf, cap = cap ? cap * 2 : 1 << 16);
+        n = fread(buf + len, 1, cap - len, f);
+        len += n;
+    } while (n > 0);
+    fclose(f);
+    engram_manifest *m = manifest_parse(buf, len, err, errlen);
+    free(buf);
+    return m;
+}
+
+void manifest_free(engram_manifest *m)
+{
+    if (!m)
+        return;
+    eh_model_free(m->model);
+    free(m);
+}
+
+int manifest_check_table(const engram_manifest *m, int li, uint64_t rows, uint32_t row_bytes,
+                         uint32_t dim, const char *dtype, char *err, size_t errlen)
+{
+    const eh_layer *l = &m->model->layers[li];
+    const char *t = m->tables[li];
+    if (rows != l->total_rows)
+        snprintf(err, errlen, "table \"%s\" of layer %lld has %llu rows; the manifest needs %llu (the sum of the layer's primes)",
+                 t, (long long)l->layer_id, (unsigned long long)rows, (unsigned long long)l->total_rows);
+    else if (strcmp(dtype, m->dtype) != 0)
+        snprintf(err, errlen, "table \"%s\" of layer %lld has dtype %s; the manifest says %s",
+                 t, (long long)l->layer_id, dtype, m->dtype);
+    else if (dim != m->dim || row_bytes != m->row_bytes)
+        snprintf(err, errlen, "table \"%s\" of layer %lld has dim %u (%u-byte rows); the manifest needs dim %u (%u-byte rows)",
+                 t, (long long)l->layer_id, dim, row_bytes, m->dim, m->row_bytes);
+    else
+        return 0;
+    return -1;
+}
+
+uint64_t manifest_synthetic_seed(uint64_t seed, int64_t layer_id)
+{
+    return splitmix64(seed ^ ((uint64_t)layer_id * 0xD1B54A32D192ED03ULL));
+}
