@@ -1,0 +1,442 @@
+/* test_prefetch.c: the Engram model layer end to end against a real
+ * engram-server.
+ *
+ * A manifest shaped like the reference vectors' config 2 (vocab sizes
+ * [1009, 2003], 3-grams, 4 heads, layers [0, 3], seed 7, the 1000 -> 600
+ * compression table) is put on the server, its tables are imported with
+ * engramctl import-synthetic --manifest, and every batch of
+ * shared/testdata/engram-hash/config2_small.json is prefetched. The expected
+ * rows come from the vectors' global_row_ids (computed by the reference
+ * code, not by us), the expected bytes from the synthetic rule: so every
+ * byte checked proves hashing, routing and scattering at once. */
+#include <jansson.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "engram/engram.h"
+#include "harness.h"
+#include "manifest.h"
+#include "synthetic.h"
+
+#define SEED 5
+#define HEADS 8
+#define RB 32 /* dim 16 x bf16 */
+
+static test_server srv;
+static char tmp[256];
+static json_t *vectors;
+static engram_client *client;
+static engram_model *model;
+
+typedef struct batch {
+    size_t B, T;
+    int64_t *tokens;
+    uint64_t *rows[2];           /* expected global rows of layers 0 and 3 */
+    const char *name;
+} batch;
+
+static batch batches[32];
+static size_t nbatches;
+
+/* ---- vectors ------------------------------------------------------------ */
+
+static int64_t json_i64(json_t *v)
+{
+    return json_is_string(v) ? strtoll(json_string_value(v), NULL, 10) : json_integer_value(v);
+}
+
+static void load_batch(json_t *b, batch *out)
+{
+    out->name = json_string_value(json_object_get(b, "name"));
+    out->B = (size_t)json_integer_value(json_object_get(b, "B"));
+    out->T = (size_t)json_integer_value(json_object_get(b, "T"));
+    json_t *ids = json_object_get(b, "input_ids_str");
+    if (!ids)
+        ids = json_object_get(b, "input_ids");
+    out->tokens = malloc(out->B * out->T * sizeof *out->tokens);
+    for (size_t i = 0; i < out->B; i++)
+        for (size_t t = 0; t < out->T; t++)
+            out->tokens[i * out->T + t] = json_i64(json_array_get(json_array_get(ids, i), t));
+    const char *layers[2] = {"0", "3"};
+    for (int l = 0; l < 2; l++) {
+        json_t *g = json_object_get(json_object_get(b, "global_row_ids"), layers[l]);
+        out->rows[l] = malloc(out->B * out->T * HEADS * sizeof(uint64_t));
+        for (size_t i = 0; i < out->B; i++)
+            for (size_t t = 0; t < out->T; t++)
+                for (size_t h = 0; h < HEADS; h++)
+                    out->rows[l][(i * out->T + t) * HEADS + h] = (uint64_t)json_integer_value(
+                        json_array_get(json_array_get(json_array_get(g, i), t), h));
+    }
+}
+
+static void load_vectors(void)
+{
+    json_error_t je;
+    vectors = json_load_file(ENGRAM_TESTDATA_DIR "/engram-hash/config2_small.json", 0, &je);
+    if (!vectors)
+        fail_msg("cannot read config2_small.json: %s", je.text);
+    json_t *arr = json_object_get(vectors, "batches"), *b;
+    size_t i;
+    json_array_foreach(arr, i, b) load_batch(b, &batches[nbatches++]);
+    arr = json_object_get(json_object_get(vectors, "edge_batches_negative_ids"), "batches");
+    json_array_foreach(arr, i, b) load_batch(b, &batches[nbatches++]);
+}
+
+/* The manifest: config 2 of the vectors, with `extra` keys merged in. */
+static char *manifest_json(const char *name, json_t *extra)
+{
+    json_t *c = json_object_get(vectors, "config"), *m = json_object();
+    json_object_set_new(m, "name", json_string(name));
+    const char *keys[] = {"engram_vocab_size", "max_ngram_size", "n_embed_per_ngram",
+                          "n_head_per_ngram", "layer_ids", "pad_id", "seed"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        json_object_set(m, keys[i], json_object_get(c, keys[i]));
+    json_object_set_new(m, "dtype", json_string("bf16"));
+    json_t *comp = json_object();
+    json_object_set(comp, "lookup_table",
+                    json_object_get(json_object_get(vectors, "compression"), "lookup_table"));
+    json_object_set_new(m, "compression", comp);
+    char t0[160], t3[160];
+    snprintf(t0, sizeof t0, "%s.l0", name);
+    snprintf(t3, sizeof t3, "%s.l3", name);
+    json_object_set_new(m, "tables", json_pack("{s:s, s:s}", "0", t0, "3", t3));
+    if (extra)
+        json_object_update(m, extra);
+    char *s = json_dumps(m, JSON_COMPACT);
+    json_decref(m);
+    json_decref(extra);
+    return s;
+}
+
+/* ---- checks ------------------------------------------------------------- */
+
+static uint64_t layer_seed(int l)
+{
+    return manifest_synthetic_seed(SEED, l == 0 ? 0 : 3);
+}
+
+/* out holds [layers][B*T, nheads, RB]; expected rows are [B*T, HEADS]. */
+static void check_out(const uint8_t *out, const batch *b, const int *layers, size_t nlayers,
+                      const uint32_t *heads, size_t nheads, size_t t0, size_t tn)
+{
+    uint8_t want[RB];
+    size_t per = b->B * tn * nheads;
+    for (size_t l = 0; l < nlayers; l++)
+        for (size_t i = 0; i < b->B; i++)
+            for (size_t t = 0; t < tn; t++)
+                for (size_t h = 0; h < nheads; h++) {
+                    uint64_t row = b->rows[layers[l]][(i * b->T + t0 + t) * HEADS + heads[h]];
+                    synthetic_row(layer_seed(layers[l]), row, want, RB);
+                    size_t at = l * per + ((i * tn + t) * nheads + h);
+                    if (memcmp(out + at * RB, want, RB) != 0)
+                        fail_msg("%s: layer %d [%zu,%zu] head %u (row %llu) differs", b->name,
+                                 layers[l] ? 3 : 0, i, t0 + t, heads[h], (unsigned long long)row);
+                }
+}
+
+static const uint32_t all_heads[HEADS] = {0, 1, 2, 3, 4, 5, 6, 7};
+static const int64_t both_layers[2] = {0, 3};
+static const int both_idx[2] = {0, 1};
+
+static int prefetch(const engram_prefetch_request *r, engram_error *err)
+{
+    engram_prefetch *h;
+    int rc = engram_prefetch_start(model, r, &h, err);
+    if (rc)
+        return rc;
+    rc = engram_prefetch_wait(h, -1, err);
+    assert_int_equal(engram_prefetch_poll(h), 1);
+    engram_prefetch_free(h);
+    return rc;
+}
+
+/* ---- setup -------------------------------------------------------------- */
+
+static int group_setup(void **state)
+{
+    load_vectors();
+    harness_tmpdir(tmp, sizeof tmp);
+    if (server_start(&srv, tmp, NULL))
+        return -1;
+    if (engram_client_open(srv.addr, NULL, &client, NULL))
+        return -1;
+    char *json = manifest_json("cfg2", NULL);
+    engram_manifest_info info;
+    engram_error e;
+    int rc = engram_manifest_put(client, json, strlen(json), &info, &e);
+    free(json);
+    if (rc || info.n_missing != 2 || strcmp(info.missing_tables, "cfg2.l0,cfg2.l3") != 0)
+        return -1;
+    /* before the tables exist the model cannot be opened */
+    if (engram_model_open(client, "cfg2", &model, &e) != ENGRAM_FAILED_PRECONDITION ||
+        !strstr(e.message, "table \"cfg2.l0\" of layer 0 is missing"))
+        return -1;
+    if (engramctl(srv.addr, "import-synthetic", "--manifest", "cfg2", "--seed", "5", NULL))
+        return -1;
+    return engram_model_open(client, "cfg2", &model, NULL);
+}
+
+static int group_teardown(void **state)
+{
+    engram_model_close(model);
+    engram_client_close(client);
+    for (size_t i = 0; i < nbatches; i++) {
+        free(batches[i].tokens);
+        free(batches[i].rows[0]);
+        free(batches[i].rows[1]);
+    }
+    json_decref(vectors);
+    int rc = server_stop(&srv);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    return rc || system(cmd);
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+static void test_model_info(void **state)
+{
+    engram_model_info mi;
+    engram_model_get_info(model, &mi);
+    assert_string_equal(mi.name, "cfg2");
+    assert_int_equal(mi.n_layers, 2);
+    assert_int_equal(mi.layer_ids[1], 3);
+    assert_int_equal(mi.heads, HEADS);
+    assert_int_equal(mi.dim, 16);
+    assert_int_equal(mi.row_bytes, RB);
+    assert_int_equal(mi.max_ngram, 3);
+    assert_int_equal(mi.pad_id, 2);
+}
+
+static void test_hash_matches_reference(void **state)
+{
+    for (size_t k = 0; k < nbatches; k++) {
+        const batch *b = &batches[k];
+        uint64_t *rows = malloc(b->B * b->T * HEADS * sizeof *rows);
+        for (int l = 0; l < 2; l++) {
+            assert_int_equal(engram_model_hash(model, both_layers[l], b->tokens, b->B, b->T, NULL,
+                                               rows, NULL), ENGRAM_OK);
+            assert_memory_equal(rows, b->rows[l], b->B * b->T * HEADS * sizeof *rows);
+        }
+        free(rows);
+    }
+}
+
+/* Prefill: every batch, both layers in one call, all heads. */
+static void test_prefill_every_batch(void **state)
+{
+    for (size_t k = 0; k < nbatches; k++) {
+        const batch *b = &batches[k];
+        engram_prefetch_request r = {.layer_ids = both_layers, .n_layers = 2, .tokens = b->tokens,
+                                     .batch = b->B, .seq_len = b->T};
+        size_t bytes = engram_prefetch_out_bytes(model, &r);
+        assert_int_equal(bytes, 2 * b->B * b->T * HEADS * RB);
+        uint8_t *out = malloc(bytes);
+        r.out = out;
+        r.out_cap = bytes;
+        engram_error e;
+        if (prefetch(&r, &e))
+            fail_msg("%s: %s", b->name, e.message);
+        check_out(out, b, both_idx, 2, all_heads, HEADS, 0, b->T);
+        free(out);
+    }
+}
+
+/* Decode: one token per step with the previous max_ngram - 1 = 2 tokens as
+ * history (the pad before the start), must give the prefill's rows. */
+static void test_decode_with_history(void **state)
+{
+    const int64_t pad = 2;
+    for (size_t k = 0; k < nbatches; k++) {
+        const batch *b = &batches[k];
+        int64_t *tok = malloc(b->B * sizeof *tok), *hist = malloc(b->B * 2 * sizeof *hist);
+        uint8_t *out = malloc(2 * b->B * HEADS * RB);
+        for (size_t t = 0; t < b->T; t++) {
+            for (size_t i = 0; i < b->B; i++) {
+                tok[i] = b->tokens[i * b->T + t];
+                hist[i * 2] = t >= 2 ? b->tokens[i * b->T + t - 2] : pad;
+                hist[i * 2 + 1] = t >= 1 ? b->tokens[i * b->T + t - 1] : pad;
+            }
+            engram_prefetch_request r = {.layer_ids = both_layers, .n_layers = 2, .tokens = tok,
+                                         .batch = b->B, .seq_len = 1, .history = hist,
+                                         .out = out, .out_cap = 2 * b->B * HEADS * RB};
+            engram_error e;
+            if (prefetch(&r, &e))
+                fail_msg("%s t=%zu: %s", b->name, t, e.message);
+            check_out(out, b, both_idx, 2, all_heads, HEADS, t, 1);
+        }
+        free(tok);
+        free(hist);
+        free(out);
+    }
+}
+
+static void test_head_subset_one_layer(void **state)
+{
+    const uint32_t heads[3] = {7, 0, 3};
+    const int64_t layer3[1] = {3};
+    const int idx3[1] = {1};
+    for (size_t k = 0; k < nbatches; k++) {
+        const batch *b = &batches[k];
+        size_t bytes = b->B * b->T * 3 * RB;
+        uint8_t *out = malloc(bytes);
+        engram_prefetch_request r = {.layer_ids = layer3, .n_layers = 1, .tokens = b->tokens,
+                                     .batch = b->B, .seq_len = b->T, .heads = heads, .n_heads = 3,
+                                     .out = out, .out_cap = bytes};
+        assert_int_equal(engram_prefetch_out_bytes(model, &r), bytes);
+        engram_error e;
+        if (prefetch(&r, &e))
+            fail_msg("%s: %s", b->name, e.message);
+        check_out(out, b, idx3, 1, heads, 3, 0, b->T);
+        free(out);
+    }
+}
+
+/* Many prefetches in flight at once, hashed on the model's worker. */
+static void test_async_hashing_many_in_flight(void **state)
+{
+    enum { K = 12 };
+    engram_prefetch *h[K];
+    uint8_t *out[K];
+    for (int k = 0; k < K; k++) {
+        const batch *b = &batches[k % nbatches];
+        size_t bytes = 2 * b->B * b->T * HEADS * RB;
+        out[k] = malloc(bytes);
+        engram_prefetch_request r = {.layer_ids = both_layers, .n_layers = 2, .tokens = b->tokens,
+                                     .batch = b->B, .seq_len = b->T, .out = out[k],
+                                     .out_cap = bytes, .flags = ENGRAM_PREFETCH_HASH_ASYNC};
+        assert_int_equal(engram_prefetch_start(model, &r, &h[k], NULL), ENGRAM_OK);
+    }
+    for (int k = K - 1; k >= 0; k--) {
+        engram_error e;
+        int rc = engram_prefetch_wait(h[k], 30000, &e);
+        if (rc)
+            fail_msg("async %d: %s %s", k, engram_status_name(rc), e.message);
+        check_out(out[k], &batches[k % nbatches], both_idx, 2, all_heads, HEADS, 0,
+                  batches[k % nbatches].T);
+        assert_int_equal(engram_prefetch_wait(h[k], 0, NULL), ENGRAM_OK); /* sticky */
+        engram_prefetch_free(h[k]);
+        free(out[k]);
+    }
+}
+
+static void expect_start_error(const engram_prefetch_request *r, int code, const char *msg)
+{
+    engram_prefetch *h = NULL;
+    engram_error e;
+    int rc = engram_prefetch_start(model, r, &h, &e);
+    if (rc == ENGRAM_OK) {
+        rc = engram_prefetch_wait(h, -1, &e);
+        engram_prefetch_free(h);
+    }
+    assert_int_equal(rc, code);
+    if (!strstr(e.message, msg))
+        fail_msg("message \"%s\" lacks \"%s\"", e.message, msg);
+}
+
+static void test_bad_prefetches(void **state)
+{
+    int64_t tok[4] = {5, 6, 1000, 7};
+    uint8_t out[2 * 4 * HEADS * RB];
+    engram_prefetch_request r = {.layer_ids = both_layers, .n_layers = 2, .tokens = tok,
+                                 .batch = 1, .seq_len = 4, .out = out, .out_cap = sizeof out};
+    expect_start_error(&r, ENGRAM_INVALID_ARGUMENT,
+                       "token id 1000 at [0, 2] is beyond the compression table (1000 ids)");
+    r.flags = ENGRAM_PREFETCH_HASH_ASYNC;     /* the same error, through wait */
+    expect_start_error(&r, ENGRAM_INVALID_ARGUMENT, "token id 1000 at [0, 2]");
+    tok[2] = 3;
+    r.out_cap = sizeof out - 1;
+    expect_start_error(&r, ENGRAM_INVALID_ARGUMENT, "out_cap 2047 is smaller than the 2048 bytes");
+    r.out_cap = sizeof out;
+    const int64_t bad_layer[1] = {1};
+    r.layer_ids = bad_layer;
+    r.n_layers = 1;
+    expect_start_error(&r, ENGRAM_INVALID_ARGUMENT, "layer 1 is not a layer of model cfg2");
+    r.layer_ids = both_layers;
+    r.n_layers = 2;
+    const uint32_t bad_head[1] = {8};
+    r.heads = bad_head;
+    r.n_heads = 1;
+    expect_start_error(&r, ENGRAM_INVALID_ARGUMENT, "head 8 is out of range: model cfg2 has 8 heads");
+
+    engram_client_options o;
+    engram_client_options_init(&o);
+    o.max_prefetch_tokens = 3;
+    engram_client *small;
+    engram_model *m;
+    assert_int_equal(engram_client_open(srv.addr, &o, &small, NULL), ENGRAM_OK);
+    assert_int_equal(engram_model_open(small, "cfg2", &m, NULL), ENGRAM_OK);
+    r.heads = NULL;
+    engram_prefetch *h;
+    engram_error e;
+    assert_int_equal(engram_prefetch_start(m, &r, &h, &e), ENGRAM_INVALID_ARGUMENT);
+    assert_string_equal(e.message, "batch 1 x seq_len 4 tokens exceeds the limit of 3 tokens per prefetch");
+    engram_model_close(m);
+    assert_int_equal(engram_model_open(small, "nope", &m, &e), ENGRAM_NOT_FOUND);
+    assert_string_equal(e.message, "model \"nope\" not found: no manifest of that name");
+    engram_client_close(small);
+}
+
+static void expect_put_error(json_t *extra, int code, const char *msg)
+{
+    char *json = manifest_json("bad", extra);
+    engram_error e;
+    int rc = engram_manifest_put(client, json, strlen(json), NULL, &e);
+    free(json);
+    assert_int_equal(rc, code);
+    if (!strstr(e.message, msg))
+        fail_msg("message \"%s\" lacks \"%s\"", e.message, msg);
+}
+
+static void test_bad_manifests(void **state)
+{
+    expect_put_error(json_pack("{s:{s:[s,s,s]}}", "multipliers", "3", "7", "8", "9"),
+                     ENGRAM_INVALID_ARGUMENT, "multipliers[\"3\"][1] = 8 is not odd");
+    expect_put_error(json_pack("{s:s}", "dtype", "bf17"), ENGRAM_INVALID_ARGUMENT,
+                     "unknown dtype \"bf17\"");
+    expect_put_error(json_pack("{s:{s:s}}", "tables", "0", "x"), ENGRAM_INVALID_ARGUMENT,
+                     "layer 3 has no table in \"tables\"");
+    /* existing tables of the wrong shape */
+    expect_put_error(json_pack("{s:{s:s,s:s}}", "tables", "0", "cfg2.l3", "3", "cfg2.l0"),
+                     ENGRAM_FAILED_PRECONDITION,
+                     "table \"cfg2.l3\" of layer 0 has 12336 rows; the manifest needs 12120");
+    expect_put_error(json_pack("{s:s,s:{s:s,s:s}}", "dtype", "f16", "tables", "0", "cfg2.l0", "3",
+                               "cfg2.l3"),
+                     ENGRAM_FAILED_PRECONDITION,
+                     "table \"cfg2.l0\" of layer 0 has dtype bf16; the manifest says f16");
+    char *bad = "{\"name\": \"x\",";
+    engram_error e;
+    assert_int_equal(engram_manifest_put(client, bad, strlen(bad), NULL, &e), ENGRAM_INVALID_ARGUMENT);
+    assert_non_null(strstr(e.message, "invalid JSON"));
+    /* nothing of the above was stored */
+    engram_manifest_info *v;
+    size_t n;
+    assert_int_equal(engram_manifest_list(client, &v, &n, NULL), ENGRAM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(v[0].name, "cfg2");
+    assert_int_equal(v[0].version, 1);
+    assert_int_equal(v[0].n_missing, 0);
+    engram_free(v);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_model_info),
+        cmocka_unit_test(test_hash_matches_reference),
+        cmocka_unit_test(test_prefill_every_batch),
+        cmocka_unit_test(test_decode_with_history),
+        cmocka_unit_test(test_head_subset_one_layer),
+        cmocka_unit_test(test_async_hashing_many_in_flight),
+        cmocka_unit_test(test_bad_prefetches),
+        cmocka_unit_test(test_bad_manifests),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
