@@ -2,7 +2,9 @@
 # The main job on an embedded default: installs what is missing, builds,
 # starts engram-server on a local data dir, imports a demo table (65536
 # synthetic bf16 rows of dim 64, i.e. 128-byte rows like the reference
-# Engram config), looks rows up, verifies them, and stops the server.
+# Engram config), looks rows up and verifies them; then puts a small Engram
+# model's manifest, creates its tables, hashes token ids into row ids and
+# prefetches them; and stops the server.
 # KEEP_RUNNING=1 leaves the server running and prints how to stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,14 @@ echo "== lookup rows 0, 1, 65535 (each line cut to 80 columns)"
 "$CTL" --server "$ADDR" lookup --table demo 0 1 65535 | cut -c1-80
 echo "== verify 4096 random rows and the edges against the synthetic rule"
 "$CTL" --server "$ADDR" verify-synthetic --table demo --seed 42 --samples 4096
+
+echo "== an Engram model: manifest deploy/examples/tiny-model.json (2 layers x 8 heads, 32-dim bf16)"
+"$CTL" --server "$ADDR" put-manifest deploy/examples/tiny-model.json
+"$CTL" --server "$ADDR" import-synthetic --manifest tiny --seed 7
+echo "== row ids the reference hashing gives for tokens 1 5 9 300 44 (layer 1, [T, heads])"
+echo "1 5 9 300 44" | "$CTL" hash --manifest deploy/examples/tiny-model.json --layer 1
+echo "== prefetch those tokens for layers 1 and 15 and check every row"
+printf '1 5 9 300 44\n17 17 17 17\n' | "$CTL" --server "$ADDR" prefetch --model tiny --layer 1,15 --verify-seed 7
 if [ "${KEEP_RUNNING:-0}" = 1 ]; then
   echo "== server left running on $ADDR (pid $pid); stop it with: kill $pid"
 else
