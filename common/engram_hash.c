@@ -22,7 +22,19 @@ typedef unsigned __int128 u128;
 typedef struct eh_model_priv {
     eh_model pub;
     eh_divisor div[EH_MAX_LAYERS][EH_MAX_HEADS];
+    /* For the AVX-512 path: 1/p per head as a double, and whether every
+     * prime is >= EH_SIMD_MIN_PRIME (where its quotient estimate is exact
+     * to within one) and the CPU has AVX-512F/DQ. */
+    double inv[EH_MAX_LAYERS][EH_MAX_HEADS];
+    int simd;
 } eh_model_priv;
+
+#define EH_SIMD_MIN_PRIME 4096
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(EH_NO_SIMD)
+#define EH_HAVE_AVX512 1
+#include <immintrin.h>
+#endif
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -291,12 +303,26 @@ eh_model *eh_model_create(const eh_config *cfg, char *err, size_t errlen)
                 }
                 total += pr;
                 eh_divisor_init(&p->div[i][h], pr);
+                p->inv[i][h] = 1.0 / (double)pr;
                 from = pr + 1;
             }
         }
         L->total_rows = total;
     }
     free(seen);
+    p->simd = 0;
+#ifdef EH_HAVE_AVX512
+    {
+        const char *off = getenv("ENGRAM_HASH_NO_SIMD");
+        int big = 1;
+        for (int i = 0; i < m->n_layers; i++)
+            for (int h = 0; h < m->heads; h++)
+                big &= m->layers[i].primes[h] >= EH_SIMD_MIN_PRIME;
+        __builtin_cpu_init();
+        p->simd = big && !(off && *off && strcmp(off, "0") != 0) &&
+                  __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    }
+#endif
     return m;
 }
 
@@ -344,6 +370,7 @@ hash_core(const eh_model_priv *p, int li, const int64_t *tokens, size_t B, size_
     const eh_model *m = &p->pub;
     const eh_layer *L = &m->layers[li];
     const eh_divisor *dv = p->div[li];
+    const uint64_t *off = L->offsets;
     const int heads = (N - 1) * H;
     uint64_t mult[EH_MAX_NGRAM];
     for (int k = 0; k < N; k++)
@@ -392,12 +419,114 @@ hash_core(const eh_model_priv *p, int li, const int64_t *tokens, size_t B, size_
             for (int n = 2; n <= N; n++) {
                 mix ^= (uint64_t)win[n - 1] * mult[n - 1];
                 const int h0 = (n - 2) * H;
-                for (int j = 0; j < H; j++)
-                    o[h0 + j] = eh_floor_mod((int64_t)mix, &dv[h0 + j]) + L->offsets[h0 + j];
+                if ((int64_t)mix >= 0) {
+                    /* Valid ids only ever give these: no sign fix-up. */
+#pragma GCC unroll 8
+                    for (int j = 0; j < H; j++)
+                        o[h0 + j] = eh_mod_u64(mix, &dv[h0 + j]) + off[h0 + j];
+                } else {
+                    for (int j = 0; j < H; j++)
+                        o[h0 + j] = eh_floor_mod((int64_t)mix, &dv[h0 + j]) + off[h0 + j];
+                }
             }
         }
     }
     return 0;
+}
+
+#ifdef EH_HAVE_AVX512
+/* Floor-mod of one mix by 8 primes at once. For |mix| <= 2^63 and
+ * p >= 2^12, q = floor(double(mix) * double(1/p)) is within one of
+ * floor(mix / p) (three roundings of 2^-53 relative error on a quotient
+ * below 2^51: error < 0.75), so r = mix - q * p (exact in wrapping int64)
+ * lies in (-p, 2p) and two corrections give [0, p). Signed conversions, so
+ * negative mixes need nothing else. */
+__attribute__((target("avx512f,avx512dq"))) static inline __m512i
+mod8(__m512i mix, __m512d fmix, __m512i p, __m512d inv, __m512i off)
+{
+    __m512d qd = _mm512_mul_pd(fmix, inv);
+    __m512i q = _mm512_cvt_roundpd_epi64(qd, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512i r = _mm512_sub_epi64(mix, _mm512_mullo_epi64(q, p));
+    __mmask8 neg = _mm512_cmplt_epi64_mask(r, _mm512_setzero_si512());
+    r = _mm512_mask_add_epi64(r, neg, r, p);
+    __mmask8 big = _mm512_cmpge_epi64_mask(r, p);
+    r = _mm512_mask_sub_epi64(r, big, r, p);
+    return _mm512_add_epi64(r, off);
+}
+
+__attribute__((target("avx512f,avx512dq"))) static int
+hash_avx512(const eh_model_priv *p, int li, const int64_t *tokens, size_t B, size_t T,
+            const int64_t *history, uint64_t *out, char *err, size_t errlen)
+{
+    const eh_model *m = &p->pub;
+    const eh_layer *L = &m->layers[li];
+    const int N = m->max_ngram, H = m->n_head_per_ngram, heads = m->heads;
+    uint64_t mult[EH_MAX_NGRAM];
+    for (int k = 0; k < N; k++)
+        mult[k] = (uint64_t)L->multipliers[k];
+
+    for (size_t b = 0; b < B; b++) {
+        int64_t win[EH_MAX_NGRAM];
+        win[N - 1] = 0;
+        for (int k = 0; k < N - 1; k++) {
+            if (history) {
+                int64_t id = history[b * (size_t)(N - 1) + (size_t)(N - 2 - k)];
+                if (compress(m, id, &win[k]) < 0) {
+                    set_err(err, errlen,
+                            "history token id %lld at [%zu, %d] is beyond the compression "
+                            "table (%zu ids)",
+                            (long long)id, b, N - 2 - k, m->lookup_len);
+                    return -1;
+                }
+            } else {
+                win[k] = m->compressed_pad;
+            }
+        }
+        const int64_t *row = tokens + b * T;
+        for (size_t t = 0; t < T; t++) {
+            for (int k = N - 1; k > 0; k--)
+                win[k] = win[k - 1];
+            if (compress(m, row[t], &win[0]) < 0) {
+                set_err(err, errlen,
+                        "token id %lld at [%zu, %zu] is beyond the compression table (%zu ids)",
+                        (long long)row[t], b, t, m->lookup_len);
+                return -1;
+            }
+            uint64_t mix = (uint64_t)win[0] * mult[0];
+            uint64_t *o = out + (b * T + t) * (size_t)heads;
+            for (int n = 2; n <= N; n++) {
+                mix ^= (uint64_t)win[n - 1] * mult[n - 1];
+                const __m512i vm = _mm512_set1_epi64((int64_t)mix);
+                const __m512d fm = _mm512_set1_pd((double)(int64_t)mix);
+                const int h0 = (n - 2) * H;
+                int j = 0;
+                for (; j + 8 <= H; j += 8) {
+                    const int h = h0 + j;
+                    __m512i r = mod8(vm, fm, _mm512_loadu_si512(&L->primes[h]),
+                                     _mm512_loadu_pd(&p->inv[li][h]),
+                                     _mm512_loadu_si512(&L->offsets[h]));
+                    _mm512_storeu_si512(&o[h], r);
+                }
+                if (j < H) {
+                    const int h = h0 + j;
+                    const __mmask8 k = (__mmask8)((1u << (H - j)) - 1);
+                    /* Masked-off lanes load p = 1, inv = 1: harmless. */
+                    __m512i r = mod8(vm, fm, _mm512_mask_loadu_epi64(_mm512_set1_epi64(1), k,
+                                                                      &L->primes[h]),
+                                     _mm512_mask_loadu_pd(_mm512_set1_pd(1.0), k, &p->inv[li][h]),
+                                     _mm512_maskz_loadu_epi64(k, &L->offsets[h]));
+                    _mm512_mask_storeu_epi64(&o[h], k, r);
+                }
+            }
+        }
+    }
+    return 0;
+}
+#endif
+
+int eh_simd_active(const eh_model *m)
+{
+    return m ? ((const eh_model_priv *)m)->simd : 0;
 }
 
 static int hash_generic(const eh_model_priv *p, int li, const int64_t *tokens, size_t B,
@@ -434,6 +563,10 @@ int eh_hash(const eh_model *m, int li, const int64_t *tokens, size_t B, size_t T
     if (check_call(m, li, err, errlen) < 0)
         return -1;
     const eh_model_priv *p = (const eh_model_priv *)m;
+#ifdef EH_HAVE_AVX512
+    if (p->simd)
+        return hash_avx512(p, li, tokens, B, T, history, out, err, errlen);
+#endif
     if (m->max_ngram == 3 && m->n_head_per_ngram == 8)
         return hash_3x8(p, li, tokens, B, T, history, out, err, errlen);
     return hash_generic(p, li, tokens, B, T, history, out, NULL, err, errlen);

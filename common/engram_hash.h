@@ -138,6 +138,12 @@ static inline uint64_t eh_floor_mod(int64_t a, const eh_divisor *dv)
     return r;
 }
 
+/* 1 when eh_hash uses its AVX-512 path for this model (x86-64 with
+ * AVX-512F/DQ, every prime >= 4096, and ENGRAM_HASH_NO_SIMD unset or "0" at
+ * eh_model_create); 0 when it uses the scalar reciprocal path. Both give
+ * identical results. */
+int eh_simd_active(const eh_model *m);
+
 /* Deterministic Miller-Rabin, exact for every 64-bit n. */
 int eh_is_prime(uint64_t n);
 

@@ -550,6 +550,114 @@ static void test_other_config_naive(void **state)
     eh_model_free(m);
 }
 
+/* Rows of eh_hash for random tokens (extreme negative ids included) and
+ * random history, against naive loops; with both eh_hash paths (AVX-512
+ * where the CPU and the primes allow it, scalar reciprocal otherwise). */
+static void naive_rows_check(eh_config cfg, int reps)
+{
+    const size_t B = 3, T = 41;
+    const int N = cfg.max_ngram;
+    int64_t *tok = malloc(B * T * sizeof *tok), hist[3 * EH_MAX_NGRAM];
+    for (int simd_off = 0; simd_off < 2; simd_off++) {
+        setenv("ENGRAM_HASH_NO_SIMD", simd_off ? "1" : "0", 1);
+        char err[256] = "";
+        eh_model *m = eh_model_create(&cfg, err, sizeof err);
+        if (!m)
+            fail_msg("%s", err);
+        if (simd_off)
+            assert_int_equal(eh_simd_active(m), 0);
+        else
+            print_message("    max_ngram %d, %d heads/order, first prime %llu: simd path %s\n",
+                          N, cfg.n_head_per_ngram, (unsigned long long)m->layers[0].primes[0],
+                          eh_simd_active(m) ? "on" : "off (CPU or primes < 4096)");
+        const size_t heads = (size_t)m->heads;
+        uint64_t *rows = malloc(B * T * heads * sizeof *rows);
+        for (int rep = 0; rep < reps; rep++) {
+            static const int64_t extreme[] = {INT64_MIN, INT64_MIN + 1, -1, -2,
+                                              -(INT64_C(1) << 62), -(INT64_C(1) << 31)};
+            for (size_t i = 0; i < B * T; i++) {
+                uint64_t x = rnd();
+                tok[i] = (x & 15) == 0   ? -(int64_t)(x >> 20)
+                         : (x & 15) == 1 ? extreme[(x >> 8) % 6]
+                                         : (int64_t)((x >> 8) % cfg.lookup_len);
+            }
+            for (size_t i = 0; i < B * (size_t)(N - 1); i++)
+                hist[i] = (int64_t)(rnd() % cfg.lookup_len);
+            int use_hist = rep & 1;
+            for (int li = 0; li < m->n_layers; li++) {
+                const eh_layer *L = &m->layers[li];
+                if (eh_hash(m, li, tok, B, T, use_hist ? hist : NULL, rows, err, sizeof err) != 0)
+                    fail_msg("eh_hash: %s", err);
+                for (size_t b = 0; b < B; b++)
+                    for (size_t t = 0; t < T; t++)
+                        for (int n = 2; n <= N; n++) {
+                            int64_t mix = 0;
+                            for (int k = 0; k < n; k++) {
+                                long pos = (long)t - k;
+                                int64_t raw = pos >= 0 ? tok[b * T + (size_t)pos]
+                                              : use_hist ? hist[b * (size_t)(N - 1) + (size_t)(N - 1 + pos)]
+                                                         : cfg.pad_id;
+                                int64_t cid = raw < 0 ? raw : cfg.lookup[raw];
+                                mix ^= (int64_t)((uint64_t)cid * (uint64_t)L->multipliers[k]);
+                            }
+                            for (int j = 0; j < cfg.n_head_per_ngram; j++) {
+                                size_t h = (size_t)(n - 2) * (size_t)cfg.n_head_per_ngram + (size_t)j;
+                                uint64_t want = naive_floor_mod(mix, L->primes[h]) + L->offsets[h];
+                                uint64_t got = rows[(b * T + t) * heads + h];
+                                if (got != want)
+                                    fail_msg("simd_off %d layer %d [%zu, %zu] head %zu (mix %lld): "
+                                             "%llu want %llu",
+                                             simd_off, li, b, t, h, (long long)mix,
+                                             (unsigned long long)got, (unsigned long long)want);
+                            }
+                        }
+            }
+        }
+        free(rows);
+        eh_model_free(m);
+    }
+    unsetenv("ENGRAM_HASH_NO_SIMD");
+    free(tok);
+}
+
+static void test_naive_rows_shapes(void **state)
+{
+    static int64_t lut[129280];
+    for (int i = 0; i < 129280; i++)
+        lut[i] = i;
+    eh_config c;
+    memset(&c, 0, sizeof c);
+    /* The reference demo's shape: 3-grams x 8 heads, full 8-lane vectors. */
+    c.max_ngram = 3;
+    c.n_head_per_ngram = 8;
+    c.vocab_sizes[0] = c.vocab_sizes[1] = 646400;
+    c.n_layers = 2;
+    c.layer_ids[0] = 1;
+    c.layer_ids[1] = 15;
+    c.pad_id = 2;
+    c.lookup = lut;
+    c.lookup_len = 129280;
+    naive_rows_check(c, 6);
+    /* Masked tails (3 and 11 heads), primes from 4096 to beyond 2^61. */
+    c.max_ngram = 4;
+    c.n_head_per_ngram = 3;
+    c.vocab_sizes[0] = 4096;
+    c.vocab_sizes[1] = UINT64_C(1) << 40;
+    c.vocab_sizes[2] = (UINT64_C(1) << 61) + 12345;
+    c.n_layers = 1;
+    c.seed = 77;
+    naive_rows_check(c, 6);
+    c.n_head_per_ngram = 11;
+    c.vocab_sizes[1] = 70000;
+    c.vocab_sizes[2] = 1u << 30;
+    naive_rows_check(c, 4);
+    /* Small primes (scalar path only). */
+    c.max_ngram = 2;
+    c.n_head_per_ngram = 8;
+    c.vocab_sizes[0] = 2;
+    naive_rows_check(c, 4);
+}
+
 /* ---- floor-mod and primality ---- */
 
 static void test_floor_mod_exact(void **state)
@@ -752,6 +860,7 @@ int main(void)
         cmocka_unit_test(test_config2_given_multipliers),
         cmocka_unit_test(test_history_equivalence),
         cmocka_unit_test(test_other_config_naive),
+        cmocka_unit_test(test_naive_rows_shapes),
         cmocka_unit_test(test_floor_mod_exact),
         cmocka_unit_test(test_is_prime),
         cmocka_unit_test(test_bad_tokens),
