@@ -683,7 +683,7 @@ static void test_floor_mod_exact(void **state)
         eh_divisor_init(&dv, ds[i]);
         int64_t edge[] = {0, 1, -1, INT64_MAX, INT64_MIN, INT64_MIN + 1,
                           (int64_t)ds[i], -(int64_t)ds[i], (int64_t)ds[i] - 1,
-                          1 - (int64_t)ds[i], (int64_t)ds[i] + 1};
+                          1 - (int64_t)ds[i], (int64_t)(ds[i] + 1)};
         for (size_t e = 0; e < sizeof edge / sizeof edge[0]; e++)
             assert_true(eh_floor_mod(edge[e], &dv) == naive_floor_mod(edge[e], ds[i]));
         for (int k = 0; k < 20000; k++) {
