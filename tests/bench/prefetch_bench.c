@@ -1,0 +1,842 @@
+/* prefetch_bench.c: engram-prefetch-bench, libengram prefetch latency and
+ * throughput against one engram-server, on the real token workload.
+ *
+ *   engram-prefetch-bench --server HOST:PORT --model NAME --tokens FILE
+ *                         [--seconds S (10)] [--warmup S (1)]
+ *                         [--inflight K (4)] [--verify-seed S]
+ *
+ * What: the model's manifest (all its layers, every head) is opened with
+ * engram_model_open; FILE is int32 little-endian token ids (the workload in
+ * shared/testdata/workload/tokens.bin). Two request shapes, both covering
+ * every layer of the model in one engram_prefetch_start:
+ *   decode   B = 256 sequences, T = 1, at 256 evenly spaced offsets of the
+ *            workload; history = the max_ngram - 1 tokens before each; step
+ *            s moves every offset on by s tokens;
+ *   prefill  B = 1, T = 4096 consecutive tokens; chunk s starts 4096 * s
+ *            tokens further on; history = the tokens before the chunk.
+ * Each shape is timed twice for --seconds after --warmup: 1 prefetch in
+ * flight with hashing on the caller's thread (latency = just before start
+ * to wait's return), then K in flight with ENGRAM_PREFETCH_HASH_ASYNC (the
+ * waiter waits on the oldest, round robin; a new one starts in its slot).
+ *
+ * How the figures are made comparable on a shared, noisy machine: between
+ * the two timed runs of a shape, in the same process and for the same time,
+ *   hash    engram_model_hash of every layer for the same batches, alone;
+ *   gather  a one-thread memcpy of the same number of 128-byte rows, at
+ *           random indices, from dense in-memory arrays of the tables' size;
+ * and prefetch latency is reported over (hash + gather) per step.
+ * De-duplication (prefetch.c de-dups each layer's rows within a call) is
+ * measured outside every timed path: up to 64 of the steps a run made are
+ * hashed again and counted with a hash set, per layer.
+ *
+ * --verify-seed S: after all timed runs, one decode step and one prefill
+ * chunk (each with and without HASH_ASYNC) are checked byte for byte: each
+ * layer's rows from engram_model_hash, bytes from synthetic_row(
+ * manifest_synthetic_seed(S, layer_id), row) (tables imported with
+ * engramctl import-synthetic --manifest NAME --seed S).
+ *
+ * Output: per scenario a human-readable block and one `bench: key=value`
+ * line. Exit status: 0 ok, 1 verification mismatch, 2 usage or RPC error. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engram/engram.h"
+#include "manifest.h"
+#include "synthetic.h"
+
+#define DEDUP_SAMPLES 64
+#define GATHER_INDEX_SETS 8
+
+typedef struct bench_opts {
+    const char *server, *model, *tokens;
+    double seconds, warmup;
+    size_t inflight;
+    int verify;
+    uint64_t verify_seed;
+} bench_opts;
+
+/* One request shape and where its batches come from. */
+typedef struct shape {
+    const char *name;
+    size_t B, T;
+    size_t span;     /* workload tokens reserved per sequence */
+    size_t nsteps;   /* steps before the offsets wrap */
+} shape;
+
+typedef struct bench {
+    const bench_opts *o;
+    engram_client *client;
+    engram_model *model;
+    engram_model_info info;
+    uint64_t table_rows[ENGRAM_MAX_LAYERS];
+    int64_t *tok;    /* the workload, widened to int64 */
+    size_t ntok;
+    size_t hist;     /* max_ngram - 1 */
+    uint8_t *dense[ENGRAM_MAX_LAYERS];  /* local gather baseline's tables */
+} bench;
+
+typedef struct lat_log {
+    uint64_t *ns;
+    size_t len, cap;
+} lat_log;
+
+/* One prefetch in flight. */
+typedef struct slot {
+    int64_t *tokens, *history;
+    uint8_t *out;
+    size_t out_bytes;
+    engram_prefetch *h;
+    uint64_t t0;
+} slot;
+
+typedef struct run_result {
+    size_t k;
+    unsigned flags;
+    uint64_t steps;      /* counted (after warm-up) */
+    uint64_t steps_made; /* all, warm-up included: the de-dup sample range */
+    double elapsed_s;
+    lat_log lat;
+    double uniq_per_step;
+} run_result;
+
+typedef struct baseline {
+    double hash_ns, gather_ns;  /* per step */
+} baseline;
+
+/* ---- small utilities ------------------------------------------------------ */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "engram-prefetch-bench: out of memory (%zu bytes)\n", n);
+        exit(2);
+    }
+    return p;
+}
+
+static int rpc_fail(const char *what, int rc, const engram_error *err)
+{
+    fprintf(stderr, "engram-prefetch-bench: %s: %s: %s\n", what,
+            engram_status_name(rc), err->message);
+    return 2;
+}
+
+static void lat_push(lat_log *l, uint64_t ns)
+{
+    if (l->len == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 4096;
+        uint64_t *p = realloc(l->ns, l->cap * sizeof *p);
+        if (!p) {
+            fprintf(stderr, "engram-prefetch-bench: out of memory\n");
+            exit(2);
+        }
+        l->ns = p;
+    }
+    l->ns[l->len++] = ns;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of a sorted log, in ms. */
+static double pct_ms(const lat_log *l, double p)
+{
+    if (l->len == 0)
+        return 0.0;
+    size_t rank = (size_t)(p / 100.0 * (double)l->len + 0.999999);
+    if (rank < 1)
+        rank = 1;
+    if (rank > l->len)
+        rank = l->len;
+    return (double)l->ns[rank - 1] / 1e6;
+}
+
+/* ---- options -------------------------------------------------------------- */
+
+static int usage(const char *why)
+{
+    if (why)
+        fprintf(stderr, "engram-prefetch-bench: %s\n", why);
+    fprintf(stderr,
+"usage: engram-prefetch-bench --server HOST:PORT --model NAME --tokens FILE\n"
+"                             [--seconds S] [--warmup S] [--inflight K]\n"
+"                             [--verify-seed S]\n");
+    return 2;
+}
+
+static int parse_num(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || v < 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (*s == '-')
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int apply_opt(bench_opts *o, int c, const char *arg)
+{
+    uint64_t u = 0;
+    switch (c) {
+    case 's': o->server = arg; return 0;
+    case 'm': o->model = arg; return 0;
+    case 't': o->tokens = arg; return 0;
+    case 'S': return parse_num(arg, &o->seconds);
+    case 'w': return parse_num(arg, &o->warmup);
+    case 'v': o->verify = 1; return parse_u64(arg, &o->verify_seed);
+    case 'k':
+        if (parse_u64(arg, &u) || u == 0 || u > 64)
+            return -1;
+        o->inflight = u;
+        return 0;
+    }
+    return -1;
+}
+
+static int parse_args(int argc, char **argv, bench_opts *o)
+{
+    static const struct option lo[] = {
+        {"server", 1, 0, 's'}, {"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'},
+        {"seconds", 1, 0, 'S'}, {"warmup", 1, 0, 'w'}, {"inflight", 1, 0, 'k'},
+        {"verify-seed", 1, 0, 'v'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    *o = (bench_opts){.seconds = 10, .warmup = 1, .inflight = 4};
+    int c, li = 0;
+    while ((c = getopt_long(argc, argv, "", lo, &li)) != -1) {
+        if (c == 'h' || c == '?')
+            return usage(NULL);
+        if (apply_opt(o, c, optarg)) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "bad value '%s' for --%s", optarg,
+                     lo[li].name);
+            return usage(msg);
+        }
+    }
+    if (optind < argc)
+        return usage("unexpected argument");
+    if (!o->server || !o->model || !o->tokens)
+        return usage("--server, --model and --tokens are required");
+    if (o->seconds <= 0)
+        return usage("--seconds must be positive");
+    return 0;
+}
+
+/* ---- setup ------------------------------------------------------------------ */
+
+/* Reads int32 LE token ids into b->tok (as int64). */
+static int load_tokens(bench *b, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "engram-prefetch-bench: %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    size_t n = len > 0 ? (size_t)len / 4 : 0;
+    uint8_t *raw = xmalloc(n * 4);
+    size_t got = fread(raw, 4, n, f);
+    fclose(f);
+    b->tok = xmalloc(n * sizeof *b->tok);
+    for (size_t i = 0; i < got; i++) {
+        const uint8_t *p = raw + 4 * i;
+        b->tok[i] = (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 |
+                              (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+    }
+    free(raw);
+    b->ntok = got;
+    return 0;
+}
+
+/* Each layer's table rows, from the manifest as stored on the server. */
+static int load_table_rows(bench *b)
+{
+    char *json = NULL, why[512];
+    engram_error err = {0};
+    int rc = engram_manifest_get(b->client, b->o->model, &json, NULL, &err);
+    if (rc)
+        return rpc_fail("manifest", rc, &err);
+    engram_manifest *m = manifest_parse(json, strlen(json), why, sizeof why);
+    engram_free(json);
+    if (!m) {
+        fprintf(stderr, "engram-prefetch-bench: stored manifest: %s\n", why);
+        return 2;
+    }
+    for (uint32_t i = 0; i < b->info.n_layers; i++)
+        b->table_rows[i] = m->model->layers[i].total_rows;
+    manifest_free(m);
+    return 0;
+}
+
+static int open_bench(bench *b)
+{
+    engram_error err = {0};
+    int rc = engram_client_open(b->o->server, NULL, &b->client, &err);
+    if (rc)
+        return rpc_fail("connect", rc, &err);
+    rc = engram_model_open(b->client, b->o->model, &b->model, &err);
+    if (rc)
+        return rpc_fail("model open", rc, &err);
+    engram_model_get_info(b->model, &b->info);
+    b->hist = b->info.max_ngram - 1;
+    return load_table_rows(b);
+}
+
+static shape make_shape(const bench *b, const char *name, size_t B, size_t T)
+{
+    shape s = {.name = name, .B = B, .T = T};
+    s.span = (b->ntok - b->hist) / B;
+    s.nsteps = s.span / T;
+    return s;
+}
+
+static size_t rows_per_step(const bench *b, const shape *s)
+{
+    return s->B * s->T * b->info.heads * b->info.n_layers;
+}
+
+/* ---- batches ------------------------------------------------------------------ */
+
+/* Step `step` of shape s: sequence j starts at hist + j * span + (step mod
+ * nsteps) * T; its history is the hist tokens before that. */
+static void fill_batch(const bench *b, const shape *s, uint64_t step,
+                       int64_t *tokens, int64_t *history)
+{
+    size_t within = (size_t)(step % s->nsteps) * s->T;
+    for (size_t j = 0; j < s->B; j++) {
+        size_t start = b->hist + j * s->span + within;
+        memcpy(tokens + j * s->T, b->tok + start, s->T * sizeof *tokens);
+        memcpy(history + j * b->hist, b->tok + start - b->hist,
+               b->hist * sizeof *history);
+    }
+}
+
+static engram_prefetch_request make_req(const bench *b, const shape *s,
+                                        slot *sl, unsigned flags)
+{
+    return (engram_prefetch_request){
+        .layer_ids = b->info.layer_ids, .n_layers = b->info.n_layers,
+        .tokens = sl->tokens, .batch = s->B, .seq_len = s->T,
+        .history = sl->history, .out = sl->out, .out_cap = sl->out_bytes,
+        .flags = flags};
+}
+
+static slot *slots_new(const bench *b, const shape *s, size_t k)
+{
+    slot *v = calloc(k, sizeof *v);
+    if (!v)
+        exit(2);
+    for (size_t i = 0; i < k; i++) {
+        v[i].tokens = xmalloc(s->B * s->T * sizeof(int64_t));
+        v[i].history = xmalloc(s->B * b->hist * sizeof(int64_t));
+        v[i].out_bytes = rows_per_step(b, s) * b->info.row_bytes;
+        v[i].out = xmalloc(v[i].out_bytes);
+    }
+    return v;
+}
+
+static void slots_free(slot *v, size_t k)
+{
+    for (size_t i = 0; i < k; i++) {
+        engram_prefetch_free(v[i].h);
+        free(v[i].tokens);
+        free(v[i].history);
+        free(v[i].out);
+    }
+    free(v);
+}
+
+/* ---- the timed prefetch runs ------------------------------------------------- */
+
+static int slot_start(const bench *b, const shape *s, slot *sl, uint64_t step,
+                      unsigned flags)
+{
+    engram_error err = {0};
+    fill_batch(b, s, step, sl->tokens, sl->history);
+    engram_prefetch_request r = make_req(b, s, sl, flags);
+    sl->t0 = now_ns();
+    int rc = engram_prefetch_start(b->model, &r, &sl->h, &err);
+    return rc ? rpc_fail("prefetch start", rc, &err) : 0;
+}
+
+/* Waits for a slot's prefetch and frees its handle; *lat_ns receives
+ * start-to-wait-returned time. */
+static int slot_finish(slot *sl, uint64_t *lat_ns)
+{
+    engram_error err = {0};
+    int rc = engram_prefetch_wait(sl->h, -1, &err);
+    *lat_ns = now_ns() - sl->t0;
+    engram_prefetch_free(sl->h);
+    sl->h = NULL;
+    return rc ? rpc_fail("prefetch", rc, &err) : 0;
+}
+
+static void drain(slot *v, size_t k)
+{
+    uint64_t ns;
+    for (size_t i = 0; i < k; i++)
+        if (v[i].h)
+            slot_finish(&v[i], &ns);
+}
+
+/* Warm-up, then `seconds` of r->k prefetches in flight. Prefetches that
+ * complete after the deadline are drained and not counted. */
+static int run_timed(const bench *b, const shape *s, slot *v, run_result *r)
+{
+    uint64_t step = 0, now = 0, ns;
+    for (size_t i = 0; i < r->k; i++)
+        if (slot_start(b, s, &v[i], step++, r->flags))
+            return 2;
+    uint64_t t_start = now_ns() + (uint64_t)(b->o->warmup * 1e9);
+    uint64_t t_end = t_start + (uint64_t)(b->o->seconds * 1e9);
+    for (size_t i = 0;; i = (i + 1) % r->k) {
+        if (slot_finish(&v[i], &ns))
+            return 2;
+        now = now_ns();
+        if (now >= t_end)
+            break;
+        if (now >= t_start) {
+            r->steps++;
+            lat_push(&r->lat, ns);
+        }
+        if (slot_start(b, s, &v[i], step++, r->flags))
+            return 2;
+    }
+    r->elapsed_s = (double)(now - t_start) / 1e9;
+    r->steps_made = step;
+    drain(v, r->k);
+    return 0;
+}
+
+/* ---- de-dup ratio (untimed) --------------------------------------------------- */
+
+/* Distinct values among rows[0..n), with an open-addressing set of `cap`
+ * (a power of two > n) slots; value + 1 is stored so 0 means empty. */
+static size_t count_unique(const uint64_t *rows, size_t n, uint64_t *set, size_t cap)
+{
+    memset(set, 0, cap * sizeof *set);
+    size_t uniq = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t key = rows[i] + 1;
+        size_t h = (size_t)(splitmix64(key) & (cap - 1));
+        while (set[h] && set[h] != key)
+            h = (h + 1) & (cap - 1);
+        if (!set[h]) {
+            set[h] = key;
+            uniq++;
+        }
+    }
+    return uniq;
+}
+
+static size_t set_cap(size_t n)
+{
+    size_t cap = 1;
+    while (cap < 2 * n)
+        cap <<= 1;
+    return cap;
+}
+
+/* Unique rows of one step, summed over layers (prefetch de-dups per
+ * layer, since each layer is its own table); 0 on a hashing error. */
+static size_t step_unique(const bench *b, const shape *s, uint64_t step,
+                          int64_t *tok, int64_t *hist, uint64_t *rows, uint64_t *set)
+{
+    size_t per = s->B * s->T * b->info.heads, uniq = 0;
+    fill_batch(b, s, step, tok, hist);
+    for (uint32_t l = 0; l < b->info.n_layers; l++) {
+        engram_error err = {0};
+        int rc = engram_model_hash(b->model, b->info.layer_ids[l], tok, s->B,
+                                   s->T, hist, rows, &err);
+        if (rc) {
+            rpc_fail("hash", rc, &err);
+            return 0;
+        }
+        uniq += count_unique(rows, per, set, set_cap(per));
+    }
+    return uniq;
+}
+
+/* Average unique rows per step over up to DEDUP_SAMPLES of the steps made. */
+static double dedup_unique(const bench *b, const shape *s, uint64_t steps_made)
+{
+    size_t per = s->B * s->T * b->info.heads;
+    int64_t *tok = xmalloc(s->B * s->T * sizeof *tok);
+    int64_t *hist = xmalloc(s->B * b->hist * sizeof *hist);
+    uint64_t *rows = xmalloc(per * sizeof *rows);
+    uint64_t *set = xmalloc(set_cap(per) * sizeof *set);
+    uint64_t n = steps_made < DEDUP_SAMPLES ? steps_made : DEDUP_SAMPLES;
+    double sum = 0;
+    for (uint64_t i = 0; i < n; i++)
+        sum += (double)step_unique(b, s, i * steps_made / n, tok, hist, rows, set);
+    free(tok);
+    free(hist);
+    free(rows);
+    free(set);
+    return n ? sum / (double)n : 0.0;
+}
+
+/* ---- baselines ------------------------------------------------------------------ */
+
+/* Hashes every layer of one step into rows (layer after layer). */
+static int hash_step(const bench *b, const shape *s, const int64_t *tok,
+                     const int64_t *hist, uint64_t *rows)
+{
+    size_t per = s->B * s->T * b->info.heads;
+    for (uint32_t l = 0; l < b->info.n_layers; l++) {
+        engram_error err = {0};
+        int rc = engram_model_hash(b->model, b->info.layer_ids[l], tok, s->B,
+                                   s->T, hist, rows + l * per, &err);
+        if (rc)
+            return rpc_fail("hash", rc, &err);
+    }
+    return 0;
+}
+
+/* ns per step of engram_model_hash alone over the same batches as the
+ * prefetch runs (batch filling included, as it is in theirs); -1 on error. */
+static double baseline_hash(const bench *b, const shape *s)
+{
+    int64_t *tok = xmalloc(s->B * s->T * sizeof *tok);
+    int64_t *hist = xmalloc(s->B * b->hist * sizeof *hist);
+    uint64_t *rows = xmalloc(rows_per_step(b, s) * sizeof *rows);
+    uint64_t step = 0, t0 = 0, t_end = 0, now = 0;
+    int rc = 0;
+    fill_batch(b, s, step, tok, hist);
+    rc = hash_step(b, s, tok, hist, rows);       /* warm-up, untimed */
+    t0 = now_ns();
+    t_end = t0 + (uint64_t)(b->o->seconds * 1e9);
+    for (step = 0; !rc && (now = now_ns()) < t_end; step++) {
+        fill_batch(b, s, step, tok, hist);
+        rc = hash_step(b, s, tok, hist, rows);
+    }
+    free(tok);
+    free(hist);
+    free(rows);
+    return rc ? -1.0 : (double)(now - t0) / (double)step;
+}
+
+/* Dense local tables of each layer's size, filled (so every page is real). */
+static void dense_alloc(bench *b)
+{
+    for (uint32_t l = 0; l < b->info.n_layers; l++) {
+        size_t bytes = b->table_rows[l] * b->info.row_bytes;
+        b->dense[l] = xmalloc(bytes);
+        synthetic_rows(l, 0, b->table_rows[l], b->dense[l], b->info.row_bytes);
+    }
+}
+
+static volatile uint8_t gather_sink;
+
+/* Random row indices for GATHER_INDEX_SETS steps, [set][layer][per]. */
+static uint64_t *gather_indices(const bench *b, size_t per)
+{
+    size_t L = b->info.n_layers;
+    uint64_t *idx = xmalloc(GATHER_INDEX_SETS * L * per * sizeof *idx), rng = 1;
+    for (size_t i = 0; i < GATHER_INDEX_SETS * L * per; i++) {
+        uint64_t rows = b->table_rows[(i / per) % L];
+        idx[i] = (uint64_t)(((unsigned __int128)splitmix64(++rng) * rows) >> 64);
+    }
+    return idx;
+}
+
+/* One step's gather: every layer's rows memcpy'd into out, back to back. */
+static void gather_step(const bench *b, const uint64_t *idx, size_t per, uint8_t *out)
+{
+    size_t rb = b->info.row_bytes;
+    for (uint32_t l = 0; l < b->info.n_layers; l++) {
+        const uint8_t *t = b->dense[l];
+        const uint64_t *ix = idx + l * per;
+        uint8_t *o = out + l * per * rb;
+        for (size_t i = 0; i < per; i++)
+            memcpy(o + i * rb, t + ix[i] * rb, rb);
+    }
+}
+
+/* ns per step of a one-thread gather of the step's number of rows at
+ * random indices (precomputed, outside the clock) from the dense tables. */
+static double baseline_gather(const bench *b, const shape *s)
+{
+    size_t per = s->B * s->T * b->info.heads, L = b->info.n_layers;
+    uint64_t *idx = gather_indices(b, per);
+    uint8_t *out = xmalloc(L * per * b->info.row_bytes);
+    gather_step(b, idx, per, out);              /* warm-up, untimed */
+    uint64_t steps = 0, now, t0 = now_ns();
+    uint64_t t_end = t0 + (uint64_t)(b->o->seconds * 1e9);
+    do {
+        gather_step(b, idx + (steps % GATHER_INDEX_SETS) * L * per, per, out);
+        gather_sink ^= out[steps % (L * per * b->info.row_bytes)];
+        steps++;
+    } while ((now = now_ns()) < t_end);
+    free(idx);
+    free(out);
+    return (double)(now - t0) / (double)steps;
+}
+
+/* ---- report ---------------------------------------------------------------------- */
+
+static const char *layer_list(const bench *b, char *buf, size_t cap)
+{
+    size_t off = 0;
+    buf[0] = 0;
+    for (uint32_t l = 0; l < b->info.n_layers && off < cap; l++)
+        off += (size_t)snprintf(buf + off, cap - off, "%s%" PRId64, l ? "," : "",
+                                b->info.layer_ids[l]);
+    return buf;
+}
+
+static void print_human(const bench *b, const shape *s, const run_result *r,
+                        const baseline *bl)
+{
+    const lat_log *l = &r->lat;
+    double steps_s = (double)r->steps / r->elapsed_s, rows = (double)rows_per_step(b, s);
+    double local_ms = (bl->hash_ns + bl->gather_ns) / 1e6;
+    char layers[256];
+    printf("%s: B %zu x T %zu, layers %s, %u heads, %.0f rows/step; %zu in flight, "
+           "hashing %s\n", s->name, s->B, s->T, layer_list(b, layers, sizeof layers),
+           b->info.heads, rows, r->k,
+           r->flags & ENGRAM_PREFETCH_HASH_ASYNC ? "async (HASH_ASYNC)" : "on the caller's thread");
+    printf("  timed %.2f s after %.1f s warm-up: %" PRIu64 " steps, %.1f steps/s, "
+           "%.0f tokens/s\n", r->elapsed_s, b->o->warmup, r->steps, steps_s,
+           steps_s * (double)(s->B * s->T));
+    printf("  latency ms  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", pct_ms(l, 50),
+           pct_ms(l, 90), pct_ms(l, 99), pct_ms(l, 100));
+    printf("  de-dup      %.1f unique of %.0f rows/step (ratio %.3f; %d sampled steps, "
+           "per layer, untimed)\n", r->uniq_per_step, rows, r->uniq_per_step / rows,
+           DEDUP_SAMPLES);
+    printf("  local       hash %.3f ms + memcpy gather %.3f ms = %.3f ms/step (1 thread)\n",
+           bl->hash_ns / 1e6, bl->gather_ns / 1e6, local_ms);
+    printf("  ratios      prefetch p50 / local %.2f; prefetch time per step at "
+           "throughput (1/steps_s) / local %.2f\n", pct_ms(l, 50) / local_ms,
+           1e3 / steps_s / local_ms);
+}
+
+static void print_machine(const bench *b, const shape *s, const run_result *r,
+                          const baseline *bl)
+{
+    const lat_log *l = &r->lat;
+    double steps_s = (double)r->steps / r->elapsed_s, rows = (double)rows_per_step(b, s);
+    double local_ms = (bl->hash_ns + bl->gather_ns) / 1e6;
+    printf("bench: scenario=%s%s model=%s batch=%zu seq=%zu layers=%u heads=%u "
+           "inflight=%zu hash_async=%d seconds=%.2f steps=%" PRIu64 " steps_per_s=%.1f "
+           "tokens_per_s=%.0f rows_per_step=%.0f unique_rows_per_step=%.1f "
+           "dedup_ratio=%.4f p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f "
+           "hash_ms=%.4f gather_ms=%.4f local_ms=%.4f ratio_p50=%.3f ratio_tput=%.3f\n",
+           s->name, r->k > 1 ? "_inflight" : "", b->info.name, s->B, s->T,
+           b->info.n_layers, b->info.heads, r->k,
+           (r->flags & ENGRAM_PREFETCH_HASH_ASYNC) != 0, r->elapsed_s, r->steps,
+           steps_s, steps_s * (double)(s->B * s->T), rows, r->uniq_per_step,
+           r->uniq_per_step / rows, pct_ms(l, 50), pct_ms(l, 90), pct_ms(l, 99),
+           pct_ms(l, 100), bl->hash_ns / 1e6, bl->gather_ns / 1e6, local_ms,
+           pct_ms(l, 50) / local_ms, 1e3 / steps_s / local_ms);
+}
+
+static void print_result(const bench *b, const shape *s, run_result *r,
+                         const baseline *bl)
+{
+    qsort(r->lat.ns, r->lat.len, sizeof *r->lat.ns, cmp_u64);
+    if (r->elapsed_s <= 0)
+        r->elapsed_s = 1e-9;
+    print_human(b, s, r, bl);
+    print_machine(b, s, r, bl);
+    printf("\n");
+    fflush(stdout);
+}
+
+/* ---- one shape: two timed runs around the baselines --------------------------- */
+
+static int timed_prefetch(const bench *b, const shape *s, run_result *r)
+{
+    slot *v = slots_new(b, s, r->k);
+    int rc = run_timed(b, s, v, r);
+    slots_free(v, r->k);
+    if (rc == 0)
+        r->uniq_per_step = dedup_unique(b, s, r->steps_made);
+    return rc;
+}
+
+static int bench_shape(const bench *b, const shape *s)
+{
+    run_result one = {.k = 1, .flags = 0};
+    run_result many = {.k = b->o->inflight, .flags = ENGRAM_PREFETCH_HASH_ASYNC};
+    baseline bl = {0};
+    int rc = timed_prefetch(b, s, &one);
+    if (rc == 0 && (bl.hash_ns = baseline_hash(b, s)) < 0)
+        rc = 2;
+    if (rc == 0) {
+        bl.gather_ns = baseline_gather(b, s);
+        rc = timed_prefetch(b, s, &many);
+    }
+    if (rc == 0) {
+        print_result(b, s, &one, &bl);
+        print_result(b, s, &many, &bl);
+    }
+    free(one.lat.ns);
+    free(many.lat.ns);
+    return rc;
+}
+
+/* ---- verification (untimed) ----------------------------------------------------- */
+
+/* Compares one layer's block of a prefetch output with the synthetic rule
+ * at the rows engram_model_hash gives; returns mismatching rows, or -1. */
+static long verify_layer(const bench *b, const shape *s, const slot *sl,
+                         uint32_t l, uint64_t *rows, uint8_t *want)
+{
+    size_t per = s->B * s->T * b->info.heads, rb = b->info.row_bytes;
+    engram_error err = {0};
+    int rc = engram_model_hash(b->model, b->info.layer_ids[l], sl->tokens, s->B,
+                               s->T, sl->history, rows, &err);
+    if (rc) {
+        rpc_fail("hash", rc, &err);
+        return -1;
+    }
+    uint64_t seed = manifest_synthetic_seed(b->o->verify_seed, b->info.layer_ids[l]);
+    long bad = 0;
+    for (size_t i = 0; i < per; i++) {
+        synthetic_row(seed, rows[i], want, rb);
+        if (memcmp(sl->out + (l * per + i) * rb, want, rb) == 0)
+            continue;
+        if (bad++ < 5)
+            fprintf(stderr, "engram-prefetch-bench: mismatch: %s layer %" PRId64
+                    " row %" PRIu64 " (index %zu)\n", s->name, b->info.layer_ids[l],
+                    rows[i], i);
+    }
+    return bad;
+}
+
+/* Prefetches step 0 of shape s with `flags` and checks every byte; returns
+ * mismatching rows (adds checked rows to *checked), or -1 on an error. */
+static long verify_shape(const bench *b, const shape *s, unsigned flags,
+                         uint64_t *checked)
+{
+    slot *v = slots_new(b, s, 1);
+    uint64_t ns;
+    long bad = -1;
+    if (slot_start(b, s, v, 0, flags) == 0 && slot_finish(v, &ns) == 0) {
+        size_t per = s->B * s->T * b->info.heads;
+        uint64_t *rows = xmalloc(per * sizeof *rows);
+        uint8_t *want = xmalloc(b->info.row_bytes);
+        bad = 0;
+        for (uint32_t l = 0; l < b->info.n_layers && bad >= 0; l++) {
+            long m = verify_layer(b, s, v, l, rows, want);
+            bad = m < 0 ? -1 : bad + m;
+        }
+        *checked += per * b->info.n_layers;
+        free(rows);
+        free(want);
+    }
+    slots_free(v, 1);
+    return bad;
+}
+
+static int run_verify(const bench *b, const shape *shapes, size_t n)
+{
+    uint64_t checked = 0;
+    long bad = 0;
+    for (size_t i = 0; i < 2 * n && bad >= 0; i++) {
+        long m = verify_shape(b, &shapes[i / 2], i % 2 ? ENGRAM_PREFETCH_HASH_ASYNC : 0,
+                              &checked);
+        bad = m < 0 ? -1 : bad + m;
+    }
+    if (bad < 0)
+        return 2;
+    printf("verify: step 0 of each shape, with and without HASH_ASYNC, after the "
+           "timed runs: %" PRIu64 " rows checked byte for byte against seed %" PRIu64
+           ": %ld mismatches\n", checked, b->o->verify_seed, bad);
+    printf("bench: scenario=verify seed=%" PRIu64 " verified_rows=%" PRIu64
+           " mismatches=%ld\n", b->o->verify_seed, checked, bad);
+    return bad ? 1 : 0;
+}
+
+/* ---- main ------------------------------------------------------------------------- */
+
+static int check_workload(const bench *b, const shape *s)
+{
+    if (s->nsteps == 0) {
+        fprintf(stderr, "engram-prefetch-bench: %s needs at least %zu tokens; "
+                "%s has %zu\n", s->name, b->hist + s->B * s->T, b->o->tokens, b->ntok);
+        return 2;
+    }
+    return 0;
+}
+
+static void print_header(const bench *b)
+{
+    char layers[256];
+    printf("engram-prefetch-bench: server %s, model %s (manifest version %" PRIu64
+           "), layers %s, %u heads x %u-byte rows (%s, D %u)\n", b->o->server,
+           b->info.name, b->info.manifest_version, layer_list(b, layers, sizeof layers),
+           b->info.heads, b->info.row_bytes, b->info.dtype, b->info.dim);
+    printf("  tokens %s: %zu; each prefetch run %.1f s after %.1f s warm-up; "
+           "baselines %.1f s each\n\n", b->o->tokens, b->ntok, b->o->seconds,
+           b->o->warmup, b->o->seconds);
+    fflush(stdout);
+}
+
+static int run_all(bench *b)
+{
+    shape shapes[2] = {make_shape(b, "decode", 256, 1),
+                       make_shape(b, "prefill", 1, 4096)};
+    int rc = check_workload(b, &shapes[0]) || check_workload(b, &shapes[1]) ? 2 : 0;
+    if (rc)
+        return rc;
+    print_header(b);
+    dense_alloc(b);
+    for (size_t i = 0; i < 2 && rc == 0; i++)
+        rc = bench_shape(b, &shapes[i]);
+    if (rc == 0 && b->o->verify)
+        rc = run_verify(b, shapes, 2);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    bench_opts o;
+    if (parse_args(argc, argv, &o))
+        return 2;
+    bench b = {.o = &o};
+    int rc = load_tokens(&b, o.tokens);
+    if (rc == 0)
+        rc = open_bench(&b);
+    if (rc == 0)
+        rc = run_all(&b);
+    for (size_t l = 0; l < ENGRAM_MAX_LAYERS; l++)
+        free(b.dense[l]);
+    if (b.model)
+        engram_model_close(b.model);
+    if (b.client)
+        engram_client_close(b.client);
+    free(b.tok);
+    return rc;
+}
