@@ -1,19 +1,22 @@
-/* admin.c: ListTables and GetTable. Both read the registry of current
- * versions (store_list / store_acquire) and answer from the in-memory
- * metadata; nothing here touches RocksDB. */
+/* admin.c: ListTables, GetTable, ActivateVersion, DropVersion and
+ * GetClusterMap. They answer from the registry's in-memory metadata; only
+ * version changes write (through the store). */
 #include "admin.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "grpc_util.h"
 #include "status.h"
 
 static store *A;
+static const char *A_cluster;
 
-void admin_setup(store *s)
+void admin_setup(store *s, const char *cluster_json)
 {
     A = s;
+    A_cluster = cluster_json;
 }
 
 void admin_teardown(void)
@@ -21,11 +24,24 @@ void admin_teardown(void)
     A = NULL;
 }
 
-void table_info_fill(Engram__V1__TableInfo *ti, const table_version *tv)
+static void version_fill(Engram__V1__VersionInfo *vi, const table_version *tv)
 {
+    engram__v1__version_info__init(vi);
+    vi->version = tv->version;
+    vi->state = (Engram__V1__VersionInfo__State)tv->state;
+    vi->checksum = tv->checksum;
+    vi->local_rows = tv->local_rows;
+    vi->resident = tv->resident != NULL;
+    vi->created_unix_ms = tv->created_unix_ms;
+}
+
+void table_info_fill(table_info_buf *b, store *s, const table_version *tv)
+{
+    Engram__V1__TableInfo *ti = &b->ti;
     engram__v1__table_info__init(ti);
     ti->name = (char *)tv->name;
     ti->rows = tv->rows;
+    ti->local_rows = tv->local_rows;
     ti->row_bytes = tv->row_bytes;
     ti->dim = tv->dim;
     ti->dtype = (char *)tv->dtype;
@@ -33,6 +49,21 @@ void table_info_fill(Engram__V1__TableInfo *ti, const table_version *tv)
     ti->checksum = tv->checksum;
     ti->resident = tv->resident != NULL;
     ti->created_unix_ms = tv->created_unix_ms;
+    store_shard(s, &ti->shard_count, &ti->shard_index);
+    b->nvs = store_versions(s, tv->name, &b->vs);
+    for (size_t i = 0; i < b->nvs; i++) {
+        version_fill(&b->vi[i], b->vs[i]);
+        b->vp[i] = &b->vi[i];
+    }
+    ti->n_versions = b->nvs;
+    ti->versions = b->vp;
+}
+
+void table_info_release(table_info_buf *b)
+{
+    for (size_t i = 0; i < b->nvs; i++)
+        table_version_release(b->vs[i]);
+    free(b->vs);
 }
 
 int admin_list_tables(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
@@ -46,21 +77,43 @@ int admin_list_tables(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **
     protobuf_c_message_free_unpacked(rq, NULL);
     table_version **tvs;
     size_t n = store_list(A, &tvs);
-    Engram__V1__TableInfo *infos = calloc(n ? n : 1, sizeof *infos);
-    Engram__V1__TableInfo **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    table_info_buf *bufs = calloc(n + 1, sizeof *bufs);
+    Engram__V1__TableInfo **ptrs = calloc(n + 1, sizeof *ptrs);
     for (size_t i = 0; i < n; i++) {
-        table_info_fill(&infos[i], tvs[i]);
-        ptrs[i] = &infos[i];
+        table_info_fill(&bufs[i], A, tvs[i]);
+        ptrs[i] = &bufs[i].ti;
     }
     Engram__V1__ListTablesResponse resp = ENGRAM__V1__LIST_TABLES_RESPONSE__INIT;
     resp.n_tables = n;
     resp.tables = ptrs;
     *reply = pb_to_byte_buffer(&resp.base);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        table_info_release(&bufs[i]);
         table_version_release(tvs[i]);
+    }
     free(tvs);
-    free(infos);
+    free(bufs);
     free(ptrs);
+    return ES_OK;
+}
+
+static int reply_table(const char *name, uint64_t version, grpc_byte_buffer **reply,
+                       char *msg, size_t msglen)
+{
+    table_version *tv = store_acquire(A, name, version);
+    if (!tv) {
+        if (version)
+            snprintf(msg, msglen, "table \"%.128s\" has no version %llu on this server", name,
+                     (unsigned long long)version);
+        else
+            snprintf(msg, msglen, "table \"%.128s\" not found", name);
+        return ES_NOT_FOUND;
+    }
+    table_info_buf b;
+    table_info_fill(&b, A, tv);
+    *reply = pb_to_byte_buffer(&b.ti.base);
+    table_info_release(&b);
+    table_version_release(tv);
     return ES_OK;
 }
 
@@ -73,20 +126,64 @@ int admin_get_table(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **re
         snprintf(msg, msglen, "malformed GetTableRequest");
         return ES_INVALID_ARGUMENT;
     }
-    int code = ES_OK;
-    table_version *tv = NULL;
+    int code;
     if (!*rq->name) {
         snprintf(msg, msglen, "table name is empty");
         code = ES_INVALID_ARGUMENT;
-    } else if (!(tv = store_acquire(A, rq->name))) {
-        snprintf(msg, msglen, "table \"%.128s\" not found", rq->name);
-        code = ES_NOT_FOUND;
     } else {
-        Engram__V1__TableInfo ti;
-        table_info_fill(&ti, tv);
-        *reply = pb_to_byte_buffer(&ti.base);
-        table_version_release(tv);
+        code = reply_table(rq->name, 0, reply, msg, msglen);
     }
     protobuf_c_message_free_unpacked(&rq->base, NULL);
     return code;
+}
+
+typedef int (*version_op)(store *s, const char *name, uint64_t version, char *msg, size_t msglen);
+
+static int version_call(grpc_byte_buffer *req, grpc_byte_buffer **reply, char *msg, size_t msglen,
+                        version_op op, int reply_version)
+{
+    Engram__V1__VersionRequest *rq = (Engram__V1__VersionRequest *)pb_from_byte_buffer(
+        &engram__v1__version_request__descriptor, req);
+    if (!rq) {
+        snprintf(msg, msglen, "malformed VersionRequest");
+        return ES_INVALID_ARGUMENT;
+    }
+    int code = ES_INVALID_ARGUMENT;
+    if (!*rq->table)
+        snprintf(msg, msglen, "table name is empty");
+    else if (!rq->version)
+        snprintf(msg, msglen, "version 0 is not a version; name one (see GetTable's versions)");
+    else if ((code = op(A, rq->table, rq->version, msg, msglen)) == ES_OK)
+        code = reply_table(rq->table, reply_version ? rq->version : 0, reply, msg, msglen);
+    protobuf_c_message_free_unpacked(&rq->base, NULL);
+    return code;
+}
+
+int admin_activate_version(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
+                           char *msg, size_t msglen)
+{
+    return version_call(req, reply, msg, msglen, store_activate, 1);
+}
+
+/* After a drop the reply is the table's active version, if it has one. */
+int admin_drop_version(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
+                       char *msg, size_t msglen)
+{
+    int code = version_call(req, reply, msg, msglen, store_drop, 0);
+    if (code == ES_NOT_FOUND && !*reply && strstr(msg, "not found")) {
+        Engram__V1__TableInfo empty = ENGRAM__V1__TABLE_INFO__INIT;
+        *reply = pb_to_byte_buffer(&empty.base);
+        return ES_OK;
+    }
+    return code;
+}
+
+int admin_get_cluster_map(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
+                          char *msg, size_t msglen)
+{
+    Engram__V1__ClusterMap cm = ENGRAM__V1__CLUSTER_MAP__INIT;
+    cm.json = (char *)A_cluster;
+    store_shard(A, &cm.shard_count, &cm.shard_index);
+    *reply = pb_to_byte_buffer(&cm.base);
+    return ES_OK;
 }

@@ -1,5 +1,6 @@
-/* admin.h: the admin plane's unary RPCs (ListTables, GetTable). Import, the
- * admin plane's streaming RPC, lives in import.c. */
+/* admin.h: the admin plane's unary table RPCs: ListTables, GetTable,
+ * ActivateVersion, DropVersion, GetClusterMap. Import, the admin plane's
+ * streaming RPC, lives in import.c; manifests in manifests.c. */
 #ifndef ENGRAM_SERVER_ADMIN_H
 #define ENGRAM_SERVER_ADMIN_H
 
@@ -7,16 +8,33 @@
 #include "server.h"
 #include "store.h"
 
-void admin_setup(store *s);
+/* cluster_json: the map this server was started with (kept by reference). */
+void admin_setup(store *s, const char *cluster_json);
 void admin_teardown(void);
 
 int admin_list_tables(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                       char *msg, size_t msglen);
 int admin_get_table(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                     char *msg, size_t msglen);
+int admin_activate_version(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
+                           char *msg, size_t msglen);
+int admin_drop_version(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
+                       char *msg, size_t msglen);
+int admin_get_cluster_map(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
+                          char *msg, size_t msglen);
 
-/* Fills a TableInfo from a version; strings point into tv (keep tv alive
- * while ti is used). */
-void table_info_fill(Engram__V1__TableInfo *ti, const table_version *tv);
+/* A TableInfo of one version plus the list of every live version of its
+ * table; strings point into the versions, which the buffer holds
+ * references to until table_info_release. */
+typedef struct table_info_buf {
+    Engram__V1__TableInfo ti;
+    Engram__V1__VersionInfo vi[STORE_MAX_VERSIONS];
+    Engram__V1__VersionInfo *vp[STORE_MAX_VERSIONS];
+    table_version **vs;
+    size_t nvs;
+} table_info_buf;
+
+void table_info_fill(table_info_buf *b, store *s, const table_version *tv);
+void table_info_release(table_info_buf *b);
 
 #endif

@@ -17,6 +17,7 @@
 #include <zlib.h>
 
 #include "admin.h"
+#include "cluster.h"
 #include "dtype.h"
 #include "engram/v1/engram.pb-c.h"
 #include "grpc_util.h"
@@ -25,6 +26,7 @@
 
 typedef struct import_state {
     int have_header;
+    int stage;
     int claimed;
     int activated;
     table_version tv;            /* the version being written */
@@ -124,6 +126,21 @@ static int check_header(const Engram__V1__ImportHeader *h, char *msg, size_t msg
     return ES_OK;
 }
 
+/* A sharded server takes only imports cut for its own shard: rows of
+ * another shard under its keys would be served as wrong bytes. */
+static int check_shard(const Engram__V1__ImportHeader *h, char *msg, size_t msglen)
+{
+    uint32_t shards, shard;
+    store_shard(I.s, &shards, &shard);
+    if (h->shard_count == 0 && shards == 1)
+        return ES_OK;
+    if (h->shard_count == shards && h->shard_index == shard)
+        return ES_OK;
+    snprintf(msg, msglen, "import is cut for shard %u of %u; this server is shard %u of %u",
+             h->shard_index, h->shard_count, shard, shards);
+    return ES_FAILED_PRECONDITION;
+}
+
 static int on_header(import_state *st, const Engram__V1__ImportHeader *h, char *msg, size_t msglen)
 {
     if (st->have_header) {
@@ -134,15 +151,22 @@ static int on_header(import_state *st, const Engram__V1__ImportHeader *h, char *
     int code = check_header(h, msg, msglen);
     if (code != ES_OK)
         return code;
+    if ((code = check_shard(h, msg, msglen)) != ES_OK)
+        return code;
     table_version *tv = &st->tv;
+    uint32_t shards, shard;
+    store_shard(I.s, &shards, &shard);
     snprintf(tv->name, sizeof tv->name, "%s", h->table);
     snprintf(tv->dtype, sizeof tv->dtype, "%s", h->dtype);
     tv->rows = h->rows;
+    tv->local_rows = cluster_local_rows(h->rows, shards, shard);
     tv->dim = h->dim;
     tv->row_bytes = (uint32_t)(h->dim * dtype_size(h->dtype));
+    st->stage = h->stage;
     st->have_header = 1;
-    if (store_import_claim(I.s, tv->name, &tv->table_id, &tv->version, msg, msglen) < 0)
-        return ES_ABORTED;
+    code = store_import_claim(I.s, tv->name, h->version, &tv->table_id, &tv->version, msg, msglen);
+    if (code != ES_OK)
+        return code;
     st->claimed = 1;
     snprintf(st->dir, sizeof st->dir, "%s/%s.v%llu.%d.%llu", store_tmp_dir(I.s), tv->name,
              (unsigned long long)tv->version, (int)getpid(),
@@ -152,9 +176,9 @@ static int on_header(import_state *st, const Engram__V1__ImportHeader *h, char *
         st->dir[0] = 0;
         return ES_INTERNAL;
     }
-    log_info("import_started", "table=%s version=%llu rows=%llu row_bytes=%u dtype=%s",
+    log_info("import_started", "table=%s version=%llu rows=%llu local_rows=%llu row_bytes=%u dtype=%s stage=%d",
              tv->name, (unsigned long long)tv->version, (unsigned long long)tv->rows,
-             tv->row_bytes, tv->dtype);
+             (unsigned long long)tv->local_rows, tv->row_bytes, tv->dtype, st->stage);
     return ES_OK;
 }
 
@@ -208,10 +232,10 @@ static int check_chunk(const import_state *st, const Engram__V1__ImportChunk *ch
                  (unsigned long long)start, (unsigned long long)len, tv->row_bytes);
         return ES_INVALID_ARGUMENT;
     }
-    if (len / tv->row_bytes > tv->rows - start) {
-        snprintf(msg, msglen, "chunk at row %llu carries %llu rows, past the table's %llu rows",
+    if (len / tv->row_bytes > tv->local_rows - start) {
+        snprintf(msg, msglen, "chunk at row %llu carries %llu rows, past the %llu rows this server holds",
                  (unsigned long long)start, (unsigned long long)(len / tv->row_bytes),
-                 (unsigned long long)tv->rows);
+                 (unsigned long long)tv->local_rows);
         return ES_INVALID_ARGUMENT;
     }
     return ES_OK;
@@ -260,35 +284,39 @@ static void on_end(server_call *c)
     char msg[512];
     if (!st->have_header)
         return fail(c, ES_INVALID_ARGUMENT, "import stream ended without a header; nothing was activated");
-    if (st->next_row != st->tv.rows) {
+    if (st->next_row != st->tv.local_rows) {
         snprintf(msg, sizeof msg, "import of table \"%s\" ended after %llu of %llu rows; nothing was activated",
-                 st->tv.name, (unsigned long long)st->next_row, (unsigned long long)st->tv.rows);
+                 st->tv.name, (unsigned long long)st->next_row, (unsigned long long)st->tv.local_rows);
         return fail(c, ES_INVALID_ARGUMENT, msg);
     }
     char *rerr = NULL;
-    rocksdb_sstfilewriter_finish(st->w, &rerr);
-    rocksdb_sstfilewriter_destroy(st->w);
-    st->w = NULL;
+    if (st->w) {
+        rocksdb_sstfilewriter_finish(st->w, &rerr);
+        rocksdb_sstfilewriter_destroy(st->w);
+        st->w = NULL;
+    }
     if (rerr) {
         snprintf(msg, sizeof msg, "finishing SST file failed: %s", rerr);
         free(rerr);
         return fail(c, ES_INTERNAL, msg);
     }
     st->tv.checksum = st->crc;
-    if (store_activate(I.s, &st->tv, (const char *const *)st->files, st->nfiles, msg, sizeof msg) < 0) {
-        st->claimed = 0;         /* store_activate ended the claim */
+    if (store_commit_import(I.s, &st->tv, st->stage, (const char *const *)st->files, st->nfiles,
+                            msg, sizeof msg) < 0) {
+        st->claimed = 0;         /* store_commit_import ended the claim */
         return fail(c, ES_INTERNAL, msg);
     }
     st->activated = 1;
-    table_version *tv = store_acquire(I.s, st->tv.name);
+    table_version *tv = store_acquire(I.s, st->tv.name, st->tv.version);
     Engram__V1__ImportResponse resp = ENGRAM__V1__IMPORT_RESPONSE__INIT;
-    Engram__V1__TableInfo ti;
-    table_info_fill(&ti, tv ? tv : &st->tv);
-    resp.table = &ti;
+    table_info_buf tb;
+    table_info_fill(&tb, I.s, tv ? tv : &st->tv);
+    resp.table = &tb.ti;
     grpc_byte_buffer *reply = pb_to_byte_buffer(&resp.base);
-    log_info("import_done", "table=%s version=%llu rows=%llu checksum=%08x resident=%d duration_ms=%llu",
-             ti.name, (unsigned long long)ti.version, (unsigned long long)ti.rows, ti.checksum,
-             (int)ti.resident, (unsigned long long)((now_ns() - st->started_ns) / 1000000));
+    log_info("import_done", "table=%s version=%llu local_rows=%llu checksum=%08x staged=%d duration_ms=%llu",
+             st->tv.name, (unsigned long long)st->tv.version, (unsigned long long)st->tv.local_rows,
+             st->crc, st->stage, (unsigned long long)((now_ns() - st->started_ns) / 1000000));
+    table_info_release(&tb);
     table_version_release(tv);
     __atomic_add_fetch(&I.m->completed, 1, __ATOMIC_RELAXED);
     call_finish(c, ES_OK, NULL, reply);

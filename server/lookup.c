@@ -24,6 +24,7 @@ static struct {
     lookup_options o;
     lookup_metrics *m;
     lookup_metrics m_none;
+    uint32_t shards, shard;
 } L;
 
 void lookup_setup(store *s, const lookup_options *opts, lookup_metrics *metrics)
@@ -31,6 +32,7 @@ void lookup_setup(store *s, const lookup_options *opts, lookup_metrics *metrics)
     L.s = s;
     L.o = *opts;
     L.m = metrics ? metrics : &L.m_none;
+    store_shard(s, &L.shards, &L.shard);
 }
 
 void lookup_teardown(void)
@@ -38,9 +40,27 @@ void lookup_teardown(void)
     L.s = NULL;
 }
 
+/* Turns global rows into this shard's local rows, in place. A row of
+ * another shard is refused: a misconfigured client must get an error, not
+ * another row's bytes. */
+static int to_local(uint64_t *rows, size_t n, char *msg, size_t msglen)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = rows[i], q = r / L.shards;
+        if (r - q * L.shards != L.shard) {
+            snprintf(msg, msglen,
+                     "row %llu (index %zu in the request) belongs to shard %llu of %u; this server is shard %u",
+                     (unsigned long long)r, i, (unsigned long long)(r % L.shards), L.shards, L.shard);
+            return ES_FAILED_PRECONDITION;
+        }
+        rows[i] = q;
+    }
+    return ES_OK;
+}
+
 /* Checks everything about the request against the table before any row is
  * read; returns ES_OK or the status to answer with. */
-static int validate(const Engram__V1__LookupRequest *rq, const table_version *tv,
+static int validate(Engram__V1__LookupRequest *rq, const table_version *tv,
                     char *msg, size_t msglen)
 {
     if (rq->n_rows > L.o.max_rows) {
@@ -66,7 +86,7 @@ static int validate(const Engram__V1__LookupRequest *rq, const table_version *tv
             return ES_OUT_OF_RANGE;
         }
     }
-    return ES_OK;
+    return L.shards == 1 ? ES_OK : to_local(rq->rows, rq->n_rows, msg, msglen);
 }
 
 static int gather(const Engram__V1__LookupRequest *rq, table_version *tv,
@@ -91,14 +111,20 @@ static int gather(const Engram__V1__LookupRequest *rq, table_version *tv,
     return ES_OK;
 }
 
-static int lookup_request(const Engram__V1__LookupRequest *rq, grpc_byte_buffer **reply,
+static int lookup_request(Engram__V1__LookupRequest *rq, grpc_byte_buffer **reply,
                           char *msg, size_t msglen)
 {
     if (!rq->table || !*rq->table) {
         snprintf(msg, msglen, "table name is empty");
         return ES_INVALID_ARGUMENT;
     }
-    table_version *tv = store_acquire(L.s, rq->table);
+    table_version *tv = store_acquire(L.s, rq->table, rq->version);
+    if (!tv && rq->version && (tv = store_acquire(L.s, rq->table, 0))) {
+        snprintf(msg, msglen, "table \"%.128s\" has no version %llu on this server (active: %llu)",
+                 rq->table, (unsigned long long)rq->version, (unsigned long long)tv->version);
+        table_version_release(tv);
+        return ES_NOT_FOUND;
+    }
     if (!tv) {
         snprintf(msg, msglen, "table \"%.128s\" not found", rq->table);
         return ES_NOT_FOUND;

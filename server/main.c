@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "cluster.h"
 #include "import.h"
 #include "log.h"
 #include "lookup.h"
@@ -32,6 +33,9 @@ typedef struct options {
     uint64_t max_message;
     int log_level;
     int64_t grace_ms;
+    const char *cluster;
+    int64_t shard;
+    uint64_t keep_versions;
 } options;
 
 static void usage(FILE *f)
@@ -50,6 +54,9 @@ static void usage(FILE *f)
 "  --max-rows N             rows per Lookup request, default 262144\n"
 "  --max-message-bytes B    max gRPC message size, default 64M\n"
 "  --grace-ms MS            shutdown wait for in-flight calls, default 5000\n"
+"  --cluster FILE --shard I this server is shard I of the cluster map FILE\n"
+"                           (JSON; it stores only rows r with r %% S == I)\n"
+"  --keep-versions N        activated versions kept per table, default 2\n"
 "  --port-file FILE         write the bound port to FILE once serving\n"
 "  --log-level LEVEL        debug, info, warn, error; default info\n"
 "  --log-file FILE          append logs to FILE instead of stderr\n"
@@ -102,6 +109,8 @@ static void defaults(options *o)
     o->max_message = 64ull << 20;
     o->log_level = LOG_INFO;
     o->grace_ms = 5000;
+    o->shard = -1;
+    o->keep_versions = 2;
 }
 
 static void parse_args(int argc, char **argv, options *o)
@@ -112,6 +121,7 @@ static void parse_args(int argc, char **argv, options *o)
         {"max-rows", 1, 0, 'm'}, {"max-message-bytes", 1, 0, 'M'},
         {"grace-ms", 1, 0, 'g'}, {"port-file", 1, 0, 'p'},
         {"log-level", 1, 0, 'L'}, {"log-file", 1, 0, 'F'}, {"help", 0, 0, 'h'},
+        {"cluster", 1, 0, 'C'}, {"shard", 1, 0, 'S'}, {"keep-versions", 1, 0, 'K'},
         {0, 0, 0, 0}};
     defaults(o);
     int ch;
@@ -142,12 +152,24 @@ static void parse_args(int argc, char **argv, options *o)
         case 'L':
             if ((o->log_level = log_level_parse(optarg)) < 0) bad_value(name, optarg);
             break;
+        case 'C': o->cluster = optarg; break;
+        case 'S':
+            if (parse_u64(optarg, &v, 0) || v >= CLUSTER_MAX_SHARDS) bad_value(name, optarg);
+            o->shard = (int64_t)v; break;
+        case 'K':
+            if (parse_u64(optarg, &o->keep_versions, 0) || o->keep_versions < 2 ||
+                o->keep_versions > STORE_MAX_VERSIONS - 2) bad_value(name, optarg);
+            break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
     }
     if (optind < argc) {
         fprintf(stderr, "engram-server: unexpected argument \"%s\"\n", argv[optind]);
+        exit(2);
+    }
+    if (!o->cluster != (o->shard < 0)) {
+        fprintf(stderr, "engram-server: --cluster and --shard go together\n");
         exit(2);
     }
 }
@@ -159,6 +181,26 @@ static void write_port_file(const char *path, int port)
     FILE *f = fopen(tmp, "w");
     if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0 || rename(tmp, path) != 0)
         log_error("port_file_failed", "path=%s error=\"%s\"", path, strerror(errno));
+}
+
+/* The cluster map, or the one-shard map of this server alone. */
+static engram_cluster *load_cluster(const options *o)
+{
+    if (!o->cluster)
+        return cluster_single(o->listen);
+    char err[512];
+    engram_cluster *c = cluster_load(o->cluster, err, sizeof err);
+    if (!c) {
+        fprintf(stderr, "engram-server: %s\n", err);
+        return NULL;
+    }
+    if ((uint64_t)o->shard >= c->shards) {
+        fprintf(stderr, "engram-server: --shard %lld is outside the map's %u shards\n",
+                (long long)o->shard, c->shards);
+        cluster_free(c);
+        return NULL;
+    }
+    return c;
 }
 
 int main(int argc, char **argv)
@@ -179,10 +221,15 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    engram_cluster *cl = load_cluster(&o);
+    if (!cl)
+        return 2;
+    char *cluster_json = cluster_to_json(cl);
     grpc_init();
     static store_metrics sm;
     char *err = NULL;
-    store_options so = {o.data, o.resident_budget, o.block_cache};
+    store_options so = {o.data, o.resident_budget, o.block_cache, cl->shards,
+                        o.shard < 0 ? 0 : (uint32_t)o.shard, (uint32_t)o.keep_versions};
     store *st = store_setup(&so, &sm, &err);
     if (!st) {
         log_error("store_open_failed", "data=%s error=\"%s\"", o.data, err);
@@ -194,7 +241,7 @@ int main(int argc, char **argv)
     static import_metrics im;
     lookup_options lo = {o.max_rows, o.max_message};
     lookup_setup(st, &lo, &lm);
-    admin_setup(st);
+    admin_setup(st, cluster_json);
     manifests_setup(st);
     import_options io = {(uint32_t)(o.max_message / 2 < (1u << 20) ? o.max_message / 2 : (1u << 20)),
                          256ull << 20};
@@ -208,15 +255,19 @@ int main(int argc, char **argv)
         {"/engram.v1.Admin/PutManifest", PLANE_ADMIN, manifests_put, NULL, 1},
         {"/engram.v1.Admin/GetManifest", PLANE_ADMIN, manifests_get, NULL, 4},
         {"/engram.v1.Admin/ListManifests", PLANE_ADMIN, manifests_list, NULL, 1},
+        {"/engram.v1.Admin/ActivateVersion", PLANE_ADMIN, admin_activate_version, NULL, 2},
+        {"/engram.v1.Admin/DropVersion", PLANE_ADMIN, admin_drop_version, NULL, 1},
+        {"/engram.v1.Admin/GetClusterMap", PLANE_ADMIN, admin_get_cluster_map, NULL, 4},
     };
     static server_metrics svm;
     server_options sopts = {o.listen, o.threads, (int)o.max_message};
     int port = server_setup(&sopts, methods, sizeof methods / sizeof methods[0], &svm);
     int rc = 0;
     if (port) {
-        log_info("server_started", "listen=%s port=%d threads=%d data=%s resident_budget=%llu "
-                 "max_rows=%llu max_message_bytes=%llu version=%s transport=insecure",
-                 o.listen, port, o.threads, o.data, (unsigned long long)o.resident_budget,
+        log_info("server_started", "listen=%s port=%d threads=%d data=%s shard=%lld shards=%u "
+                 "resident_budget=%llu max_rows=%llu max_message_bytes=%llu version=%s transport=insecure",
+                 o.listen, port, o.threads, o.data, o.shard < 0 ? 0LL : (long long)o.shard, cl->shards,
+                 (unsigned long long)o.resident_budget,
                  (unsigned long long)o.max_rows, (unsigned long long)o.max_message, ENGRAM_VERSION);
         if (o.port_file)
             write_port_file(o.port_file, port);
@@ -235,6 +286,8 @@ int main(int argc, char **argv)
     grpc_shutdown();
     log_info("server_stopped", "lookups=%llu rows=%llu imports=%llu", (unsigned long long)lm.calls,
              (unsigned long long)lm.rows, (unsigned long long)im.completed);
+    free(cluster_json);
+    cluster_free(cl);
     if (logf)
         fclose(logf);
     return rc;

@@ -53,7 +53,7 @@ static int check_tables(const engram_manifest *m, char **missing, size_t *nmissi
 {
     *nmissing = 0;
     for (int li = 0; li < m->model->n_layers; li++) {
-        table_version *tv = store_acquire(MS, m->tables[li]);
+        table_version *tv = store_acquire(MS, m->tables[li], 0);
         if (!tv) {
             missing[(*nmissing)++] = (char *)m->tables[li];
             continue;

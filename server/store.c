@@ -1,10 +1,8 @@
-/* store.c: RocksDB-backed table store with a resident tier in front.
- *
- * See store.h for the key layout and the version life cycle. The registry of
- * current versions is a small array under a rwlock: tables are few (a model
- * has a handful), lookups take the read lock only long enough to bump a
- * reference count, and imports take the write lock only for the swap. */
-#include "store.h"
+/* store.c: the RocksDB side of the table store: options, keys, version
+ * metadata, row reads (resident arrays or MultiGet), documents, SST ingest,
+ * resident loads and orphan collection. The registry and the version life
+ * cycle built on these are in tables.c; store.h has the layout. */
+#include "store_internal.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -17,36 +15,9 @@
 
 #include "engram/v1/engram.pb-c.h"
 #include "log.h"
-#include "names.h"
+#include "status.h"
 
-#define CF_META 0
-#define CF_ROWS 1
 #define MULTIGET_BATCH 512
-
-struct store {
-    rocksdb_t *db;
-    rocksdb_column_family_handle_t *cf[2];
-    rocksdb_options_t *db_opts, *meta_opts, *rows_opts;
-    rocksdb_block_based_table_options_t *rows_bbto;
-    rocksdb_cache_t *block_cache;
-    rocksdb_readoptions_t *ropts;
-    rocksdb_writeoptions_t *wopts_sync;
-    store_metrics *m;
-
-    pthread_rwlock_t lock;       /* guards tables/ntables */
-    table_version **tables;
-    size_t ntables, cap;
-
-    pthread_mutex_t claim_lock;  /* guards claims and next_id */
-    char **claims;
-    size_t nclaims;
-    uint32_t next_id;
-
-    char *dir;
-    char *tmp_dir;
-};
-
-static store_metrics metrics_none;
 
 /* ---- keys and metadata -------------------------------------------------- */
 
@@ -83,32 +54,31 @@ void store_row_key(uint8_t key[ROW_KEY_LEN], uint32_t table_id,
     put_be64(key + 12, row);
 }
 
-int table_name_valid(const char *name)
-{
-    return engram_name_valid(name);
-}
-
-static uint64_t unix_ms(void)
+uint64_t store_unix_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static size_t meta_key(char *key, const char *name)
+/* 'm' name 0x00 version: a table's versions sort together, oldest first. */
+static size_t meta_key(char *key, const char *name, uint64_t version)
 {
-    key[0] = 'm';
     size_t n = strlen(name);
+    key[0] = 'm';
     memcpy(key + 1, name, n);
-    return n + 1;
+    key[n + 1] = 0;
+    put_be64((uint8_t *)key + n + 2, version);
+    return n + 10;
 }
 
-/* Value of 'm'+name: table id, then the TableInfo as the wire knows it. */
+/* Value: table id, state, then the TableInfo as the wire knows it. */
 static char *meta_encode(const table_version *tv, size_t *len)
 {
     Engram__V1__TableInfo ti = ENGRAM__V1__TABLE_INFO__INIT;
     ti.name = (char *)tv->name;
     ti.rows = tv->rows;
+    ti.local_rows = tv->local_rows;
     ti.row_bytes = tv->row_bytes;
     ti.dim = tv->dim;
     ti.dtype = (char *)tv->dtype;
@@ -116,35 +86,61 @@ static char *meta_encode(const table_version *tv, size_t *len)
     ti.checksum = tv->checksum;
     ti.created_unix_ms = tv->created_unix_ms;
     size_t n = engram__v1__table_info__get_packed_size(&ti);
-    char *buf = malloc(4 + n);
+    char *buf = malloc(5 + n);
     put_be32((uint8_t *)buf, tv->table_id);
-    engram__v1__table_info__pack(&ti, (uint8_t *)buf + 4);
-    *len = 4 + n;
+    buf[4] = (char)tv->state;
+    engram__v1__table_info__pack(&ti, (uint8_t *)buf + 5);
+    *len = 5 + n;
     return buf;
 }
 
 static table_version *meta_decode(store *s, const char *val, size_t len)
 {
-    if (len < 4)
+    if (len < 5 || val[4] < VS_ACTIVE || val[4] > VS_STAGED)
         return NULL;
-    Engram__V1__TableInfo *ti = engram__v1__table_info__unpack(
-        NULL, len - 4, (const uint8_t *)val + 4);
+    Engram__V1__TableInfo *ti = engram__v1__table_info__unpack(NULL, len - 5, (const uint8_t *)val + 5);
     if (!ti)
         return NULL;
     table_version *tv = calloc(1, sizeof *tv);
     tv->refs = 1;
     tv->s = s;
     tv->table_id = get_be32((const uint8_t *)val);
+    tv->state = val[4];
     snprintf(tv->name, sizeof tv->name, "%s", ti->name);
     snprintf(tv->dtype, sizeof tv->dtype, "%s", ti->dtype);
     tv->version = ti->version;
     tv->rows = ti->rows;
+    tv->local_rows = ti->local_rows;
     tv->row_bytes = ti->row_bytes;
     tv->dim = ti->dim;
     tv->checksum = ti->checksum;
     tv->created_unix_ms = ti->created_unix_ms;
     engram__v1__table_info__free_unpacked(ti, NULL);
     return tv;
+}
+
+int store_write_meta(store *s, table_version *const *put, size_t nput, const table_version *del,
+                     char *msg, size_t msglen)
+{
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    char key[TABLE_NAME_MAX + 10];
+    for (size_t i = 0; i < nput; i++) {
+        size_t kl = meta_key(key, put[i]->name, put[i]->version), vl;
+        char *val = meta_encode(put[i], &vl);
+        rocksdb_writebatch_put_cf(wb, s->cf[CF_META], key, kl, val, vl);
+        free(val);
+    }
+    if (del)
+        rocksdb_writebatch_delete_cf(wb, s->cf[CF_META], key, meta_key(key, del->name, del->version));
+    char *rerr = NULL;
+    rocksdb_write(s->db, s->wopts_sync, wb, &rerr);
+    rocksdb_writebatch_destroy(wb);
+    if (rerr) {
+        snprintf(msg, msglen, "writing table metadata failed: %s", rerr);
+        free(rerr);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- opening ------------------------------------------------------------ */
@@ -212,97 +208,14 @@ static int mkdir_p(const char *path)
     return mkdir(buf, 0755) < 0 && errno != EEXIST ? -1 : 0;
 }
 
-/* ---- registry ----------------------------------------------------------- */
-
-static void registry_put(store *s, table_version *tv, table_version **old)
-{
-    *old = NULL;
-    for (size_t i = 0; i < s->ntables; i++) {
-        if (strcmp(s->tables[i]->name, tv->name) == 0) {
-            *old = s->tables[i];
-            s->tables[i] = tv;
-            return;
-        }
-    }
-    if (s->ntables == s->cap) {
-        s->cap = s->cap ? s->cap * 2 : 8;
-        s->tables = realloc(s->tables, s->cap * sizeof *s->tables);
-    }
-    s->tables[s->ntables++] = tv;
-}
-
-table_version *store_acquire(store *s, const char *name)
-{
-    table_version *tv = NULL;
-    pthread_rwlock_rdlock(&s->lock);
-    for (size_t i = 0; i < s->ntables; i++) {
-        if (strcmp(s->tables[i]->name, name) == 0) {
-            tv = s->tables[i];
-            __atomic_add_fetch(&tv->refs, 1, __ATOMIC_RELAXED);
-            break;
-        }
-    }
-    pthread_rwlock_unlock(&s->lock);
-    return tv;
-}
-
-static void delete_version_rows(store *s, uint32_t id, uint64_t version)
-{
-    uint8_t from[ROW_KEY_LEN], to[ROW_KEY_LEN];
-    store_row_key(from, id, version, 0);
-    store_row_key(to, id, version + 1, 0);
-    char *rerr = NULL;
-    rocksdb_delete_range_cf(s->db, s->wopts_sync, s->cf[CF_ROWS], (char *)from,
-                            sizeof from, (char *)to, sizeof to, &rerr);
-    if (rerr) {
-        log_error("version_delete_failed", "table_id=%u version=%llu error=\"%s\"",
-                  id, (unsigned long long)version, rerr);
-        free(rerr);
-    }
-}
-
-void table_version_release(table_version *tv)
-{
-    if (!tv || __atomic_sub_fetch(&tv->refs, 1, __ATOMIC_ACQ_REL) != 0)
-        return;
-    if (tv->superseded) {
-        delete_version_rows(tv->s, tv->table_id, tv->version);
-        log_info("version_dropped", "table=%s version=%llu", tv->name,
-                 (unsigned long long)tv->version);
-    }
-    resident_free(tv->resident, (size_t)tv->rows * tv->row_bytes);
-    free(tv);
-}
-
-static int by_name(const void *a, const void *b)
-{
-    return strcmp((*(table_version *const *)a)->name,
-                  (*(table_version *const *)b)->name);
-}
-
-size_t store_list(store *s, table_version ***out)
-{
-    pthread_rwlock_rdlock(&s->lock);
-    size_t n = s->ntables;
-    table_version **v = malloc((n ? n : 1) * sizeof *v);
-    for (size_t i = 0; i < n; i++) {
-        v[i] = s->tables[i];
-        __atomic_add_fetch(&v[i]->refs, 1, __ATOMIC_RELAXED);
-    }
-    pthread_rwlock_unlock(&s->lock);
-    qsort(v, n, sizeof *v, by_name);
-    *out = v;
-    return n;
-}
-
 /* ---- resident loading --------------------------------------------------- */
 
 /* Scans the version's rows in key order into a dense array and checks the
  * checksum, so a table is only served from RAM when every row is there and
  * intact. Tables that do not fit stay on RocksDB. */
-static void resident_load(store *s, table_version *tv)
+void store_resident_load(store *s, table_version *tv)
 {
-    size_t bytes = (size_t)tv->rows * tv->row_bytes;
+    size_t bytes = (size_t)tv->local_rows * tv->row_bytes;
     uint8_t *arr = resident_alloc(bytes);
     if (!arr) {
         log_info("resident_skip", "table=%s bytes=%zu reason=budget", tv->name, bytes);
@@ -335,7 +248,7 @@ static void resident_load(store *s, table_version *tv)
     rocksdb_readoptions_destroy(ro);
     if (!bad && rerr)
         bad = rerr;
-    if (!bad && expect != tv->rows)
+    if (!bad && expect != tv->local_rows)
         bad = "rows missing at the end";
     if (!bad && (uint32_t)crc32_z(0, arr, bytes) != tv->checksum)
         bad = "checksum mismatch";
@@ -350,11 +263,46 @@ static void resident_load(store *s, table_version *tv)
     free(rerr);
 }
 
-/* ---- startup ------------------------------------------------------------ */
+/* ---- opening and closing ------------------------------------------------ */
 
-static int load_tables(store *s, char **err)
+int store_open_db(store *s, const store_options *o, char **err)
+{
+    s->dir = strdup(o->dir);
+    size_t tl = strlen(o->dir) + 16;
+    s->tmp_dir = malloc(tl);
+    snprintf(s->tmp_dir, tl, "%s/import-tmp", o->dir);
+    if (mkdir_p(s->dir) < 0 || mkdir_p(s->tmp_dir) < 0) {
+        set_err(err, "cannot create data directory", strerror(errno));
+        return -1;
+    }
+    make_options(s, o);
+    return open_db(s, err);
+}
+
+void store_close_db(store *s)
+{
+    if (s->db) {
+        rocksdb_column_family_handle_destroy(s->cf[0]);
+        rocksdb_column_family_handle_destroy(s->cf[1]);
+        rocksdb_close(s->db);
+    }
+    if (s->db_opts) {
+        rocksdb_options_destroy(s->db_opts);
+        rocksdb_options_destroy(s->meta_opts);
+        rocksdb_options_destroy(s->rows_opts);
+        rocksdb_block_based_options_destroy(s->rows_bbto);
+        rocksdb_cache_destroy(s->block_cache);
+        rocksdb_readoptions_destroy(s->ropts);
+        rocksdb_writeoptions_destroy(s->wopts_sync);
+    }
+    free(s->dir);
+    free(s->tmp_dir);
+}
+
+int store_scan_meta(store *s, void (*cb)(store *, table_version *), char **err)
 {
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ropts, s->cf[CF_META]);
+    int rc = 0;
     for (rocksdb_iter_seek(it, "m", 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
         size_t kl, vl;
         const char *k = rocksdb_iter_key(it, &kl);
@@ -363,52 +311,50 @@ static int load_tables(store *s, char **err)
         const char *v = rocksdb_iter_value(it, &vl);
         table_version *tv = meta_decode(s, v, vl);
         if (!tv) {
-            rocksdb_iter_destroy(it);
             set_err(err, "corrupt table metadata", NULL);
-            return -1;
+            rc = -1;
+            break;
         }
-        resident_load(s, tv);
-        table_version *old;
-        registry_put(s, tv, &old);
-        log_info("table_loaded", "table=%s version=%llu rows=%llu row_bytes=%u resident=%d",
-                 tv->name, (unsigned long long)tv->version,
-                 (unsigned long long)tv->rows, tv->row_bytes, tv->resident != NULL);
+        cb(s, tv);
     }
     rocksdb_iter_destroy(it);
-    char *v;
+    return rc;
+}
+
+int store_read_next_id(store *s, uint32_t *next, char **err)
+{
     size_t vl;
     char *rerr = NULL;
-    v = rocksdb_get_cf(s->db, s->ropts, s->cf[CF_META], "n", 1, &vl, &rerr);
+    char *v = rocksdb_get_cf(s->db, s->ropts, s->cf[CF_META], "n", 1, &vl, &rerr);
     if (rerr) {
         set_err(err, "cannot read next table id", rerr);
         free(rerr);
         return -1;
     }
-    s->next_id = (v && vl == 4) ? get_be32((uint8_t *)v) : 1;
+    *next = (v && vl == 4) ? get_be32((uint8_t *)v) : 1;
     free(v);
     return 0;
 }
 
-static int cmp_u64pair(const void *a, const void *b)
+int store_persist_next_id(store *s, uint32_t next, char *msg, size_t msglen)
 {
-    const uint64_t *x = a, *y = b;
-    if (x[0] != y[0])
-        return x[0] < y[0] ? -1 : 1;
-    return x[1] < y[1] ? -1 : x[1] > y[1];
+    uint8_t v[4];
+    put_be32(v, next);
+    char *rerr = NULL;
+    rocksdb_put_cf(s->db, s->wopts_sync, s->cf[CF_META], "n", 1, (char *)v, 4, &rerr);
+    if (rerr) {
+        snprintf(msg, msglen, "cannot persist table id: %s", rerr);
+        free(rerr);
+        return -1;
+    }
+    return 0;
 }
 
-/* Deletes rows that belong to no current version: left by a crash between
- * an ingest and its metadata write, or by a version dropped while the
- * process died. Only gaps that hold a key get a range tombstone. */
-static void collect_orphans(store *s)
+/* Deletes rows that belong to no live version: left by a crash between an
+ * ingest and its metadata write, or by a version dropped while the process
+ * died. Only gaps that hold a key get a range tombstone. */
+void store_collect_orphans(store *s, uint64_t (*live)[2], size_t n)
 {
-    size_t n = s->ntables;
-    uint64_t (*live)[2] = malloc((n + 1) * sizeof *live);
-    for (size_t i = 0; i < n; i++) {
-        live[i][0] = s->tables[i]->table_id;
-        live[i][1] = s->tables[i]->version;
-    }
-    qsort(live, n, sizeof *live, cmp_u64pair);
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ropts, s->cf[CF_ROWS]);
     uint8_t from[ROW_KEY_LEN] = {0}, to[ROW_KEY_LEN];
     for (size_t i = 0; i <= n; i++) {
@@ -430,65 +376,21 @@ static void collect_orphans(store *s)
             store_row_key(from, (uint32_t)live[i][0], live[i][1] + 1, 0);
     }
     rocksdb_iter_destroy(it);
-    free(live);
 }
 
-store *store_setup(const store_options *o, store_metrics *metrics, char **err)
+void store_delete_rows(store *s, uint32_t id, uint64_t version)
 {
-    store *s = calloc(1, sizeof *s);
-    s->m = metrics ? metrics : &metrics_none;
-    memset(s->m, 0, sizeof *s->m);
-    s->dir = strdup(o->dir);
-    size_t tl = strlen(o->dir) + 16;
-    s->tmp_dir = malloc(tl);
-    snprintf(s->tmp_dir, tl, "%s/import-tmp", o->dir);
-    pthread_rwlock_init(&s->lock, NULL);
-    pthread_mutex_init(&s->claim_lock, NULL);
-    resident_setup(o->resident_budget, &s->m->resident);
-    if (mkdir_p(s->dir) < 0 || mkdir_p(s->tmp_dir) < 0) {
-        set_err(err, "cannot create data directory", strerror(errno));
-        store_teardown(s);
-        return NULL;
+    uint8_t from[ROW_KEY_LEN], to[ROW_KEY_LEN];
+    store_row_key(from, id, version, 0);
+    store_row_key(to, id, version + 1, 0);
+    char *rerr = NULL;
+    rocksdb_delete_range_cf(s->db, s->wopts_sync, s->cf[CF_ROWS], (char *)from,
+                            sizeof from, (char *)to, sizeof to, &rerr);
+    if (rerr) {
+        log_error("version_delete_failed", "table_id=%u version=%llu error=\"%s\"",
+                  id, (unsigned long long)version, rerr);
+        free(rerr);
     }
-    make_options(s, o);
-    if (open_db(s, err) < 0 || load_tables(s, err) < 0) {
-        store_teardown(s);
-        return NULL;
-    }
-    collect_orphans(s);
-    return s;
-}
-
-void store_teardown(store *s)
-{
-    if (!s)
-        return;
-    for (size_t i = 0; i < s->ntables; i++)
-        table_version_release(s->tables[i]);
-    free(s->tables);
-    for (size_t i = 0; i < s->nclaims; i++)
-        free(s->claims[i]);
-    free(s->claims);
-    if (s->db) {
-        rocksdb_column_family_handle_destroy(s->cf[0]);
-        rocksdb_column_family_handle_destroy(s->cf[1]);
-        rocksdb_close(s->db);
-    }
-    if (s->db_opts) {
-        rocksdb_options_destroy(s->db_opts);
-        rocksdb_options_destroy(s->meta_opts);
-        rocksdb_options_destroy(s->rows_opts);
-        rocksdb_block_based_options_destroy(s->rows_bbto);
-        rocksdb_cache_destroy(s->block_cache);
-        rocksdb_readoptions_destroy(s->ropts);
-        rocksdb_writeoptions_destroy(s->wopts_sync);
-    }
-    resident_teardown();
-    pthread_rwlock_destroy(&s->lock);
-    pthread_mutex_destroy(&s->claim_lock);
-    free(s->dir);
-    free(s->tmp_dir);
-    free(s);
 }
 
 /* ---- reads -------------------------------------------------------------- */
@@ -610,74 +512,9 @@ size_t store_doc_list(store *s, char kind, char ***names)
     return n;
 }
 
-/* ---- import claims and activation -------------------------------------- */
+/* ---- ingest ------------------------------------------------------------------ */
 
-static int claimed(store *s, const char *name)
-{
-    for (size_t i = 0; i < s->nclaims; i++)
-        if (strcmp(s->claims[i], name) == 0)
-            return 1;
-    return 0;
-}
-
-/* A new table's id is persisted before any of its rows are written, so two
- * tables can never share key space even across a crash. */
-static int allocate_id(store *s, uint32_t *id, char *msg, size_t msglen)
-{
-    uint8_t v[4];
-    put_be32(v, s->next_id + 1);
-    char *rerr = NULL;
-    rocksdb_put_cf(s->db, s->wopts_sync, s->cf[CF_META], "n", 1, (char *)v, 4, &rerr);
-    if (rerr) {
-        snprintf(msg, msglen, "cannot persist table id: %s", rerr);
-        free(rerr);
-        return -1;
-    }
-    *id = s->next_id++;
-    return 0;
-}
-
-int store_import_claim(store *s, const char *name, uint32_t *table_id,
-                       uint64_t *version, char *msg, size_t msglen)
-{
-    pthread_mutex_lock(&s->claim_lock);
-    if (claimed(s, name)) {
-        pthread_mutex_unlock(&s->claim_lock);
-        snprintf(msg, msglen, "an import of table \"%s\" is already running", name);
-        return -1;
-    }
-    table_version *cur = store_acquire(s, name);
-    int rc = 0;
-    if (cur) {
-        *table_id = cur->table_id;
-        *version = cur->version + 1;
-        table_version_release(cur);
-    } else {
-        *version = 1;
-        rc = allocate_id(s, table_id, msg, msglen);
-    }
-    if (rc == 0) {
-        s->claims = realloc(s->claims, (s->nclaims + 1) * sizeof *s->claims);
-        s->claims[s->nclaims++] = strdup(name);
-    }
-    pthread_mutex_unlock(&s->claim_lock);
-    return rc;
-}
-
-void store_import_unclaim(store *s, const char *name)
-{
-    pthread_mutex_lock(&s->claim_lock);
-    for (size_t i = 0; i < s->nclaims; i++) {
-        if (strcmp(s->claims[i], name) == 0) {
-            free(s->claims[i]);
-            s->claims[i] = s->claims[--s->nclaims];
-            break;
-        }
-    }
-    pthread_mutex_unlock(&s->claim_lock);
-}
-
-static int ingest(store *s, const char *const *files, size_t n, char *msg, size_t msglen)
+int store_ingest(store *s, const char *const *files, size_t n, char *msg, size_t msglen)
 {
     rocksdb_ingestexternalfileoptions_t *io = rocksdb_ingestexternalfileoptions_create();
     rocksdb_ingestexternalfileoptions_set_move_files(io, 1);
@@ -689,62 +526,6 @@ static int ingest(store *s, const char *const *files, size_t n, char *msg, size_
         free(rerr);
         return -1;
     }
-    return 0;
-}
-
-static int write_meta(store *s, const table_version *tv, char *msg, size_t msglen)
-{
-    char key[TABLE_NAME_MAX + 2];
-    size_t kl = meta_key(key, tv->name), vl;
-    char *val = meta_encode(tv, &vl);
-    char *rerr = NULL;
-    rocksdb_put_cf(s->db, s->wopts_sync, s->cf[CF_META], key, kl, val, vl, &rerr);
-    free(val);
-    if (rerr) {
-        snprintf(msg, msglen, "writing table metadata failed: %s", rerr);
-        free(rerr);
-        return -1;
-    }
-    return 0;
-}
-
-/* Order matters for crash safety: rows are ingested first, then the
- * metadata that names the new version is written (synced), then readers are
- * switched. A crash before the metadata write leaves only orphan rows, which
- * collect_orphans deletes at the next start; the old version keeps serving. */
-int store_activate(store *s, const table_version *proto, const char *const *files,
-                   size_t nfiles, char *msg, size_t msglen)
-{
-    table_version *tv = calloc(1, sizeof *tv);
-    *tv = *proto;
-    tv->refs = 1;
-    tv->s = s;
-    tv->resident = NULL;
-    tv->superseded = 0;
-    tv->created_unix_ms = unix_ms();
-    int rc = nfiles ? ingest(s, files, nfiles, msg, msglen) : 0;
-    if (rc == 0) {
-        resident_load(s, tv);
-        rc = write_meta(s, tv, msg, msglen);
-        if (rc < 0)
-            delete_version_rows(s, tv->table_id, tv->version);
-    }
-    if (rc < 0) {
-        resident_free(tv->resident, (size_t)tv->rows * tv->row_bytes);
-        free(tv);
-        __atomic_add_fetch(&s->m->imports_failed, 1, __ATOMIC_RELAXED);
-        store_import_unclaim(s, proto->name);
-        return -1;
-    }
-    table_version *old;
-    pthread_rwlock_wrlock(&s->lock);
-    registry_put(s, tv, &old);
-    if (old)
-        old->superseded = 1;
-    pthread_rwlock_unlock(&s->lock);
-    table_version_release(old);
-    __atomic_add_fetch(&s->m->imports_done, 1, __ATOMIC_RELAXED);
-    store_import_unclaim(s, proto->name);
     return 0;
 }
 

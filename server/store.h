@@ -1,22 +1,28 @@
 /* store.h: the table store. RocksDB is the source of truth; the resident
- * tier holds tables that fit the budget as dense arrays in front of it.
+ * tier holds active tables that fit the budget as dense arrays in front.
  *
  * Layout in RocksDB (one database, two column families):
- *   "default": 'm' + name          -> u32 BE table id + packed TableInfo
- *              'n'                 -> u32 BE next table id
- *              'M' + name          -> a manifest document (JSON)
- *   "rows":    id(u32 BE) version(u64 BE) row(u64 BE) -> row bytes
+ *   "default": 'm' name 0x00 version(u64 BE) -> u32 BE table id, u8 state,
+ *                                               packed TableInfo
+ *              'n'                          -> u32 BE next table id
+ *              'M' name                     -> a manifest document
+ *   "rows":    id(u32 BE) version(u64 BE) local row(u64 BE) -> row bytes
  * Rows live in their own column family so their options differ from the
  * metadata's: no compression (embeddings do not compress and decompression
  * would sit on the lookup path), block checksums, a bloom filter for point
  * lookups. Big-endian keys sort each version's rows in row order, which is
  * what SstFileWriter needs and what a resident load scans.
  *
- * A table's served state is an immutable, reference-counted table_version.
- * Lookups acquire the current one and release it when done; an import
- * activates a new one with a pointer swap, so a lookup never mixes rows of
- * two versions. When the last reference to a superseded version drops, its
- * rows are deleted (DeleteRange) and its resident array is freed. */
+ * Sharding: a server of shard I of S holds rows r with r % S == I, densely,
+ * as local rows r / S. `rows` of a table is always the global count.
+ *
+ * Versions: a table has one ACTIVE version (served when a lookup names
+ * none), RETAINED previous ones (served by explicit version, so a cluster
+ * client pinned to a version keeps reading it while shards switch) and
+ * STAGED ones (imported, not yet activated). Each is an immutable,
+ * reference-counted table_version; state changes swap in new objects, so a
+ * lookup never sees a version change under it. A dropped version's rows are
+ * deleted when the last reader lets go. */
 #ifndef ENGRAM_SERVER_STORE_H
 #define ENGRAM_SERVER_STORE_H
 
@@ -28,29 +34,38 @@
 
 #define TABLE_NAME_MAX 128
 #define ROW_KEY_LEN 20
+#define STORE_MAX_VERSIONS 16
 
 typedef struct store store;
+typedef struct version_rows version_rows;
+
+typedef enum { VS_ACTIVE = 1, VS_RETAINED = 2, VS_STAGED = 3 } version_state;
 
 typedef struct table_version {
     int refs;                    /* atomic */
     store *s;
+    version_rows *vr;            /* shared by every object of this version */
     char name[TABLE_NAME_MAX + 1];
     uint32_t table_id;
     uint64_t version;
-    uint64_t rows;
+    uint64_t rows;               /* global rows */
+    uint64_t local_rows;         /* this shard's */
     uint32_t row_bytes;
     uint32_t dim;
     char dtype[16];
-    uint32_t checksum;
+    uint32_t checksum;           /* CRC-32 of the local rows in order */
     uint64_t created_unix_ms;
-    uint8_t *resident;           /* dense array, or NULL: served by RocksDB */
-    int superseded;              /* delete rows when the last ref drops */
+    int state;                   /* version_state */
+    uint8_t *resident;           /* dense local rows, or NULL: RocksDB */
 } table_version;
 
 typedef struct store_options {
     const char *dir;
     uint64_t resident_budget;    /* bytes of RAM for dense arrays */
     uint64_t block_cache_bytes;  /* RocksDB block cache */
+    uint32_t shard_count;        /* 1 for a single server */
+    uint32_t shard_index;
+    uint32_t keep_versions;      /* non-staged versions kept per table (>= 2) */
 } store_options;
 
 typedef struct store_metrics {
@@ -63,23 +78,29 @@ typedef struct store_metrics {
 } store_metrics;
 
 /* Opens (or creates) the store in opts->dir and brings every table back,
- * loading those that fit the budget into RAM. On failure returns NULL and
- * *err (malloc'd) says why. */
+ * loading active versions that fit the budget into RAM. On failure returns
+ * NULL and *err (malloc'd) says why. */
 store *store_setup(const store_options *opts, store_metrics *metrics, char **err);
 void store_teardown(store *s);
 
-/* The current version of table `name` with a reference held, or NULL. */
-table_version *store_acquire(store *s, const char *name);
+void store_shard(const store *s, uint32_t *count, uint32_t *index);
+
+/* A version of table `name` with a reference held: the active one when
+ * version is 0. NULL when there is no such table or version. */
+table_version *store_acquire(store *s, const char *name, uint64_t version);
 void table_version_release(table_version *tv);
 
-/* All current versions, sorted by name, each with a reference held. The
- * caller releases each and frees the array. */
+/* One entry per table (its active version, or its newest when none is
+ * active), sorted by name, each with a reference held. The caller releases
+ * each and frees the array. */
 size_t store_list(store *s, table_version ***out);
+/* Every live version of `name`, oldest first, references held. */
+size_t store_versions(store *s, const char *name, table_version ***out);
 
-/* Gathers rows[0..n) of tv into out (n * row_bytes bytes). The rows must
- * already be checked against tv->rows. Returns 0, or -1 with msg filled
- * (a storage failure: the caller answers INTERNAL/DATA_LOSS). */
-int store_read_rows(table_version *tv, const uint64_t *rows, size_t n,
+/* Gathers local rows local[0..n) of tv into out (n * row_bytes bytes). The
+ * rows must already be checked against tv->local_rows. Returns 0, or -1
+ * with msg filled (a storage failure: the caller answers DATA_LOSS). */
+int store_read_rows(table_version *tv, const uint64_t *local, size_t n,
                     uint8_t *out, char *msg, size_t msglen);
 
 /* ---- documents ---------------------------------------------------------- */
@@ -93,29 +114,39 @@ int store_doc_put(store *s, char kind, const char *name, const void *val, size_t
 char *store_doc_get(store *s, char kind, const char *name, size_t *len);
 size_t store_doc_list(store *s, char kind, char ***names);
 
-/* ---- import support ---------------------------------------------------- */
+/* ---- imports and version changes ---------------------------------------- */
 
-/* Claims `name` for an import: fails (-1, msg) when one is running for it.
- * Gives the table id to write keys with and the version being written. */
-int store_import_claim(store *s, const char *name, uint32_t *table_id,
-                       uint64_t *version, char *msg, size_t msglen);
+/* Claims `name` for an import of `version` (0: one past the newest live
+ * version). Gives the table id to write keys with and the version. Returns
+ * ES_OK or a status (ES_ABORTED: an import of the table is running;
+ * ES_ALREADY_EXISTS: that version is live; ES_FAILED_PRECONDITION: it is
+ * older than a live one) with msg. */
+int store_import_claim(store *s, const char *name, uint64_t version, uint32_t *table_id,
+                       uint64_t *out_version, char *msg, size_t msglen);
 /* Ends a claim that did not activate (abort, error). */
 void store_import_unclaim(store *s, const char *name);
 
-/* Ingests the SST files (moved into the database) and activates `tv_new`
- * (filled by the caller: name, id, version, geometry, checksum) as the
- * table's current version; ends the claim. Returns 0, or -1 with msg, in
- * which case nothing changed for readers. */
-int store_activate(store *s, const table_version *tv_new,
-                   const char *const *sst_files, size_t nfiles,
-                   char *msg, size_t msglen);
+/* Ingests the SST files (moved into the database) and registers `tv_new`
+ * (filled by the caller: name, id, version, geometry, checksum) as STAGED,
+ * or as ACTIVE unless `stage`; ends the claim. Returns 0, or -1 with msg,
+ * in which case nothing changed for readers. */
+int store_commit_import(store *s, const table_version *tv_new, int stage,
+                        const char *const *sst_files, size_t nfiles,
+                        char *msg, size_t msglen);
+
+/* Makes a live version the active one (the previous active one becomes
+ * RETAINED; retained versions beyond keep_versions are dropped, oldest
+ * first). Idempotent. Returns ES_OK or a status with msg. */
+int store_activate(store *s, const char *name, uint64_t version, char *msg, size_t msglen);
+/* Drops a version that is not active. Returns ES_OK or a status with msg. */
+int store_drop(store *s, const char *name, uint64_t version, char *msg, size_t msglen);
 
 /* Options SstFileWriter must be created with (those of the rows family). */
 const rocksdb_options_t *store_rows_options(store *s);
 /* A directory inside the store for temporary import files. */
 const char *store_tmp_dir(store *s);
 
-/* Encodes the key of `row` of (table_id, version). */
+/* Encodes the key of local row `row` of (table_id, version). */
 void store_row_key(uint8_t key[ROW_KEY_LEN], uint32_t table_id,
                    uint64_t version, uint64_t row);
 

@@ -160,7 +160,7 @@ class BadImportTest(unittest.TestCase):
     def test_past_the_end(self):
         self.expect_refused(
             self.stream("t", 1000, [(0, 990), (990, 20)]), grpc.StatusCode.INVALID_ARGUMENT,
-            "chunk at row 990 carries 20 rows, past the table's 1000 rows")
+            "chunk at row 990 carries 20 rows, past the 1000 rows this server holds")
 
     def test_short_stream(self):
         self.expect_refused(

@@ -27,7 +27,7 @@ static char dir[256];
 
 static store *open_store(uint64_t budget)
 {
-    store_options o = {dir, budget, 8 << 20};
+    store_options o = {dir, budget, 8 << 20, 1, 0, 2};
     char *err = NULL;
     store *s = store_setup(&o, NULL, &err);
     if (!s)
@@ -47,7 +47,8 @@ static uint64_t import_table(store *s, const char *name, uint64_t rows, uint32_t
     tv.rows = rows;
     tv.row_bytes = rb;
     tv.dim = rb;
-    assert_int_equal(store_import_claim(s, name, &tv.table_id, &tv.version, msg, sizeof msg), 0);
+    assert_int_equal(store_import_claim(s, name, 0, &tv.table_id, &tv.version, msg, sizeof msg), 0);
+    tv.local_rows = rows;
     size_t nfiles = (rows + 299) / 300;
     char **files = calloc(nfiles, sizeof *files);
     uint8_t *row = malloc(rb);
@@ -72,9 +73,9 @@ static uint64_t import_table(store *s, const char *name, uint64_t rows, uint32_t
         rocksdb_sstfilewriter_destroy(w);
     }
     rocksdb_envoptions_destroy(eo);
-    int rc = store_activate(s, &tv, (const char *const *)files, nfiles, msg, sizeof msg);
+    int rc = store_commit_import(s, &tv, 0, (const char *const *)files, nfiles, msg, sizeof msg);
     if (rc != 0)
-        fail_msg("store_activate: %s", msg);
+        fail_msg("store_commit_import: %s", msg);
     for (size_t f = 0; f < nfiles; f++)
         free(files[f]);
     free(files);
@@ -84,7 +85,7 @@ static uint64_t import_table(store *s, const char *name, uint64_t rows, uint32_t
 
 static void check_rows(store *s, const char *name, uint64_t seed, const uint64_t *rows, size_t n)
 {
-    table_version *tv = store_acquire(s, name);
+    table_version *tv = store_acquire(s, name, 0);
     assert_non_null(tv);
     uint8_t *got = malloc(n * tv->row_bytes), *want = malloc(tv->row_bytes);
     char msg[256];
@@ -119,7 +120,7 @@ static void test_resident_and_rocksdb_tiers(void **state)
     store *s = open_store(100000); /* fits 1000 x 64 B, not 3000 x 64 B */
     assert_int_equal(import_table(s, "small", 1000, 64, 11), 1);
     assert_int_equal(import_table(s, "large", 3000, 64, 12), 1);
-    table_version *a = store_acquire(s, "small"), *b = store_acquire(s, "large");
+    table_version *a = store_acquire(s, "small", 0), *b = store_acquire(s, "large", 0);
     assert_non_null(a->resident);
     assert_null(b->resident);
     table_version_release(a);
@@ -128,7 +129,7 @@ static void test_resident_and_rocksdb_tiers(void **state)
     check_rows(s, "large", 12, probe, 7);
     const uint64_t tail[] = {2999, 2998, 1500};
     check_rows(s, "large", 12, tail, 3);
-    assert_null(store_acquire(s, "missing"));
+    assert_null(store_acquire(s, "missing", 0));
     store_teardown(s);
 }
 
@@ -136,7 +137,7 @@ static void test_new_version_does_not_disturb_readers(void **state)
 {
     store *s = open_store(1 << 20);
     import_table(s, "t", 1000, 32, 1);
-    table_version *old = store_acquire(s, "t");
+    table_version *old = store_acquire(s, "t", 0);
     assert_int_equal(import_table(s, "t", 1000, 32, 2), 2);
     /* a reader holding v1 still reads v1's bytes */
     uint8_t got[32], want[32];
@@ -175,12 +176,23 @@ static void test_one_import_per_table(void **state)
     uint32_t id;
     uint64_t v;
     char msg[256];
-    assert_int_equal(store_import_claim(s, "t", &id, &v, msg, sizeof msg), 0);
+    assert_int_equal(store_import_claim(s, "t", 0, &id, &v, msg, sizeof msg), ES_OK);
     assert_int_equal(v, 3);
-    assert_int_equal(store_import_claim(s, "t", &id, &v, msg, sizeof msg), -1);
+    assert_int_equal(store_import_claim(s, "t", 0, &id, &v, msg, sizeof msg), ES_ABORTED);
     assert_string_equal(msg, "an import of table \"t\" is already running");
     store_import_unclaim(s, "t");
-    assert_int_equal(store_import_claim(s, "t", &id, &v, msg, sizeof msg), 0);
+    assert_int_equal(store_import_claim(s, "t", 2, &id, &v, msg, sizeof msg), ES_ALREADY_EXISTS);
+    assert_string_equal(msg, "version 2 of table \"t\" already exists on this server");
+    /* v1 is retained (keep_versions 2); the active one cannot be dropped */
+    assert_int_equal(store_drop(s, "t", 2, msg, sizeof msg), ES_FAILED_PRECONDITION);
+    assert_string_equal(msg, "version 2 of table \"t\" is active; activate another version first");
+    assert_int_equal(store_drop(s, "t", 1, msg, sizeof msg), ES_OK);
+    assert_null(store_acquire(s, "t", 1));
+    assert_int_equal(store_drop(s, "t", 1, msg, sizeof msg), ES_NOT_FOUND);
+    assert_int_equal(store_import_claim(s, "t", 1, &id, &v, msg, sizeof msg), ES_FAILED_PRECONDITION);
+    assert_string_equal(msg, "version 1 of table \"t\" is not newer than version 2 on this server");
+    assert_int_equal(store_import_claim(s, "t", 7, &id, &v, msg, sizeof msg), ES_OK);
+    assert_int_equal(v, 7);
     store_import_unclaim(s, "t");
     store_teardown(s);
 }

@@ -1,0 +1,83 @@
+/* store_internal.h: what store.c (RocksDB: options, keys, metadata, reads,
+ * ingest, resident loads) and tables.c (the registry of tables and the
+ * version life cycle) share. Nothing outside those two files includes it. */
+#ifndef ENGRAM_SERVER_STORE_INTERNAL_H
+#define ENGRAM_SERVER_STORE_INTERNAL_H
+
+#include <pthread.h>
+
+#include "store.h"
+
+#define CF_META 0
+#define CF_ROWS 1
+
+/* The rows of one (table id, version) in RocksDB, shared by every
+ * table_version object of that version; deleted when the last one lets go
+ * after the version was dropped. */
+struct version_rows {
+    int refs;                    /* atomic */
+    int drop;                    /* set under the store's change lock */
+    store *s;
+    uint32_t table_id;
+    uint64_t version;
+};
+
+/* A table's live versions, sorted by version. */
+typedef struct table_entry {
+    char name[TABLE_NAME_MAX + 1];
+    uint32_t table_id;
+    table_version *v[STORE_MAX_VERSIONS];
+    int nv;
+} table_entry;
+
+struct store {
+    rocksdb_t *db;
+    rocksdb_column_family_handle_t *cf[2];
+    rocksdb_options_t *db_opts, *meta_opts, *rows_opts;
+    rocksdb_block_based_table_options_t *rows_bbto;
+    rocksdb_cache_t *block_cache;
+    rocksdb_readoptions_t *ropts;
+    rocksdb_writeoptions_t *wopts_sync;
+    store_metrics *m;
+    uint32_t shard_count, shard_index, keep_versions;
+
+    pthread_rwlock_t lock;       /* guards tables/ntables and entries' v[] */
+    table_entry **tables;
+    size_t ntables, cap;
+
+    /* Serializes every change of versions (commit, activate, drop) so each
+     * is one consistent step on disk and in the registry. */
+    pthread_mutex_t change_lock;
+    pthread_mutex_t claim_lock;  /* guards claims and next_id */
+    char **claims;
+    size_t nclaims;
+    uint32_t next_id;
+
+    char *dir;
+    char *tmp_dir;
+};
+
+/* store.c */
+int store_open_db(store *s, const store_options *o, char **err);
+void store_close_db(store *s);
+/* Iterates every version's metadata; cb gets a new object (refs 1, no vr,
+ * no resident) it owns. Returns 0 or -1 with *err. */
+int store_scan_meta(store *s, void (*cb)(store *, table_version *), char **err);
+/* Writes (or with del set, deletes) the metadata of versions in one synced
+ * batch. */
+int store_write_meta(store *s, table_version *const *put, size_t nput,
+                     const table_version *del, char *msg, size_t msglen);
+void store_delete_rows(store *s, uint32_t table_id, uint64_t version);
+int store_ingest(store *s, const char *const *files, size_t n, char *msg, size_t msglen);
+/* Loads tv's local rows into a dense array if the budget allows. */
+void store_resident_load(store *s, table_version *tv);
+/* Deletes rows of no live (id, version), given sorted pairs. */
+void store_collect_orphans(store *s, uint64_t (*live)[2], size_t n);
+int store_persist_next_id(store *s, uint32_t next, char *msg, size_t msglen);
+int store_read_next_id(store *s, uint32_t *next, char **err);
+uint64_t store_unix_ms(void);
+
+/* tables.c: store_drop with change_lock already held. */
+int store_drop_locked(store *s, const char *name, uint64_t version, char *msg, size_t msglen);
+
+#endif

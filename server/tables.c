@@ -1,0 +1,534 @@
+/* tables.c: the registry of tables and the version life cycle (see
+ * store.h): acquire/release, listing, import claims, commit of an import,
+ * activation and drop, and bringing everything back at start-up.
+ *
+ * The registry is a small array under a rwlock: tables are few (a model has
+ * a handful), lookups take the read lock only long enough to bump a
+ * reference count. Version changes are serialized by change_lock and do
+ * their I/O (metadata writes, resident loads) before taking the write lock,
+ * which they hold only to swap pointers. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "names.h"
+#include "status.h"
+#include "store_internal.h"
+
+int table_name_valid(const char *name)
+{
+    return engram_name_valid(name);
+}
+
+static const char *state_name(int st)
+{
+    return st == VS_ACTIVE ? "active" : st == VS_RETAINED ? "retained" : "staged";
+}
+
+/* ---- objects ---------------------------------------------------------------- */
+
+static version_rows *vr_new(store *s, uint32_t id, uint64_t version)
+{
+    version_rows *vr = calloc(1, sizeof *vr);
+    vr->refs = 1;
+    vr->s = s;
+    vr->table_id = id;
+    vr->version = version;
+    return vr;
+}
+
+static void vr_release(version_rows *vr)
+{
+    if (!vr || __atomic_sub_fetch(&vr->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    if (__atomic_load_n(&vr->drop, __ATOMIC_ACQUIRE))
+        store_delete_rows(vr->s, vr->table_id, vr->version);
+    free(vr);
+}
+
+/* A copy of tv in another state, sharing its rows, without its resident
+ * array (the caller loads one if the new state wants it). */
+static table_version *tv_clone(const table_version *tv, int state)
+{
+    table_version *c = malloc(sizeof *c);
+    *c = *tv;
+    c->refs = 1;
+    c->state = state;
+    c->resident = NULL;
+    __atomic_add_fetch(&c->vr->refs, 1, __ATOMIC_RELAXED);
+    return c;
+}
+
+void table_version_release(table_version *tv)
+{
+    if (!tv || __atomic_sub_fetch(&tv->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    resident_free(tv->resident, (size_t)tv->local_rows * tv->row_bytes);
+    vr_release(tv->vr);
+    free(tv);
+}
+
+/* ---- registry ---------------------------------------------------------------- */
+
+static table_entry *entry_find(store *s, const char *name)
+{
+    for (size_t i = 0; i < s->ntables; i++)
+        if (strcmp(s->tables[i]->name, name) == 0)
+            return s->tables[i];
+    return NULL;
+}
+
+static table_entry *entry_get(store *s, const char *name, uint32_t id)
+{
+    table_entry *e = entry_find(s, name);
+    if (e)
+        return e;
+    if (s->ntables == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 8;
+        s->tables = realloc(s->tables, s->cap * sizeof *s->tables);
+    }
+    e = calloc(1, sizeof *e);
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->table_id = id;
+    s->tables[s->ntables++] = e;
+    return e;
+}
+
+static int slot_of(const table_entry *e, uint64_t version)
+{
+    for (int i = 0; i < e->nv; i++)
+        if (e->v[i]->version == version)
+            return i;
+    return -1;
+}
+
+static int active_slot(const table_entry *e)
+{
+    for (int i = 0; i < e->nv; i++)
+        if (e->v[i]->state == VS_ACTIVE)
+            return i;
+    return -1;
+}
+
+/* Inserts keeping v[] sorted by version (the caller checked room). */
+static void entry_insert(table_entry *e, table_version *tv)
+{
+    int i = e->nv++;
+    while (i > 0 && e->v[i - 1]->version > tv->version) {
+        e->v[i] = e->v[i - 1];
+        i--;
+    }
+    e->v[i] = tv;
+}
+
+static void entry_remove(table_entry *e, int slot)
+{
+    memmove(&e->v[slot], &e->v[slot + 1], (size_t)(e->nv - slot - 1) * sizeof e->v[0]);
+    e->nv--;
+}
+
+table_version *store_acquire(store *s, const char *name, uint64_t version)
+{
+    table_version *tv = NULL;
+    pthread_rwlock_rdlock(&s->lock);
+    table_entry *e = entry_find(s, name);
+    int i = !e ? -1 : version ? slot_of(e, version) : active_slot(e);
+    if (i >= 0) {
+        tv = e->v[i];
+        __atomic_add_fetch(&tv->refs, 1, __ATOMIC_RELAXED);
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return tv;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp((*(table_version *const *)a)->name, (*(table_version *const *)b)->name);
+}
+
+size_t store_list(store *s, table_version ***out)
+{
+    pthread_rwlock_rdlock(&s->lock);
+    table_version **v = malloc((s->ntables + 1) * sizeof *v);
+    size_t n = 0;
+    for (size_t i = 0; i < s->ntables; i++) {
+        table_entry *e = s->tables[i];
+        int a = active_slot(e);
+        if (e->nv == 0)
+            continue;
+        v[n] = e->v[a >= 0 ? a : e->nv - 1];
+        __atomic_add_fetch(&v[n++]->refs, 1, __ATOMIC_RELAXED);
+    }
+    pthread_rwlock_unlock(&s->lock);
+    qsort(v, n, sizeof *v, by_name);
+    *out = v;
+    return n;
+}
+
+size_t store_versions(store *s, const char *name, table_version ***out)
+{
+    pthread_rwlock_rdlock(&s->lock);
+    table_entry *e = entry_find(s, name);
+    size_t n = e ? (size_t)e->nv : 0;
+    table_version **v = malloc((n + 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++) {
+        v[i] = e->v[i];
+        __atomic_add_fetch(&v[i]->refs, 1, __ATOMIC_RELAXED);
+    }
+    pthread_rwlock_unlock(&s->lock);
+    *out = v;
+    return n;
+}
+
+/* ---- start-up ----------------------------------------------------------------- */
+
+static void on_loaded(store *s, table_version *tv)
+{
+    tv->vr = vr_new(s, tv->table_id, tv->version);
+    if (tv->state == VS_ACTIVE)
+        store_resident_load(s, tv);
+    table_entry *e = entry_get(s, tv->name, tv->table_id);
+    if (e->nv == STORE_MAX_VERSIONS) {
+        log_error("too_many_versions", "table=%s version=%llu", tv->name, (unsigned long long)tv->version);
+        table_version_release(tv);
+        return;
+    }
+    entry_insert(e, tv);
+    log_info("table_loaded", "table=%s version=%llu state=%s rows=%llu local_rows=%llu row_bytes=%u resident=%d",
+             tv->name, (unsigned long long)tv->version, state_name(tv->state),
+             (unsigned long long)tv->rows, (unsigned long long)tv->local_rows, tv->row_bytes,
+             tv->resident != NULL);
+}
+
+static int cmp_pair(const void *a, const void *b)
+{
+    const uint64_t *x = a, *y = b;
+    if (x[0] != y[0])
+        return x[0] < y[0] ? -1 : 1;
+    return x[1] < y[1] ? -1 : x[1] > y[1];
+}
+
+static void collect_orphans(store *s)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->ntables; i++)
+        n += (size_t)s->tables[i]->nv;
+    uint64_t (*live)[2] = malloc((n + 1) * sizeof *live);
+    n = 0;
+    for (size_t i = 0; i < s->ntables; i++)
+        for (int j = 0; j < s->tables[i]->nv; j++) {
+            live[n][0] = s->tables[i]->table_id;
+            live[n++][1] = s->tables[i]->v[j]->version;
+        }
+    qsort(live, n, sizeof *live, cmp_pair);
+    store_collect_orphans(s, live, n);
+    free(live);
+}
+
+store *store_setup(const store_options *o, store_metrics *metrics, char **err)
+{
+    static store_metrics none;
+    store *s = calloc(1, sizeof *s);
+    s->m = metrics ? metrics : &none;
+    memset(s->m, 0, sizeof *s->m);
+    s->shard_count = o->shard_count ? o->shard_count : 1;
+    s->shard_index = o->shard_index;
+    s->keep_versions = o->keep_versions >= 2 ? o->keep_versions : 2;
+    pthread_rwlock_init(&s->lock, NULL);
+    pthread_mutex_init(&s->change_lock, NULL);
+    pthread_mutex_init(&s->claim_lock, NULL);
+    resident_setup(o->resident_budget, &s->m->resident);
+    if (store_open_db(s, o, err) < 0 || store_scan_meta(s, on_loaded, err) < 0 ||
+        store_read_next_id(s, &s->next_id, err) < 0) {
+        store_teardown(s);
+        return NULL;
+    }
+    collect_orphans(s);
+    return s;
+}
+
+void store_teardown(store *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->ntables; i++) {
+        for (int j = 0; j < s->tables[i]->nv; j++)
+            table_version_release(s->tables[i]->v[j]);
+        free(s->tables[i]);
+    }
+    free(s->tables);
+    for (size_t i = 0; i < s->nclaims; i++)
+        free(s->claims[i]);
+    free(s->claims);
+    store_close_db(s);
+    resident_teardown();
+    pthread_rwlock_destroy(&s->lock);
+    pthread_mutex_destroy(&s->change_lock);
+    pthread_mutex_destroy(&s->claim_lock);
+    free(s);
+}
+
+void store_shard(const store *s, uint32_t *count, uint32_t *index)
+{
+    *count = s->shard_count;
+    *index = s->shard_index;
+}
+
+/* ---- claims --------------------------------------------------------------------- */
+
+static int claimed(store *s, const char *name)
+{
+    for (size_t i = 0; i < s->nclaims; i++)
+        if (strcmp(s->claims[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+/* The id of the table and the newest live version (0: none). */
+static int table_state(store *s, const char *name, uint32_t *id, uint64_t *newest,
+                       int *live_version, uint64_t want)
+{
+    pthread_rwlock_rdlock(&s->lock);
+    table_entry *e = entry_find(s, name);
+    int found = e != NULL;
+    if (e) {
+        *id = e->table_id;
+        *newest = e->nv ? e->v[e->nv - 1]->version : 0;
+        *live_version = want && slot_of(e, want) >= 0;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return found;
+}
+
+static int choose_version(store *s, const char *name, uint64_t want, uint32_t *id,
+                          uint64_t *version, char *msg, size_t msglen)
+{
+    uint64_t newest = 0;
+    int live = 0;
+    if (!table_state(s, name, id, &newest, &live, want)) {
+        /* A new table's id is persisted before any of its rows are written,
+         * so two tables never share key space, even across a crash. */
+        if (store_persist_next_id(s, s->next_id + 1, msg, msglen))
+            return ES_INTERNAL;
+        *id = s->next_id++;
+    }
+    if (live) {
+        snprintf(msg, msglen, "version %llu of table \"%s\" already exists on this server",
+                 (unsigned long long)want, name);
+        return ES_ALREADY_EXISTS;
+    }
+    if (want && want <= newest) {
+        snprintf(msg, msglen, "version %llu of table \"%s\" is not newer than version %llu on this server",
+                 (unsigned long long)want, name, (unsigned long long)newest);
+        return ES_FAILED_PRECONDITION;
+    }
+    *version = want ? want : newest + 1;
+    return ES_OK;
+}
+
+int store_import_claim(store *s, const char *name, uint64_t want, uint32_t *table_id,
+                       uint64_t *version, char *msg, size_t msglen)
+{
+    pthread_mutex_lock(&s->claim_lock);
+    int rc = ES_ABORTED;
+    if (claimed(s, name))
+        snprintf(msg, msglen, "an import of table \"%s\" is already running", name);
+    else
+        rc = choose_version(s, name, want, table_id, version, msg, msglen);
+    if (rc == ES_OK) {
+        s->claims = realloc(s->claims, (s->nclaims + 1) * sizeof *s->claims);
+        s->claims[s->nclaims++] = strdup(name);
+    }
+    pthread_mutex_unlock(&s->claim_lock);
+    return rc;
+}
+
+void store_import_unclaim(store *s, const char *name)
+{
+    pthread_mutex_lock(&s->claim_lock);
+    for (size_t i = 0; i < s->nclaims; i++) {
+        if (strcmp(s->claims[i], name) == 0) {
+            free(s->claims[i]);
+            s->claims[i] = s->claims[--s->nclaims];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->claim_lock);
+}
+
+/* ---- version changes ---------------------------------------------------------------- */
+
+/* Drops retained versions beyond keep_versions, oldest first. Called with
+ * change_lock held. */
+static void enforce_keep(store *s, const char *name)
+{
+    for (;;) {
+        table_version **v;
+        size_t n = store_versions(s, name, &v), kept = 0;
+        uint64_t oldest = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (v[i]->state != VS_STAGED)
+                kept++;
+            if (v[i]->state == VS_RETAINED && !oldest)
+                oldest = v[i]->version;
+            table_version_release(v[i]);
+        }
+        free(v);
+        char msg[256];
+        if (kept <= s->keep_versions || !oldest || store_drop_locked(s, name, oldest, msg, sizeof msg))
+            return;
+    }
+}
+
+/* Swaps the registry's objects: `add` in (replacing the same version if
+ * present), and the previous active one (if any, and not `add`'s version)
+ * replaced by `retained`. Returns the objects taken out, to release after
+ * unlocking. */
+static void registry_swap(store *s, table_version *add, table_version *retained,
+                          table_version **out1, table_version **out2)
+{
+    *out1 = *out2 = NULL;
+    pthread_rwlock_wrlock(&s->lock);
+    table_entry *e = entry_get(s, add->name, add->table_id);
+    int a = active_slot(e);
+    if (retained && a >= 0 && e->v[a]->version != add->version) {
+        *out1 = e->v[a];
+        e->v[a] = retained;
+        retained = NULL;
+    }
+    int i = slot_of(e, add->version);
+    if (i >= 0) {
+        *out2 = e->v[i];
+        e->v[i] = add;
+    } else {
+        entry_insert(e, add);
+    }
+    pthread_rwlock_unlock(&s->lock);
+    if (retained)
+        table_version_release(retained);
+}
+
+/* Makes `tv` (a new object, ACTIVE) the active version on disk and in the
+ * registry. Called with change_lock held. */
+static int install_active(store *s, table_version *tv, char *msg, size_t msglen)
+{
+    table_version *old = store_acquire(s, tv->name, 0);
+    table_version *ret = old && old->version != tv->version ? tv_clone(old, VS_RETAINED) : NULL;
+    table_version *put[2] = {tv, ret};
+    int rc = store_write_meta(s, put, ret ? 2 : 1, NULL, msg, msglen);
+    table_version_release(old);
+    if (rc) {
+        table_version_release(ret);
+        return -1;
+    }
+    table_version *o1, *o2;
+    registry_swap(s, tv, ret, &o1, &o2);
+    table_version_release(o1);
+    table_version_release(o2);
+    enforce_keep(s, tv->name);
+    return 0;
+}
+
+/* Order matters for crash safety: rows are ingested first, then the
+ * metadata that names the new version is written (synced), then readers are
+ * switched. A crash before the metadata write leaves only orphan rows, which
+ * start-up deletes; the old version keeps serving. */
+int store_commit_import(store *s, const table_version *proto, int stage, const char *const *files,
+                        size_t nfiles, char *msg, size_t msglen)
+{
+    table_version *tv = malloc(sizeof *tv);
+    *tv = *proto;
+    tv->refs = 1;
+    tv->s = s;
+    tv->resident = NULL;
+    tv->state = stage ? VS_STAGED : VS_ACTIVE;
+    tv->created_unix_ms = store_unix_ms();
+    tv->vr = vr_new(s, tv->table_id, tv->version);
+    pthread_mutex_lock(&s->change_lock);
+    int rc = nfiles ? store_ingest(s, files, nfiles, msg, msglen) : 0;
+    if (rc == 0 && !stage)
+        store_resident_load(s, tv);
+    if (rc == 0 && stage) {
+        rc = store_write_meta(s, &tv, 1, NULL, msg, msglen);
+        if (rc == 0) {
+            table_version *o1, *o2;
+            registry_swap(s, tv, NULL, &o1, &o2);
+            table_version_release(o1);
+            table_version_release(o2);
+        }
+    } else if (rc == 0) {
+        rc = install_active(s, tv, msg, msglen);
+    }
+    if (rc) {
+        __atomic_store_n(&tv->vr->drop, 1, __ATOMIC_RELEASE);
+        table_version_release(tv);
+        __atomic_add_fetch(&s->m->imports_failed, 1, __ATOMIC_RELAXED);
+    } else {
+        __atomic_add_fetch(&s->m->imports_done, 1, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_unlock(&s->change_lock);
+    store_import_unclaim(s, proto->name);
+    return rc;
+}
+
+int store_activate(store *s, const char *name, uint64_t version, char *msg, size_t msglen)
+{
+    pthread_mutex_lock(&s->change_lock);
+    table_version *cur = store_acquire(s, name, version);
+    int rc = ES_OK;
+    if (!cur) {
+        snprintf(msg, msglen, "table \"%s\" has no version %llu on this server", name,
+                 (unsigned long long)version);
+        rc = ES_NOT_FOUND;
+    } else if (cur->state != VS_ACTIVE) {
+        table_version *tv = tv_clone(cur, VS_ACTIVE);
+        store_resident_load(s, tv);
+        if (install_active(s, tv, msg, msglen))
+            rc = ES_INTERNAL;
+        else
+            log_info("version_activated", "table=%s version=%llu", name, (unsigned long long)version);
+    }
+    table_version_release(cur);
+    pthread_mutex_unlock(&s->change_lock);
+    return rc;
+}
+
+/* Called with change_lock held. */
+int store_drop_locked(store *s, const char *name, uint64_t version, char *msg, size_t msglen)
+{
+    table_version *tv = store_acquire(s, name, version);
+    if (!tv) {
+        snprintf(msg, msglen, "table \"%s\" has no version %llu on this server", name,
+                 (unsigned long long)version);
+        return ES_NOT_FOUND;
+    }
+    int rc = ES_OK;
+    if (tv->state == VS_ACTIVE) {
+        snprintf(msg, msglen, "version %llu of table \"%s\" is active; activate another version first",
+                 (unsigned long long)version, name);
+        rc = ES_FAILED_PRECONDITION;
+    } else if (store_write_meta(s, NULL, 0, tv, msg, msglen)) {
+        rc = ES_INTERNAL;
+    } else {
+        pthread_rwlock_wrlock(&s->lock);
+        table_entry *e = entry_find(s, name);
+        int i = slot_of(e, version);
+        table_version *taken = e->v[i];
+        entry_remove(e, i);
+        pthread_rwlock_unlock(&s->lock);
+        __atomic_store_n(&tv->vr->drop, 1, __ATOMIC_RELEASE);
+        table_version_release(taken);
+        log_info("version_dropped", "table=%s version=%llu", name, (unsigned long long)version);
+    }
+    table_version_release(tv);
+    return rc;
+}
+
+int store_drop(store *s, const char *name, uint64_t version, char *msg, size_t msglen)
+{
+    pthread_mutex_lock(&s->change_lock);
+    int rc = store_drop_locked(s, name, version, msg, msglen);
+    pthread_mutex_unlock(&s->change_lock);
+    return rc;
+}
