@@ -1,0 +1,556 @@
+#!/usr/bin/python3
+"""Static checks of the deployment files (no Docker or Kubernetes needed).
+
+    deploy_files_test.py PROJECT_SOURCE_DIR
+
+Parses docker-compose.yml, deploy/compose/*.json, every deploy/k8s/*.yaml,
+deploy/systemd/engram-server.service and deploy/Dockerfile, and checks that
+they agree with each other: the compose services and their --shard flags
+with the compose cluster map, the StatefulSet size, pod DNS names, Service
+and probe ports and PDB selector with the Kubernetes cluster map under the
+ordinal rule (pod engram-<o> -> shard o / R, replica o % R), the hardening of
+the systemd unit, and the shape of the image. Runs deploy/docker-entrypoint.sh
+with a stand-in server to check the ordinal rule it applies.
+
+Needs python3-yaml (Debian). Prints `N passed, M failed`; exit 1 on failure.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+ROOT = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else
+                       os.path.join(os.path.dirname(__file__), "..", ".."))
+SERVER_GRACE_S = 5  # engram-server --grace-ms default
+PORT = 7070
+
+passed = []
+failed = []
+
+
+def check(name):
+    """Decorator: runs the check at once and records its outcome."""
+    def run(fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - any error is a failed check
+            failed.append(name)
+            print(f"FAIL {name}: {type(e).__name__}: {e}")
+        else:
+            passed.append(name)
+            print(f"ok   {name}")
+        return fn
+    return run
+
+
+def need(cond, msg):
+    if not cond:
+        raise AssertionError(msg)
+
+
+def path(*p):
+    return os.path.join(ROOT, *p)
+
+
+def load_yaml_docs(p):
+    with open(p) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def duration_s(v):
+    """Compose durations ('15s', '1m30s') or systemd ones ('30s', '2min', '30')."""
+    if isinstance(v, (int, float)):
+        return float(v)
+    total, s = 0.0, str(v).strip()
+    units = {"h": 3600, "min": 60, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    for num, unit in re.findall(r"(\d+(?:\.\d+)?)\s*(min|ms|us|h|m|s)?", s):
+        total += float(num) * units[unit or "s"]
+    return total
+
+
+def flag(args, name):
+    """Value of --name in an argv list, or None."""
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return str(args[i + 1])
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# The manifest keys a model file must carry (common/manifest.h).
+MANIFEST_KEYS = ["name", "engram_vocab_size", "max_ngram_size", "n_embed_per_ngram",
+                 "n_head_per_ngram", "layer_ids", "pad_id", "dtype", "compression", "tables"]
+
+
+def check_manifest(m):
+    for k in MANIFEST_KEYS:
+        need(k in m, f"manifest lacks {k!r}")
+    need(len(m["engram_vocab_size"]) == m["max_ngram_size"] - 1,
+         "engram_vocab_size needs one size per order 2..max_ngram_size")
+    need(m["n_embed_per_ngram"] % m["n_head_per_ngram"] == 0,
+         "n_embed_per_ngram must be a multiple of n_head_per_ngram")
+    need(sorted(m["tables"]) == sorted(str(l) for l in m["layer_ids"]),
+         "tables must name one table per layer id")
+    lt = m["compression"]["lookup_table"]
+    need(isinstance(lt, list) and lt and 0 <= m["pad_id"] < len(lt),
+         "compression.lookup_table must cover pad_id")
+    need(all(isinstance(x, int) and 0 <= x < min(m["engram_vocab_size"]) for x in lt),
+         "compressed ids must be below every vocab size")
+
+
+def check_cluster_map(c):
+    for k in ("name", "placement", "shards"):
+        need(k in c, f"cluster map lacks {k!r}")
+    need(c["placement"] == "mod", "placement must be 'mod' (row r on shard r mod S)")
+    need(c["shards"], "cluster map has no shards")
+    r = len(c["shards"][0]["replicas"])
+    need(r >= 1 and all(len(s["replicas"]) == r for s in c["shards"]),
+         "every shard needs the same number of replicas")
+    hosts = [h for s in c["shards"] for h in s["replicas"]]
+    need(len(set(hosts)) == len(hosts), "a host appears twice in the map")
+    for h in hosts:
+        need(re.fullmatch(r"[A-Za-z0-9.-]+:\d+", h), f"bad host:port {h!r}")
+    return len(c["shards"]), r
+
+
+# ---------------------------------------------------------------- compose
+
+compose = {}
+compose_map = {}
+server_services = {}
+
+
+@check("compose: docker-compose.yml and deploy/compose/cluster.json parse")
+def _():
+    global compose, compose_map
+    with open(path("docker-compose.yml")) as f:
+        compose = yaml.safe_load(f)
+    need(isinstance(compose.get("services"), dict), "no services")
+    need(isinstance(compose.get("volumes"), dict), "no top-level volumes")
+    with open(path("deploy", "compose", "cluster.json")) as f:
+        compose_map = json.load(f)
+    s, r = check_cluster_map(compose_map)
+    need((s, r) == (3, 2), f"compose map is {s} shards x {r} replicas, want 3 x 2")
+
+
+@check("compose: six server services, named as the map's hosts, one --shard each")
+def _():
+    for name, svc in compose["services"].items():
+        cmd = svc.get("command") or []
+        if isinstance(cmd, list) and "--shard" in [str(a) for a in cmd]:
+            server_services[name] = svc
+    need(len(server_services) == 6, f"{len(server_services)} server services, want 6")
+    hosts = {}
+    for i, shard in enumerate(compose_map["shards"]):
+        for j, h in enumerate(shard["replicas"]):
+            host, port = h.rsplit(":", 1)
+            need(int(port) == PORT, f"{h}: port must be {PORT}")
+            hosts[host] = i
+            need(host == f"engram-s{i}-r{j}", f"map host {host} should be engram-s{i}-r{j}")
+    need(set(hosts) == set(server_services),
+         f"services {sorted(server_services)} != map hosts {sorted(hosts)}")
+    for name, svc in server_services.items():
+        args = [str(a) for a in svc["command"]]
+        need(flag(args, "--shard") == str(hosts[name]),
+             f"{name}: --shard {flag(args, '--shard')}, the map puts it in shard {hosts[name]}")
+        need(flag(args, "--cluster") == "/etc/engram/cluster.json", f"{name}: --cluster")
+        listen = flag(args, "--listen") or ""
+        need(listen.endswith(f":{PORT}"), f"{name}: --listen {listen!r} not on port {PORT}")
+
+
+@check("compose: each server has its own named volume and the map mounted read-only")
+def _():
+    seen = {}
+    for name, svc in server_services.items():
+        vols = svc.get("volumes") or []
+        data = [v for v in vols if isinstance(v, str) and v.split(":")[1] == "/var/lib/engram"]
+        need(len(data) == 1, f"{name}: one volume on /var/lib/engram, got {data}")
+        vol = data[0].split(":")[0]
+        need(vol in compose["volumes"], f"{name}: volume {vol} not declared")
+        need(vol not in seen, f"{name} and {seen.get(vol)} share volume {vol}")
+        seen[vol] = name
+        maps = [v for v in vols if isinstance(v, str)
+                and v.split(":")[1:] == ["/etc/engram/cluster.json", "ro"]]
+        need(len(maps) == 1, f"{name}: cluster.json not mounted read-only")
+        src = maps[0].split(":")[0]
+        need(os.path.samefile(path(src), path("deploy", "compose", "cluster.json")),
+             f"{name}: mounts {src}, not deploy/compose/cluster.json")
+
+
+@check("compose: servers share one image, TCP healthcheck, stop grace > server grace, limits")
+def _():
+    images = {svc.get("image") for svc in server_services.values()}
+    need(len(images) == 1 and None not in images, f"images {images}")
+    for name, svc in server_services.items():
+        hc = svc.get("healthcheck") or {}
+        test = " ".join(hc.get("test") or [])
+        need(f"/dev/tcp/127.0.0.1/{PORT}" in test, f"{name}: healthcheck {test!r}")
+        need(duration_s(svc.get("stop_grace_period", "10s")) > SERVER_GRACE_S,
+             f"{name}: stop_grace_period must exceed {SERVER_GRACE_S}s")
+        lim = ((svc.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+        need(lim.get("memory"), f"{name}: no memory limit")
+
+
+@check("compose: init depends on all servers healthy, imports a manifest that parses")
+def _():
+    init = compose["services"].get("init")
+    need(init, "no init service")
+    dep = init.get("depends_on") or {}
+    need(isinstance(dep, dict), "init depends_on must use conditions")
+    for name in server_services:
+        need((dep.get(name) or {}).get("condition") == "service_healthy",
+             f"init does not wait for {name} healthy")
+    need(init.get("image") in {s.get("image") for s in server_services.values()},
+         "init uses another image")
+    text = " ".join(str(x) for x in (init.get("entrypoint") or [])) + " " + \
+        " ".join(str(x) for x in (init.get("command") or []))
+    m = re.search(r"--server\s+(\S+):(\d+)\s.*?put-manifest\s+(\S+)", text, re.S)
+    need(m, "init never runs put-manifest with --server")
+    need(m.group(1) in server_services and int(m.group(2)) == PORT,
+         f"init's --server {m.group(1)}:{m.group(2)} is not a server")
+    target = m.group(3)
+    m2 = re.search(r"import-synthetic\s+--manifest\s+(\S+)\s+--seed\s+\d+", text)
+    need(m2, "init never runs import-synthetic --manifest NAME --seed S")
+    need(text.index("put-manifest") < text.index("import-synthetic"),
+         "import-synthetic before put-manifest")
+    src = None
+    for v in init.get("volumes") or []:
+        parts = v.split(":")
+        if parts[1] == target:
+            src = parts[0]
+    need(src, f"{target} is not mounted into init")
+    need(os.path.getsize(path(src)) < 100 * 1024, f"{src} is 100 KB or more")
+    with open(path(src)) as f:
+        model = json.load(f)
+    check_manifest(model)
+    need(model["name"] == m2.group(1),
+         f"init imports manifest {m2.group(1)!r}, the file is {model['name']!r}")
+
+
+# ---------------------------------------------------------------- k8s
+
+k8s = {}  # (kind, name) -> document
+
+
+@check("k8s: every deploy/k8s/*.yaml parses, with apiVersion/kind/metadata, one namespace")
+def _():
+    files = sorted(f for f in os.listdir(path("deploy", "k8s")) if f.endswith((".yaml", ".yml")))
+    need(files, "no YAML files")
+    namespaces = set()
+    for f in files:
+        docs = load_yaml_docs(path("deploy", "k8s", f))
+        need(docs, f"{f} is empty")
+        for d in docs:
+            for k in ("apiVersion", "kind", "metadata"):
+                need(k in d, f"{f}: a document lacks {k}")
+            need(d["metadata"].get("name"), f"{f}: {d['kind']} without a name")
+            k8s[(d["kind"], d["metadata"]["name"])] = d
+            if d["kind"] != "Namespace":
+                namespaces.add(d["metadata"].get("namespace"))
+    need(len(namespaces) == 1 and None not in namespaces, f"namespaces {namespaces}")
+    ns = namespaces.pop()
+    declared = [n for (k, n) in k8s if k == "Namespace"]
+    need(not declared or declared == [ns], f"Namespace objects {declared} != {ns}")
+    for kind in ("StatefulSet", "Service", "ConfigMap", "PodDisruptionBudget", "Job"):
+        need(any(k == kind for k, _ in k8s), f"no {kind}")
+
+
+def one(kind):
+    docs = [d for (k, _), d in k8s.items() if k == kind]
+    need(len(docs) == 1, f"want one {kind}, have {len(docs)}")
+    return docs[0]
+
+
+def container_port(ctr, ref):
+    if isinstance(ref, int):
+        return ref
+    for p in ctr.get("ports") or []:
+        if p.get("name") == ref:
+            return p["containerPort"]
+    raise AssertionError(f"no container port named {ref!r}")
+
+
+def subset(small, big):
+    return bool(small) and all(big.get(k) == v for k, v in small.items())
+
+
+k8s_map = {}
+
+
+@check("k8s: StatefulSet replicas == S*R of the ConfigMap's cluster.json, Parallel, PVCs")
+def _():
+    sts = one("StatefulSet")
+    cms = [d for (k, _), d in k8s.items() if k == "ConfigMap" and "cluster.json" in (d.get("data") or {})]
+    need(len(cms) == 1, "want one ConfigMap with cluster.json")
+    k8s_map.update(json.loads(cms[0]["data"]["cluster.json"]))
+    s, r = check_cluster_map(k8s_map)
+    spec = sts["spec"]
+    need(spec["replicas"] == s * r, f"replicas {spec['replicas']} != {s} x {r}")
+    need(spec.get("podManagementPolicy") == "Parallel", "podManagementPolicy must be Parallel")
+    pod = spec["template"]["spec"]
+    need(subset(spec["selector"]["matchLabels"], spec["template"]["metadata"]["labels"]),
+         "selector does not match the pod labels")
+    vcts = spec.get("volumeClaimTemplates") or []
+    need(vcts, "no volumeClaimTemplates")
+    ctr = pod["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in ctr.get("volumeMounts") or []}
+    for v in vcts:
+        need(mounts.get(v["metadata"]["name"]) == "/var/lib/engram",
+             f"claim {v['metadata']['name']} not mounted on /var/lib/engram")
+        need(v["spec"]["resources"]["requests"]["storage"], "claim without a size")
+    cm_vols = [v for v in pod.get("volumes") or []
+               if (v.get("configMap") or {}).get("name") == cms[0]["metadata"]["name"]]
+    need(cm_vols and mounts.get(cm_vols[0]["name"]) == "/etc/engram",
+         "cluster ConfigMap not mounted on /etc/engram")
+
+
+@check("k8s: headless Service named by serviceName; Service, container and probe ports agree")
+def _():
+    sts = one("StatefulSet")
+    svc = k8s.get(("Service", sts["spec"]["serviceName"]))
+    need(svc, f"no Service named {sts['spec']['serviceName']}")
+    need(svc["spec"].get("clusterIP") == "None", "Service is not headless (clusterIP: None)")
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    need(subset(svc["spec"]["selector"], labels), "Service selector does not match the pods")
+    ctr = sts["spec"]["template"]["spec"]["containers"][0]
+    ports = svc["spec"]["ports"]
+    need(len(ports) == 1 and ports[0].get("name") == "grpc", "want one Service port named grpc")
+    need(ports[0]["port"] == PORT, f"Service port {ports[0]['port']} != {PORT}")
+    need(container_port(ctr, ports[0].get("targetPort", ports[0]["port"])) == PORT,
+         "Service targetPort is not the container's port")
+    need(container_port(ctr, "grpc") == PORT, f"container port grpc != {PORT}")
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        p = ctr.get(probe)
+        if probe != "startupProbe" or p:
+            need(p and "tcpSocket" in p, f"{probe} must be a tcpSocket probe")
+            need(container_port(ctr, p["tcpSocket"]["port"]) == PORT, f"{probe} port")
+    listen = flag([str(a) for a in ctr.get("args") or []], "--listen") or ""
+    need(listen.endswith(f":{PORT}"), f"--listen {listen!r}")
+
+
+@check("k8s: the map's hosts are the pod DNS names in ordinal order (o -> shard o/R, replica o%R)")
+def _():
+    sts = one("StatefulSet")
+    name, svc = sts["metadata"]["name"], sts["spec"]["serviceName"]
+    ns = sts["metadata"]["namespace"]
+    s, r = len(k8s_map["shards"]), len(k8s_map["shards"][0]["replicas"])
+    for o in range(s * r):
+        want = f"{name}-{o}.{svc}.{ns}.svc.cluster.local:{PORT}"
+        got = k8s_map["shards"][o // r]["replicas"][o % r]
+        need(got == want, f"shard {o // r} replica {o % r}: {got}, want {want}")
+
+
+@check("k8s: the pod runs docker-entrypoint.sh with ENGRAM_REPLICAS/SHARDS of the map")
+def _():
+    sts = one("StatefulSet")
+    ctr = sts["spec"]["template"]["spec"]["containers"][0]
+    need(ctr.get("command") == ["/usr/local/bin/docker-entrypoint.sh"],
+         f"command {ctr.get('command')}")
+    env = {e["name"]: e for e in ctr.get("env") or []}
+    s, r = len(k8s_map["shards"]), len(k8s_map["shards"][0]["replicas"])
+    need(env.get("ENGRAM_REPLICAS", {}).get("value") == str(r), "ENGRAM_REPLICAS != R")
+    need(env.get("ENGRAM_SHARDS", {}).get("value") == str(s), "ENGRAM_SHARDS != S")
+    need(env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+         == "metadata.name", "POD_NAME must come from metadata.name")
+    need(env.get("ENGRAM_CLUSTER", {}).get("value", "/etc/engram/cluster.json")
+         == "/etc/engram/cluster.json", "ENGRAM_CLUSTER")
+
+
+@check("k8s: pod security, grace period > server grace, resource requests and limits")
+def _():
+    sts = one("StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    need(pod.get("terminationGracePeriodSeconds", 30) > SERVER_GRACE_S,
+         "terminationGracePeriodSeconds must exceed the server's grace")
+    need(pod.get("securityContext", {}).get("runAsNonRoot") is True, "runAsNonRoot")
+    need(pod["securityContext"].get("runAsUser", 0) != 0, "runAsUser 0")
+    ctr = pod["containers"][0]
+    sc = ctr.get("securityContext") or {}
+    need(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
+    need(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation")
+    res = ctr.get("resources") or {}
+    for k in ("requests", "limits"):
+        need((res.get(k) or {}).get("memory"), f"no memory {k}")
+
+
+@check("k8s: PDB selects exactly the server pods, one unavailable at a time")
+def _():
+    sts = one("StatefulSet")
+    pdb = one("PodDisruptionBudget")
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    need(subset(pdb["spec"]["selector"]["matchLabels"], labels), "PDB selector does not match the pods")
+    job = one("Job")
+    need(not subset(pdb["spec"]["selector"]["matchLabels"], job["spec"]["template"]["metadata"].get("labels") or {}),
+         "PDB selector also matches the import job")
+    s, r = len(k8s_map["shards"]), len(k8s_map["shards"][0]["replicas"])
+    if "maxUnavailable" in pdb["spec"]:
+        need(pdb["spec"]["maxUnavailable"] == 1 or (r > 2 and pdb["spec"]["maxUnavailable"] < r),
+             "maxUnavailable must leave every shard a replica")
+    else:
+        need(pdb["spec"].get("minAvailable") == s * r - 1, "minAvailable must be S*R - 1")
+
+
+@check("k8s: import job stores the demo manifest (same as compose's) and imports it")
+def _():
+    sts = one("StatefulSet")
+    job = one("Job")
+    pod = job["spec"]["template"]["spec"]
+    need(pod.get("restartPolicy") in ("OnFailure", "Never"), "restartPolicy")
+    ctr = pod["containers"][0]
+    need(ctr["image"] == sts["spec"]["template"]["spec"]["containers"][0]["image"], "image differs")
+    text = " ".join(str(x) for x in (ctr.get("command") or []) + (ctr.get("args") or []))
+    m = re.search(r"put-manifest\s+(\S+)", text)
+    need(m, "no put-manifest")
+    need(re.search(r"import-synthetic\s+--manifest\s+demo\s+--seed\s+\d+", text),
+         "no import-synthetic --manifest demo --seed S")
+    hosts = [h for s in k8s_map["shards"] for h in s["replicas"]]
+    need(any(h in text for h in hosts), "the job talks to no host of the map")
+    target = m.group(1)
+    mounts = {v["name"]: v["mountPath"] for v in ctr.get("volumeMounts") or []}
+    found = None
+    for v in pod.get("volumes") or []:
+        cm = v.get("configMap")
+        if cm and v["name"] in mounts:
+            doc = k8s.get(("ConfigMap", cm["name"]))
+            need(doc, f"ConfigMap {cm['name']} is not in deploy/k8s")
+            for key, val in (doc.get("data") or {}).items():
+                if os.path.join(mounts[v["name"]], key) == target:
+                    found = json.loads(val)
+    need(found is not None, f"{target} is not mounted from a ConfigMap")
+    check_manifest(found)
+    with open(path("deploy", "compose", "demo-model.json")) as f:
+        need(found == json.load(f), "k8s demo model differs from deploy/compose/demo-model.json")
+
+
+@check("entrypoint: docker-entrypoint.sh maps ordinals to shards as the ConfigMap does")
+def _():
+    s, r = len(k8s_map["shards"]), len(k8s_map["shards"][0]["replicas"])
+    src = open(path("deploy", "docker-entrypoint.sh")).read()
+    need(src.startswith("#!/bin/sh"), "not a POSIX sh script")
+    need(os.access(path("deploy", "docker-entrypoint.sh"), os.X_OK), "not executable")
+    with tempfile.TemporaryDirectory() as d:
+        fake = os.path.join(d, "engram-server")
+        with open(fake, "w") as f:
+            f.write('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+        os.chmod(fake, 0o755)
+        script = os.path.join(d, "entrypoint.sh")
+        with open(script, "w") as f:
+            f.write(src.replace("/usr/local/bin/engram-server", fake))
+        env = dict(os.environ, ENGRAM_REPLICAS=str(r), ENGRAM_SHARDS=str(s))
+        name = one("StatefulSet")["metadata"]["name"]
+        for o in range(s * r):
+            out = subprocess.run(["/bin/sh", script, "--listen", f"0.0.0.0:{PORT}"],
+                                 env=dict(env, POD_NAME=f"{name}-{o}"),
+                                 capture_output=True, text=True, check=True).stdout.split("\n")
+            need(flag(out, "--shard") == str(o // r), f"{name}-{o}: --shard {flag(out, '--shard')}")
+            need(flag(out, "--cluster") == "/etc/engram/cluster.json", "--cluster")
+            need(flag(out, "--listen") == f"0.0.0.0:{PORT}", "arguments not passed on")
+        bad = subprocess.run(["/bin/sh", script], env=dict(env, POD_NAME=f"{name}-{s * r}"),
+                             capture_output=True, text=True)
+        need(bad.returncode != 0, "an ordinal past S*R was accepted")
+    if shutil.which("shellcheck"):
+        sc = subprocess.run(["shellcheck", "-s", "sh", path("deploy", "docker-entrypoint.sh")],
+                            capture_output=True, text=True)
+        need(sc.returncode == 0, "shellcheck: " + sc.stdout.strip())
+
+
+# ---------------------------------------------------------------- systemd
+
+@check("systemd: engram-server.service has the hardening keys")
+def _():
+    sections, cur = {}, None
+    with open(path("deploy", "systemd", "engram-server.service")) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith(("#", ";")):
+                continue
+            if line.startswith("["):
+                cur = sections.setdefault(line.strip("[]"), {})
+                continue
+            k, _, v = line.partition("=")
+            cur.setdefault(k.strip(), []).append(v.strip())
+    svc = sections.get("Service")
+    need(svc, "no [Service]")
+    need("Unit" in sections and "Install" in sections, "[Unit] and [Install] needed")
+
+    def last(k):
+        need(k in svc, f"no {k}")
+        return svc[k][-1]
+
+    need(last("DynamicUser") == "yes" or svc.get("User", ["root"])[-1] not in ("root", "0", ""),
+         "needs DynamicUser=yes or a non-root User=")
+    need(last("StateDirectory") == "engram", "StateDirectory=engram")
+    need(last("ProtectSystem") == "strict", "ProtectSystem=strict")
+    for k in ("ProtectHome", "PrivateTmp", "NoNewPrivileges", "MemoryDenyWriteExecute"):
+        need(last(k) == "yes", f"{k}=yes")
+    need(last("CapabilityBoundingSet") == "", "CapabilityBoundingSet= must be empty")
+    need(set(last("RestrictAddressFamilies").split()) == {"AF_INET", "AF_INET6", "AF_UNIX"},
+         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX")
+    need("@system-service" in svc.get("SystemCallFilter", [""])[0].split(),
+         "SystemCallFilter=@system-service")
+    need(int(last("LimitNOFILE")) >= 65536, "LimitNOFILE")
+    need(last("KillSignal") == "SIGTERM", "KillSignal=SIGTERM")
+    need(duration_s(last("TimeoutStopSec")) > SERVER_GRACE_S, "TimeoutStopSec > server grace")
+    need(any(e.lstrip("-") == "/etc/engram/engram.env" for e in svc.get("EnvironmentFile", [])),
+         "EnvironmentFile=/etc/engram/engram.env")
+    exe = last("ExecStart").split()
+    need(exe[0].endswith("/engram-server"), "ExecStart must run engram-server")
+    need("--data" in exe and exe[exe.index("--data") + 1].startswith("/var/lib/engram"),
+         "--data must be in the StateDirectory")
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+@check("Dockerfile: two debian:12 stages, non-root USER, ENTRYPOINT engram-server")
+def _():
+    lines, cont = [], ""
+    with open(path("deploy", "Dockerfile")) as f:
+        for raw in f:
+            s = raw.rstrip("\n")
+            if not cont and s.lstrip().startswith("#"):
+                continue
+            if s.endswith("\\"):
+                cont += s[:-1] + " "
+                continue
+            s = (cont + s).strip()
+            cont = ""
+            if s:
+                lines.append(s)
+    froms = [l for l in lines if l.upper().startswith("FROM ")]
+    need(len(froms) >= 2, f"{len(froms)} FROM stages, want a build and a runtime stage")
+    for l in froms:
+        need(re.match(r"FROM\s+debian:12(-slim)?(\s|$)", l, re.I), f"not Debian 12: {l}")
+    final = lines[lines.index(froms[-1]):]
+    build = lines[lines.index(froms[0]):lines.index(froms[1])]
+    need(any("scripts/install-deps.sh" in l for l in build if l.upper().startswith("RUN")),
+         "the build stage must run scripts/install-deps.sh")
+    users = [l.split(None, 1)[1] for l in final if l.upper().startswith("USER ")]
+    need(users and users[-1].split(":")[0] not in ("root", "0"), f"USER {users}")
+    ep = [l.split(None, 1)[1] for l in final if l.upper().startswith("ENTRYPOINT ")]
+    need(ep, "no ENTRYPOINT")
+    argv = json.loads(ep[-1])
+    need(argv[0].endswith("/engram-server"), f"ENTRYPOINT {argv}")
+    need(any(l.upper().startswith("EXPOSE") and str(PORT) in l.split() for l in final), "EXPOSE 7070")
+    need(any(l.upper().startswith("VOLUME") for l in final), "no VOLUME")
+    copies = " ".join(l for l in final if l.upper().startswith("COPY"))
+    need("engramctl" in copies and "engram-server" in copies, "engramctl and engram-server not copied")
+    for pkg in ("libgrpc29", "libprotobuf-c1", "librocksdb7.8", "libjemalloc2", "zlib1g",
+                "libjansson4", "libutf8proc2"):
+        need(any(pkg in l.split() for l in final if l.upper().startswith("RUN")),
+             f"runtime stage does not install {pkg}")
+    need(not any(re.search(r"-dev\b", l) for l in final if l.upper().startswith("RUN")),
+         "runtime stage installs -dev packages")
+    for l in final:
+        m = re.match(r"COPY\s+(?!--from)(\S+)\s", l, re.I)
+        if m:
+            need(os.path.exists(path(m.group(1))), f"COPY source {m.group(1)} missing")
+
+
+print(f"{len(passed)} passed, {len(failed)} failed")
+sys.exit(1 if failed else 0)
