@@ -67,6 +67,19 @@ void ec_table_info_from_pb(engram_table_info *out,
     out->checksum = in->checksum;
     out->resident = in->resident ? 1 : 0;
     out->created_unix_ms = in->created_unix_ms;
+    out->local_rows = in->local_rows;
+    out->shard_index = in->shard_index;
+    out->shard_count = in->shard_count;
+    size_t nv = in->n_versions;
+    if (nv > sizeof out->versions / sizeof out->versions[0])
+        nv = sizeof out->versions / sizeof out->versions[0];
+    out->n_versions = (uint32_t)nv;
+    for (size_t i = 0; i < nv; i++) {
+        out->versions[i].version = in->versions[i]->version;
+        out->versions[i].state = (int)in->versions[i]->state;
+        out->versions[i].checksum = in->versions[i]->checksum;
+        out->versions[i].local_rows = in->versions[i]->local_rows;
+    }
 }
 
 int engram_table_get(engram_client *client, const char *name,
@@ -142,4 +155,55 @@ int engram_table_list(engram_client *client, engram_table_info **out,
 void engram_free(void *p)
 {
     free(p);
+}
+
+static int version_call(engram_client *client, void *method, const char *table, uint64_t version,
+                        engram_table_info *info, engram_error *err)
+{
+    if (!client || !table || !*table)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "client or table is missing");
+    Engram__V1__VersionRequest req = ENGRAM__V1__VERSION_REQUEST__INIT;
+    req.table = (char *)table;
+    req.version = version;
+    admin_call a;
+    int rc = ec_admin_run(client, method, &req.base, &engram__v1__table_info__descriptor, &a, err);
+    if (rc)
+        return rc;
+    if (info)
+        ec_table_info_from_pb(info, (Engram__V1__TableInfo *)a.reply);
+    protobuf_c_message_free_unpacked(a.reply, NULL);
+    return ENGRAM_OK;
+}
+
+int engram_table_activate(engram_client *client, const char *table, uint64_t version,
+                          engram_table_info *info, engram_error *err)
+{
+    return version_call(client, client ? client->m_activate : NULL, table, version, info, err);
+}
+
+int engram_table_drop_version(engram_client *client, const char *table, uint64_t version,
+                              engram_error *err)
+{
+    return version_call(client, client ? client->m_drop_version : NULL, table, version, NULL, err);
+}
+
+int engram_cluster_map_get(engram_client *client, char **json, uint32_t *shard_count,
+                           uint32_t *shard_index, engram_error *err)
+{
+    if (!client || !json)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "client or json is NULL");
+    Engram__V1__GetClusterMapRequest req = ENGRAM__V1__GET_CLUSTER_MAP_REQUEST__INIT;
+    admin_call a;
+    int rc = ec_admin_run(client, client->m_cluster_map, &req.base,
+                          &engram__v1__cluster_map__descriptor, &a, err);
+    if (rc)
+        return rc;
+    Engram__V1__ClusterMap *m = (Engram__V1__ClusterMap *)a.reply;
+    *json = strdup(m->json);
+    if (shard_count)
+        *shard_count = m->shard_count;
+    if (shard_index)
+        *shard_index = m->shard_index;
+    protobuf_c_message_free_unpacked(a.reply, NULL);
+    return ENGRAM_OK;
 }

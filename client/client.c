@@ -112,6 +112,12 @@ static void register_methods(engram_client *cl)
         cl->channel, "/engram.v1.Admin/GetManifest", NULL, NULL);
     cl->m_list_manifests = grpc_channel_register_call(
         cl->channel, "/engram.v1.Admin/ListManifests", NULL, NULL);
+    cl->m_activate = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/ActivateVersion", NULL, NULL);
+    cl->m_drop_version = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/DropVersion", NULL, NULL);
+    cl->m_cluster_map = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/GetClusterMap", NULL, NULL);
 }
 
 static int check_open_args(const char *address,

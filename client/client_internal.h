@@ -33,6 +33,9 @@ struct engram_client {
     void *m_put_manifest;
     void *m_get_manifest;
     void *m_list_manifests;
+    void *m_activate;
+    void *m_drop_version;
+    void *m_cluster_map;
     int64_t deadline_ms;
     int32_t max_message_bytes;
     int64_t max_prefetch_tokens;

@@ -22,6 +22,7 @@
 
 #include <grpc/support/time.h>
 
+#include "cluster.h"
 #include "dtype.h"
 #include "grpc_util.h"
 
@@ -173,12 +174,25 @@ int engram_import_begin(engram_client *client, const char *table,
                         uint64_t rows, uint32_t dim, const char *dtype,
                         engram_import **out, engram_error *err)
 {
+    engram_import_target t = {0};
+    return engram_import_begin_target(client, table, rows, dim, dtype, &t, out, err);
+}
+
+int engram_import_begin_target(engram_client *client, const char *table,
+                               uint64_t rows, uint32_t dim, const char *dtype,
+                               const engram_import_target *t,
+                               engram_import **out, engram_error *err)
+{
     int rc = check_begin_args(client, table, dim, dtype, out, err);
     if (rc)
         return rc;
+    if (t->shard_count && t->shard_index >= t->shard_count)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "shard_index %u is outside %u shards",
+                        t->shard_index, t->shard_count);
     *out = NULL;
+    uint64_t local = t->shard_count ? cluster_local_rows(rows, t->shard_count, t->shard_index) : rows;
     engram_import *imp =
-        import_new(client, table, rows, dim * (uint32_t)dtype_size(dtype));
+        import_new(client, table, local, dim * (uint32_t)dtype_size(dtype));
     if (!imp)
         return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
     if (!imp->call) {
@@ -190,6 +204,10 @@ int engram_import_begin(engram_client *client, const char *table,
     h.rows = rows;
     h.dim = dim;
     h.dtype = (char *)dtype;
+    h.version = t->version;
+    h.stage = t->stage != 0;
+    h.shard_count = t->shard_count;
+    h.shard_index = t->shard_index;
     Engram__V1__ImportRequest m = ENGRAM__V1__IMPORT_REQUEST__INIT;
     m.kind_case = ENGRAM__V1__IMPORT_REQUEST__KIND_HEADER;
     m.header = &h;

@@ -98,7 +98,39 @@ typedef struct engram_table_info {
     uint32_t checksum;   /* CRC-32 (zlib) of all rows in order */
     int resident;        /* 1 when the server holds it as a dense RAM array */
     uint64_t created_unix_ms;
+    /* On a sharded server: its part of the table (checksum covers it). */
+    uint64_t local_rows;
+    uint32_t shard_index;
+    uint32_t shard_count;
+    /* Every version on that server, oldest first. */
+    uint32_t n_versions;
+    struct {
+        uint64_t version;
+        int state;       /* ENGRAM_VERSION_* */
+        uint32_t checksum;
+        uint64_t local_rows;
+    } versions[16];
 } engram_table_info;
+
+#define ENGRAM_VERSION_ACTIVE 1    /* served when a lookup names no version */
+#define ENGRAM_VERSION_RETAINED 2  /* a previous active one, until dropped */
+#define ENGRAM_VERSION_STAGED 3    /* imported, not activated yet */
+
+/* Makes `version` of `table` the active one on the server the client talks
+ * to (the previous one is retained). Idempotent. info may be NULL. */
+int engram_table_activate(engram_client *client, const char *table, uint64_t version,
+                          engram_table_info *info, engram_error *err);
+
+/* Drops a version that is not active; its rows are deleted once no lookup
+ * uses them. */
+int engram_table_drop_version(engram_client *client, const char *table, uint64_t version,
+                              engram_error *err);
+
+/* The cluster map of the server the client talks to (JSON, see
+ * common/cluster.h; a single server reports a one-shard map) and that
+ * server's shard. *json is freed with engram_free. */
+int engram_cluster_map_get(engram_client *client, char **json, uint32_t *shard_count,
+                           uint32_t *shard_index, engram_error *err);
 
 /* Info of one table: ENGRAM_NOT_FOUND when it does not exist. */
 int engram_table_get(engram_client *client, const char *name,
@@ -164,6 +196,24 @@ typedef struct engram_import engram_import;
 int engram_import_begin(engram_client *client, const char *table,
                         uint64_t rows, uint32_t dim, const char *dtype,
                         engram_import **out, engram_error *err);
+
+/* Where an import goes: the version it writes, whether it stays staged
+ * until engram_table_activate, and the shard it is cut for. */
+typedef struct engram_import_target {
+    uint64_t version;      /* 0: one past the server's newest */
+    int stage;             /* 1: keep inactive until activated */
+    uint32_t shard_count;  /* 0: an unsharded server */
+    uint32_t shard_index;
+} engram_import_target;
+
+/* As engram_import_begin, for a target. With shard_count > 0 the writes
+ * carry the shard's rows in local order (local row i is global row
+ * i * shard_count + shard_index), and there are
+ * ceil((rows - shard_index) / shard_count) of them. */
+int engram_import_begin_target(engram_client *client, const char *table,
+                               uint64_t rows, uint32_t dim, const char *dtype,
+                               const engram_import_target *target,
+                               engram_import **out, engram_error *err);
 
 /* Sends rows [start_row, start_row + len / row_bytes). len must be a whole
  * number of rows; large writes are split into messages by the library. */
