@@ -101,6 +101,17 @@ static int reply_table(const char *name, uint64_t version, grpc_byte_buffer **re
                        char *msg, size_t msglen)
 {
     table_version *tv = store_acquire(A, name, version);
+    if (!tv && !version) {       /* only staged versions: show the newest */
+        table_version **vs;
+        size_t n = store_versions(A, name, &vs);
+        for (size_t i = 0; i < n; i++) {
+            if (i + 1 == n)
+                tv = vs[i];
+            else
+                table_version_release(vs[i]);
+        }
+        free(vs);
+    }
     if (!tv) {
         if (version)
             snprintf(msg, msglen, "table \"%.128s\" has no version %llu on this server", name,

@@ -64,6 +64,34 @@ int cmd_prefetch(engram_client *cl, int argc, char **argv);
 int cmd_hash(engram_client *cl, int argc, char **argv);
 int cmd_compress_vocab(engram_client *cl, int argc, char **argv);
 
+/* ---- cluster imports (cluster_import.c) ---- */
+
+/* Fills out with the given global rows (n * row_bytes bytes). Called from
+ * several threads at once. Returns 0, or -1 with err. */
+typedef int (*row_source_fn)(void *ctx, const uint64_t *global_rows, size_t n, uint8_t *out,
+                             char *err, size_t errlen);
+
+typedef struct cluster_import {
+    const char *table;
+    uint64_t rows;               /* global */
+    uint32_t dim;
+    const char *dtype;
+    uint32_t row_bytes;
+    row_source_fn source;
+    void *ctx;
+    uint32_t shards;             /* set by cluster_import_run */
+    uint64_t version;            /* chosen by cluster_import_run */
+} cluster_import;
+
+struct engram_cluster;
+/* The cluster map of the server cl talks to; NULL after reporting (*rc). */
+struct engram_cluster *cluster_of(engram_client *cl, int *rc);
+/* 1 when the map is a lone server (imports go the plain way). */
+int cluster_is_single(const struct engram_cluster *map);
+/* Imports into every replica of every shard, then activates (see
+ * cluster_import.c). Returns the exit code. */
+int cluster_import_run(cluster_import *ci, const struct engram_cluster *map);
+
 /* Streams the synthetic table `seed` of the given shape (import.c). */
 int import_synthetic_table(engram_client *cl, const char *table, uint64_t rows,
                            uint32_t dim, const char *dtype, uint32_t row_bytes,

@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "cluster.h"
 #include "ctl.h"
 #include "dtype.h"
 #include "grpc_util.h"
@@ -78,16 +80,47 @@ static int stream_synthetic(engram_import *imp, uint64_t seed, uint64_t rows,
     return rc;
 }
 
+static int synthetic_source(void *ctx, const uint64_t *rows, size_t n, uint8_t *out, char *err,
+                            size_t errlen)
+{
+    const cluster_import *ci = ctx;
+    uint64_t seed = *(const uint64_t *)((const char *)ctx + sizeof *ci);
+    for (size_t i = 0; i < n; i++)
+        synthetic_row(seed, rows[i], out + i * ci->row_bytes, ci->row_bytes);
+    return 0;
+}
+
+/* The cluster path: every shard's part, on every replica. */
+static int import_synthetic_cluster(const engram_cluster *map, const char *table, uint64_t rows,
+                                    uint32_t dim, const char *dtype, uint32_t row_bytes,
+                                    uint64_t seed)
+{
+    struct { cluster_import ci; uint64_t seed; } c = {
+        {table, rows, dim, dtype, row_bytes, synthetic_source, NULL, 0, 0}, seed};
+    c.ci.ctx = &c;
+    return cluster_import_run(&c.ci, map);
+}
+
 int import_synthetic_table(engram_client *cl, const char *table, uint64_t rows,
                            uint32_t dim, const char *dtype, uint32_t row_bytes,
                            uint64_t seed)
 {
+    int rc;
+    engram_cluster *map = cluster_of(cl, &rc);
+    if (!map)
+        return rc;
+    if (!cluster_is_single(map)) {
+        rc = import_synthetic_cluster(map, table, rows, dim, dtype, row_bytes, seed);
+        cluster_free(map);
+        return rc;
+    }
+    cluster_free(map);
     uint64_t t0 = now_ns();
     engram_import *imp;
     engram_error e;
     if (engram_import_begin(cl, table, rows, dim, dtype, &imp, &e))
         return report(&e);
-    int rc = stream_synthetic(imp, seed, rows, row_bytes, &e);
+    rc = stream_synthetic(imp, seed, rows, row_bytes, &e);
     if (rc) {
         engram_import_abort(imp);
         return rc;
@@ -353,6 +386,45 @@ static int stream_file(engram_import *imp, FILE *fp, const char *file,
     return rc;
 }
 
+/* A file's rows for a cluster import: the rows a shard needs are every
+ * S-th, so one pread covers a batch and the shard's rows are picked out. */
+typedef struct file_source {
+    cluster_import ci;
+    int fd;
+    long data_off;
+} file_source;
+
+static int file_rows(void *ctx, const uint64_t *rows, size_t n, uint8_t *out, char *err,
+                     size_t errlen)
+{
+    const file_source *fs = ctx;
+    size_t rb = fs->ci.row_bytes;
+    if (n == 0)
+        return 0;
+    uint64_t first = rows[0], span = rows[n - 1] - first + 1;
+    uint8_t *block = malloc(span * rb);
+    ssize_t got = pread(fs->fd, block, span * rb, fs->data_off + (off_t)(first * rb));
+    if (got != (ssize_t)(span * rb)) {
+        snprintf(err, errlen, "reading rows %llu..%llu: %s", (unsigned long long)first,
+                 (unsigned long long)rows[n - 1], got < 0 ? strerror(errno) : "short read");
+        free(block);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + i * rb, block + (rows[i] - first) * rb, rb);
+    free(block);
+    return 0;
+}
+
+static int import_file_cluster(const engram_cluster *map, const char *table, FILE *fp,
+                               uint64_t rows, uint32_t dim, const char *dtype, uint32_t row_bytes)
+{
+    file_source fs = {{table, rows, dim, dtype, row_bytes, file_rows, NULL, 0, 0},
+                      fileno(fp), ftell(fp)};
+    fs.ci.ctx = &fs;
+    return cluster_import_run(&fs.ci, map);
+}
+
 int cmd_import(engram_client *cl, int argc, char **argv)
 {
     opts o = {.names = {"--table", "--file", "--dim", "--dtype"}, .n = 4};
@@ -382,6 +454,15 @@ int cmd_import(engram_client *cl, int argc, char **argv)
     uint64_t rows = 0;
     if (open_rows(file, dim, dtype, row_bytes, &fp, &rows))
         return EXIT_RPC;
+    int crc;
+    engram_cluster *map = cluster_of(cl, &crc);
+    if (!map || !cluster_is_single(map)) {
+        int r = map ? import_file_cluster(map, table, fp, rows, dim, dtype, row_bytes) : crc;
+        cluster_free(map);
+        fclose(fp);
+        return r;
+    }
+    cluster_free(map);
     uint64_t t0 = now_ns();
     engram_import *imp;
     engram_error e;

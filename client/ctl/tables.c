@@ -36,6 +36,15 @@ static void print_table_keys(const engram_table_info *t)
     printf("checksum: %08x\n", t->checksum);
     printf("resident: %s\n", t->resident ? "yes" : "no");
     printf("created_unix_ms: %llu\n", (unsigned long long)t->created_unix_ms);
+    if (t->shard_count > 1)
+        printf("shard: %u of %u (%llu local rows; the checksum covers them)\n", t->shard_index,
+               t->shard_count, (unsigned long long)t->local_rows);
+    static const char *const states[] = {"?", "active", "retained", "staged"};
+    for (uint32_t i = 0; i < t->n_versions; i++)
+        printf("version %llu: %s, checksum %08x, %llu local rows\n",
+               (unsigned long long)t->versions[i].version,
+               states[t->versions[i].state >= 1 && t->versions[i].state <= 3 ? t->versions[i].state : 0],
+               t->versions[i].checksum, (unsigned long long)t->versions[i].local_rows);
 }
 
 int cmd_tables(engram_client *cl, int argc, char **argv)
