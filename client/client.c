@@ -79,6 +79,27 @@ void engram_client_options_init(engram_client_options *opts)
     opts->deadline_ms = 10000;
     opts->max_message_bytes = 64 << 20;
     opts->max_prefetch_tokens = 1 << 20;
+    opts->version_refresh_ms = 1000;
+    opts->attempt_timeout_ms = 1000;
+    opts->eject_after_failures = 3;
+    opts->eject_backoff_ms = 1000;
+    opts->hedge_percentile = 0;
+    opts->hedge_min_ms = 2;
+}
+
+void engram_client_get_counters(engram_client *cl, engram_client_counters *out)
+{
+    if (!out)
+        return;
+    memset(out, 0, sizeof *out);
+    if (!cl)
+        return;
+    out->subrequests = __atomic_load_n(&cl->counters.subrequests, __ATOMIC_RELAXED);
+    out->retries = __atomic_load_n(&cl->counters.retries, __ATOMIC_RELAXED);
+    out->hedges = __atomic_load_n(&cl->counters.hedges, __ATOMIC_RELAXED);
+    out->hedge_wins = __atomic_load_n(&cl->counters.hedge_wins, __ATOMIC_RELAXED);
+    out->ejections = __atomic_load_n(&cl->counters.ejections, __ATOMIC_RELAXED);
+    out->version_resolves = __atomic_load_n(&cl->counters.version_resolves, __ATOMIC_RELAXED);
 }
 
 /* The completion thread: every event is the end of one unary batch. */
@@ -137,6 +158,18 @@ static int check_open_args(const char *address,
         return ec_error(err, ENGRAM_INVALID_ARGUMENT,
                         "max_prefetch_tokens %lld is not positive",
                         (long long)o->max_prefetch_tokens);
+    if (o->hedge_percentile < 0 || o->hedge_percentile > 99)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "hedge_percentile %d is outside 0..99", (int)o->hedge_percentile);
+    if (o->hedge_min_ms < 0)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "hedge_min_ms %lld is negative",
+                        (long long)o->hedge_min_ms);
+    if (o->eject_after_failures < 0)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "eject_after_failures %d is negative",
+                        (int)o->eject_after_failures);
+    if (o->eject_after_failures > 0 && o->eject_backoff_ms <= 0)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "eject_backoff_ms %lld is not positive",
+                        (long long)o->eject_backoff_ms);
     return ENGRAM_OK;
 }
 
@@ -159,7 +192,9 @@ int engram_client_open(const char *address, const engram_client_options *opts,
     cl->deadline_ms = o.deadline_ms;
     cl->max_message_bytes = o.max_message_bytes;
     cl->max_prefetch_tokens = o.max_prefetch_tokens;
+    cl->opts = o;
     pthread_mutex_init(&cl->mu, NULL);
+    pthread_mutex_init(&cl->disc_mu, NULL);
     pthread_cond_init(&cl->idle, NULL);
 
     grpc_init();
@@ -180,6 +215,7 @@ int engram_client_open(const char *address, const engram_client_options *opts,
         grpc_shutdown();
         pthread_cond_destroy(&cl->idle);
         pthread_mutex_destroy(&cl->mu);
+        pthread_mutex_destroy(&cl->disc_mu);
         free(cl);
         return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED,
                         "cannot start the completion thread: %s", strerror(rc));
@@ -206,32 +242,46 @@ void engram_client_close(engram_client *cl)
 {
     if (!cl)
         return;
+    /* Cluster mode: no new hedges from here; a retry the completion thread
+     * still starts is refused once `closing` is set below. */
+    if (cl->cluster)
+        ec_cluster_stop_begin(cl->cluster);
     cancel_and_drain(cl);
     /* Nothing is in flight: the queue drains at once and the thread sees
      * GRPC_QUEUE_SHUTDOWN. */
     grpc_completion_queue_shutdown(cl->cq);
     pthread_join(cl->thread, NULL);
+    /* The completion thread ran its last done hook: the cluster's lookups
+     * are all finished except queued re-pins, which free fails. */
+    if (cl->cluster)
+        ec_cluster_free(cl->cluster);
     grpc_completion_queue_destroy(cl->cq);
     grpc_channel_destroy(cl->channel);
     grpc_shutdown();
     pthread_cond_destroy(&cl->idle);
     pthread_mutex_destroy(&cl->mu);
+    pthread_mutex_destroy(&cl->disc_mu);
     free(cl);
 }
 
 /* ---- unary calls --------------------------------------------------------- */
+
+void ec_cond_init_mono(pthread_cond_t *cv)
+{
+    /* Timed waits measure on the monotonic clock: immune to clock steps. */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
 
 void ec_call_init(ec_call *c, engram_client *client, ec_decode_fn decode)
 {
     c->client = client;
     c->decode = decode;
     pthread_mutex_init(&c->mu, NULL);
-    /* Timed waits measure on the monotonic clock: immune to clock steps. */
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    ec_cond_init_mono(&c->cv);
     grpc_metadata_array_init(&c->md_initial);
     grpc_metadata_array_init(&c->md_trailing);
     c->details = grpc_empty_slice();
@@ -286,9 +336,19 @@ int ec_call_start(ec_call *c, void *method, const ProtobufCMessage *req,
                   engram_error *err)
 {
     engram_client *cl = c->client;
+    return ec_call_start_on(c, cl->channel, method, pb_to_byte_buffer(req),
+                            cl->deadline_ms, err);
+}
+
+int ec_call_start_on(ec_call *c, grpc_channel *channel, void *method,
+                     grpc_byte_buffer *bb, int64_t timeout_ms,
+                     engram_error *err)
+{
+    engram_client *cl = c->client;
+    c->send_bb = bb;
     grpc_call *call = grpc_channel_create_registered_call(
-        cl->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cl->cq, method,
-        deadline_in_ms(cl->deadline_ms), NULL);
+        channel, NULL, GRPC_PROPAGATE_DEFAULTS, cl->cq, method,
+        deadline_in_ms(timeout_ms), NULL);
     if (!call) {
         free_call_buffers(c);
         c->done = 1;
@@ -296,7 +356,6 @@ int ec_call_start(ec_call *c, void *method, const ProtobufCMessage *req,
         return ec_error(err, ENGRAM_INTERNAL, "grpc could not create a call");
     }
     c->call = call;
-    c->send_bb = pb_to_byte_buffer(req);
 
     /* Listed before the batch starts: the completion may come at once and
      * expects to find it there. */
@@ -343,6 +402,7 @@ static void settle(ec_call *c, int success)
         /* A unary batch with RECV_STATUS normally succeeds even when the
          * RPC failed; failure here means gRPC itself gave up on the call. */
         c->code = ENGRAM_UNKNOWN;
+        c->transport_failed = 1;
         snprintf(c->message, sizeof c->message,
                  "grpc reported the call batch as failed");
         return;
@@ -369,6 +429,12 @@ static void ec_call_complete(ec_call *c, int success)
     pthread_mutex_unlock(&c->mu);
     grpc_call_unref(call);
 
+    if (c->on_done) {
+        c->done = 1;
+        c->on_done(c);   /* owns c now */
+        return;
+    }
+
     /* Last touch of c: after the unlock its owner may free it. */
     pthread_mutex_lock(&c->mu);
     c->done = 1;
@@ -376,7 +442,15 @@ static void ec_call_complete(ec_call *c, int success)
     pthread_mutex_unlock(&c->mu);
 }
 
-static struct timespec mono_deadline(int64_t timeout_ms)
+void ec_call_cancel(ec_call *c, const char *why)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->call)
+        grpc_call_cancel_with_status(c->call, GRPC_STATUS_CANCELLED, why, NULL);
+    pthread_mutex_unlock(&c->mu);
+}
+
+struct timespec ec_mono_deadline(int64_t timeout_ms)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -389,15 +463,12 @@ static struct timespec mono_deadline(int64_t timeout_ms)
     return ts;
 }
 
-/* Timeouts beyond this (about 30 years) are treated as forever, so the
- * absolute deadline below cannot overflow. */
-#define WAIT_FOREVER_MS (1000LL * 86400 * 365 * 30)
 
 int ec_call_wait(ec_call *c, int64_t timeout_ms, engram_error *err)
 {
-    if (timeout_ms > WAIT_FOREVER_MS)
+    if (timeout_ms > EC_WAIT_FOREVER_MS)
         timeout_ms = -1;
-    struct timespec until = mono_deadline(timeout_ms < 0 ? 0 : timeout_ms);
+    struct timespec until = ec_mono_deadline(timeout_ms < 0 ? 0 : timeout_ms);
     pthread_mutex_lock(&c->mu);
     while (!c->done) {
         if (timeout_ms < 0) {

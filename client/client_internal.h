@@ -21,6 +21,13 @@
 #include "manifest.h"
 
 typedef struct ec_call ec_call;
+typedef struct ec_cluster ec_cluster;
+typedef struct ec_clookup ec_clookup;
+
+/* How a client serves lookups, decided on the first one (cluster.c). */
+#define EC_MODE_UNKNOWN 0
+#define EC_MODE_SINGLE 1   /* the bootstrap channel, version 0: as always */
+#define EC_MODE_CLUSTER 2  /* routed by shard over per-replica channels */
 
 struct engram_client {
     grpc_channel *channel;
@@ -39,6 +46,15 @@ struct engram_client {
     int64_t deadline_ms;
     int32_t max_message_bytes;
     int64_t max_prefetch_tokens;
+    engram_client_options opts;   /* as opened, for the cluster machinery */
+
+    /* Cluster mode: `mode` is read with an acquire load on every lookup;
+     * discovery runs once under disc_mu. `cluster` is set before mode
+     * becomes EC_MODE_CLUSTER and lives until close. */
+    int mode;
+    pthread_mutex_t disc_mu;
+    ec_cluster *cluster;
+    engram_client_counters counters;  /* updated with __atomic adds */
 
     /* In-flight calls, so close can cancel them. Guarded by mu. */
     pthread_mutex_t mu;
@@ -52,9 +68,16 @@ struct engram_client {
  * fills c->message when not OK. */
 typedef int (*ec_decode_fn)(ec_call *c, grpc_byte_buffer *reply);
 
+/* Optional: runs on the completion thread after the call is settled and
+ * every gRPC resource released, instead of signalling `done` (c->done is
+ * already 1). The hook owns c from then on (ec_call_release frees its
+ * mutex and condvar at once). */
+typedef void (*ec_done_fn)(ec_call *c);
+
 struct ec_call {
     engram_client *client;
     ec_decode_fn decode;
+    ec_done_fn on_done;
 
     /* gRPC state; owned by the completion thread once the batch started. */
     grpc_call *call;                  /* guarded by mu once started */
@@ -70,6 +93,7 @@ struct ec_call {
     pthread_cond_t cv;
     int done;
     int code;
+    int transport_failed;             /* the batch itself failed */
     char message[sizeof(((engram_error *)0)->message)];
 
     ec_call *prev, *next;             /* client->inflight, under client->mu */
@@ -84,6 +108,17 @@ void ec_call_init(ec_call *c, engram_client *client, ec_decode_fn decode);
  * ec_call_release still works) and the error is in err. */
 int ec_call_start(ec_call *c, void *method, const ProtobufCMessage *req,
                   engram_error *err);
+
+/* As ec_call_start, on any channel, with a packed request (ownership of
+ * `bb` passes to the call, also on failure) and a deadline of timeout_ms
+ * from now (<= 0: none). */
+int ec_call_start_on(ec_call *c, grpc_channel *channel, void *method,
+                     grpc_byte_buffer *bb, int64_t timeout_ms,
+                     engram_error *err);
+
+/* Cancels the call if it is still in flight; returns at once. The caller
+ * guarantees c is alive (not yet handed to on_done and freed). */
+void ec_call_cancel(ec_call *c, const char *why);
 
 /* Waits for the call (timeout_ms < 0: forever). Returns ENGRAM_TIMEOUT or
  * the final code; fills err either way. */
@@ -144,6 +179,45 @@ typedef struct admin_call {
 int ec_admin_run(engram_client *cl, void *method, const ProtobufCMessage *req,
                  const ProtobufCMessageDescriptor *desc, admin_call *a,
                  engram_error *err);
+
+/* ---- cluster mode (cluster.c) ---- */
+
+/* Decides the client's mode on its first lookup: fetches the cluster map
+ * over the bootstrap channel and, for a real cluster, builds the
+ * per-replica channels and starts the cluster thread. Returns an engram
+ * code; *mode is EC_MODE_SINGLE or EC_MODE_CLUSTER on success. */
+int ec_cluster_discover(engram_client *cl, int *mode, engram_error *err);
+
+/* Close, in two steps: stop_begin (before every call is cancelled) makes
+ * the cluster thread stop hedging; free (after the completion thread has
+ * exited) joins the cluster thread, fails queued work and destroys the
+ * channels. */
+void ec_cluster_stop_begin(ec_cluster *cs);
+void ec_cluster_free(ec_cluster *cs);
+
+/* A routed lookup: the same contract as engram_lookup_*. */
+int ec_clookup_start(engram_client *cl, const char *table, const uint64_t *rows,
+                     size_t n, void *out, size_t out_cap, ec_clookup **out_lk,
+                     engram_error *err);
+int ec_clookup_wait(ec_clookup *lk, int64_t timeout_ms, engram_error *err);
+int ec_clookup_poll(ec_clookup *lk);
+void ec_clookup_result(const ec_clookup *lk, uint32_t *row_bytes, uint64_t *version);
+void ec_clookup_free(ec_clookup *lk);
+
+/* LookupResponse reading (lookup.c), shared by the routed lookups: the
+ * length of field 1 when the message opens with it (1) or 0; and streaming
+ * every slice through a decoder (0, or -1 with d->error). */
+struct lookup_decoder;
+int ec_lookup_peek_len(grpc_byte_buffer *bb, uint64_t *len);
+int ec_lookup_decode_slices(struct lookup_decoder *d, grpc_byte_buffer *bb);
+
+/* Monotonic deadline timeout_ms from now, for pthread_cond_timedwait on a
+ * condvar using CLOCK_MONOTONIC (client.c). */
+struct timespec ec_mono_deadline(int64_t timeout_ms);
+/* Timeouts beyond this (about 30 years) count as forever. */
+#define EC_WAIT_FOREVER_MS (1000LL * 86400 * 365 * 30)
+/* Initialises a condvar on CLOCK_MONOTONIC. */
+void ec_cond_init_mono(pthread_cond_t *cv);
 
 /* Copies a gRPC status (code + details slice) into code/message form. */
 int ec_status_to_error(grpc_status_code status, grpc_slice details,

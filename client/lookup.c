@@ -6,7 +6,11 @@
  * buffer. No readall, no protobuf-c unpack: the reply bytes are copied
  * exactly once. The decoder refuses to write past out_cap, and after
  * decoding the reply must hold exactly n * row_bytes bytes, so a caller
- * never gets a silently short or overrun buffer. */
+ * never gets a silently short or overrun buffer.
+ *
+ * That is single mode. When the client found a cluster (cluster.c decides
+ * on the first lookup), the handle only wraps a routed lookup of
+ * cluster.c, and every call below hands over to it. */
 #include "client_internal.h"
 
 #include <stdarg.h>
@@ -25,13 +29,15 @@ struct engram_lookup {
     size_t n;
     uint32_t row_bytes; /* from the reply, valid once finished OK */
     uint64_t version;
+    ec_clookup *cluster;  /* cluster mode: the routed lookup; c is unused */
 };
 
 /* Reads the length of field 1 when it opens the message (tag 0x0a, then a
  * varint), looking at no more than the first few bytes, which may be split
  * over several slices. Returns 1 and sets *len, or 0 when the message does
- * not start that way (then the decoder alone judges it). */
-static int peek_data_len(grpc_byte_buffer *bb, uint64_t *len)
+ * not start that way (then the decoder alone judges it). Shared with
+ * cluster.c. */
+int ec_lookup_peek_len(grpc_byte_buffer *bb, uint64_t *len)
 {
     grpc_byte_buffer_reader r;
     if (!grpc_byte_buffer_reader_init(&r, bb))
@@ -62,7 +68,7 @@ static int peek_data_len(grpc_byte_buffer *bb, uint64_t *len)
 }
 
 /* Streams every slice of bb through the decoder; 0 or -1 (d->error). */
-static int decode_slices(lookup_decoder *d, grpc_byte_buffer *bb)
+int ec_lookup_decode_slices(lookup_decoder *d, grpc_byte_buffer *bb)
 {
     grpc_byte_buffer_reader r;
     if (!grpc_byte_buffer_reader_init(&r, bb)) {
@@ -114,13 +120,13 @@ static int lookup_decode(ec_call *c, grpc_byte_buffer *reply)
     if (!reply)
         return fail(c, ENGRAM_INTERNAL, "server sent OK but no reply message");
     uint64_t len;
-    if (peek_data_len(reply, &len) && len > lk->out_cap)
+    if (ec_lookup_peek_len(reply, &len) && len > lk->out_cap)
         return fail(c, ENGRAM_INVALID_ARGUMENT,
                     "reply of %llu bytes does not fit out_cap %zu",
                     (unsigned long long)len, lk->out_cap);
     lookup_decoder d;
     lookup_decoder_init(&d, lk->out, lk->out_cap);
-    if (decode_slices(&d, reply) < 0)
+    if (ec_lookup_decode_slices(&d, reply) < 0)
         return fail(c, ENGRAM_INTERNAL, "malformed LookupResponse: %s",
                     d.error);
     lk->row_bytes = d.row_bytes;
@@ -156,9 +162,22 @@ int engram_lookup_start(engram_client *client, const char *table,
     int rc = check_args(client, table, rows, n, out, out_cap, err);
     if (rc)
         return rc;
+    int mode = __atomic_load_n(&client->mode, __ATOMIC_ACQUIRE);
+    if (mode == EC_MODE_UNKNOWN && (rc = ec_cluster_discover(client, &mode, err)))
+        return rc;
     engram_lookup *lk = calloc(1, sizeof *lk);
     if (!lk)
         return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
+    if (mode == EC_MODE_CLUSTER) {
+        rc = ec_clookup_start(client, table, rows, n, out, out_cap, &lk->cluster, err);
+        if (rc) {
+            free(lk);
+            return rc;
+        }
+        *handle = lk;
+        return ENGRAM_OK;
+    }
+    __atomic_add_fetch(&client->counters.subrequests, 1, __ATOMIC_RELAXED);
     lk->out = out;
     lk->out_cap = out_cap;
     lk->n = n;
@@ -187,17 +206,25 @@ int engram_lookup_wait(engram_lookup *handle, int64_t timeout_ms,
 {
     if (!handle)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT, "handle is NULL");
+    if (handle->cluster)
+        return ec_clookup_wait(handle->cluster, timeout_ms, err);
     return ec_call_wait(&handle->c, timeout_ms, err);
 }
 
 int engram_lookup_poll(engram_lookup *handle)
 {
+    if (handle && handle->cluster)
+        return ec_clookup_poll(handle->cluster);
     return handle ? ec_call_poll(&handle->c) : 1;
 }
 
 void engram_lookup_result(const engram_lookup *handle, uint32_t *row_bytes,
                           uint64_t *version)
 {
+    if (handle && handle->cluster) {
+        ec_clookup_result(handle->cluster, row_bytes, version);
+        return;
+    }
     if (row_bytes)
         *row_bytes = handle ? handle->row_bytes : 0;
     if (version)
@@ -208,7 +235,10 @@ void engram_lookup_free(engram_lookup *handle)
 {
     if (!handle)
         return;
-    ec_call_release(&handle->c);
+    if (handle->cluster)
+        ec_clookup_free(handle->cluster);
+    else
+        ec_call_release(&handle->c);
     free(handle);
 }
 

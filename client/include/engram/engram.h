@@ -69,6 +69,29 @@ typedef struct engram_client_options {
     int32_t max_message_bytes;
     /* Most tokens (batch x seq_len) one prefetch may cover. Default 1 Mi. */
     int64_t max_prefetch_tokens;
+
+    /* ---- cluster mode (see "cluster" below); ignored for a single server */
+    /* How long a table's pinned version is reused before one GetTable
+     * re-resolves it (before the next lookup of that table). 0: before
+     * every lookup; < 0: never again. Default 1000. */
+    int64_t version_refresh_ms;
+    /* Deadline of one attempt of a sub-request (one shard's rows on one
+     * replica), capped by what is left of deadline_ms; a replica that hangs
+     * costs at most this before the next replica is tried. <= 0: only
+     * deadline_ms. Default 1000. */
+    int64_t attempt_timeout_ms;
+    /* Consecutive failures (UNAVAILABLE, DEADLINE_EXCEEDED, transport)
+     * after which a replica is ejected. 0: never eject. Default 3. */
+    int32_t eject_after_failures;
+    /* First ejection's length; doubles (up to 30000) while the replica
+     * keeps failing its probes; a success resets it. Default 1000. */
+    int64_t eject_backoff_ms;
+    /* Hedging: when a sub-request has been outstanding longer than this
+     * percentile (1..99) of the client's recent sub-request latencies, and
+     * at least hedge_min_ms, a duplicate goes to another usable replica of
+     * its shard; the first answer wins. 0: off (default). */
+    int32_t hedge_percentile;
+    int64_t hedge_min_ms;   /* default 2 */
 } engram_client_options;
 
 /* Fills `opts` with the defaults. */
@@ -80,6 +103,40 @@ void engram_client_options_init(engram_client_options *opts);
  * caller frees with engram_client_close. */
 int engram_client_open(const char *address, const engram_client_options *opts,
                        engram_client **out, engram_error *err);
+
+/* Cluster mode. On its first lookup (or prefetch) a client asks the server
+ * it was opened on for the cluster map (Admin.GetClusterMap). A map of one
+ * shard with one replica, or a server without that call, keeps the client
+ * on that one server exactly as before. Otherwise lookups are routed: the
+ * rows are split by shard (row r lives on shard r mod S), one sub-request
+ * per shard goes out at once to a replica chosen round-robin among the
+ * healthy ones, and the replies are scattered back into `out` in request
+ * order. Every sub-request of one lookup names the same table version,
+ * resolved with GetTable and cached for version_refresh_ms, so a batch
+ * never mixes versions while shards switch; engram_lookup_result reports
+ * it. A sub-request that fails with UNAVAILABLE, DEADLINE_EXCEEDED or a
+ * transport failure is re-sent to another replica of its shard while the
+ * deadline allows (each replica once); the lookup fails only when every
+ * replica of a shard failed, with a message naming the shard and its
+ * replicas. Other errors (NOT_FOUND, OUT_OF_RANGE, ...) come back as the
+ * server sent them, except a "has no version" NOT_FOUND, after which the
+ * version is re-resolved once and the lookup re-sent. Admin calls (tables,
+ * imports, manifests, versions) always go to the server the client was
+ * opened on. */
+
+/* What the cluster machinery did since the client was opened. In single
+ * mode only `subrequests` moves (one per lookup). */
+typedef struct engram_client_counters {
+    uint64_t subrequests;      /* per-shard requests (not counting retries) */
+    uint64_t retries;          /* attempts re-sent to another replica */
+    uint64_t hedges;           /* duplicate attempts sent by hedging */
+    uint64_t hedge_wins;       /* hedges that answered first */
+    uint64_t ejections;        /* times a replica was ejected */
+    uint64_t version_resolves; /* GetTable calls that pinned a version */
+} engram_client_counters;
+
+/* Copies the counters (each read atomically). Thread-safe. */
+void engram_client_get_counters(engram_client *client, engram_client_counters *out);
 
 /* Closes the client. Asynchronous lookups still in flight are cancelled and
  * must still be freed with engram_lookup_free (before or after this call).
@@ -157,8 +214,9 @@ int engram_lookup_sync(engram_client *client, const char *table,
                        size_t out_cap, uint32_t *row_bytes, uint64_t *version,
                        engram_error *err);
 
-/* Asynchronous lookup. Start returns at once with a handle; many lookups
- * may be in flight over the client's one channel. `rows` is copied before
+/* Asynchronous lookup. Start returns at once with a handle (in cluster
+ * mode, after one GetTable when the table's pinned version is stale); many
+ * lookups may be in flight over the client's channels. `rows` is copied before
  * start returns; `out` must stay valid until the lookup is finished. */
 typedef struct engram_lookup engram_lookup;
 
