@@ -218,12 +218,14 @@ static void health_fail(ec_cluster *cs, replica *r, int probe)
 
 /* The next replica for s: round-robin among usable ones it has not tried;
  * for a failover with none usable, the least recently ejected untried one;
- * for a hedge, only a usable one. */
+ * for a hedge, only a usable one. Only a sub-request's first pick moves
+ * the cursor: if hedges and failovers moved it too, a replica that always
+ * needs a hedge would be picked first by every other sub-request. */
 static replica *pick(ec_cluster *cs, sub *s, int hedge)
 {
     shard *sh = &cs->shards[s->shard];
     int64_t now = mono_now();
-    uint32_t start = sh->rr++;
+    uint32_t start = s->attempts == 0 && !hedge ? sh->rr++ : sh->rr;
     for (uint32_t k = 0; k < sh->n; k++) {
         replica *r = sh->rep[(start + k) % sh->n];
         if (!(s->tried & (1u << r->idx)) && usable(r, now))
@@ -953,8 +955,10 @@ static ec_cluster *cluster_new(engram_client *cl, const engram_cluster *map, eng
      * default two minutes of back-off. */
     args[2] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
                          .value.integer = 200};
+    /* (also gRPC's connect timeout: a replica that accepts TCP but never
+     * answers, e.g. stopped, fails its connection after this) */
     args[3] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-                         .value.integer = 200};
+                         .value.integer = 1000};
     args[4] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
                          .value.integer = 5000};
     grpc_channel_args chargs = {.num_args = 5, .args = args};

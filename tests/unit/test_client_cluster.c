@@ -1,0 +1,435 @@
+/* test_client_cluster.c: libengram's cluster client against 3 shards x 2
+ * replicas of real engram-server processes on loopback: routed lookups,
+ * failover after kill -9, hedging around a SIGSTOPped replica, a shard
+ * fully down, and re-pinning after the pinned version is dropped. Data is
+ * imported per shard with engram_import_begin_target (no engramctl).
+ * ENGRAM_SERVER_BIN is set by the build. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engram/engram.h"
+#include "synthetic.h"
+
+#define S 3
+#define R 2
+#define ROWS 20000
+#define RB 64
+#define N 300
+
+static pid_t pids[S][R];
+static char addrs[S][R][64];
+static char tmp[] = "/tmp/engram-cc-XXXXXX";
+static char map_path[300];
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) || getsockname(fd, (struct sockaddr *)&a, &len)) {
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static int start(int s, int r)
+{
+    char data[400], shard[8], log[400];
+    snprintf(data, sizeof data, "%s/d%d%d", tmp, s, r);
+    snprintf(log, sizeof log, "%s/log%d%d", tmp, s, r);
+    snprintf(shard, sizeof shard, "%d", s);
+    pid_t p = fork();
+    if (p == 0) {
+        execl(ENGRAM_SERVER_BIN, ENGRAM_SERVER_BIN, "--data", data, "--listen", addrs[s][r],
+              "--cluster", map_path, "--shard", shard, "--threads", "2", "--resident-budget", "64M",
+              "--block-cache", "8M", "--log-file", log, "--log-level", "warn", (char *)NULL);
+        _exit(127);
+    }
+    pids[s][r] = p;
+    /* Serving once a table list answers. */
+    engram_client *c;
+    if (engram_client_open(addrs[s][r], NULL, &c, NULL))
+        return -1;
+    int rc = -1;
+    for (int i = 0; i < 200 && rc; i++) {
+        engram_table_info *t = NULL;
+        size_t n;
+        rc = engram_table_list(c, &t, &n, NULL);
+        engram_free(t);
+        if (rc)
+            usleep(25000);
+    }
+    engram_client_close(c);
+    return rc;
+}
+
+static void stop(int s, int r, int sig)
+{
+    if (pids[s][r] <= 0)
+        return;
+    kill(pids[s][r], sig);
+    if (sig == SIGKILL || sig == SIGTERM) {
+        waitpid(pids[s][r], NULL, 0);
+        pids[s][r] = 0;
+    }
+}
+
+/* Imports version `version` (seed) of table t on one server, staged. */
+static int import_shard(int s, int r, const char *t, uint64_t version, uint64_t seed)
+{
+    engram_client *c;
+    engram_error e;
+    if (engram_client_open(addrs[s][r], NULL, &c, &e))
+        return -1;
+    engram_import_target tg = {.version = version, .stage = 1, .shard_count = S, .shard_index = (uint32_t)s};
+    engram_import *imp;
+    int rc = engram_import_begin_target(c, t, ROWS, RB, "u8", &tg, &imp, &e);
+    uint64_t local = ROWS > (uint64_t)s ? (ROWS - s - 1) / S + 1 : 0;
+    uint8_t *buf = malloc(local * RB);
+    for (uint64_t i = 0; i < local; i++)
+        synthetic_row(seed, i * S + s, buf + i * RB, RB);
+    if (!rc)
+        rc = engram_import_write(imp, 0, buf, local * RB, &e);
+    if (!rc)
+        rc = engram_import_finish(imp, NULL, &e);
+    else
+        engram_import_abort(imp);
+    free(buf);
+    if (rc)
+        fprintf(stderr, "import %d/%d: %s\n", s, r, e.message);
+    engram_client_close(c);
+    return rc;
+}
+
+static int on_all(int (*fn)(engram_client *, const char *, uint64_t), const char *t, uint64_t v)
+{
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++) {
+            if (!pids[s][r])
+                continue;
+            engram_client *c;
+            if (engram_client_open(addrs[s][r], NULL, &c, NULL))
+                return -1;
+            int rc = fn(c, t, v);
+            engram_client_close(c);
+            if (rc)
+                return rc;
+        }
+    return 0;
+}
+
+static int activate(engram_client *c, const char *t, uint64_t v)
+{
+    return engram_table_activate(c, t, v, NULL, NULL);
+}
+
+static int drop(engram_client *c, const char *t, uint64_t v)
+{
+    return engram_table_drop_version(c, t, v, NULL);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (!mkdtemp(tmp))
+        return -1;
+    snprintf(map_path, sizeof map_path, "%s/cluster.json", tmp);
+    FILE *f = fopen(map_path, "w");
+    fprintf(f, "{\"name\": \"cc\", \"placement\": \"mod\", \"shards\": [");
+    for (int s = 0; s < S; s++) {
+        fprintf(f, "%s{\"replicas\": [", s ? ", " : "");
+        for (int r = 0; r < R; r++) {
+            snprintf(addrs[s][r], sizeof addrs[s][r], "127.0.0.1:%d", free_port());
+            fprintf(f, "%s\"%s\"", r ? ", " : "", addrs[s][r]);
+        }
+        fprintf(f, "]}");
+    }
+    fprintf(f, "]}\n");
+    fclose(f);
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++)
+            if (start(s, r))
+                return -1;
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++)
+            if (import_shard(s, r, "cc", 1, 11))
+                return -1;
+    return on_all(activate, "cc", 1);
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++) {
+            if (pids[s][r])
+                kill(pids[s][r], SIGCONT);
+            stop(s, r, SIGKILL);
+        }
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    return system(cmd);
+}
+
+static engram_client *connect_opts(const char *addr, int64_t deadline_ms, int hedge)
+{
+    engram_client_options o;
+    engram_client_options_init(&o);
+    o.deadline_ms = deadline_ms;
+    o.hedge_percentile = hedge;
+    engram_client *c;
+    assert_int_equal(engram_client_open(addr, &o, &c, NULL), ENGRAM_OK);
+    return c;
+}
+
+static uint64_t rng = 1;
+
+static void rand_rows(uint64_t *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        rows[i] = splitmix64(rng++) % ROWS;
+    rows[n / 2] = rows[0];   /* a duplicate */
+}
+
+/* One lookup of N random rows; checks every byte against seed. Returns the
+ * status; *ms the time it took. */
+static int lookup_check(engram_client *c, uint64_t seed, double *ms, engram_error *e)
+{
+    uint64_t rows[N];
+    static uint8_t out[N * RB], want[RB];
+    rand_rows(rows, N);
+    double t0 = now_ms();
+    uint64_t ver = 0;
+    uint32_t rb = 0;
+    int rc = engram_lookup_sync(c, "cc", rows, N, out, sizeof out, &rb, &ver, e);
+    if (ms)
+        *ms = now_ms() - t0;
+    if (rc)
+        return rc;
+    assert_int_equal(rb, RB);
+    for (size_t i = 0; i < N; i++) {
+        synthetic_row(seed, rows[i], want, RB);
+        assert_memory_equal(out + i * RB, want, RB);
+    }
+    return rc;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void report(const char *what, double *ms, int n, engram_client *c)
+{
+    qsort(ms, n, sizeof *ms, cmp_d);
+    engram_client_counters k;
+    engram_client_get_counters(c, &k);
+    printf("%s: %d lookups of %d rows, p50 %.2f ms, p99 %.2f ms, max %.2f ms; subrequests %llu retries "
+           "%llu hedges %llu wins %llu ejections %llu resolves %llu\n",
+           what, n, N, ms[n / 2], ms[n * 99 / 100], ms[n - 1], (unsigned long long)k.subrequests,
+           (unsigned long long)k.retries, (unsigned long long)k.hedges,
+           (unsigned long long)k.hedge_wins, (unsigned long long)k.ejections,
+           (unsigned long long)k.version_resolves);
+}
+
+static void test_routed_lookups(void **state)
+{
+    (void)state;
+    engram_client *c = connect_opts(addrs[1][1], 10000, 0);
+    double ms[200];
+    engram_error e;
+    for (int i = 0; i < 200; i++)
+        if (lookup_check(c, 11, &ms[i], &e))
+            fail_msg("%s", e.message);
+    /* async: several in flight, poll only */
+    uint64_t rows[4][N];
+    static uint8_t out[4][N * RB];
+    engram_lookup *h[4];
+    for (int k = 0; k < 4; k++) {
+        rand_rows(rows[k], N);
+        assert_int_equal(engram_lookup_start(c, "cc", rows[k], N, out[k], sizeof out[k], &h[k], NULL), 0);
+    }
+    for (int k = 0; k < 4; k++) {
+        while (!engram_lookup_poll(h[k]))
+            usleep(100);
+        assert_int_equal(engram_lookup_wait(h[k], 0, NULL), ENGRAM_OK);
+        uint64_t v;
+        engram_lookup_result(h[k], NULL, &v);
+        assert_int_equal(v, 1);
+        uint8_t want[RB];
+        for (size_t i = 0; i < N; i++) {
+            synthetic_row(11, rows[k][i], want, RB);
+            assert_memory_equal(out[k] + i * RB, want, RB);
+        }
+        engram_lookup_free(h[k]);
+    }
+    /* an out-of-range row names the caller's index */
+    uint64_t bad[3] = {1, 2, ROWS + 5};
+    uint8_t o3[3 * RB];
+    assert_int_equal(engram_lookup_sync(c, "cc", bad, 3, o3, sizeof o3, NULL, NULL, &e), ENGRAM_OUT_OF_RANGE);
+    assert_non_null(strstr(e.message, "index 2 in the request"));
+    assert_int_equal(engram_lookup_sync(c, "nope", bad, 2, o3, sizeof o3, NULL, NULL, &e), ENGRAM_NOT_FOUND);
+    /* free while in flight */
+    engram_lookup *f;
+    assert_int_equal(engram_lookup_start(c, "cc", rows[0], N, out[0], sizeof out[0], &f, NULL), 0);
+    engram_lookup_free(f);
+    engram_client_counters k;
+    engram_client_get_counters(c, &k);
+    assert_true(k.subrequests >= 600);
+    assert_int_equal(k.version_resolves, 1);
+    report("routed", ms, 200, c);
+    engram_client_close(c);
+}
+
+static void test_kill_one_replica(void **state)
+{
+    (void)state;
+    engram_client *c = connect_opts(addrs[0][0], 10000, 0);
+    engram_error e;
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(lookup_check(c, 11, NULL, &e), 0);
+    stop(1, 0, SIGKILL);
+    double ms[300];
+    for (int i = 0; i < 300; i++)
+        if (lookup_check(c, 11, &ms[i], &e))
+            fail_msg("after kill: %s", e.message);
+    engram_client_counters k;
+    engram_client_get_counters(c, &k);
+    report("kill -9 of shard 1 replica 0", ms, 300, c);
+    assert_true(k.retries > 0);
+    assert_true(k.ejections > 0);
+    engram_client_close(c);
+    assert_int_equal(start(1, 0), 0);
+}
+
+static void test_hedge_around_stopped_replica(void **state)
+{
+    (void)state;
+    engram_client *c = connect_opts(addrs[0][0], 10000, 95);
+    engram_error e;
+    double ms[300];
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(lookup_check(c, 11, &ms[i], &e), 0);
+    report("hedging warm-up", ms, 100, c);
+    stop(2, 0, SIGSTOP);
+    for (int i = 0; i < 300; i++)
+        if (lookup_check(c, 11, &ms[i], &e))
+            fail_msg("with a stopped replica: %s", e.message);
+    engram_client_counters k;
+    engram_client_get_counters(c, &k);
+    report("SIGSTOP of shard 2 replica 0, hedging p95", ms, 300, c);
+    assert_true(k.hedges > 0);
+    assert_true(k.hedge_wins > 0);
+    engram_client_close(c);
+
+    /* The same without hedging: failover after the attempt timeout. */
+    c = connect_opts(addrs[0][0], 10000, 0);
+    for (int i = 0; i < 40; i++)
+        if (lookup_check(c, 11, &ms[i], &e))
+            fail_msg("with a stopped replica, no hedging: %s", e.message);
+    engram_client_get_counters(c, &k);
+    report("SIGSTOP of shard 2 replica 0, no hedging", ms, 40, c);
+    assert_true(k.retries > 0);
+    engram_client_close(c);
+    kill(pids[2][0], SIGCONT);
+}
+
+static void test_shard_down(void **state)
+{
+    (void)state;
+    engram_client *c = connect_opts(addrs[0][0], 2000, 0);
+    engram_error e;
+    assert_int_equal(lookup_check(c, 11, NULL, &e), 0);
+    stop(2, 0, SIGKILL);
+    stop(2, 1, SIGKILL);
+    double t0 = now_ms();
+    int rc = lookup_check(c, 11, NULL, &e);
+    double ms = now_ms() - t0;
+    printf("shard 2 killed: %s after %.1f ms: %s\n", engram_status_name(rc), ms, e.message);
+    assert_int_equal(rc, ENGRAM_UNAVAILABLE);
+    assert_non_null(strstr(e.message, "shard 2 of 3 ("));
+    assert_non_null(strstr(e.message, addrs[2][0]));
+    assert_non_null(strstr(e.message, addrs[2][1]));
+    assert_true(ms < 2000);
+    engram_client_close(c);
+
+    /* Both stopped instead of dead: the deadline ends it, naming the shard. */
+    assert_int_equal(start(2, 0), 0);
+    assert_int_equal(start(2, 1), 0);
+    c = connect_opts(addrs[0][0], 1500, 0);
+    assert_int_equal(lookup_check(c, 11, NULL, &e), 0);
+    stop(2, 0, SIGSTOP);
+    stop(2, 1, SIGSTOP);
+    t0 = now_ms();
+    rc = lookup_check(c, 11, NULL, &e);
+    ms = now_ms() - t0;
+    printf("shard 2 stopped: %s after %.1f ms: %s\n", engram_status_name(rc), ms, e.message);
+    assert_true(rc == ENGRAM_DEADLINE_EXCEEDED || rc == ENGRAM_UNAVAILABLE);
+    assert_non_null(strstr(e.message, "shard 2 of 3 ("));
+    assert_true(ms < 1500 + 300);
+    engram_client_close(c);
+    kill(pids[2][0], SIGCONT);
+    kill(pids[2][1], SIGCONT);
+}
+
+static void test_repin_after_drop(void **state)
+{
+    (void)state;
+    engram_client_options o;
+    engram_client_options_init(&o);
+    o.version_refresh_ms = -1;     /* never refresh: only a re-pin moves it */
+    engram_client *c;
+    assert_int_equal(engram_client_open(addrs[1][0], &o, &c, NULL), 0);
+    engram_error e;
+    assert_int_equal(lookup_check(c, 11, NULL, &e), 0);
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++)
+            assert_int_equal(import_shard(s, r, "cc", 2, 12), 0);
+    assert_int_equal(on_all(activate, "cc", 2), 0);
+    assert_int_equal(lookup_check(c, 11, NULL, &e), 0);   /* still pinned to 1 */
+    assert_int_equal(on_all(drop, "cc", 1), 0);
+    usleep(100000);
+    if (lookup_check(c, 12, NULL, &e))
+        fail_msg("after the drop: %s", e.message);
+    engram_client_counters k;
+    engram_client_get_counters(c, &k);
+    assert_int_equal(k.version_resolves, 2);
+    engram_client_close(c);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_routed_lookups),
+        cmocka_unit_test(test_kill_one_replica),
+        cmocka_unit_test(test_hedge_around_stopped_replica),
+        cmocka_unit_test(test_shard_down),
+        cmocka_unit_test(test_repin_after_drop),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
