@@ -8,7 +8,13 @@
  * except client->mu -> grpc_call_cancel in close, which takes no call mu:
  * a call stays in the in-flight list until the completion thread has
  * unlinked it, and only after that does the thread unref the grpc_call, so
- * close can cancel every listed call without a use-after-free. */
+ * close can cancel every listed call without a use-after-free.
+ *
+ * Cluster mode (cluster.c) adds per-replica channels that share this one
+ * completion queue and thread; its calls finish through an on_done hook
+ * instead of `done`, and close stops its cluster thread first, cancels and
+ * drains every call, joins the completion thread and only then frees the
+ * cluster (ec_cluster_free), so no hook can run on freed state. */
 #include "client_internal.h"
 
 #include <errno.h>
