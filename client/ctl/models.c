@@ -14,6 +14,7 @@
 #include <time.h>
 #include <zlib.h>
 
+#include "cluster.h"
 #include "ctl.h"
 #include "manifest.h"
 #include "synthetic.h"
@@ -36,6 +37,36 @@ static char *slurp(const char *path, size_t *len)
     return buf;
 }
 
+/* In a cluster every server holds the manifest, so a client given any one
+ * address can open the model: the put goes to every replica. */
+static int put_everywhere(engram_client *cl, const char *json, size_t len,
+                          engram_manifest_info *info, engram_error *e)
+{
+    int rc;
+    engram_cluster *map = cluster_of(cl, &rc);
+    if (!map)
+        return -1;
+    if (cluster_is_single(map)) {
+        cluster_free(map);
+        return engram_manifest_put(cl, json, len, info, e);
+    }
+    rc = 0;
+    for (uint32_t s = 0; s < map->shards && !rc; s++)
+        for (uint32_t r = 0; r < map->replicas[s] && !rc; r++) {
+            engram_client *one;
+            rc = engram_client_open(map->addr[s][r], NULL, &one, e);
+            if (!rc) {
+                rc = engram_manifest_put(one, json, len, info, e);
+                engram_client_close(one);
+            }
+            if (rc)
+                snprintf(e->message + strlen(e->message), sizeof e->message - strlen(e->message),
+                         " (replica %s of shard %u)", map->addr[s][r], s);
+        }
+    cluster_free(map);
+    return rc;
+}
+
 int cmd_put_manifest(engram_client *cl, int argc, char **argv)
 {
     if (argc != 1)
@@ -46,8 +77,10 @@ int cmd_put_manifest(engram_client *cl, int argc, char **argv)
         return fail(ENGRAM_INVALID_ARGUMENT, "cannot read %s: %s", argv[0], strerror(errno));
     engram_manifest_info info;
     engram_error e;
-    int rc = engram_manifest_put(cl, json, len, &info, &e);
+    int rc = put_everywhere(cl, json, len, &info, &e);
     free(json);
+    if (rc < 0)
+        return EXIT_RPC;
     if (rc)
         return report(&e);
     printf("stored manifest %s version %llu: %u layers, dim %u, %s, %u-byte rows\n", info.name,

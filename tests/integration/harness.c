@@ -12,6 +12,15 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "engram/v1/engram.pb-c.h"
+#include "grpc_util.h"
 
 void harness_tmpdir(char *out, size_t cap)
 {
@@ -34,18 +43,19 @@ static int read_port(const char *path)
     return port;
 }
 
-static void exec_server(const char *dir, const char *portfile, const char *const *extra)
+static void exec_server(const char *dir, const char *portfile, int port, const char *const *extra)
 {
     const char *argv[32];
     int n = 0;
-    char data[300], log[300];
+    char data[300], log[300], listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     snprintf(data, sizeof data, "%s/data", dir);
     snprintf(log, sizeof log, "%s/server.log", dir);
     argv[n++] = ENGRAM_SERVER_BIN;
     argv[n++] = "--data";
     argv[n++] = data;
     argv[n++] = "--listen";
-    argv[n++] = "127.0.0.1:0";
+    argv[n++] = listen;
     argv[n++] = "--port-file";
     argv[n++] = portfile;
     argv[n++] = "--log-file";
@@ -60,13 +70,18 @@ static void exec_server(const char *dir, const char *portfile, const char *const
 
 int server_start(test_server *s, const char *dir, const char *const *extra)
 {
+    return server_start_port(s, dir, 0, extra);
+}
+
+int server_start_port(test_server *s, const char *dir, int port, const char *const *extra)
+{
     char portfile[300];
     snprintf(s->dir, sizeof s->dir, "%s", dir);
     snprintf(portfile, sizeof portfile, "%s/port", dir);
     unlink(portfile);
     s->pid = fork();
     if (s->pid == 0)
-        exec_server(dir, portfile, extra);
+        exec_server(dir, portfile, port, extra);
     for (int i = 0; i < 400; i++) {   /* up to 20 s */
         if ((s->port = read_port(portfile)) > 0) {
             snprintf(s->addr, sizeof s->addr, "127.0.0.1:%d", s->port);
@@ -115,4 +130,88 @@ int engramctl(const char *addr, ...)
     int st;
     waitpid(pid, &st, 0);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+void server_kill(test_server *s)
+{
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+}
+
+int harness_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int port = 0;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static int raw_call(grpc_channel *ch, grpc_completion_queue *cq, grpc_byte_buffer *req,
+                    char *msg, size_t msglen)
+{
+    grpc_call *call = grpc_channel_create_call(
+        ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, grpc_slice_from_static_string("/engram.v1.Lookup/Lookup"),
+        NULL, deadline_in_ms(10000), NULL);
+    grpc_metadata_array md0, md1;
+    grpc_metadata_array_init(&md0);
+    grpc_metadata_array_init(&md1);
+    grpc_byte_buffer *resp = NULL;
+    grpc_status_code status = GRPC_STATUS_UNKNOWN;
+    grpc_slice details = grpc_empty_slice();
+    grpc_op ops[6];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = req;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &md0;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &resp;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.trailing_metadata = &md1;
+    ops[5].data.recv_status_on_client.status = &status;
+    ops[5].data.recv_status_on_client.status_details = &details;
+    grpc_call_start_batch(call, ops, 6, (void *)1, NULL);
+    grpc_completion_queue_pluck(cq, (void *)1, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    snprintf(msg, msglen, "%.*s", (int)GRPC_SLICE_LENGTH(details), (const char *)GRPC_SLICE_START_PTR(details));
+    grpc_slice_unref(details);
+    if (resp)
+        grpc_byte_buffer_destroy(resp);
+    grpc_metadata_array_destroy(&md0);
+    grpc_metadata_array_destroy(&md1);
+    grpc_call_unref(call);
+    return (int)status;
+}
+
+int raw_lookup(const char *addr, const char *table, const uint64_t *rows, size_t n,
+               uint64_t version, char *msg, size_t msglen)
+{
+    grpc_init();
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel *ch = grpc_channel_create(addr, creds, NULL);
+    grpc_channel_credentials_release(creds);
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    Engram__V1__LookupRequest rq = ENGRAM__V1__LOOKUP_REQUEST__INIT;
+    rq.table = (char *)table;
+    rq.rows = (uint64_t *)rows;
+    rq.n_rows = n;
+    rq.version = version;
+    grpc_byte_buffer *req = pb_to_byte_buffer(&rq.base);
+    int status = raw_call(ch, cq, req, msg, msglen);
+    grpc_byte_buffer_destroy(req);
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(cq);
+    grpc_channel_destroy(ch);
+    grpc_shutdown();
+    return status;
 }

@@ -4,6 +4,8 @@
 #ifndef ENGRAM_TESTS_HARNESS_H
 #define ENGRAM_TESTS_HARNESS_H
 
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 typedef struct test_server {
@@ -19,6 +21,20 @@ void harness_tmpdir(char *out, size_t cap);
 /* Starts engram-server on a free loopback port with data dir `dir` and the
  * extra arguments (NULL-terminated); waits until it serves. 0 on success. */
 int server_start(test_server *s, const char *dir, const char *const *extra);
+
+/* As server_start, on a given loopback port (0: any). */
+int server_start_port(test_server *s, const char *dir, int port, const char *const *extra);
+
+/* A loopback port that was free a moment ago (bind to 0, read, close). */
+int harness_free_port(void);
+
+/* SIGKILL, then waits (a crash, not a shutdown). */
+void server_kill(test_server *s);
+
+/* One raw Lookup call over gRPC core, bypassing libengram's routing:
+ * returns the gRPC status and copies its message into msg. */
+int raw_lookup(const char *addr, const char *table, const uint64_t *rows, size_t n,
+               uint64_t version, char *msg, size_t msglen);
 
 /* SIGTERM, then waits; returns the exit status (0 = clean), or -1. */
 int server_stop(test_server *s);

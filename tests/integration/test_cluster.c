@@ -1,0 +1,382 @@
+/* test_cluster.c: a 3-shard x 2-replica cluster of real engram-server
+ * processes on loopback, driven through engramctl and libengram.
+ *
+ * Covers: import into the cluster from one address and byte-exact lookups
+ * and prefetches through the client's routing; kill -9 of one replica per
+ * shard under steady load with zero failed lookups and zero wrong bytes;
+ * a version cutover under load where every batch is all-v1 or all-v2; a
+ * shard with every replica down reported by name within the deadline; and
+ * a server refusing rows of another shard. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "engram/engram.h"
+#include "grpc_util.h"
+#include "harness.h"
+#include "manifest.h"
+#include "synthetic.h"
+
+#define S 3
+#define R 2
+#define ROWS 30000
+#define RB 64
+
+static test_server srv[S][R];
+static char dirs[S][R][300];
+static int ports[S][R];
+static char tmp[256], mapfile[300];
+static const char *const *server_args(int s);
+
+/* ---- cluster life cycle ----------------------------------------------------- */
+
+static void write_map(void)
+{
+    snprintf(mapfile, sizeof mapfile, "%s/cluster.json", tmp);
+    FILE *f = fopen(mapfile, "w");
+    fprintf(f, "{\"name\": \"it3x2\", \"placement\": \"mod\", \"shards\": [");
+    for (int s = 0; s < S; s++)
+        fprintf(f, "%s{\"replicas\": [\"127.0.0.1:%d\", \"127.0.0.1:%d\"]}", s ? ", " : "",
+                ports[s][0], ports[s][1]);
+    fprintf(f, "]}\n");
+    fclose(f);
+}
+
+static const char *const *server_args(int s)
+{
+    static char shard[S][8];
+    static const char *args[S][8];
+    snprintf(shard[s], sizeof shard[s], "%d", s);
+    const char *a[] = {"--cluster", mapfile, "--shard", shard[s], "--threads", "1", NULL};
+    memcpy(args[s], a, sizeof a);
+    return args[s];
+}
+
+static int start(int s, int r)
+{
+    return server_start_port(&srv[s][r], dirs[s][r], ports[s][r], server_args(s));
+}
+
+static int group_setup(void **state)
+{
+    harness_tmpdir(tmp, sizeof tmp);
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++) {
+            ports[s][r] = harness_free_port();
+            snprintf(dirs[s][r], sizeof dirs[s][r], "%s/s%dr%d", tmp, s, r);
+            mkdir(dirs[s][r], 0755);
+        }
+    write_map();
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++)
+            if (start(s, r))
+                return -1;
+    return engramctl(srv[1][1].addr, "import-synthetic", "--table", "ct", "--rows", "30000",
+                     "--row-bytes", "64", "--seed", "11", NULL);
+}
+
+static int group_teardown(void **state)
+{
+    int rc = 0;
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++)
+            rc |= server_stop(&srv[s][r]);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    return rc || system(cmd);
+}
+
+static engram_client *connect_to(const char *addr, int64_t deadline_ms, int hedge)
+{
+    engram_client_options o;
+    engram_client_options_init(&o);
+    o.deadline_ms = deadline_ms;
+    o.hedge_percentile = hedge;
+    engram_client *c;
+    assert_int_equal(engram_client_open(addr, &o, &c, NULL), ENGRAM_OK);
+    return c;
+}
+
+/* ---- checks ------------------------------------------------------------------- */
+
+static void make_rows(uint64_t *rows, size_t n, uint64_t seed)
+{
+    for (size_t i = 0; i < n; i++)
+        rows[i] = splitmix64(seed + i) % ROWS;
+    rows[0] = 0;
+    if (n > 2) {
+        rows[n - 1] = ROWS - 1;
+        rows[1] = rows[n - 1];
+    }
+}
+
+/* The seed whose bytes the reply holds: 11 (v1) or 12 (v2); -1 if neither
+ * or a mix. */
+static int seed_of(const uint8_t *out, const uint64_t *rows, size_t n)
+{
+    uint8_t want[RB];
+    int seed = -1;
+    for (size_t i = 0; i < n; i++) {
+        int got = -1;
+        for (int sd = 11; sd <= 12 && got < 0; sd++) {
+            synthetic_row((uint64_t)sd, rows[i], want, RB);
+            if (!memcmp(out + i * RB, want, RB))
+                got = sd;
+        }
+        if (got < 0 || (seed >= 0 && got != seed))
+            return -1;
+        seed = got;
+    }
+    return seed;
+}
+
+static void test_lookups_every_byte(void **state)
+{
+    engram_client *c = connect_to(srv[0][0].addr, 10000, 0);
+    const size_t sizes[] = {1, 2, 100, 4096};
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        size_t n = sizes[k];
+        uint64_t *rows = malloc(n * sizeof *rows);
+        uint8_t *out = malloc(n * RB);
+        make_rows(rows, n, 100 + k);
+        engram_error e;
+        uint64_t ver = 0;
+        int rc = engram_lookup_sync(c, "ct", rows, n, out, n * RB, NULL, &ver, &e);
+        if (rc)
+            fail_msg("lookup %zu: %s %s", n, engram_status_name(rc), e.message);
+        assert_int_equal(ver, 1);
+        assert_int_equal(seed_of(out, rows, n), 11);
+        free(rows);
+        free(out);
+    }
+    engram_client_counters ct;
+    engram_client_get_counters(c, &ct);
+    assert_true(ct.subrequests >= 3);   /* routed per shard, not to one server */
+    engram_client_close(c);
+}
+
+static void test_foreign_rows_refused(void **state)
+{
+    char msg[512];
+    const uint64_t rows[] = {3, 1};
+    assert_int_equal(raw_lookup(srv[0][0].addr, "ct", rows, 2, 0, msg, sizeof msg),
+                     ENGRAM_FAILED_PRECONDITION);
+    assert_string_equal(msg, "row 1 (index 1 in the request) belongs to shard 1 of 3; this server is shard 0");
+}
+
+static void test_prefetch_through_cluster(void **state)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/../deploy/examples/tiny-model.json", SOURCE_DIR);
+    assert_int_equal(engramctl(srv[2][0].addr, "put-manifest", path, NULL), 0);
+    assert_int_equal(engramctl(srv[2][0].addr, "import-synthetic", "--manifest", "tiny", "--seed", "7",
+                               NULL), 0);
+    engram_client *c = connect_to(srv[0][1].addr, 10000, 0);
+    engram_model *m;
+    engram_error e;
+    if (engram_model_open(c, "tiny", &m, &e))
+        fail_msg("%s", e.message);
+    engram_model_info mi;
+    engram_model_get_info(m, &mi);
+    int64_t tok[2 * 9] = {1, 5, 9, 300, 44, 17, 17, 17, 511, 0, 2, 4, 6, 8, 10, 12, 14, 16};
+    const int64_t layers[2] = {1, 15};
+    size_t per = 2 * 9 * mi.heads, bytes = 2 * per * mi.row_bytes;
+    uint8_t *out = malloc(bytes), *want = malloc(mi.row_bytes);
+    engram_prefetch_request r = {.layer_ids = layers, .n_layers = 2, .tokens = tok, .batch = 2,
+                                 .seq_len = 9, .out = out, .out_cap = bytes};
+    engram_prefetch *h;
+    assert_int_equal(engram_prefetch_start(m, &r, &h, NULL), ENGRAM_OK);
+    if (engram_prefetch_wait(h, -1, &e))
+        fail_msg("%s", e.message);
+    engram_prefetch_free(h);
+    uint64_t *rows = malloc(per * sizeof *rows);
+    for (int l = 0; l < 2; l++) {
+        assert_int_equal(engram_model_hash(m, layers[l], tok, 2, 9, NULL, rows, NULL), ENGRAM_OK);
+        for (size_t i = 0; i < per; i++) {
+            synthetic_row(manifest_synthetic_seed(7, layers[l]), rows[i], want, mi.row_bytes);
+            assert_memory_equal(out + ((size_t)l * per + i) * mi.row_bytes, want, mi.row_bytes);
+        }
+    }
+    free(rows);
+    free(out);
+    free(want);
+    engram_model_close(m);
+    engram_client_close(c);
+}
+
+/* ---- load ------------------------------------------------------------------------ */
+
+typedef struct load {
+    int stop;
+    int id;
+    uint64_t calls, failures, wrong;
+    int saw[13];                 /* seeds seen */
+    uint64_t lat_ns[200000];
+    size_t nlat;
+    char first_error[600];
+} load;
+
+static void *load_main(void *p)
+{
+    load *L = p;
+    engram_client *c = connect_to(srv[L->id % S][L->id % R].addr, 5000, 0);
+    enum { N = 512 };
+    uint64_t rows[N];
+    uint8_t out[N * RB];
+    for (uint64_t it = 0; !__atomic_load_n(&L->stop, __ATOMIC_ACQUIRE); it++) {
+        make_rows(rows, N, (uint64_t)L->id * 1000003 + it);
+        engram_error e;
+        uint64_t t0 = now_ns();
+        int rc = engram_lookup_sync(c, "ct", rows, N, out, sizeof out, NULL, NULL, &e);
+        if (L->nlat < sizeof L->lat_ns / sizeof L->lat_ns[0])
+            L->lat_ns[L->nlat++] = now_ns() - t0;
+        L->calls++;
+        if (rc) {
+            if (!L->failures++)
+                snprintf(L->first_error, sizeof L->first_error, "%s: %s", engram_status_name(rc), e.message);
+            continue;
+        }
+        int sd = seed_of(out, rows, N);
+        if (sd < 0)
+            L->wrong++;
+        else
+            L->saw[sd] = 1;
+    }
+    engram_client_close(c);
+    return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void report_p99(const char *what, load *L, int n)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += L[i].nlat;
+    uint64_t *all = malloc((total + 1) * sizeof *all);
+    size_t k = 0;
+    for (int i = 0; i < n; i++)
+        for (size_t j = 0; j < L[i].nlat; j++)
+            all[k++] = L[i].lat_ns[j];
+    qsort(all, k, sizeof *all, cmp_u64);
+    if (k)
+        printf("%s: %zu lookups of 512 rows, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", what, k,
+               all[k / 2] / 1e6, all[k * 99 / 100] / 1e6, all[k - 1] / 1e6);
+    free(all);
+}
+
+enum { THREADS = 3 };
+
+static void start_load(load *L, pthread_t *th)
+{
+    for (int i = 0; i < THREADS; i++) {
+        memset(&L[i], 0, sizeof L[i]);
+        L[i].id = i;
+        pthread_create(&th[i], NULL, load_main, &L[i]);
+    }
+}
+
+static void stop_load(load *L, pthread_t *th)
+{
+    for (int i = 0; i < THREADS; i++)
+        __atomic_store_n(&L[i].stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(th[i], NULL);
+}
+
+static void test_kill_one_replica_per_shard_under_load(void **state)
+{
+    static load L[THREADS];
+    pthread_t th[THREADS];
+    start_load(L, th);
+    usleep(300000);
+    for (int s = 0; s < S; s++) {
+        server_kill(&srv[s][1]);
+        usleep(400000);
+        assert_int_equal(start(s, 1), 0);
+        usleep(200000);
+    }
+    usleep(300000);
+    stop_load(L, th);
+    report_p99("kill -9 of one replica per shard", L, THREADS);
+    for (int i = 0; i < THREADS; i++) {
+        if (L[i].failures)
+            fail_msg("thread %d: %llu of %llu lookups failed; first: %s", i,
+                     (unsigned long long)L[i].failures, (unsigned long long)L[i].calls, L[i].first_error);
+        assert_int_equal(L[i].wrong, 0);
+        assert_true(L[i].calls > 10);
+    }
+}
+
+static void test_cutover_never_mixes_versions(void **state)
+{
+    static load L[THREADS];
+    pthread_t th[THREADS];
+    start_load(L, th);
+    usleep(200000);
+    assert_int_equal(engramctl(srv[0][0].addr, "import-synthetic", "--table", "ct", "--rows", "30000",
+                               "--row-bytes", "64", "--seed", "12", NULL), 0);
+    int all_v2 = 0;
+    for (int i = 0; i < 60 && !all_v2; i++) {   /* clients re-resolve the version */
+        usleep(100000);
+        all_v2 = 1;
+        for (int t = 0; t < THREADS; t++)
+            all_v2 &= __atomic_load_n(&L[t].saw[12], __ATOMIC_ACQUIRE);
+    }
+    stop_load(L, th);
+    report_p99("cutover", L, THREADS);
+    for (int t = 0; t < THREADS; t++) {
+        assert_int_equal(L[t].failures, 0);
+        assert_int_equal(L[t].wrong, 0);    /* every batch all-v1 or all-v2 */
+        assert_int_equal(L[t].saw[12], 1);
+    }
+}
+
+static void test_shard_down_is_named(void **state)
+{
+    engram_client *c = connect_to(srv[0][0].addr, 2000, 0);
+    server_kill(&srv[2][0]);
+    server_kill(&srv[2][1]);
+    uint64_t rows[6] = {0, 1, 2, 3, 4, 5};
+    uint8_t out[6 * RB];
+    engram_error e;
+    uint64_t t0 = now_ns();
+    int rc = engram_lookup_sync(c, "ct", rows, 6, out, sizeof out, NULL, NULL, &e);
+    double ms = (double)(now_ns() - t0) / 1e6;
+    printf("shard 2 down: %s after %.0f ms: %s\n", engram_status_name(rc), ms, e.message);
+    assert_true(rc == ENGRAM_UNAVAILABLE || rc == ENGRAM_DEADLINE_EXCEEDED);
+    assert_non_null(strstr(e.message, "shard 2 of 3"));
+    assert_true(ms < 2000 + 500);
+    /* rows of the other shards still work */
+    uint64_t ok_rows[2] = {0, 1};
+    assert_int_equal(engram_lookup_sync(c, "ct", ok_rows, 2, out, sizeof out, NULL, NULL, &e), ENGRAM_OK);
+    engram_client_close(c);
+    assert_int_equal(start(2, 0), 0);
+    assert_int_equal(start(2, 1), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_lookups_every_byte),
+        cmocka_unit_test(test_foreign_rows_refused),
+        cmocka_unit_test(test_prefetch_through_cluster),
+        cmocka_unit_test(test_kill_one_replica_per_shard_under_load),
+        cmocka_unit_test(test_cutover_never_mixes_versions),
+        cmocka_unit_test(test_shard_down_is_named),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
