@@ -260,8 +260,8 @@ int main(int argc, char **argv)
         {"/engram.v1.Admin/GetClusterMap", PLANE_ADMIN, admin_get_cluster_map, NULL, 4},
     };
     static server_metrics svm;
-    server_options sopts = {o.listen, o.threads, (int)o.max_message};
-    int port = server_setup(&sopts, methods, sizeof methods / sizeof methods[0], &svm);
+    server_options sopts = {.listen = o.listen, .threads = o.threads, .max_message_bytes = (int)o.max_message};
+    int port = server_setup(&sopts, methods, sizeof methods / sizeof methods[0], NULL, &svm);
     int rc = 0;
     if (port) {
         log_info("server_started", "listen=%s port=%d threads=%d data=%s shard=%lld shards=%u "

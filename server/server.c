@@ -1,5 +1,11 @@
-/* server.c: completion queues, threads, call dispatch and shutdown on the
- * gRPC core C API. See server.h for the threading model.
+/* server.c: listeners, completion queues, threads, call dispatch and
+ * shutdown on the gRPC core C API. See server.h for the threading model.
+ *
+ * Listeners: one gRPC server object serves every plane on --listen; with an
+ * admin listener (--admin-listen) a second server object serves the admin
+ * plane there and the first serves only the data plane, so the admin plane
+ * can be kept off the network that inference workers reach. PLANE_ANY
+ * methods (health) are served on both.
  *
  * Re-arming and shutdown race: a request posted to a queue that has been
  * shut down crashes gRPC, so every post happens under `arm_lock` after
@@ -17,28 +23,36 @@
 #include "log.h"
 #include "status.h"
 
+#define MAX_SERVERS 2
+
 struct method_slot {
     const method_def *def;
+    int srv;                     /* index of the server object */
     void *handle;                /* from grpc_server_register_method */
 };
 
 typedef struct worker {
     grpc_completion_queue *cq;
     pthread_t thread;
-    plane plane;
+    plane plane;                 /* PLANE_DATA or PLANE_ADMIN */
+    int srv;
 } worker;
 
 /* The shutdown notification is a tag like any call's. */
 typedef struct shutdown_tag {
     call_step step;
+    int srv;
 } shutdown_tag;
 
 static struct {
-    grpc_server *server;
+    grpc_server *server[MAX_SERVERS];
+    int nservers;
+    int admin_port;
     worker *workers;             /* data workers, then the admin worker */
     int nworkers;
     struct method_slot *slots;
     size_t nslots;
+    server_hooks hooks;
     server_metrics *m;
     server_metrics m_none;
     pthread_mutex_t arm_lock;
@@ -46,7 +60,7 @@ static struct {
     pthread_mutex_t done_lock;
     pthread_cond_t done_cond;
     int shutdown_done;
-    shutdown_tag stag;
+    shutdown_tag stag[MAX_SERVERS];
 } S = {.arm_lock = PTHREAD_MUTEX_INITIALIZER,
        .done_lock = PTHREAD_MUTEX_INITIALIZER,
        .done_cond = PTHREAD_COND_INITIALIZER};
@@ -73,19 +87,25 @@ static void call_free(server_call *c)
     free(c);
 }
 
+static int reads_payload(const method_def *d)
+{
+    return d->unary || d->server_streaming;
+}
+
 static void arm(worker *w, const struct method_slot *slot)
 {
     server_call *c = calloc(1, sizeof *c);
     c->step = on_new_call;
     c->slot = slot;
     c->details = grpc_empty_slice();
+    c->admin_listener = S.nservers > 1 && slot->srv == 1;
     grpc_metadata_array_init(&c->md);
     pthread_mutex_lock(&S.arm_lock);
     grpc_call_error e = GRPC_CALL_ERROR;
     if (!S.stopping)
         e = grpc_server_request_registered_call(
-            S.server, slot->handle, &c->call, &c->deadline, &c->md,
-            slot->def->unary ? &c->payload : NULL, w->cq, w->cq, c);
+            S.server[slot->srv], slot->handle, &c->call, &c->deadline, &c->md,
+            reads_payload(slot->def) ? &c->payload : NULL, w->cq, w->cq, c);
     pthread_mutex_unlock(&S.arm_lock);
     if (e != GRPC_CALL_OK) {
         c->call = NULL;
@@ -119,8 +139,13 @@ static void on_new_call(server_call *c, int ok)
     }
     __atomic_add_fetch(&S.m->calls_in_flight, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&S.m->calls_started, 1, __ATOMIC_RELAXED);
+    c->start_ns = now_ns();
     c->step = NULL;
-    if (c->slot->def->unary)
+    char msg[512] = "";
+    int code = S.hooks.admit ? S.hooks.admit(c, c->slot->def, msg, sizeof msg) : ES_OK;
+    if (code != ES_OK)
+        call_finish(c, code, msg, NULL);
+    else if (c->slot->def->unary)
         run_unary(c);
     else
         c->slot->def->stream(c);
@@ -136,7 +161,9 @@ void call_finish(server_call *c, int code, const char *msg, grpc_byte_buffer *re
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     size_t n = 0;
-    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (!c->sent_initial_md)
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    c->sent_initial_md = 1;
     if (code == 0 && reply) {
         c->reply = reply;
         ops[n].op = GRPC_OP_SEND_MESSAGE;
@@ -153,10 +180,30 @@ void call_finish(server_call *c, int code, const char *msg, grpc_byte_buffer *re
     ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     ops[n++].data.recv_close_on_server.cancelled = &c->cancelled;
     c->step = on_finished;
+    if (S.hooks.done)
+        S.hooks.done(c, c->slot->def, code, now_ns() - c->start_ns);
     if (grpc_call_start_batch(c->call, ops, n, c, NULL) != GRPC_CALL_OK) {
         log_error("start_batch_failed", "method=%s", c->slot->def->path);
         call_free(c);
     }
+}
+
+void call_send(server_call *c, grpc_byte_buffer *msg, call_step next)
+{
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    size_t n = 0;
+    if (!c->sent_initial_md)
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    c->sent_initial_md = 1;
+    if (c->reply)
+        grpc_byte_buffer_destroy(c->reply);
+    c->reply = msg;
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n++].data.send_message.send_message = msg;
+    c->step = next;
+    if (grpc_call_start_batch(c->call, ops, n, c, NULL) != GRPC_CALL_OK)
+        call_finish(c, ES_INTERNAL, "cannot send the next message", NULL);
 }
 
 void call_recv(server_call *c, call_step next)
@@ -174,6 +221,11 @@ void call_recv(server_call *c, call_step next)
         call_finish(c, ES_INTERNAL, "cannot receive the next message", NULL);
 }
 
+const method_def *call_method(const server_call *c)
+{
+    return c->slot->def;
+}
+
 int64_t call_ms_left(const server_call *c)
 {
     return ms_until(c->deadline);
@@ -185,7 +237,7 @@ static void *worker_main(void *arg)
 {
     worker *w = arg;
     for (const struct method_slot *s = S.slots; s < S.slots + S.nslots; s++)
-        if (s->def->plane == w->plane)
+        if (s->srv == w->srv && (s->def->plane == w->plane || s->def->plane == PLANE_ANY))
             for (int i = 0; i < s->def->preposted; i++)
                 arm(w, s);
     for (;;) {
@@ -208,53 +260,110 @@ static void *worker_main(void *arg)
 static void on_shutdown(server_call *c, int ok)
 {
     pthread_mutex_lock(&S.done_lock);
-    S.shutdown_done = 1;
+    S.shutdown_done++;
     pthread_cond_broadcast(&S.done_cond);
     pthread_mutex_unlock(&S.done_lock);
 }
 
-static int bind_port(const char *listen)
+/* ---- setup ---------------------------------------------------------------- */
+
+static int bind_port(int srv, const char *listen, grpc_server_credentials *creds)
 {
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    int port = grpc_server_add_http2_port(S.server, listen, creds);
+    if (!creds)
+        creds = grpc_insecure_server_credentials_create();
+    int port = grpc_server_add_http2_port(S.server[srv], listen, creds);
     grpc_server_credentials_release(creds);
     return port;
 }
 
-int server_setup(const server_options *o, const method_def *methods,
-                 size_t nmethods, server_metrics *metrics)
+static grpc_server *create_server(const server_options *o)
 {
-    S.m = metrics ? metrics : &S.m_none;
-    grpc_arg args[2];
+    grpc_arg args[3];
     message_size_args(args, o->max_message_bytes);
-    grpc_channel_args cargs = {2, args};
-    S.server = grpc_server_create(&cargs, NULL);
-    S.nworkers = o->threads + 1;
+    int n = 2;
+    if (o->max_streams_per_conn > 0) {
+        args[n].type = GRPC_ARG_INTEGER;
+        args[n].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
+        args[n++].value.integer = o->max_streams_per_conn;
+    }
+    grpc_channel_args cargs = {(size_t)n, args};
+    return grpc_server_create(&cargs, NULL);
+}
+
+/* Which server object serves a plane. */
+static int server_of(plane p)
+{
+    return p == PLANE_ADMIN && S.nservers > 1 ? 1 : 0;
+}
+
+static void make_workers(int threads)
+{
+    S.nworkers = threads + 1;
     S.workers = calloc((size_t)S.nworkers, sizeof *S.workers);
     for (int i = 0; i < S.nworkers; i++) {
-        S.workers[i].plane = i < o->threads ? PLANE_DATA : PLANE_ADMIN;
-        S.workers[i].cq = grpc_completion_queue_create_for_next(NULL);
-        grpc_server_register_completion_queue(S.server, S.workers[i].cq, NULL);
+        worker *w = &S.workers[i];
+        w->plane = i < threads ? PLANE_DATA : PLANE_ADMIN;
+        w->srv = server_of(w->plane);
+        w->cq = grpc_completion_queue_create_for_next(NULL);
+        grpc_server_register_completion_queue(S.server[w->srv], w->cq, NULL);
     }
-    S.slots = calloc(nmethods, sizeof *S.slots);
-    S.nslots = nmethods;
-    for (size_t i = 0; i < nmethods; i++) {
-        S.slots[i].def = &methods[i];
-        S.slots[i].handle = grpc_server_register_method(
-            S.server, methods[i].path, NULL,
-            methods[i].unary ? GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER
-                             : GRPC_SRM_PAYLOAD_NONE, 0);
+}
+
+static void add_slot(const method_def *d, int srv)
+{
+    struct method_slot *s = &S.slots[S.nslots++];
+    s->def = d;
+    s->srv = srv;
+    s->handle = grpc_server_register_method(
+        S.server[srv], d->path, NULL,
+        reads_payload(d) ? GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER : GRPC_SRM_PAYLOAD_NONE, 0);
+}
+
+static void register_methods(const method_def *methods, size_t n)
+{
+    S.slots = calloc(n * MAX_SERVERS, sizeof *S.slots);
+    for (size_t i = 0; i < n; i++) {
+        if (methods[i].plane == PLANE_ANY)
+            for (int srv = 0; srv < S.nservers; srv++)
+                add_slot(&methods[i], srv);
+        else
+            add_slot(&methods[i], server_of(methods[i].plane));
     }
-    int port = bind_port(o->listen);
+}
+
+int server_setup(const server_options *o, const method_def *methods, size_t nmethods,
+                 const server_hooks *hooks, server_metrics *metrics)
+{
+    S.m = metrics ? metrics : &S.m_none;
+    if (hooks)
+        S.hooks = *hooks;
+    S.nservers = o->admin_listen ? 2 : 1;
+    for (int i = 0; i < S.nservers; i++)
+        S.server[i] = create_server(o);
+    make_workers(o->threads);
+    register_methods(methods, nmethods);
+    int port = bind_port(0, o->listen, o->creds);
     if (port == 0) {
         log_error("listen_failed", "listen=%s", o->listen);
         return 0;
     }
-    grpc_server_start(S.server);
+    if (o->admin_listen && !(S.admin_port = bind_port(1, o->admin_listen, o->admin_creds))) {
+        log_error("listen_failed", "admin_listen=%s", o->admin_listen);
+        return 0;
+    }
+    for (int i = 0; i < S.nservers; i++)
+        grpc_server_start(S.server[i]);
     for (int i = 0; i < S.nworkers; i++)
         pthread_create(&S.workers[i].thread, NULL, worker_main, &S.workers[i]);
     return port;
 }
+
+int server_admin_port(void)
+{
+    return S.admin_port;
+}
+
+/* ---- teardown ------------------------------------------------------------- */
 
 static int wait_shutdown(int64_t ms)
 {
@@ -267,30 +376,45 @@ static int wait_shutdown(int64_t ms)
         ts.tv_nsec -= 1000000000;
     }
     pthread_mutex_lock(&S.done_lock);
-    while (!S.shutdown_done)
+    while (S.shutdown_done < S.nservers)
         if (pthread_cond_timedwait(&S.done_cond, &S.done_lock, &ts) != 0)
             break;
-    int done = S.shutdown_done;
+    int done = S.shutdown_done == S.nservers;
     pthread_mutex_unlock(&S.done_lock);
     return done;
 }
 
+/* A worker queue registered with server `srv`, for its shutdown tag. */
+static grpc_completion_queue *queue_of(int srv)
+{
+    for (int i = 0; i < S.nworkers; i++)
+        if (S.workers[i].srv == srv)
+            return S.workers[i].cq;
+    return NULL;
+}
+
 void server_teardown(int64_t grace_ms)
 {
-    if (!S.server)
+    if (!S.server[0])
         return;
     pthread_mutex_lock(&S.arm_lock);
     S.stopping = 1;
     pthread_mutex_unlock(&S.arm_lock);
-    S.stag.step = on_shutdown;
-    grpc_server_shutdown_and_notify(S.server, S.workers[S.nworkers - 1].cq, &S.stag);
+    for (int i = 0; i < S.nservers; i++) {
+        S.stag[i].step = on_shutdown;
+        S.stag[i].srv = i;
+        grpc_server_shutdown_and_notify(S.server[i], queue_of(i), &S.stag[i]);
+    }
     if (!wait_shutdown(grace_ms)) {
         log_warn("shutdown_cancel_calls", "grace_ms=%lld", (long long)grace_ms);
-        grpc_server_cancel_all_calls(S.server);
+        for (int i = 0; i < S.nservers; i++)
+            grpc_server_cancel_all_calls(S.server[i]);
         wait_shutdown(INT32_MAX);
     }
-    grpc_server_destroy(S.server);
-    S.server = NULL;
+    for (int i = 0; i < S.nservers; i++) {
+        grpc_server_destroy(S.server[i]);
+        S.server[i] = NULL;
+    }
     for (int i = 0; i < S.nworkers; i++)
         grpc_completion_queue_shutdown(S.workers[i].cq);
     for (int i = 0; i < S.nworkers; i++) {

@@ -28,7 +28,8 @@ typedef int (*unary_handler)(server_call *c, grpc_byte_buffer *req,
  * with call_recv and ends it with call_finish. */
 typedef void (*stream_handler)(server_call *c);
 
-typedef enum { PLANE_DATA, PLANE_ADMIN } plane;
+/* PLANE_ANY methods (grpc.health.v1) are served on every listener. */
+typedef enum { PLANE_DATA, PLANE_ADMIN, PLANE_ANY } plane;
 
 typedef struct method_def {
     const char *path;            /* "/engram.v1.Lookup/Lookup" */
@@ -36,6 +37,7 @@ typedef struct method_def {
     unary_handler unary;         /* exactly one of unary/stream */
     stream_handler stream;
     int preposted;               /* requests kept armed per queue */
+    int server_streaming;        /* replies with call_send, ends with call_finish */
 } method_def;
 
 struct server_call {
@@ -48,15 +50,33 @@ struct server_call {
     grpc_byte_buffer *reply;
     grpc_slice details;
     int cancelled;               /* RECV_CLOSE_ON_SERVER's answer */
+    int sent_initial_md;
+    int admin_listener;          /* arrived on the admin-only listener */
+    uint64_t start_ns;
     void *state;                 /* per-method state of a streaming call */
     void (*state_free)(void *);  /* called when the call ends */
 };
 
 typedef struct server_options {
     const char *listen;          /* host:port; port 0 picks a free one */
+    /* When set, the admin plane is served only here (for example on
+     * loopback) and the main listener serves only the data plane. */
+    const char *admin_listen;
     int threads;                 /* data-plane workers */
     int max_message_bytes;
+    int max_streams_per_conn;    /* concurrent calls per connection; 0: gRPC's */
+    /* Transport credentials of each listener (taken); NULL: plaintext. */
+    grpc_server_credentials *creds;
+    grpc_server_credentials *admin_creds;
 } server_options;
+
+/* Called for every call before its handler runs (admission: drain, auth,
+ * limits): ES_OK lets it run, anything else is answered with msg. And when
+ * a call ends, with its status and duration. Either may be NULL. */
+typedef struct server_hooks {
+    int (*admit)(server_call *c, const method_def *m, char *msg, size_t msglen);
+    void (*done)(server_call *c, const method_def *m, int code, uint64_t duration_ns);
+} server_hooks;
 
 typedef struct server_metrics {
     uint64_t calls_started;
@@ -67,7 +87,9 @@ typedef struct server_metrics {
 /* Creates and starts the server; returns the bound port, or 0 on failure
  * (with a log line). */
 int server_setup(const server_options *opts, const method_def *methods,
-                 size_t nmethods, server_metrics *metrics);
+                 size_t nmethods, const server_hooks *hooks, server_metrics *metrics);
+/* The admin listener's bound port (0 when there is none). */
+int server_admin_port(void);
 /* Graceful stop, in the order gRPC core requires: stop re-arming, shut down
  * and wait (cancelling calls still running after grace_ms), destroy the
  * server, shut down and drain every queue, join the threads. */
@@ -79,6 +101,12 @@ void call_recv(server_call *c, call_step next);
 /* Sends the final status (and `reply` when code is ES_OK) in one batch and
  * frees the call when done. Takes ownership of reply. */
 void call_finish(server_call *c, int code, const char *msg, grpc_byte_buffer *reply);
+/* Sends one message of a server-streaming reply (initial metadata with the
+ * first); `next` runs when it is sent (ok = 0: the client went away).
+ * Takes ownership of msg. */
+void call_send(server_call *c, grpc_byte_buffer *msg, call_step next);
+/* The method a call is for. */
+const method_def *call_method(const server_call *c);
 /* Milliseconds left before the call's deadline. */
 int64_t call_ms_left(const server_call *c);
 
