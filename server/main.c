@@ -14,6 +14,7 @@
 
 #include "admin.h"
 #include "cluster.h"
+#include "hooks.h"
 #include "import.h"
 #include "log.h"
 #include "lookup.h"
@@ -261,7 +262,7 @@ int main(int argc, char **argv)
     };
     static server_metrics svm;
     server_options sopts = {.listen = o.listen, .threads = o.threads, .max_message_bytes = (int)o.max_message};
-    int port = server_setup(&sopts, methods, sizeof methods / sizeof methods[0], NULL, &svm);
+    int port = server_setup(&sopts, methods, sizeof methods / sizeof methods[0], hooks_get(), &svm);
     int rc = 0;
     if (port) {
         log_info("server_started", "listen=%s port=%d threads=%d data=%s shard=%lld shards=%u "
