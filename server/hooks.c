@@ -3,6 +3,8 @@
  * afterwards, so the call path takes no lock. */
 #include "hooks.h"
 
+#include <stdint.h>
+
 #include "status.h"
 
 #define MAX_HOOKS 8
@@ -10,6 +12,7 @@
 static admit_fn admits[MAX_HOOKS];
 static done_fn dones[MAX_HOOKS];
 static int nadmits, ndones;
+static uint64_t refused[17];
 
 void hooks_add_admit(admit_fn fn)
 {
@@ -32,8 +35,11 @@ static int admit_all(server_call *c, const method_def *m, char *msg, size_t msgl
 {
     for (int i = 0; i < nadmits; i++) {
         int code = admits[i](c, m, msg, msglen);
-        if (code != ES_OK)
+        if (code != ES_OK) {
+            if (code > 0 && code < 17)
+                __atomic_add_fetch(&refused[code], 1, __ATOMIC_RELAXED);
             return code;
+        }
     }
     return ES_OK;
 }
@@ -42,6 +48,11 @@ static void done_all(server_call *c, const method_def *m, int code, uint64_t dur
 {
     for (int i = 0; i < ndones; i++)
         dones[i](c, m, code, duration_ns);
+}
+
+uint64_t hooks_refusals(int code)
+{
+    return code > 0 && code < 17 ? __atomic_load_n(&refused[code], __ATOMIC_RELAXED) : 0;
 }
 
 const server_hooks *hooks_get(void)

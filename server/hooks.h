@@ -18,6 +18,9 @@ void hooks_add_admit(admit_fn fn);
 void hooks_add_done(done_fn fn);
 void hooks_reset(void);
 
+/* Calls refused at admission, by status code (counted here, for Stats). */
+uint64_t hooks_refusals(int code);
+
 /* The server_hooks to pass to server_setup. */
 const server_hooks *hooks_get(void);
 

@@ -136,10 +136,16 @@ static int lookup_request(Engram__V1__LookupRequest *rq, grpc_byte_buffer **repl
     return code;
 }
 
+uint64_t lookup_in_flight(void)
+{
+    return __atomic_load_n(&L.m->in_flight, __ATOMIC_ACQUIRE);
+}
+
 int lookup_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                   char *msg, size_t msglen)
 {
     __atomic_add_fetch(&L.m->calls, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&L.m->in_flight, 1, __ATOMIC_ACQ_REL);
     Engram__V1__LookupRequest *rq = (Engram__V1__LookupRequest *)pb_from_byte_buffer(
         &engram__v1__lookup_request__descriptor, req);
     int code;
@@ -152,5 +158,6 @@ int lookup_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **repl
     }
     if (code != ES_OK)
         __atomic_add_fetch(&L.m->errors, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&L.m->in_flight, 1, __ATOMIC_ACQ_REL);
     return code;
 }
