@@ -15,6 +15,7 @@
 
 #include "engram/v1/engram.pb-c.h"
 #include "log.h"
+#include "stats.h"
 #include "status.h"
 #include "grpc_util.h"
 #include "wire.h"
@@ -89,6 +90,13 @@ static int validate(Engram__V1__LookupRequest *rq, const table_version *tv,
     return L.shards == 1 ? ES_OK : to_local(rq->rows, rq->n_rows, msg, msglen);
 }
 
+/* What stats.c is told about a lookup of a table the server knows. */
+typedef struct outcome {
+    int known;                   /* the table exists (maybe not the version) */
+    uint64_t bytes;
+    uint64_t tier_rows[STATS_TIERS];
+} outcome;
+
 static int gather(const Engram__V1__LookupRequest *rq, table_version *tv,
                   grpc_byte_buffer **reply, char *msg, size_t msglen)
 {
@@ -112,7 +120,7 @@ static int gather(const Engram__V1__LookupRequest *rq, table_version *tv,
 }
 
 static int lookup_request(Engram__V1__LookupRequest *rq, grpc_byte_buffer **reply,
-                          char *msg, size_t msglen)
+                          outcome *oc, char *msg, size_t msglen)
 {
     if (!rq->table || !*rq->table) {
         snprintf(msg, msglen, "table name is empty");
@@ -123,6 +131,7 @@ static int lookup_request(Engram__V1__LookupRequest *rq, grpc_byte_buffer **repl
         snprintf(msg, msglen, "table \"%.128s\" has no version %llu on this server (active: %llu)",
                  rq->table, (unsigned long long)rq->version, (unsigned long long)tv->version);
         table_version_release(tv);
+        oc->known = 1;
         return ES_NOT_FOUND;
     }
     if (!tv) {
@@ -132,6 +141,12 @@ static int lookup_request(Engram__V1__LookupRequest *rq, grpc_byte_buffer **repl
     int code = validate(rq, tv, msg, msglen);
     if (code == ES_OK)
         code = gather(rq, tv, reply, msg, msglen);
+    oc->known = 1;
+    if (code == ES_OK) {
+        /* Until a hot-row cache exists a version is served by one tier. */
+        oc->bytes = (uint64_t)rq->n_rows * tv->row_bytes;
+        oc->tier_rows[tv->resident ? STATS_TIER_RESIDENT : STATS_TIER_ROCKSDB] = rq->n_rows;
+    }
     table_version_release(tv);
     return code;
 }
@@ -153,7 +168,10 @@ int lookup_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **repl
         snprintf(msg, msglen, "malformed LookupRequest: not a valid engram.v1.LookupRequest message");
         code = ES_INVALID_ARGUMENT;
     } else {
-        code = lookup_request(rq, reply, msg, msglen);
+        outcome oc = {0};
+        code = lookup_request(rq, reply, &oc, msg, msglen);
+        if (oc.known)
+            stats_lookup(rq->table, code, oc.bytes, oc.tier_rows, c ? now_ns() - c->start_ns : 0);
         protobuf_c_message_free_unpacked(&rq->base, NULL);
     }
     if (code != ES_OK)

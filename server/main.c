@@ -19,7 +19,9 @@
 #include "log.h"
 #include "lookup.h"
 #include "manifests.h"
+#include "metrics_http.h"
 #include "server.h"
+#include "stats.h"
 #include "store.h"
 
 typedef struct options {
@@ -37,7 +39,11 @@ typedef struct options {
     const char *cluster;
     int64_t shard;
     uint64_t keep_versions;
+    const char *metrics_listen;
 } options;
+
+/* --metrics-listen: long-only, numbered clear of the other modules' options. */
+enum { OPT_METRICS_LISTEN = 400 };
 
 static void usage(FILE *f)
 {
@@ -59,6 +65,8 @@ static void usage(FILE *f)
 "                           (JSON; it stores only rows r with r %% S == I)\n"
 "  --keep-versions N        activated versions kept per table, default 2\n"
 "  --port-file FILE         write the bound port to FILE once serving\n"
+"  --metrics-listen HOST:PORT\n"
+"                           serve Prometheus metrics at http://HOST:PORT/metrics\n"
 "  --log-level LEVEL        debug, info, warn, error; default info\n"
 "  --log-file FILE          append logs to FILE instead of stderr\n"
 "  --help                   this text\n"
@@ -123,6 +131,7 @@ static void parse_args(int argc, char **argv, options *o)
         {"grace-ms", 1, 0, 'g'}, {"port-file", 1, 0, 'p'},
         {"log-level", 1, 0, 'L'}, {"log-file", 1, 0, 'F'}, {"help", 0, 0, 'h'},
         {"cluster", 1, 0, 'C'}, {"shard", 1, 0, 'S'}, {"keep-versions", 1, 0, 'K'},
+        {"metrics-listen", 1, 0, OPT_METRICS_LISTEN},
         {0, 0, 0, 0}};
     defaults(o);
     int ch;
@@ -161,6 +170,7 @@ static void parse_args(int argc, char **argv, options *o)
             if (parse_u64(optarg, &o->keep_versions, 0) || o->keep_versions < 2 ||
                 o->keep_versions > STORE_MAX_VERSIONS - 2) bad_value(name, optarg);
             break;
+        case OPT_METRICS_LISTEN: o->metrics_listen = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -259,10 +269,22 @@ int main(int argc, char **argv)
         {"/engram.v1.Admin/ActivateVersion", PLANE_ADMIN, admin_activate_version, NULL, 2},
         {"/engram.v1.Admin/DropVersion", PLANE_ADMIN, admin_drop_version, NULL, 1},
         {"/engram.v1.Admin/GetClusterMap", PLANE_ADMIN, admin_get_cluster_map, NULL, 4},
+        {"/engram.v1.Admin/Stats", PLANE_ADMIN, stats_handle, NULL, 2},
+        {"/engram.v1.Admin/SetLogLevel", PLANE_ADMIN, stats_set_log_level, NULL, 1},
     };
     static server_metrics svm;
     server_options sopts = {.listen = o.listen, .threads = o.threads, .max_message_bytes = (int)o.max_message};
-    int port = server_setup(&sopts, methods, sizeof methods / sizeof methods[0], hooks_get(), &svm);
+    /* Stats count from the first call; a metrics address that cannot be
+     * bound stops the start (exit 2) rather than leaving it unscraped. */
+    stats_options sto = {st, &sm, &svm};
+    stats_setup(&sto);
+    hooks_add_done(stats_done);
+    char merr[512];
+    int metrics_ok = !o.metrics_listen || metrics_http_setup(o.metrics_listen, merr, sizeof merr);
+    if (!metrics_ok)
+        fprintf(stderr, "engram-server: --metrics-listen: %s\n", merr);
+    int port = metrics_ok ? server_setup(&sopts, methods, sizeof methods / sizeof methods[0],
+                                         hooks_get(), &svm) : 0;
     int rc = 0;
     if (port) {
         log_info("server_started", "listen=%s port=%d threads=%d data=%s shard=%lld shards=%u "
@@ -278,10 +300,14 @@ int main(int argc, char **argv)
     } else {
         rc = 1;
     }
+    if (!metrics_ok)
+        rc = 2;
     server_teardown(o.grace_ms);
     import_teardown();
     manifests_teardown();
     admin_teardown();
+    metrics_http_teardown();
+    stats_teardown();
     lookup_teardown();
     store_teardown(st);
     grpc_shutdown();

@@ -103,6 +103,17 @@ size_t store_versions(store *s, const char *name, table_version ***out);
 int store_read_rows(table_version *tv, const uint64_t *local, size_t n,
                     uint8_t *out, char *msg, size_t msglen);
 
+/* RocksDB's own figures (DB-wide statistics are enabled at open): the
+ * block cache's bytes, and tickers since start. For Stats and /metrics. */
+typedef struct store_rocksdb_stats {
+    uint64_t block_cache_usage, block_cache_capacity;
+    uint64_t block_cache_hits, block_cache_misses;  /* rocksdb.block.cache.hit/.miss */
+    uint64_t bytes_read;                            /* rocksdb.bytes.read */
+    uint64_t get_calls;                             /* rocksdb.number.keys.read */
+    uint64_t multiget_calls;                        /* rocksdb.number.multiget.get */
+} store_rocksdb_stats;
+void store_rocksdb_stats_read(store *s, store_rocksdb_stats *out);
+
 /* ---- documents ---------------------------------------------------------- */
 
 /* Small named documents kept in the metadata family under a one-byte kind
