@@ -145,6 +145,10 @@ static void register_methods(engram_client *cl)
         cl->channel, "/engram.v1.Admin/DropVersion", NULL, NULL);
     cl->m_cluster_map = grpc_channel_register_call(
         cl->channel, "/engram.v1.Admin/GetClusterMap", NULL, NULL);
+    cl->m_stats = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/Stats", NULL, NULL);
+    cl->m_set_log_level = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/SetLogLevel", NULL, NULL);
 }
 
 static int check_open_args(const char *address,

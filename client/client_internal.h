@@ -43,6 +43,8 @@ struct engram_client {
     void *m_activate;
     void *m_drop_version;
     void *m_cluster_map;
+    void *m_stats;
+    void *m_set_log_level;
     int64_t deadline_ms;
     int32_t max_message_bytes;
     int64_t max_prefetch_tokens;

@@ -481,7 +481,9 @@ void store_rocksdb_stats_read(store *s, store_rocksdb_stats *out)
         return;
     out->block_cache_hits = ticker(dump, "rocksdb.block.cache.hit");
     out->block_cache_misses = ticker(dump, "rocksdb.block.cache.miss");
-    out->bytes_read = ticker(dump, "rocksdb.bytes.read");
+    /* Get's bytes and MultiGet's are separate tickers; lookups use both. */
+    out->bytes_read = ticker(dump, "rocksdb.bytes.read") +
+                      ticker(dump, "rocksdb.number.multiget.bytes.read");
     out->get_calls = ticker(dump, "rocksdb.number.keys.read");
     out->multiget_calls = ticker(dump, "rocksdb.number.multiget.get");
     rocksdb_free(dump);

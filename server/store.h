@@ -108,7 +108,7 @@ int store_read_rows(table_version *tv, const uint64_t *local, size_t n,
 typedef struct store_rocksdb_stats {
     uint64_t block_cache_usage, block_cache_capacity;
     uint64_t block_cache_hits, block_cache_misses;  /* rocksdb.block.cache.hit/.miss */
-    uint64_t bytes_read;                            /* rocksdb.bytes.read */
+    uint64_t bytes_read;                            /* rocksdb.bytes.read + multiget's */
     uint64_t get_calls;                             /* rocksdb.number.keys.read */
     uint64_t multiget_calls;                        /* rocksdb.number.multiget.get */
 } store_rocksdb_stats;

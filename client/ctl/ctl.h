@@ -59,6 +59,9 @@ int cmd_put_manifest(engram_client *cl, int argc, char **argv);
 int cmd_manifests(engram_client *cl, int argc, char **argv);
 int cmd_manifest(engram_client *cl, int argc, char **argv);
 int cmd_prefetch(engram_client *cl, int argc, char **argv);
+/* Statistics and log level (stats.c). */
+int cmd_stats(engram_client *cl, int argc, char **argv);
+int cmd_log_level(engram_client *cl, int argc, char **argv);
 
 /* Commands that need no server (cl is NULL). */
 int cmd_hash(engram_client *cl, int argc, char **argv);

@@ -35,6 +35,12 @@ static const char usage_text[] =
     "  verify-synthetic --table NAME --seed S [--samples K] [--rng-seed R]\n"
     "                                       check rows against the rule\n"
     "\n"
+    "statistics:\n"
+    "  stats [--json] [--watch SECONDS]     the server's statistics; --watch\n"
+    "                                       repeats every SECONDS until ^C\n"
+    "  log-level LEVEL                      set the server's log level\n"
+    "                                       (debug, info, warn, error)\n"
+    "\n"
     "models:\n"
     "  put-manifest FILE.json               store a model manifest\n"
     "  manifests                            list manifests\n"
@@ -64,6 +70,8 @@ static ctl_cmd find_cmd(const char *name, int *local)
         {"manifests", cmd_manifests, 0},
         {"manifest", cmd_manifest, 0},
         {"prefetch", cmd_prefetch, 0},
+        {"stats", cmd_stats, 0},
+        {"log-level", cmd_log_level, 0},
         {"hash", cmd_hash, 1},
         {"compress-vocab", cmd_compress_vocab, 1},
     };

@@ -201,6 +201,25 @@ int engram_table_list(engram_client *client, engram_table_info **out,
 /* Frees memory the library handed to the caller. NULL is a no-op. */
 void engram_free(void *p);
 
+/* ---- operations: statistics and log level -------------------------------- */
+
+/* The server's Admin.Stats as one JSON object whose keys are the proto
+ * field names of engram.v1.StatsResponse (uptime_ms, build_version,
+ * in_flight, rpcs, tables, rocksdb, memory, refusals, draining,
+ * shard_index, shard_count; rpcs[].window / .total are LatencySummary
+ * objects with count, p50_ms, ..., max_ms). Nested messages are objects,
+ * repeated fields arrays (empty when none), counters JSON integers, every
+ * field present even at its default. On success *json is a NUL-terminated
+ * string the caller frees with engram_free. Thread-safe. */
+int engram_stats_json(engram_client *client, char **json, engram_error *err);
+
+/* Sets the server's log level: "debug", "info", "warn" or "error" (another
+ * name is the server's ENGRAM_INVALID_ARGUMENT naming it). On success the
+ * level it replaced is copied into previous (prev_cap bytes, truncated and
+ * NUL-terminated; previous may be NULL when prev_cap is 0). Thread-safe. */
+int engram_set_log_level(engram_client *client, const char *level, char *previous,
+                         size_t prev_cap, engram_error *err);
+
 /* ---- lookup ------------------------------------------------------------ */
 
 /* Synchronous lookup: copies rows rows[0..n) of `table` into out, back to

@@ -1,0 +1,459 @@
+#!/usr/bin/python3
+"""Admin.Stats, /metrics and SetLogLevel against a real engram-server.
+
+One server (--metrics-listen on a free loopback port, a 64 KiB resident
+budget) gets two tables: "res" fits the budget and is served from RAM,
+"disk" does not and is served by RocksDB. A scripted workload of lookups,
+spoken on the wire with grpcio so exactly these calls are made:
+
+    5 x 7 rows of res          OK
+    1 x res row 100            OUT_OF_RANGE (res has 100 rows)
+    1 x res version 99         NOT_FOUND (the table exists, the version not)
+    2 x table "nope"           NOT_FOUND (unknown: counted per method only)
+    3 x 10 rows of disk        OK
+
+must move the counters by exactly that, in `engramctl stats --json` (the
+libengram JSON document) and in the Prometheus exposition, which is parsed
+strictly: every sample line `name{labels} value`, every family declared by
+HELP and TYPE before its samples and its samples contiguous, histogram
+buckets cumulative and ending with le="+Inf" equal to _count. Also: the
+readable `stats`, `stats --watch`, `log-level` round trips and a bad level,
+usage errors, and a metrics address already taken (exit 2).
+
+usage: stats_test.py --server-bin PATH --engramctl PATH --pydir DIR --version V
+"""
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+import grpc
+
+ARGS = None
+ROW_BYTES = 64
+LOOKUP = "/engram.v1.Lookup/Lookup"
+
+SAMPLE_RE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*)\})? '
+    r'(\S+)$')
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
+TYPES = {"counter", "gauge", "histogram", "summary", "untyped"}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unescape(v):
+    return re.sub(r'\\(.)', lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), v)
+
+
+def parse_exposition(text):
+    """Strict text format 0.0.4 parse. Returns {family: {"type", "help",
+    "samples": [(name, labels dict, float)]}}; raises AssertionError."""
+    families, current = {}, None
+    assert text.endswith("\n"), "exposition does not end with a newline"
+    for n, line in enumerate(text.split("\n")[:-1], 1):
+        where = "line %d: %r" % (n, line)
+        if line.startswith("# HELP "):
+            name = line.split(" ", 3)[2]
+            assert name not in families, "family declared twice: " + where
+            families[name] = {"help": line.split(" ", 3)[3], "type": None, "samples": []}
+            current = name
+            continue
+        if line.startswith("# TYPE "):
+            parts = line.split(" ")
+            assert len(parts) == 4 and parts[3] in TYPES, "bad TYPE: " + where
+            assert parts[2] == current and families[current]["type"] is None, \
+                "TYPE without its HELP just before: " + where
+            families[current]["type"] = parts[3]
+            continue
+        assert not line.startswith("#"), "stray comment: " + where
+        m = SAMPLE_RE.match(line)
+        assert m, "not `name{labels} value`: " + where
+        name, labels_text, value = m.groups()
+        labels = {}
+        if labels_text:
+            for lm in LABEL_RE.finditer(labels_text):
+                assert lm.group(1) not in labels, "repeated label: " + where
+                labels[lm.group(1)] = unescape(lm.group(2))
+        v = float(value)  # accepts +Inf/NaN spellings too; ours are plain
+        assert current is not None and families[current]["type"], "sample before TYPE: " + where
+        ftype = families[current]["type"]
+        allowed = {current}
+        if ftype == "histogram":
+            allowed = {current + "_bucket", current + "_sum", current + "_count"}
+        assert name in allowed, "sample %s outside its family %s: %s" % (name, current, where)
+        families[current]["samples"].append((name, labels, v))
+    for name, f in families.items():
+        assert f["type"], "family without TYPE: " + name
+        if f["type"] == "histogram":
+            check_histogram(name, f["samples"])
+    return families
+
+
+def check_histogram(name, samples):
+    series = {}
+    for sname, labels, v in samples:
+        key = tuple(sorted((k, x) for k, x in labels.items() if k != "le"))
+        s = series.setdefault(key, {"buckets": [], "sum": None, "count": None})
+        if sname.endswith("_bucket"):
+            assert "le" in labels, "%s bucket without le" % name
+            s["buckets"].append((labels["le"], v))
+        elif sname.endswith("_sum"):
+            s["sum"] = v
+        else:
+            s["count"] = v
+    for key, s in series.items():
+        b = s["buckets"]
+        assert b and b[-1][0] == "+Inf", "%s%s: buckets do not end with +Inf" % (name, key)
+        les = [float(le) for le, _ in b]
+        assert les == sorted(les) and len(set(les)) == len(les), "%s%s: le not ascending" % (name, key)
+        counts = [v for _, v in b]
+        assert counts == sorted(counts), "%s%s: buckets not cumulative" % (name, key)
+        assert s["count"] == counts[-1], "%s%s: +Inf %s != _count %s" % (name, key, counts[-1], s["count"])
+        assert s["sum"] is not None and s["sum"] >= 0, "%s%s: no _sum" % (name, key)
+
+
+def value(families, family, sample=None, **labels):
+    matches = [v for n, l, v in families[family]["samples"]
+               if (sample or family) == n and l == labels]
+    assert len(matches) == 1, "%s %s: %d samples" % (sample or family, labels, len(matches))
+    return matches[0]
+
+
+class StatsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        sys.path.insert(0, ARGS.pydir)
+        from engram.v1 import engram_pb2
+        cls.pb = engram_pb2
+        cls.tmp = tempfile.mkdtemp(prefix="engram-stats-")
+        cls.metrics_port = free_port()
+        cls.proc, cls.port = cls.start_server("data", cls.metrics_port)
+        cls.addr = "127.0.0.1:%d" % cls.port
+        cls.ctl("import-synthetic", "--table", "res", "--rows", "100", "--row-bytes", "64",
+                "--seed", "1")
+        cls.ctl("import-synthetic", "--table", "disk", "--rows", "2000", "--row-bytes", "64",
+                "--seed", "2")
+        cls.channel = grpc.insecure_channel(cls.addr)
+        cls.lookup_rpc = cls.channel.unary_unary(
+            LOOKUP, request_serializer=cls.pb.LookupRequest.SerializeToString,
+            response_deserializer=cls.pb.LookupResponse.FromString)
+        cls.stats_rpc = cls.channel.unary_unary(
+            "/engram.v1.Admin/Stats", request_serializer=cls.pb.StatsRequest.SerializeToString,
+            response_deserializer=cls.pb.StatsResponse.FromString)
+        cls.before = cls.stats_json()
+        cls.workload()
+
+    @classmethod
+    def start_server(cls, name, metrics_port, expect_fail=False):
+        port_file = os.path.join(cls.tmp, name + ".port")
+        log = open(os.path.join(cls.tmp, name + ".log"), "w")
+        proc = subprocess.Popen(
+            [ARGS.server_bin, "--data", os.path.join(cls.tmp, name), "--listen", "127.0.0.1:0",
+             "--port-file", port_file, "--threads", "2", "--resident-budget", "64K",
+             "--block-cache", "8M", "--metrics-listen", "127.0.0.1:%d" % metrics_port],
+            stdout=log, stderr=subprocess.PIPE if expect_fail else log, text=True)
+        log.close()  # the server holds its own descriptor
+        if expect_fail:
+            return proc, None
+        deadline = time.time() + 20
+        while not os.path.exists(port_file):
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("engram-server did not start; see " + log.name)
+            time.sleep(0.05)
+        with open(port_file) as f:
+            return proc, int(f.read())
+
+    @classmethod
+    def ctl(cls, *args, rc=0):
+        r = subprocess.run([ARGS.engramctl, "--server", cls.addr] + list(args),
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != rc:
+            raise AssertionError("engramctl %s: rc %d (want %d)\nstdout: %s\nstderr: %s"
+                                 % (" ".join(args), r.returncode, rc, r.stdout, r.stderr))
+        return r
+
+    @classmethod
+    def stats_json(cls):
+        return json.loads(cls.ctl("stats", "--json").stdout)
+
+    @classmethod
+    def lookup(cls, table, rows, version=0, code=grpc.StatusCode.OK):
+        try:
+            r = cls.lookup_rpc(cls.pb.LookupRequest(table=table, rows=rows, version=version),
+                               timeout=10)
+        except grpc.RpcError as e:
+            assert e.code() == code, "%s %s: %s %s" % (table, rows, e.code(), e.details())
+            return
+        assert code == grpc.StatusCode.OK and len(r.data) == len(rows) * ROW_BYTES
+
+    @classmethod
+    def workload(cls):
+        for i in range(5):
+            cls.lookup("res", [i, 10 + i, 20, 30, 40, 50, 99])
+        cls.lookup("res", [100], code=grpc.StatusCode.OUT_OF_RANGE)
+        cls.lookup("res", [1], version=99, code=grpc.StatusCode.NOT_FOUND)
+        for _ in range(2):
+            cls.lookup("nope", [1], code=grpc.StatusCode.NOT_FOUND)
+        for i in range(3):
+            cls.lookup("disk", list(range(i * 100, i * 100 + 10)))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        cls.proc.send_signal(signal.SIGTERM)
+        rc = cls.proc.wait(timeout=30)
+        shutil.rmtree(cls.tmp)
+        if rc != 0:
+            raise RuntimeError("engram-server exited with %d" % rc)
+
+    def metrics(self):
+        url = "http://127.0.0.1:%d/metrics" % self.metrics_port
+        with urllib.request.urlopen(url, timeout=10) as r:
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.headers["Content-Type"], "text/plain; version=0.0.4; charset=utf-8")
+            return parse_exposition(r.read().decode("utf-8"))
+
+    # ---- Stats -------------------------------------------------------------
+
+    def test_stats_before_workload(self):
+        b = self.before
+        self.assertEqual(b["tables"], [])
+        self.assertNotIn(LOOKUP, [r["method"] for r in b["rpcs"]])
+        self.assertEqual(b["memory"]["resident_tier_bytes"], 100 * ROW_BYTES)
+        self.assertEqual(b["memory"]["resident_tier_budget"], 64 * 1024)
+
+    def test_stats_tables(self):
+        s = self.stats_json()
+        tables = {t["table"]: t for t in s["tables"]}
+        self.assertEqual(sorted(tables), ["disk", "res"])  # "nope" is no table
+        res, disk = tables["res"], tables["disk"]
+        self.assertEqual((res["calls"], res["rows"], res["bytes"]), (7, 35, 35 * ROW_BYTES))
+        self.assertEqual((res["rows_resident"], res["rows_hot"], res["rows_rocksdb"]), (35, 0, 0))
+        self.assertEqual(res["errors"], [{"code": "NOT_FOUND", "count": 1},
+                                         {"code": "OUT_OF_RANGE", "count": 1}])
+        self.assertEqual((disk["calls"], disk["rows"], disk["bytes"]), (3, 30, 30 * ROW_BYTES))
+        self.assertEqual((disk["rows_resident"], disk["rows_hot"], disk["rows_rocksdb"]), (0, 0, 30))
+        self.assertEqual(disk["errors"], [])
+        for t, calls in ((res, 7), (disk, 3)):
+            for w in ("window", "total"):
+                lat = t[w]
+                self.assertEqual(lat["count"], calls)
+                self.assertTrue(0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+                                <= lat["p999_ms"] <= lat["max_ms"], lat)
+
+    def test_stats_rpcs(self):
+        s = self.stats_json()
+        rpcs = {r["method"]: r for r in s["rpcs"]}
+        lk = rpcs[LOOKUP]
+        self.assertEqual(lk["calls"], 12)
+        self.assertEqual(lk["errors"], [{"code": "NOT_FOUND", "count": 3},
+                                        {"code": "OUT_OF_RANGE", "count": 1}])
+        self.assertEqual((lk["rows"], lk["bytes"]), (65, 65 * ROW_BYTES))
+        self.assertEqual(lk["total"]["count"], 12)
+        self.assertEqual(lk["window"]["count"], 12)
+        self.assertEqual(rpcs["/engram.v1.Admin/Import"]["calls"], 2)
+        # Every stats --json before this one finished before it started.
+        self.assertGreaterEqual(rpcs["/engram.v1.Admin/Stats"]["calls"], 1)
+
+    def test_stats_process(self):
+        s = self.stats_json()
+        self.assertEqual(s["build_version"], ARGS.version)
+        self.assertGreater(s["uptime_ms"], 0)
+        self.assertGreaterEqual(s["in_flight"], 1)  # this Stats call itself
+        self.assertIs(s["draining"], False)
+        self.assertEqual((s["shard_index"], s["shard_count"]), (0, 1))
+        self.assertEqual(s["refusals"], [])
+        self.assertEqual(s["memory"]["resident_tier_bytes"], 100 * ROW_BYTES)
+        self.assertEqual(s["memory"]["resident_tier_budget"], 64 * 1024)
+        rk = s["rocksdb"]
+        self.assertEqual(rk["block_cache_capacity"], 8 << 20)
+        self.assertEqual(rk["multiget_calls"], 3)  # one MultiGet per disk lookup
+        self.assertGreater(rk["bytes_read"], 0)
+        self.assertGreaterEqual(rk["block_cache_hits"] + rk["block_cache_misses"], 3)
+
+    def test_json_keys_are_proto_field_names(self):
+        s = self.stats_json()
+        pb = self.pb
+        def names(msg):
+            return {f.name for f in msg.DESCRIPTOR.fields}
+        self.assertEqual(set(s), names(pb.StatsResponse))
+        self.assertEqual(set(s["rocksdb"]), names(pb.RocksdbStats))
+        self.assertEqual(set(s["memory"]), names(pb.MemoryStats))
+        self.assertEqual(set(s["tables"][0]), names(pb.TableStats))
+        self.assertEqual(set(s["rpcs"][0]), names(pb.RpcStats))
+        self.assertEqual(set(s["rpcs"][0]["window"]), names(pb.LatencySummary))
+        # And the wire message agrees with the document.
+        r = self.stats_rpc(pb.StatsRequest(), timeout=10)
+        res = [t for t in r.tables if t.table == "res"][0]
+        self.assertEqual((res.calls, res.rows, res.rows_resident), (7, 35, 35))
+
+    # ---- /metrics ----------------------------------------------------------
+
+    def test_metrics_counters(self):
+        f = self.metrics()
+        self.assertEqual(value(f, "engram_build_info", version=ARGS.version), 1)
+        self.assertEqual(value(f, "engram_lookup_calls_total", table="res"), 7)
+        self.assertEqual(value(f, "engram_lookup_calls_total", table="disk"), 3)
+        self.assertEqual(value(f, "engram_lookup_rows_total", table="res"), 35)
+        self.assertEqual(value(f, "engram_lookup_rows_total", table="disk"), 30)
+        self.assertEqual(value(f, "engram_lookup_bytes_total", table="res"), 35 * ROW_BYTES)
+        self.assertEqual(value(f, "engram_lookup_bytes_total", table="disk"), 30 * ROW_BYTES)
+        self.assertEqual(value(f, "engram_lookup_errors_total", table="res", code="NOT_FOUND"), 1)
+        self.assertEqual(value(f, "engram_lookup_errors_total", table="res", code="OUT_OF_RANGE"), 1)
+        self.assertEqual(len([s for s in f["engram_lookup_errors_total"]["samples"]
+                              if s[1]["table"] == "disk"]), 0)
+        for table, tiers in (("res", (35, 0, 0)), ("disk", (0, 0, 30))):
+            for tier, n in zip(("resident", "hot", "rocksdb"), tiers):
+                self.assertEqual(value(f, "engram_tier_rows_total", table=table, tier=tier), n)
+        self.assertEqual(value(f, "engram_calls_total", method=LOOKUP, code="OK"), 8)
+        self.assertEqual(value(f, "engram_calls_total", method=LOOKUP, code="NOT_FOUND"), 3)
+        self.assertEqual(value(f, "engram_calls_total", method=LOOKUP, code="OUT_OF_RANGE"), 1)
+        self.assertEqual(value(f, "engram_call_duration_seconds",
+                               "engram_call_duration_seconds_count", method=LOOKUP), 12)
+        self.assertEqual(value(f, "engram_lookup_duration_seconds",
+                               "engram_lookup_duration_seconds_count", table="res"), 7)
+        self.assertEqual(value(f, "engram_lookup_duration_seconds",
+                               "engram_lookup_duration_seconds_bucket", table="disk", le="+Inf"), 3)
+        self.assertEqual(value(f, "engram_resident_bytes"), 100 * ROW_BYTES)
+        self.assertEqual(value(f, "engram_resident_budget_bytes"), 64 * 1024)
+        self.assertEqual(value(f, "engram_rocksdb_block_cache_capacity_bytes"), 8 << 20)
+        self.assertEqual(value(f, "engram_rocksdb_multiget_calls_total"), 3)
+        self.assertEqual(value(f, "engram_draining"), 0)
+        self.assertEqual(value(f, "engram_shard_count"), 1)
+        self.assertEqual(f["engram_refusals_total"]["samples"], [])
+        self.assertGreaterEqual(value(f, "engram_calls_in_flight"), 0)
+
+    def test_metrics_families(self):
+        f = self.metrics()
+        want = {
+            "engram_build_info": "gauge", "engram_uptime_seconds": "gauge",
+            "engram_calls_total": "counter", "engram_call_duration_seconds": "histogram",
+            "engram_lookup_rows_total": "counter", "engram_lookup_bytes_total": "counter",
+            "engram_lookup_duration_seconds": "histogram", "engram_tier_rows_total": "counter",
+            "engram_calls_in_flight": "gauge", "engram_refusals_total": "counter",
+            "engram_rocksdb_block_cache_usage_bytes": "gauge",
+            "engram_rocksdb_block_cache_hits_total": "counter",
+            "engram_memory_allocated_bytes": "gauge", "engram_resident_bytes": "gauge",
+            "engram_resident_budget_bytes": "gauge", "engram_draining": "gauge"}
+        for name, t in want.items():
+            self.assertEqual(f[name]["type"], t, name)
+        for name, fam in f.items():
+            self.assertTrue(name.startswith("engram_"), name)
+            self.assertEqual(fam["type"] == "counter", name.endswith("_total"), name)
+            self.assertTrue(fam["help"], name)
+
+    def test_metrics_and_stats_agree(self):
+        s = self.stats_json()
+        f = self.metrics()
+        for t in s["tables"]:
+            self.assertEqual(value(f, "engram_lookup_rows_total", table=t["table"]), t["rows"])
+            self.assertEqual(value(f, "engram_lookup_duration_seconds",
+                                   "engram_lookup_duration_seconds_count", table=t["table"]),
+                             t["total"]["count"])
+
+    def test_metrics_other_paths(self):
+        base = "http://127.0.0.1:%d" % self.metrics_port
+        for path in ("/", "/metricsx", "/metrics/"):
+            with self.assertRaises(urllib.error.HTTPError) as cm:
+                urllib.request.urlopen(base + path, timeout=10)
+            self.assertEqual(cm.exception.code, 404, path)
+        with self.assertRaises(urllib.error.HTTPError) as cm:
+            urllib.request.urlopen(urllib.request.Request(base + "/metrics", data=b"x"), timeout=10)
+        self.assertEqual(cm.exception.code, 405)
+
+    def test_parser_rejects_bad_exposition(self):
+        bad = [
+            "engram_x 1\n",                                          # no TYPE
+            "# HELP a h\n# TYPE a counter\na{l=\"v\"} 1\n# HELP b h\n# TYPE b gauge\na 2\n",
+            "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n"
+            "h_sum 1\nh_count 1\n",                                  # not cumulative
+            "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 3\n",
+            "# HELP a h\n# TYPE a gauge\na{l=\"unterminated} 1\n",
+        ]
+        for text in bad:
+            with self.assertRaises(AssertionError, msg=text):
+                parse_exposition(text)
+
+    # ---- engramctl -------------------------------------------------------------
+
+    def test_stats_readable(self):
+        out = self.ctl("stats").stdout
+        self.assertIn("engram-server %s " % ARGS.version, out)
+        self.assertIn("draining no   shard 0 of 1", out)
+        line = [l for l in out.splitlines() if l.startswith("res ")][0].split()
+        # TABLE CALLS ROWS BYTES(2 words) RESIDENT HOT ROCKSDB ERRORS ...
+        self.assertEqual(line[:9], ["res", "7", "35", "2.2", "KiB", "35", "0", "0", "2"])
+        self.assertIn("NOT_FOUND=1 OUT_OF_RANGE=1", out)
+        self.assertIn("refusals: none", out)
+        self.assertRegex(out, r"rocksdb: block cache .* of 8\.0 MiB")
+
+    def test_stats_watch(self):
+        p = subprocess.Popen([ARGS.engramctl, "--server", self.addr, "stats", "--watch", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.6)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertEqual(len(re.findall(r"^---- \d{4}-\d\d-\d\dT", out, re.M)), 2, out)
+        self.assertEqual(out.count("engram-server %s " % ARGS.version), 2)
+
+    def test_usage_errors(self):
+        r = self.ctl("stats", "--watch", "0", rc=2)
+        self.assertIn("--watch 0 is outside 1..86400 seconds", r.stderr)
+        r = self.ctl("stats", "--bogus", rc=2)
+        self.assertIn("unexpected argument '--bogus'", r.stderr)
+        r = self.ctl("log-level", rc=2)
+        self.assertIn("want exactly one LEVEL", r.stderr)
+
+    def test_log_level(self):
+        self.assertEqual(self.ctl("log-level", "debug").stdout, "log level: info -> debug\n")
+        self.assertEqual(self.ctl("log-level", "warn").stdout, "log level: debug -> warn\n")
+        r = self.ctl("log-level", "verbose", rc=1)
+        self.assertEqual(r.stderr, 'engramctl: INVALID_ARGUMENT: unknown log level "verbose": '
+                                   "want debug, info, warn or error\n")
+        self.assertEqual(self.ctl("log-level", "info").stdout, "log level: warn -> info\n")
+        f = self.metrics()
+        self.assertEqual(value(f, "engram_calls_total", method="/engram.v1.Admin/SetLogLevel",
+                               code="OK"), 3)
+        self.assertEqual(value(f, "engram_calls_total", method="/engram.v1.Admin/SetLogLevel",
+                               code="INVALID_ARGUMENT"), 1)
+
+    def test_metrics_address_taken(self):
+        proc, _ = self.start_server("second", self.metrics_port, expect_fail=True)
+        _, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, 2)
+        # The message first; the usual stop log lines follow on stderr.
+        self.assertEqual(err.splitlines()[0],
+                         "engram-server: --metrics-listen: cannot listen on 127.0.0.1:%d: "
+                         "Address already in use" % self.metrics_port)
+
+
+def main():
+    global ARGS
+    p = argparse.ArgumentParser()
+    p.add_argument("--server-bin", required=True)
+    p.add_argument("--engramctl", required=True)
+    p.add_argument("--pydir", required=True)
+    p.add_argument("--version", required=True)
+    ARGS, rest = p.parse_known_args()
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+
+
+if __name__ == "__main__":
+    main()
