@@ -4,8 +4,8 @@
  * The listening socket is bound here, not by libmicrohttpd, so a refused
  * address comes back with the system's reason (EADDRINUSE, ...) instead of
  * a NULL daemon; libmicrohttpd then runs the connections on its internal
- * polling thread, capped in number and idle time, so a slow scraper cannot
- * hold the server's resources.
+ * polling thread (epoll), capped in number and idle time, so a slow
+ * scraper cannot hold the server's resources.
  *
  * Names follow Prometheus conventions: base units (seconds, bytes), a
  * `_total` suffix on counters, HELP and TYPE before every family's
@@ -354,7 +354,7 @@ static int bind_listen(const char *addr, int *port_out, char *err, size_t errlen
         snprintf(err, errlen, "cannot resolve \"%s\": %s", addr, gai_strerror(grc));
         return -1;
     }
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 16) < 0) {
@@ -381,7 +381,9 @@ int metrics_http_setup(const char *addr, char *err, size_t errlen)
     int fd = bind_listen(addr, &port, err, errlen);
     if (fd < 0)
         return 0;
-    D = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, handle, NULL,
+    /* AUTO picks epoll on Linux: select() would fail once the socket's
+     * number passes FD_SETSIZE, which RocksDB's open files can make it. */
+    D = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD, 0, NULL, NULL, handle, NULL,
                          MHD_OPTION_LISTEN_SOCKET, fd,
                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
