@@ -14,7 +14,13 @@
  * completion queue and thread; its calls finish through an on_done hook
  * instead of `done`, and close stops its cluster thread first, cancels and
  * drains every call, joins the completion thread and only then frees the
- * cluster (ec_cluster_free), so no hook can run on freed state. */
+ * cluster (ec_cluster_free), so no hook can run on freed state.
+ *
+ * Security: TLS material and the admin token are read and copied at open,
+ * so every channel (bootstrap and replicas, made by ec_channel_create)
+ * uses the same credentials and the caller's strings are not kept. The
+ * token goes only on admin calls: a Lookup never carries it, so a worker's
+ * lookups do not spread the operator's secret to every data-plane hop. */
 #include "client_internal.h"
 
 #include <errno.h>
@@ -91,6 +97,11 @@ void engram_client_options_init(engram_client_options *opts)
     opts->eject_backoff_ms = 1000;
     opts->hedge_percentile = 0;
     opts->hedge_min_ms = 2;
+    opts->tls_ca_file = NULL;
+    opts->tls_cert_file = NULL;
+    opts->tls_key_file = NULL;
+    opts->tls_server_name = NULL;
+    opts->admin_token = NULL;
 }
 
 void engram_client_get_counters(engram_client *cl, engram_client_counters *out)
@@ -180,7 +191,119 @@ static int check_open_args(const char *address,
     if (o->eject_after_failures > 0 && o->eject_backoff_ms <= 0)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT, "eject_backoff_ms %lld is not positive",
                         (long long)o->eject_backoff_ms);
+    if (!o->tls_cert_file != !o->tls_key_file)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "tls_cert_file and tls_key_file go together (one is set, the other NULL)");
+    if (o->tls_cert_file && !o->tls_ca_file)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "tls_cert_file needs tls_ca_file: a client certificate is only sent over TLS");
+    if (o->admin_token && (!*o->admin_token || strpbrk(o->admin_token, "\r\n")))
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "admin_token is empty or holds a line break");
     return ENGRAM_OK;
+}
+
+/* ---- security -------------------------------------------------------------- */
+
+/* A PEM file as a string (at most 1 MiB); NULL with err naming the file. */
+static char *read_pem(const char *path, const char *what, engram_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        ec_error(err, ENGRAM_INVALID_ARGUMENT, "cannot read %s %s: %s", what, path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1u << 20;
+    char *buf = malloc(cap + 1);
+    size_t n = buf ? fread(buf, 1, cap + 1, f) : 0;
+    int bad = !buf || ferror(f) || n > cap;
+    fclose(f);
+    if (!bad)
+        buf[n] = '\0';
+    if (bad || !strstr(buf, "-----BEGIN ")) {
+        ec_error(err, ENGRAM_INVALID_ARGUMENT, "%s %s is not a readable PEM file of at most 1 MiB",
+                 what, path);
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+static void free_secret(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+static void security_free(engram_client *cl)
+{
+    free(cl->ca_pem);
+    free(cl->cert_pem);
+    free_secret(cl->key_pem);
+    free(cl->server_name);
+    free_secret(cl->auth_value);
+}
+
+/* Copies what the options name into cl and clears the option strings. */
+static int security_load(engram_client *cl, engram_error *err)
+{
+    engram_client_options *o = &cl->opts;
+    int rc = ENGRAM_OK;
+    if (o->tls_ca_file && !(cl->ca_pem = read_pem(o->tls_ca_file, "tls_ca_file", err)))
+        rc = ENGRAM_INVALID_ARGUMENT;
+    else if (o->tls_cert_file &&
+             (!(cl->cert_pem = read_pem(o->tls_cert_file, "tls_cert_file", err)) ||
+              !(cl->key_pem = read_pem(o->tls_key_file, "tls_key_file", err))))
+        rc = ENGRAM_INVALID_ARGUMENT;
+    if (!rc && o->tls_server_name)
+        cl->server_name = strdup(o->tls_server_name);
+    if (!rc && o->admin_token) {
+        size_t len = strlen(o->admin_token) + sizeof "Bearer ";
+        cl->auth_value = malloc(len);
+        snprintf(cl->auth_value, len, "Bearer %s", o->admin_token);
+    }
+    o->tls_ca_file = o->tls_cert_file = o->tls_key_file = NULL;
+    o->tls_server_name = o->admin_token = NULL;
+    return rc;
+}
+
+grpc_channel *ec_channel_create(engram_client *cl, const char *address,
+                                const grpc_channel_args *args)
+{
+    grpc_channel_credentials *creds;
+    if (cl->ca_pem) {
+        grpc_ssl_pem_key_cert_pair pair = {cl->key_pem, cl->cert_pem};
+        creds = grpc_ssl_credentials_create(cl->ca_pem, cl->cert_pem ? &pair : NULL, NULL, NULL);
+    } else {
+        creds = grpc_insecure_credentials_create();
+    }
+    /* The arguments plus the server name override, when there is one. */
+    size_t n = args ? args->num_args : 0;
+    grpc_arg all[16];
+    if (n > 15)
+        n = 15;
+    for (size_t i = 0; i < n; i++)
+        all[i] = args->args[i];
+    if (cl->ca_pem && cl->server_name)
+        all[n++] = (grpc_arg){.type = GRPC_ARG_STRING, .key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,
+                              .value.string = cl->server_name};
+    grpc_channel_args chargs = {.num_args = n, .args = all};
+    grpc_channel *ch = grpc_channel_create(address, creds, &chargs);
+    grpc_channel_credentials_release(creds);
+    return ch;
+}
+
+void ec_admin_metadata(engram_client *cl, grpc_metadata *md, size_t *count)
+{
+    *count = 0;
+    if (!cl->auth_value)
+        return;
+    memset(md, 0, sizeof *md);
+    md->key = grpc_slice_from_static_string("authorization");
+    md->value = grpc_slice_from_static_string(cl->auth_value);
+    *count = 1;
 }
 
 int engram_client_open(const char *address, const engram_client_options *opts,
@@ -206,14 +329,20 @@ int engram_client_open(const char *address, const engram_client_options *opts,
     pthread_mutex_init(&cl->mu, NULL);
     pthread_mutex_init(&cl->disc_mu, NULL);
     pthread_cond_init(&cl->idle, NULL);
+    if ((rc = security_load(cl, err))) {
+        security_free(cl);
+        pthread_cond_destroy(&cl->idle);
+        pthread_mutex_destroy(&cl->mu);
+        pthread_mutex_destroy(&cl->disc_mu);
+        free(cl);
+        return rc;
+    }
 
     grpc_init();
     grpc_arg args[2];
     message_size_args(args, o.max_message_bytes);
     grpc_channel_args chargs = {.num_args = 2, .args = args};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    cl->channel = grpc_channel_create(address, creds, &chargs);
-    grpc_channel_credentials_release(creds);
+    cl->channel = ec_channel_create(cl, address, &chargs);
     register_methods(cl);
     cl->cq = grpc_completion_queue_create_for_next(NULL);
 
@@ -223,6 +352,7 @@ int engram_client_open(const char *address, const engram_client_options *opts,
         grpc_completion_queue_destroy(cl->cq);
         grpc_channel_destroy(cl->channel);
         grpc_shutdown();
+        security_free(cl);
         pthread_cond_destroy(&cl->idle);
         pthread_mutex_destroy(&cl->mu);
         pthread_mutex_destroy(&cl->disc_mu);
@@ -268,6 +398,7 @@ void engram_client_close(engram_client *cl)
     grpc_completion_queue_destroy(cl->cq);
     grpc_channel_destroy(cl->channel);
     grpc_shutdown();
+    security_free(cl);
     pthread_cond_destroy(&cl->idle);
     pthread_mutex_destroy(&cl->mu);
     pthread_mutex_destroy(&cl->disc_mu);
@@ -389,6 +520,10 @@ int ec_call_start_on(ec_call *c, grpc_channel *channel, void *method,
 
     grpc_op ops[6];
     fill_unary_ops(c, ops);
+    if (!c->data_plane && method != cl->m_lookup) {
+        ec_admin_metadata(cl, c->send_md, &ops[0].data.send_initial_metadata.count);
+        ops[0].data.send_initial_metadata.metadata = c->send_md;
+    }
     grpc_call_error e = grpc_call_start_batch(call, ops, 6, c, NULL);
     if (e != GRPC_CALL_OK) {
         pthread_mutex_lock(&cl->mu);

@@ -48,7 +48,17 @@ struct engram_client {
     int64_t deadline_ms;
     int32_t max_message_bytes;
     int64_t max_prefetch_tokens;
-    engram_client_options opts;   /* as opened, for the cluster machinery */
+    engram_client_options opts;   /* as opened, for the cluster machinery
+                                   * (its string fields are cleared: the
+                                   * library keeps no caller pointers) */
+
+    /* Security, read once at open: every channel is made with these
+     * (ec_channel_create). NULL ca_pem: plaintext. auth_value is
+     * "Bearer <token>" or NULL; it lives until close, so metadata slices
+     * point at it without copying. */
+    char *ca_pem, *cert_pem, *key_pem;
+    char *server_name;
+    char *auth_value;
 
     /* Cluster mode: `mode` is read with an acquire load on every lookup;
      * discovery runs once under disc_mu. `cluster` is set before mode
@@ -99,7 +109,27 @@ struct ec_call {
     char message[sizeof(((engram_error *)0)->message)];
 
     ec_call *prev, *next;             /* client->inflight, under client->mu */
+
+    /* Set before starting a Lookup on a channel other than the bootstrap
+     * one (cluster replicas): data-plane calls carry no admin token. */
+    int data_plane;
+    grpc_metadata send_md[1];         /* the admin metadata, alive until done */
 };
+
+/* Admin credentials: fills md (room for 1 entry) with the client's
+ * `authorization: Bearer <token>` metadata and sets *count (0 without a
+ * token). Every admin call sends it with SEND_INITIAL_METADATA: ec_call_start
+ * and ec_admin_run do so for any method but Lookup; code that builds its
+ * own batches (import.c, or operations calls such as health, warm, stats
+ * and drain) must call this and keep md alive until the batch completes.
+ * The slices point into the client: no unref needed. */
+void ec_admin_metadata(engram_client *cl, grpc_metadata *md, size_t *count);
+
+/* A channel to `address` with the client's credentials (TLS or plaintext,
+ * the server name override) and the given arguments. Used for the
+ * bootstrap channel and every replica channel. */
+grpc_channel *ec_channel_create(engram_client *cl, const char *address,
+                                const grpc_channel_args *args);
 
 /* Prepares c (zeroed by the caller) for a call. */
 void ec_call_init(ec_call *c, engram_client *client, ec_decode_fn decode);

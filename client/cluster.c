@@ -434,6 +434,7 @@ static int start_attempt(ec_clookup *lk, sub *s, replica *r, int hedge)
 
     engram_error e;
     grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s->req, 1);
+    a->c.data_plane = 1;   /* a Lookup: no admin token */
     int rc = ec_call_start_on(&a->c, r->ch, r->m_lookup, bb, tmo, &e);
     if (rc == ENGRAM_OK)
         return rc;
@@ -962,7 +963,6 @@ static ec_cluster *cluster_new(engram_client *cl, const engram_cluster *map, eng
     args[4] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
                          .value.integer = 5000};
     grpc_channel_args chargs = {.num_args = 5, .args = args};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     size_t k = 0;
     for (uint32_t s = 0; s < map->shards; s++) {
         cs->shards[s].n = map->replicas[s];
@@ -972,13 +972,13 @@ static ec_cluster *cluster_new(engram_client *cl, const engram_cluster *map, eng
             r->shard = s;
             r->idx = i;
             r->backoff_ms = cl->opts.eject_backoff_ms;
-            r->ch = grpc_channel_create(r->addr, creds, &chargs);
+            /* The bootstrap channel's credentials (TLS, server name). */
+            r->ch = ec_channel_create(cl, r->addr, &chargs);
             r->m_lookup = grpc_channel_register_call(r->ch, "/engram.v1.Lookup/Lookup", NULL, NULL);
             r->m_get_table = grpc_channel_register_call(r->ch, "/engram.v1.Admin/GetTable", NULL, NULL);
             cs->shards[s].rep[i] = r;
         }
     }
-    grpc_channel_credentials_release(creds);
     pthread_mutex_init(&cs->mu, NULL);
     ec_cond_init_mono(&cs->cv);
     pthread_cond_init(&cs->vcv, NULL);
@@ -1017,8 +1017,12 @@ int ec_cluster_discover(engram_client *cl, int *mode, engram_error *err)
         *mode = EC_MODE_SINGLE;
         return ENGRAM_OK;
     }
-    if (rc == ENGRAM_UNIMPLEMENTED) {
-        m = EC_MODE_SINGLE;     /* a server from before clusters */
+    if (rc == ENGRAM_UNIMPLEMENTED || rc == ENGRAM_UNAUTHENTICATED ||
+        rc == ENGRAM_PERMISSION_DENIED) {
+        /* A server from before clusters, or one whose admin plane this
+         * client may not use (admin auth, or --admin-listen elsewhere):
+         * a lookup-only worker still looks up, on this one server. */
+        m = EC_MODE_SINGLE;
     } else if (rc) {
         pthread_mutex_unlock(&cl->disc_mu);
         return ec_error(err, rc, "reading the cluster map: %s", e.message);

@@ -33,8 +33,10 @@
 #define CHUNK_FRAMING_BYTES 64
 
 struct engram_import {
+    engram_client *client;
     grpc_completion_queue *cq;
     grpc_call *call;
+    grpc_metadata md[1];          /* the admin token, sent with the header */
     char table[129];
     uint64_t rows;
     uint64_t next_row;
@@ -103,8 +105,11 @@ static int send_msg(engram_import *imp, const Engram__V1__ImportRequest *m,
     grpc_op ops[2];
     memset(ops, 0, sizeof ops);
     size_t n = 0;
-    if (with_initial_metadata)
+    if (with_initial_metadata) {
+        ec_admin_metadata(imp->client, imp->md, &ops[n].data.send_initial_metadata.count);
+        ops[n].data.send_initial_metadata.metadata = imp->md;
         ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    }
     ops[n].op = GRPC_OP_SEND_MESSAGE;
     ops[n++].data.send_message.send_message = bb;
     int ok = run_batch(imp, ops, n);
@@ -154,6 +159,7 @@ static engram_import *import_new(engram_client *client, const char *table,
     if (!imp)
         return NULL;
     snprintf(imp->table, sizeof imp->table, "%s", table);
+    imp->client = client;
     imp->rows = rows;
     imp->row_bytes = row_bytes;
     imp->chunk_max = CHUNK_MAX_BYTES;

@@ -141,6 +141,21 @@ static int check_shard(const Engram__V1__ImportHeader *h, char *msg, size_t msgl
     return ES_FAILED_PRECONDITION;
 }
 
+/* --max-import-bytes: what this server would store (its shard's rows),
+ * refused before the claim so a too-large import costs nothing. */
+static int check_size(const Engram__V1__ImportHeader *h, uint64_t local_rows, char *msg, size_t msglen)
+{
+    uint64_t row_bytes = (uint64_t)h->dim * dtype_size(h->dtype);
+    uint64_t bytes = local_rows * row_bytes;   /* check_header ruled out overflow */
+    if (!I.o.max_import_bytes || bytes <= I.o.max_import_bytes)
+        return ES_OK;
+    snprintf(msg, msglen, "import of table \"%s\" is %llu bytes (%llu rows of %llu bytes); "
+             "the limit is %llu bytes (--max-import-bytes)", h->table, (unsigned long long)bytes,
+             (unsigned long long)local_rows, (unsigned long long)row_bytes,
+             (unsigned long long)I.o.max_import_bytes);
+    return ES_RESOURCE_EXHAUSTED;
+}
+
 static int on_header(import_state *st, const Engram__V1__ImportHeader *h, char *msg, size_t msglen)
 {
     if (st->have_header) {
@@ -156,6 +171,8 @@ static int on_header(import_state *st, const Engram__V1__ImportHeader *h, char *
     table_version *tv = &st->tv;
     uint32_t shards, shard;
     store_shard(I.s, &shards, &shard);
+    if ((code = check_size(h, cluster_local_rows(h->rows, shards, shard), msg, msglen)) != ES_OK)
+        return code;
     snprintf(tv->name, sizeof tv->name, "%s", h->table);
     snprintf(tv->dtype, sizeof tv->dtype, "%s", h->dtype);
     tv->rows = h->rows;
@@ -328,6 +345,14 @@ static void on_message(server_call *c, int ok)
     char msg[512] = "";
     if (!ok)
         return fail(c, ES_CANCELLED, "import stream broken or cancelled; nothing was activated");
+    /* A stream is checked against its deadline (the client's, or
+     * --default-deadline-ms) as each message arrives: gRPC core gives a
+     * server no way to end a call at its deadline by itself. */
+    if (call_ms_left(c) <= 0) {
+        snprintf(msg, sizeof msg, "import stream passed its deadline after row %llu; nothing was activated",
+                 (unsigned long long)st->next_row);
+        return fail(c, ES_DEADLINE_EXCEEDED, msg);
+    }
     if (!c->payload)
         return on_end(c);
     Engram__V1__ImportRequest *rq = (Engram__V1__ImportRequest *)pb_from_byte_buffer(

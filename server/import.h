@@ -14,6 +14,9 @@
 typedef struct import_options {
     uint32_t max_row_bytes;
     uint64_t sst_file_bytes;     /* roll to a new SST file past this size */
+    /* Largest import this server takes (its rows x row bytes); 0: no
+     * limit. Checked on the header, before anything is written. */
+    uint64_t max_import_bytes;
 } import_options;
 
 typedef struct import_metrics {

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "lookup.h"
 #include "manifests.h"
+#include "security.h"
 #include "metrics_http.h"
 #include "server.h"
 #include "stats.h"
@@ -39,9 +40,17 @@ typedef struct options {
     const char *cluster;
     int64_t shard;
     uint64_t keep_versions;
+    const char *admin_listen;
+    uint64_t max_calls_per_conn;
+    uint64_t max_import_bytes;
+    security_options sec;
     const char *metrics_listen;
 } options;
 
+/* Long-only options of the security module: values past any letter. */
+enum { OPT_TLS_CERT = 256, OPT_TLS_KEY, OPT_TLS_CLIENT_CA, OPT_ADMIN_LISTEN,
+       OPT_ADMIN_TOKEN_FILE, OPT_ADMIN_NAMES, OPT_MAX_CALLS, OPT_MAX_CALLS_PER_CONN,
+       OPT_MAX_IMPORT_BYTES, OPT_DEFAULT_DEADLINE_MS };
 /* --metrics-listen: long-only, numbered clear of the other modules' options. */
 enum { OPT_METRICS_LISTEN = 400 };
 
@@ -65,6 +74,19 @@ static void usage(FILE *f)
 "                           (JSON; it stores only rows r with r %% S == I)\n"
 "  --keep-versions N        activated versions kept per table, default 2\n"
 "  --port-file FILE         write the bound port to FILE once serving\n"
+"security (plaintext and an open admin plane by default, for local use):\n"
+"  --tls-cert FILE --tls-key FILE  serve TLS with this PEM certificate and key\n"
+"  --tls-client-ca FILE     require client certificates signed by this CA (mTLS)\n"
+"  --admin-listen HOST:PORT serve the admin plane only here; --listen then\n"
+"                           serves Lookup and health only\n"
+"  --admin-token-file FILE  admin calls need authorization: Bearer <first line>\n"
+"  --admin-names N[,N...]   client certificates (CN or SAN) admitted to admin\n"
+"                           calls (needs --tls-client-ca)\n"
+"limits (0 = none):\n"
+"  --max-calls N            calls in flight in total, default 0\n"
+"  --max-calls-per-conn N   concurrent calls per connection, default gRPC's\n"
+"  --max-import-bytes B     largest import (rows x row bytes), default 0\n"
+"  --default-deadline-ms N  deadline of calls that arrive without one, default 0\n"
 "  --metrics-listen HOST:PORT\n"
 "                           serve Prometheus metrics at http://HOST:PORT/metrics\n"
 "  --log-level LEVEL        debug, info, warn, error; default info\n"
@@ -131,6 +153,12 @@ static void parse_args(int argc, char **argv, options *o)
         {"grace-ms", 1, 0, 'g'}, {"port-file", 1, 0, 'p'},
         {"log-level", 1, 0, 'L'}, {"log-file", 1, 0, 'F'}, {"help", 0, 0, 'h'},
         {"cluster", 1, 0, 'C'}, {"shard", 1, 0, 'S'}, {"keep-versions", 1, 0, 'K'},
+        {"tls-cert", 1, 0, OPT_TLS_CERT}, {"tls-key", 1, 0, OPT_TLS_KEY},
+        {"tls-client-ca", 1, 0, OPT_TLS_CLIENT_CA}, {"admin-listen", 1, 0, OPT_ADMIN_LISTEN},
+        {"admin-token-file", 1, 0, OPT_ADMIN_TOKEN_FILE}, {"admin-names", 1, 0, OPT_ADMIN_NAMES},
+        {"max-calls", 1, 0, OPT_MAX_CALLS}, {"max-calls-per-conn", 1, 0, OPT_MAX_CALLS_PER_CONN},
+        {"max-import-bytes", 1, 0, OPT_MAX_IMPORT_BYTES},
+        {"default-deadline-ms", 1, 0, OPT_DEFAULT_DEADLINE_MS},
         {"metrics-listen", 1, 0, OPT_METRICS_LISTEN},
         {0, 0, 0, 0}};
     defaults(o);
@@ -171,6 +199,21 @@ static void parse_args(int argc, char **argv, options *o)
                 o->keep_versions > STORE_MAX_VERSIONS - 2) bad_value(name, optarg);
             break;
         case OPT_METRICS_LISTEN: o->metrics_listen = optarg; break;
+        case OPT_TLS_CERT: o->sec.tls_cert = optarg; break;
+        case OPT_TLS_KEY: o->sec.tls_key = optarg; break;
+        case OPT_TLS_CLIENT_CA: o->sec.tls_client_ca = optarg; break;
+        case OPT_ADMIN_LISTEN: o->admin_listen = optarg; break;
+        case OPT_ADMIN_TOKEN_FILE: o->sec.admin_token_file = optarg; break;
+        case OPT_ADMIN_NAMES: o->sec.admin_names = optarg; break;
+        case OPT_MAX_CALLS: if (parse_u64(optarg, &o->sec.max_calls, 0)) bad_value(name, optarg); break;
+        case OPT_MAX_CALLS_PER_CONN:
+            if (parse_u64(optarg, &o->max_calls_per_conn, 0) || o->max_calls_per_conn > INT32_MAX)
+                bad_value(name, optarg);
+            break;
+        case OPT_MAX_IMPORT_BYTES: if (parse_u64(optarg, &o->max_import_bytes, 1)) bad_value(name, optarg); break;
+        case OPT_DEFAULT_DEADLINE_MS:
+            if (parse_u64(optarg, &v, 0) || v > INT32_MAX) bad_value(name, optarg);
+            o->sec.default_deadline_ms = (int64_t)v; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -232,6 +275,16 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Security before anything is opened: an unreadable certificate or
+     * token exits 2 here. It also registers the first admission hooks
+     * (auth, then limits): hooks run in registration order, so this stays
+     * above every other module's setup, drain's in particular. */
+    static server_metrics svm;
+    char serr[600];
+    if (security_setup(&o.sec, &svm, serr, sizeof serr)) {
+        fprintf(stderr, "engram-server: %s\n", serr);
+        return 2;
+    }
     engram_cluster *cl = load_cluster(&o);
     if (!cl)
         return 2;
@@ -255,7 +308,7 @@ int main(int argc, char **argv)
     admin_setup(st, cluster_json);
     manifests_setup(st);
     import_options io = {(uint32_t)(o.max_message / 2 < (1u << 20) ? o.max_message / 2 : (1u << 20)),
-                         256ull << 20};
+                         256ull << 20, o.max_import_bytes};
     import_setup(st, &io, &im);
 
     const method_def methods[] = {
@@ -272,8 +325,11 @@ int main(int argc, char **argv)
         {"/engram.v1.Admin/Stats", PLANE_ADMIN, stats_handle, NULL, 2},
         {"/engram.v1.Admin/SetLogLevel", PLANE_ADMIN, stats_set_log_level, NULL, 1},
     };
-    static server_metrics svm;
-    server_options sopts = {.listen = o.listen, .threads = o.threads, .max_message_bytes = (int)o.max_message};
+    server_options sopts = {.listen = o.listen, .admin_listen = o.admin_listen, .threads = o.threads,
+                            .max_message_bytes = (int)o.max_message,
+                            .max_streams_per_conn = (int)o.max_calls_per_conn,
+                            .creds = security_server_creds(),
+                            .admin_creds = o.admin_listen ? security_server_creds() : NULL};
     /* Stats count from the first call; a metrics address that cannot be
      * bound stops the start (exit 2) rather than leaving it unscraped. */
     stats_options sto = {st, &sm, &svm};
@@ -288,10 +344,12 @@ int main(int argc, char **argv)
     int rc = 0;
     if (port) {
         log_info("server_started", "listen=%s port=%d threads=%d data=%s shard=%lld shards=%u "
-                 "resident_budget=%llu max_rows=%llu max_message_bytes=%llu version=%s transport=insecure",
+                 "resident_budget=%llu max_rows=%llu max_message_bytes=%llu version=%s transport=%s admin_port=%d",
                  o.listen, port, o.threads, o.data, o.shard < 0 ? 0LL : (long long)o.shard, cl->shards,
                  (unsigned long long)o.resident_budget,
-                 (unsigned long long)o.max_rows, (unsigned long long)o.max_message, ENGRAM_VERSION);
+                 (unsigned long long)o.max_rows, (unsigned long long)o.max_message, ENGRAM_VERSION,
+                 security_transport_name(), server_admin_port());
+        security_log_startup();
         if (o.port_file)
             write_port_file(o.port_file, port);
         int sig = 0;
@@ -303,6 +361,7 @@ int main(int argc, char **argv)
     if (!metrics_ok)
         rc = 2;
     server_teardown(o.grace_ms);
+    security_teardown();
     import_teardown();
     manifests_teardown();
     admin_teardown();

@@ -10,7 +10,14 @@
  * Re-arming and shutdown race: a request posted to a queue that has been
  * shut down crashes gRPC, so every post happens under `arm_lock` after
  * checking `stopping`, and teardown sets `stopping` under the same lock
- * before it shuts anything down. */
+ * before it shuts anything down.
+ *
+ * Unknown methods: gRPC core queues a call for a method nobody registered
+ * until the application asks for generic calls, so without an answer it
+ * would hang until its deadline (forever without one, holding a stream).
+ * Each server object keeps one generic request armed and answers such
+ * calls UNIMPLEMENTED at once: an admin call on the data-only listener, or
+ * a Lookup on the admin listener, fails fast and says why. */
 #include "server.h"
 
 #include <grpc/grpc_security.h>
@@ -66,6 +73,18 @@ static struct {
        .done_cond = PTHREAD_COND_INITIALIZER};
 
 static void on_new_call(server_call *c, int ok);
+static void on_generic_call(server_call *c, int ok);
+static grpc_completion_queue *queue_of(int srv);
+
+/* What an unknown method's call is accounted as (no hooks see it). */
+static const method_def unknown_method = {"(unknown method)", PLANE_ANY};
+static struct method_slot generic_slot[MAX_SERVERS];
+
+/* A call to an unregistered method: its details (the path) come with it. */
+typedef struct generic_call {
+    server_call c;               /* first: the tag is the call */
+    grpc_call_details d;
+} generic_call;
 
 /* ---- call life cycle ---------------------------------------------------- */
 
@@ -111,6 +130,55 @@ static void arm(worker *w, const struct method_slot *slot)
         c->call = NULL;
         call_free(c);
     }
+}
+
+static void details_free(void *p)
+{
+    grpc_call_details_destroy(p);
+}
+
+static void arm_generic(worker *w)
+{
+    generic_call *g = calloc(1, sizeof *g);
+    server_call *c = &g->c;
+    c->step = on_generic_call;
+    c->slot = &generic_slot[w->srv];
+    c->details = grpc_empty_slice();
+    c->admin_listener = S.nservers > 1 && w->srv == 1;
+    c->state = &g->d;
+    c->state_free = details_free;
+    grpc_metadata_array_init(&c->md);
+    grpc_call_details_init(&g->d);
+    pthread_mutex_lock(&S.arm_lock);
+    grpc_call_error e = GRPC_CALL_ERROR;
+    if (!S.stopping)
+        e = grpc_server_request_call(S.server[w->srv], &c->call, &g->d, &c->md, w->cq, w->cq, c);
+    pthread_mutex_unlock(&S.arm_lock);
+    if (e != GRPC_CALL_OK) {
+        c->call = NULL;
+        call_free(c);
+    }
+}
+
+static void on_generic_call(server_call *c, int ok)
+{
+    if (!ok) {
+        c->call = NULL;
+        call_free(c);
+        return;
+    }
+    __atomic_add_fetch(&S.m->calls_in_flight, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&S.m->calls_started, 1, __ATOMIC_RELAXED);
+    c->start_ns = now_ns();
+    const grpc_call_details *d = c->state;
+    char msg[512];
+    snprintf(msg, sizeof msg, "method %.*s is not served %s",
+             (int)(GRPC_SLICE_LENGTH(d->method) > 300 ? 300 : GRPC_SLICE_LENGTH(d->method)),
+             (const char *)GRPC_SLICE_START_PTR(d->method),
+             S.nservers == 1 ? "by this server"
+             : c->admin_listener ? "on the admin listener (it serves the admin plane only)"
+                                 : "on this listener (the admin plane has its own: --admin-listen)");
+    call_finish(c, ES_UNIMPLEMENTED, msg, NULL);
 }
 
 static void run_unary(server_call *c)
@@ -180,7 +248,7 @@ void call_finish(server_call *c, int code, const char *msg, grpc_byte_buffer *re
     ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     ops[n++].data.recv_close_on_server.cancelled = &c->cancelled;
     c->step = on_finished;
-    if (S.hooks.done)
+    if (S.hooks.done && c->slot->def != &unknown_method)
         S.hooks.done(c, c->slot->def, code, now_ns() - c->start_ns);
     if (grpc_call_start_batch(c->call, ops, n, c, NULL) != GRPC_CALL_OK) {
         log_error("start_batch_failed", "method=%s", c->slot->def->path);
@@ -240,6 +308,9 @@ static void *worker_main(void *arg)
         if (s->srv == w->srv && (s->def->plane == w->plane || s->def->plane == PLANE_ANY))
             for (int i = 0; i < s->def->preposted; i++)
                 arm(w, s);
+    int generic = queue_of(w->srv) == w->cq;   /* one queue per server object */
+    if (generic)
+        arm_generic(w);
     for (;;) {
         grpc_event ev = grpc_completion_queue_next(
             w->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
@@ -252,6 +323,8 @@ static void *worker_main(void *arg)
         /* A new call frees its slot: keep one armed in its place. */
         if (step == on_new_call && ev.success)
             arm(w, c->slot);
+        else if (step == on_generic_call && ev.success)
+            arm_generic(w);
         step(c, ev.success);
     }
     return NULL;
@@ -338,6 +411,8 @@ int server_setup(const server_options *o, const method_def *methods, size_t nmet
     if (hooks)
         S.hooks = *hooks;
     S.nservers = o->admin_listen ? 2 : 1;
+    for (int i = 0; i < S.nservers; i++)
+        generic_slot[i] = (struct method_slot){&unknown_method, i, NULL};
     for (int i = 0; i < S.nservers; i++)
         S.server[i] = create_server(o);
     make_workers(o->threads);

@@ -123,8 +123,7 @@ static int holds_version(job *j)
 static void *run_job(void *arg)
 {
     job *j = arg;
-    engram_client_options o;
-    engram_client_options_init(&o);
+    engram_client_options o = *ctl_client_options();
     o.deadline_ms = 0;
     engram_client *cl;
     engram_error e;
@@ -159,7 +158,7 @@ static int survey(cluster_import *ci, job *jobs, size_t n)
     for (size_t i = 0; i < n; i++) {
         engram_client *cl;
         engram_error e;
-        if (engram_client_open(jobs[i].addr, NULL, &cl, &e))
+        if (engram_client_open(jobs[i].addr, ctl_client_options(), &cl, &e))
             return fail(e.code, "%s: %s", jobs[i].addr, e.message);
         int rc = engram_table_get(cl, ci->table, &jobs[i].before, &e);
         engram_client_close(cl);
@@ -187,7 +186,7 @@ static int activate_all(const cluster_import *ci, job *jobs, size_t n)
     for (size_t i = 0; i < n; i++) {
         engram_client *cl;
         engram_error e;
-        int r = engram_client_open(jobs[i].addr, NULL, &cl, &e);
+        int r = engram_client_open(jobs[i].addr, ctl_client_options(), &cl, &e);
         if (!r) {
             r = engram_table_activate(cl, ci->table, ci->version, NULL, &e);
             engram_client_close(cl);

@@ -47,6 +47,11 @@ const char *need(const opts *o, const char *name, const char *cmd);
  * of input, or EXIT_USAGE after a message naming the bad token. */
 int read_token_line(FILE *in, int64_t **tokens, size_t *n, size_t *cap, size_t lineno);
 
+/* The client options of this run (deadline, TLS, admin token) as the
+ * global options set them (main.c): every client a command opens, such as
+ * the per-replica ones, uses them. */
+const engram_client_options *ctl_client_options(void);
+
 /* Commands that talk to a server. */
 typedef int (*ctl_cmd)(engram_client *cl, int argc, char **argv);
 int cmd_tables(engram_client *cl, int argc, char **argv);

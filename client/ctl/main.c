@@ -1,7 +1,9 @@
 /* main.c: engramctl, the operator's command line for engram-store, on
  * libengram: global options and command dispatch.
  *
- *   engramctl [--server HOST:PORT] [--deadline-ms N] COMMAND ...
+ *   engramctl [--server HOST:PORT] [--deadline-ms N] [--tls-ca FILE
+ *             [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME]]
+ *             [--token-file FILE] COMMAND ...
  *
  * Commands list and describe tables, import a synthetic table or a raw /
  * .npy file (streamed in chunks, never read whole), look rows up and verify
@@ -9,6 +11,9 @@
  *
  * Exit codes: 0 ok; 1 an RPC failed or verification found a mismatch;
  * 2 usage error. Errors go to stderr as `engramctl: STATUS_NAME: message`. */
+#include <ctype.h>
+#include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,12 +22,18 @@
 
 
 static const char usage_text[] =
-    "usage: engramctl [--server HOST:PORT] [--deadline-ms N] COMMAND ...\n"
+    "usage: engramctl [--server HOST:PORT] [--deadline-ms N] [TLS and token options] COMMAND ...\n"
     "\n"
     "  --server HOST:PORT   server address (default $ENGRAM_SERVER or "
     "127.0.0.1:7070)\n"
     "  --deadline-ms N      deadline of each call in ms, 0 = none "
     "(default 10000)\n"
+    "  --tls-ca FILE        use TLS; FILE is the PEM CA of the servers\n"
+    "  --tls-cert FILE --tls-key FILE   PEM client certificate and key (mTLS)\n"
+    "  --tls-server-name NAME  the name the server certificate carries, when\n"
+    "                       it is not the host of --server\n"
+    "  --token-file FILE    admin token (its first line) for admin commands\n"
+    "                       (default $ENGRAM_TOKEN_FILE)\n"
     "\n"
     "commands:\n"
     "  tables                               list tables\n"
@@ -84,46 +95,58 @@ static ctl_cmd find_cmd(const char *name, int *local)
     return NULL;
 }
 
+/* The global options (each takes a value) and what they set. */
+typedef struct globals {
+    const char *server;
+    const char *deadline;
+    const char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
+    const char *token_file;
+} globals;
+
+static const char **global_slot(globals *g, const char *name)
+{
+    static const struct { const char *name; size_t off; } table[] = {
+        {"--server", offsetof(globals, server)},
+        {"--deadline-ms", offsetof(globals, deadline)},
+        {"--tls-ca", offsetof(globals, tls_ca)},
+        {"--tls-cert", offsetof(globals, tls_cert)},
+        {"--tls-key", offsetof(globals, tls_key)},
+        {"--tls-server-name", offsetof(globals, tls_server_name)},
+        {"--token-file", offsetof(globals, token_file)},
+    };
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (!strcmp(table[i].name, name))
+            return (const char **)((char *)g + table[i].off);
+    return NULL;
+}
+
 /* Global options before the command; returns the command's index, or -1
  * after printing usage/help (*rc set). */
-static int parse_global(int argc, char **argv, const char **server,
-                        int64_t *deadline_ms, int *rc)
+static int parse_global(int argc, char **argv, globals *g, int *rc)
 {
     int i = 1;
     for (; i < argc && strncmp(argv[i], "-", 1) == 0; i++) {
         const char *a = argv[i];
-        const char *val = NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage_text, stdout);
             *rc = 0;
             return -1;
         }
-        int is_server = !strncmp(a, "--server", 8) &&
-                        (a[8] == '\0' || a[8] == '=');
-        int is_deadline = !strncmp(a, "--deadline-ms", 13) &&
-                          (a[13] == '\0' || a[13] == '=');
-        if (!is_server && !is_deadline) {
+        char name[32];
+        size_t nlen = strcspn(a, "=");
+        snprintf(name, sizeof name, "%.*s", (int)(nlen < 31 ? nlen : 31), a);
+        const char **slot = global_slot(g, name);
+        if (!slot) {
             *rc = die_usage("unknown option '%s'", a);
             return -1;
         }
-        size_t nlen = is_server ? 8 : 13;
         if (a[nlen] == '=') {
-            val = a + nlen + 1;
+            *slot = a + nlen + 1;
         } else if (i + 1 < argc) {
-            val = argv[++i];
+            *slot = argv[++i];
         } else {
             *rc = die_usage("option %s needs a value", a);
             return -1;
-        }
-        if (is_server) {
-            *server = val;
-        } else {
-            uint64_t v;
-            if (parse_u64(val, "--deadline-ms", &v) || v > INT64_MAX) {
-                *rc = EXIT_USAGE;
-                return -1;
-            }
-            *deadline_ms = (int64_t)v;
         }
     }
     if (i == argc) {
@@ -134,14 +157,66 @@ static int parse_global(int argc, char **argv, const char **server,
     return i;
 }
 
+/* The admin token: the file's first line, trimmed. NULL after a message. */
+static char *read_token(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        die_usage("cannot read token file %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char line[4096];
+    char *t = fgets(line, sizeof line, f) ? line : NULL;
+    fclose(f);
+    while (t && isspace((unsigned char)*t))
+        t++;
+    size_t len = t ? strlen(t) : 0;
+    while (len && isspace((unsigned char)t[len - 1]))
+        t[--len] = '\0';
+    if (!len) {
+        die_usage("token file %s has an empty first line", path);
+        return NULL;
+    }
+    return strdup(t);
+}
+
+static engram_client_options client_opts;
+
+const engram_client_options *ctl_client_options(void)
+{
+    return &client_opts;
+}
+
+/* Fills the client options every command's clients use; EXIT_USAGE after
+ * a message, or 0. */
+static int fill_client_options(const globals *g)
+{
+    engram_client_options_init(&client_opts);
+    if (g->deadline) {
+        uint64_t v;
+        if (parse_u64(g->deadline, "--deadline-ms", &v) || v > INT64_MAX)
+            return EXIT_USAGE;
+        client_opts.deadline_ms = (int64_t)v;
+    }
+    if ((g->tls_cert || g->tls_key || g->tls_server_name) && !g->tls_ca)
+        return die_usage("--tls-cert, --tls-key and --tls-server-name need --tls-ca");
+    client_opts.tls_ca_file = g->tls_ca;
+    client_opts.tls_cert_file = g->tls_cert;
+    client_opts.tls_key_file = g->tls_key;
+    client_opts.tls_server_name = g->tls_server_name;
+    const char *tf = g->token_file ? g->token_file : getenv("ENGRAM_TOKEN_FILE");
+    if (tf && *tf && !(client_opts.admin_token = read_token(tf)))
+        return EXIT_USAGE;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    const char *server = getenv("ENGRAM_SERVER");
-    if (!server || !*server)
-        server = "127.0.0.1:7070";
-    int64_t deadline_ms = 10000;
+    globals g = {.server = getenv("ENGRAM_SERVER")};
+    if (!g.server || !*g.server)
+        g.server = "127.0.0.1:7070";
     int rc = 0;
-    int ci = parse_global(argc, argv, &server, &deadline_ms, &rc);
+    int ci = parse_global(argc, argv, &g, &rc);
     if (ci < 0)
         return rc;
     if (!strcmp(argv[ci], "help")) {
@@ -155,12 +230,11 @@ int main(int argc, char **argv)
     if (local)
         return fn(NULL, argc - ci - 1, argv + ci + 1);
 
-    engram_client_options opts;
-    engram_client_options_init(&opts);
-    opts.deadline_ms = deadline_ms;
+    if ((rc = fill_client_options(&g)))
+        return rc;
     engram_client *cl;
     engram_error e;
-    if (engram_client_open(server, &opts, &cl, &e))
+    if (engram_client_open(g.server, &client_opts, &cl, &e))
         return report(&e);
     rc = fn(cl, argc - ci - 1, argv + ci + 1);
     engram_client_close(cl);

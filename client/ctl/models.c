@@ -54,7 +54,7 @@ static int put_everywhere(engram_client *cl, const char *json, size_t len,
     for (uint32_t s = 0; s < map->shards && !rc; s++)
         for (uint32_t r = 0; r < map->replicas[s] && !rc; r++) {
             engram_client *one;
-            rc = engram_client_open(map->addr[s][r], NULL, &one, e);
+            rc = engram_client_open(map->addr[s][r], ctl_client_options(), &one, e);
             if (!rc) {
                 rc = engram_manifest_put(one, json, len, info, e);
                 engram_client_close(one);

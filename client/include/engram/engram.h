@@ -92,6 +92,22 @@ typedef struct engram_client_options {
      * its shard; the first answer wins. 0: off (default). */
     int32_t hedge_percentile;
     int64_t hedge_min_ms;   /* default 2 */
+
+    /* ---- security (every channel: the bootstrap one and each replica's) */
+    /* PEM file of the CA that signed the servers' certificates; set: TLS,
+     * NULL: plaintext (default). Read once by engram_client_open. */
+    const char *tls_ca_file;
+    /* PEM client certificate and key, for servers that require one (mTLS);
+     * both or neither, and only with tls_ca_file. */
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    /* The name the server certificate must carry, when it differs from the
+     * host in the address (e.g. "localhost" for 127.0.0.1). NULL: the host. */
+    const char *tls_server_name;
+    /* Sent as `authorization: Bearer <admin_token>` on admin calls (tables,
+     * imports, manifests, versions, cluster map and other operations);
+     * never on lookups. NULL: none. Copied by engram_client_open. */
+    const char *admin_token;
 } engram_client_options;
 
 /* Fills `opts` with the defaults. */

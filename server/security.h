@@ -1,0 +1,63 @@
+/* security.h: transport security, admin authentication and call limits of
+ * engram-server.
+ *
+ * TLS: one certificate/key pair (PEM) serves every listener; with a client
+ * CA, clients must present a certificate signed by it (mTLS). Without
+ * --tls-cert the transport is plaintext, which start-up says in a warn line.
+ *
+ * Admin auth is an admission hook on PLANE_ADMIN methods only (Lookup and
+ * health never need it): a call is admitted by `authorization: Bearer
+ * <token>` metadata matching the token file, or by an authenticated client
+ * certificate whose common name or a subject alternative name is on the
+ * admin list. With neither configured the admin plane is open.
+ *
+ * Limits are admission hooks too: a cap on calls in flight in total, and a
+ * default deadline for calls that arrive without one. The per-connection
+ * stream cap and the import size cap are enforced by gRPC and import.c; this
+ * module only parses them with the rest.
+ *
+ * security_setup registers its hooks; call it before any module whose
+ * admission check must come after authentication (drain). */
+#ifndef ENGRAM_SERVER_SECURITY_H
+#define ENGRAM_SERVER_SECURITY_H
+
+#include <grpc/grpc_security.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server.h"
+
+typedef struct security_options {
+    const char *tls_cert;        /* PEM certificate chain; NULL: plaintext */
+    const char *tls_key;         /* PEM private key (with tls_cert) */
+    const char *tls_client_ca;   /* PEM CA bundle: require client certificates */
+    const char *admin_token_file;/* first line, trimmed, is the admin token */
+    const char *admin_names;     /* "NAME[,NAME...]": certificates admitted */
+    uint64_t max_calls;          /* calls in flight in total; 0: no limit */
+    int64_t default_deadline_ms; /* for calls without a deadline; 0: none */
+} security_options;
+
+/* Reads every file, checks the combination, registers the admission hooks
+ * (auth first, then limits). `m` is the server's metrics (calls in flight).
+ * Returns 0, or -1 with a message naming the file or option in err (the
+ * caller exits 2). */
+int security_setup(const security_options *o, const server_metrics *m, char *err, size_t errlen);
+
+/* Fresh server credentials for one listener (server_setup takes them), or
+ * NULL for plaintext. */
+grpc_server_credentials *security_server_creds(void);
+
+/* Logs how the server is secured (warn lines for plaintext and an open
+ * admin plane). Never logs the token. */
+void security_log_startup(void);
+
+/* "tls", "mtls" or "insecure", for the start-up line. */
+const char *security_transport_name(void);
+
+void security_teardown(void);
+
+/* Constant-time equality of two byte strings: the time depends only on the
+ * lengths, never on where they differ. Exposed for unit tests. */
+int security_equal_ct(const void *a, size_t alen, const void *b, size_t blen);
+
+#endif

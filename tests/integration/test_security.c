@@ -1,0 +1,393 @@
+/* test_security.c: TLS, mTLS, admin auth, the admin-only listener and the
+ * call limits, against real engram-server processes.
+ *
+ * Certificates are made at test time by make_test_certs.sh in a temporary
+ * directory (a CA, a server certificate for localhost/127.0.0.1, client
+ * certificates CN=operator and CN=worker, and one from another CA); nothing
+ * secret is committed. Each test starts its own server with the options it
+ * checks and asserts the exact status (and message) of every refusal. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "engram/engram.h"
+#include "harness.h"
+#include "synthetic.h"
+
+#define ROWS 64
+#define ROW_BYTES 16
+#define TOKEN "s3cret-admin-token"
+
+static char certs[256];
+static char path_buf[16][300];
+static int path_next;
+
+/* certs/NAME (a few live at once: a small ring of buffers). */
+static const char *cert(const char *name)
+{
+    char *p = path_buf[path_next++ % 16];
+    snprintf(p, 300, "%s/%s", certs, name);
+    return p;
+}
+
+static int group_setup(void **state)
+{
+    harness_tmpdir(certs, sizeof certs);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "%s %s", MAKE_CERTS, certs);
+    if (system(cmd) != 0)
+        return -1;
+    FILE *f = fopen(cert("token"), "w");
+    fprintf(f, "  %s  \nsecond line is ignored\n", TOKEN);   /* trimmed */
+    fclose(f);
+    f = fopen(cert("wrong-token"), "w");
+    fprintf(f, "not-the-token\n");
+    fclose(f);
+    return 0;
+}
+
+typedef struct client_sec {
+    const char *ca, *cert, *key, *token, *server_name;
+} client_sec;
+
+static engram_client *open_client(const char *addr, const client_sec *s)
+{
+    engram_client_options o;
+    engram_client_options_init(&o);
+    o.deadline_ms = 5000;
+    if (s) {
+        o.tls_ca_file = s->ca;
+        o.tls_cert_file = s->cert;
+        o.tls_key_file = s->key;
+        o.admin_token = s->token;
+        o.tls_server_name = s->server_name;
+    }
+    engram_client *c = NULL;
+    engram_error err;
+    int rc = engram_client_open(addr, &o, &c, &err);
+    if (rc)
+        fail_msg("open %s: %s", addr, err.message);
+    return c;
+}
+
+static void start(test_server *s, const char *const *extra)
+{
+    char dir[256];
+    harness_tmpdir(dir, sizeof dir);
+    assert_int_equal(server_start(s, dir, extra), 0);
+}
+
+static void import_table(engram_client *c, const char *name)
+{
+    uint8_t data[ROWS * ROW_BYTES];
+    for (uint64_t r = 0; r < ROWS; r++)
+        synthetic_row(7, r, data + r * ROW_BYTES, ROW_BYTES);
+    engram_import *imp;
+    engram_error err;
+    int rc = engram_import_begin(c, name, ROWS, ROW_BYTES, "u8", &imp, &err);
+    if (!rc && !(rc = engram_import_write(imp, 0, data, sizeof data, &err)))
+        rc = engram_import_finish(imp, NULL, &err);
+    else if (imp)
+        engram_import_abort(imp);
+    if (rc)
+        fail_msg("import %s: %s %s", name, engram_status_name(rc), err.message);
+}
+
+/* A lookup of rows 0 and 63, checked byte for byte; returns its status. */
+static int lookup(engram_client *c, const char *table, engram_error *err)
+{
+    uint64_t rows[2] = {0, ROWS - 1};
+    uint8_t out[2 * ROW_BYTES], want[ROW_BYTES];
+    int rc = engram_lookup_sync(c, table, rows, 2, out, sizeof out, NULL, NULL, err);
+    if (rc == 0) {
+        synthetic_row(7, ROWS - 1, want, ROW_BYTES);
+        assert_memory_equal(out + ROW_BYTES, want, ROW_BYTES);
+    }
+    return rc;
+}
+
+static int table_get(engram_client *c, const char *table, engram_error *err)
+{
+    engram_table_info ti;
+    return engram_table_get(c, table, &ti, err);
+}
+
+#define NO_CREDENTIALS "admin call without credentials: send authorization: Bearer <token> " \
+                       "or a client certificate on the admin list"
+
+/* TLS with an admin token: the token admits admin calls, lookups need
+ * none, a wrong or missing token is UNAUTHENTICATED, and a plaintext client
+ * cannot talk to the TLS port. */
+static void test_tls_token(void **state)
+{
+    test_server s;
+    const char *args[] = {"--tls-cert", cert("server.pem"), "--tls-key", cert("server.key"),
+                          "--admin-token-file", cert("token"), NULL};
+    start(&s, args);
+    engram_error err;
+
+    client_sec admin = {.ca = cert("ca.pem"), .token = TOKEN};
+    engram_client *a = open_client(s.addr, &admin);
+    import_table(a, "t");
+    assert_int_equal(table_get(a, "t", &err), ENGRAM_OK);
+    assert_int_equal(lookup(a, "t", &err), ENGRAM_OK);
+    engram_client_close(a);
+
+    /* The certificate names localhost too: the override is checked. */
+    client_sec plain = {.ca = cert("ca.pem"), .server_name = "localhost"};
+    engram_client *w = open_client(s.addr, &plain);
+    assert_int_equal(lookup(w, "t", &err), ENGRAM_OK);
+    assert_int_equal(table_get(w, "t", &err), ENGRAM_UNAUTHENTICATED);
+    assert_string_equal(err.message, NO_CREDENTIALS);
+    engram_client_close(w);
+
+    client_sec wrong = {.ca = cert("ca.pem"), .token = "not-the-token"};
+    w = open_client(s.addr, &wrong);
+    assert_int_equal(table_get(w, "t", &err), ENGRAM_UNAUTHENTICATED);
+    assert_string_equal(err.message, "admin token rejected");
+    assert_int_equal(lookup(w, "t", &err), ENGRAM_OK);
+    engram_client_close(w);
+
+    /* Plaintext to the TLS port: the handshake never completes. */
+    w = open_client(s.addr, NULL);
+    assert_int_equal(lookup(w, "t", &err), ENGRAM_UNAVAILABLE);
+    engram_client_close(w);
+
+    /* A server name the certificate does not carry: refused. */
+    client_sec badname = {.ca = cert("ca.pem"), .token = TOKEN, .server_name = "elsewhere"};
+    w = open_client(s.addr, &badname);
+    assert_int_equal(table_get(w, "t", &err), ENGRAM_UNAVAILABLE);
+    engram_client_close(w);
+
+    /* engramctl's global options. */
+    assert_int_equal(engramctl(s.addr, "--tls-ca", cert("ca.pem"), "--token-file", cert("token"),
+                               "tables", NULL), 0);
+    assert_int_equal(engramctl(s.addr, "--tls-ca", cert("ca.pem"), "--token-file",
+                               cert("wrong-token"), "tables", NULL), 1);
+    assert_int_equal(engramctl(s.addr, "--tls-ca", cert("ca.pem"), "--token-file", cert("token"),
+                               "lookup", "--table", "t", "1", NULL), 0);
+    assert_int_equal(server_stop(&s), 0);
+}
+
+/* mTLS with an admin list: no certificate, or one from another CA, cannot
+ * connect; the operator certificate (matched by its common name) is
+ * admitted to admin calls; the worker certificate may only look up. */
+static void test_mtls_names(void **state)
+{
+    test_server s;
+    const char *args[] = {"--tls-cert", cert("server.pem"), "--tls-key", cert("server.key"),
+                          "--tls-client-ca", cert("ca.pem"), "--admin-names", "admin,operator",
+                          NULL};
+    start(&s, args);
+    engram_error err;
+
+    client_sec op = {.ca = cert("ca.pem"), .cert = cert("operator.pem"), .key = cert("operator.key")};
+    engram_client *a = open_client(s.addr, &op);
+    import_table(a, "t");
+    engram_table_info *list;
+    size_t n;
+    assert_int_equal(engram_table_list(a, &list, &n, &err), ENGRAM_OK);
+    assert_int_equal(n, 1);
+    free(list);
+    assert_int_equal(lookup(a, "t", &err), ENGRAM_OK);
+    engram_client_close(a);
+
+    client_sec wk = {.ca = cert("ca.pem"), .cert = cert("worker.pem"), .key = cert("worker.key")};
+    engram_client *w = open_client(s.addr, &wk);
+    assert_int_equal(lookup(w, "t", &err), ENGRAM_OK);
+    assert_int_equal(table_get(w, "t", &err), ENGRAM_PERMISSION_DENIED);
+    assert_string_equal(err.message,
+                        "client certificate \"worker\" is not on the admin list (--admin-names)");
+    engram_client_close(w);
+
+    client_sec none = {.ca = cert("ca.pem")};
+    w = open_client(s.addr, &none);
+    assert_int_equal(lookup(w, "t", &err), ENGRAM_UNAVAILABLE);
+    engram_client_close(w);
+
+    client_sec rogue = {.ca = cert("ca.pem"), .cert = cert("rogue.pem"), .key = cert("rogue.key")};
+    w = open_client(s.addr, &rogue);
+    assert_int_equal(lookup(w, "t", &err), ENGRAM_UNAVAILABLE);
+    engram_client_close(w);
+
+    assert_int_equal(engramctl(s.addr, "--tls-ca", cert("ca.pem"), "--tls-cert", cert("operator.pem"),
+                               "--tls-key", cert("operator.key"), "table", "t", NULL), 0);
+    assert_int_equal(engramctl(s.addr, "--tls-ca", cert("ca.pem"), "--tls-cert", cert("worker.pem"),
+                               "--tls-key", cert("worker.key"), "table", "t", NULL), 1);
+    assert_int_equal(server_stop(&s), 0);
+}
+
+/* --admin-listen: the admin plane is served only there. */
+static void test_admin_listen(void **state)
+{
+    test_server s;
+    char admin_addr[64];
+    snprintf(admin_addr, sizeof admin_addr, "127.0.0.1:%d", harness_free_port());
+    const char *args[] = {"--admin-listen", admin_addr, NULL};
+    start(&s, args);
+    engram_error err;
+
+    engram_client *a = open_client(admin_addr, NULL);
+    import_table(a, "t");
+    assert_int_equal(table_get(a, "t", &err), ENGRAM_OK);
+    assert_int_equal(lookup(a, "t", &err), ENGRAM_UNIMPLEMENTED);
+    assert_string_equal(err.message, "method /engram.v1.Lookup/Lookup is not served on the admin "
+                        "listener (it serves the admin plane only)");
+    engram_client_close(a);
+
+    engram_client *w = open_client(s.addr, NULL);
+    assert_int_equal(lookup(w, "t", &err), ENGRAM_OK);
+    assert_int_equal(table_get(w, "t", &err), ENGRAM_UNIMPLEMENTED);
+    assert_string_equal(err.message, "method /engram.v1.Admin/GetTable is not served on this "
+                        "listener (the admin plane has its own: --admin-listen)");
+    engram_client_close(w);
+    assert_int_equal(server_stop(&s), 0);
+}
+
+/* Opens an import stream and sends its first rows (the call is then
+ * admitted and in flight on the server). */
+static engram_import *open_import(engram_client *c, const char *table)
+{
+    uint8_t row[ROW_BYTES] = {0};
+    engram_import *imp;
+    engram_error err;
+    assert_int_equal(engram_import_begin(c, table, ROWS, ROW_BYTES, "u8", &imp, &err), ENGRAM_OK);
+    assert_int_equal(engram_import_write(imp, 0, row, sizeof row, &err), ENGRAM_OK);
+    return imp;
+}
+
+/* --max-calls, --max-import-bytes and --default-deadline-ms. */
+static void test_limits(void **state)
+{
+    test_server s;
+    const char *args[] = {"--max-calls", "2", "--max-import-bytes", "1K",
+                          "--default-deadline-ms", "1500", NULL};
+    start(&s, args);
+    engram_error err;
+    engram_client *c = open_client(s.addr, NULL);
+
+    /* 65 rows of 16 bytes = 1040 > 1024. */
+    engram_import *imp;
+    uint8_t rows65[65 * ROW_BYTES] = {0};
+    assert_int_equal(engram_import_begin(c, "big", 65, ROW_BYTES, "u8", &imp, &err), ENGRAM_OK);
+    int rc = engram_import_write(imp, 0, rows65, sizeof rows65, &err);
+    if (rc == ENGRAM_OK)
+        rc = engram_import_finish(imp, NULL, &err);
+    else
+        engram_import_abort(imp);
+    assert_int_equal(rc, ENGRAM_RESOURCE_EXHAUSTED);
+    assert_string_equal(err.message, "import of table \"big\" is 1040 bytes (65 rows of 16 bytes); "
+                        "the limit is 1024 bytes (--max-import-bytes)");
+    import_table(c, "t");   /* 64 x 16 = 1024: at the limit, taken */
+
+    /* Two calls held open (import streams): a third is refused. */
+    engram_import *i1 = open_import(c, "s1"), *i2 = open_import(c, "s2");
+    usleep(200000);
+    assert_int_equal(table_get(c, "t", &err), ENGRAM_RESOURCE_EXHAUSTED);
+    assert_string_equal(err.message, "2 calls in flight; the limit is 2 (--max-calls)");
+    assert_int_equal(lookup(c, "t", &err), ENGRAM_RESOURCE_EXHAUSTED);
+    engram_import_abort(i1);
+    engram_import_abort(i2);
+    rc = ENGRAM_RESOURCE_EXHAUSTED;
+    for (int i = 0; i < 50 && rc == ENGRAM_RESOURCE_EXHAUSTED; i++) {
+        usleep(20000);   /* the server frees the aborted calls asynchronously */
+        rc = table_get(c, "t", &err);
+    }
+    assert_int_equal(rc, ENGRAM_OK);
+
+    /* An import stream sent without a deadline gets the default one: a
+     * message that arrives after it ends the stream. */
+    imp = open_import(c, "slow");
+    usleep(1800000);
+    uint8_t rest[(ROWS - 1) * ROW_BYTES] = {0};
+    rc = engram_import_write(imp, 1, rest, sizeof rest, &err);
+    if (rc == ENGRAM_OK)
+        rc = engram_import_finish(imp, NULL, &err);
+    else
+        engram_import_abort(imp);
+    assert_int_equal(rc, ENGRAM_DEADLINE_EXCEEDED);
+    assert_string_equal(err.message,
+                        "import stream passed its deadline after row 1; nothing was activated");
+    assert_int_equal(table_get(c, "slow", &err), ENGRAM_NOT_FOUND);
+    engram_client_close(c);
+    assert_int_equal(server_stop(&s), 0);
+}
+
+/* Runs engram-server with args; returns its exit status, stderr in out. */
+static int run_server(const char *const *args, char *out, size_t cap)
+{
+    char errfile[300];
+    snprintf(errfile, sizeof errfile, "%s/stderr", certs);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        const char *argv[32] = {ENGRAM_SERVER_BIN};
+        int n = 1;
+        for (int i = 0; args[i] && n < 31; i++)
+            argv[n++] = args[i];
+        if (!freopen(errfile, "w", stderr))
+            _exit(127);
+        execv(ENGRAM_SERVER_BIN, (char *const *)argv);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    FILE *f = fopen(errfile, "r");
+    size_t k = f ? fread(out, 1, cap - 1, f) : 0;
+    out[k] = '\0';
+    if (f)
+        fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Start-up: unreadable files and bad combinations exit 2 naming the
+ * problem; a plaintext, open server says so in warn lines. */
+static void test_startup(void **state)
+{
+    char out[2048];
+    const char *missing[] = {"--tls-cert", "/nonexistent/server.pem", "--tls-key", cert("server.key"),
+                             NULL};
+    assert_int_equal(run_server(missing, out, sizeof out), 2);
+    assert_non_null(strstr(out, "cannot read TLS certificate file /nonexistent/server.pem"));
+    const char *notpem[] = {"--tls-cert", cert("server.pem"), "--tls-key", cert("token"), NULL};
+    assert_int_equal(run_server(notpem, out, sizeof out), 2);
+    assert_non_null(strstr(out, "holds no PEM block"));
+    const char *token[] = {"--admin-token-file", "/nonexistent/token", NULL};
+    assert_int_equal(run_server(token, out, sizeof out), 2);
+    assert_non_null(strstr(out, "cannot read admin token file /nonexistent/token"));
+    const char *names[] = {"--admin-names", "operator", NULL};
+    assert_int_equal(run_server(names, out, sizeof out), 2);
+    assert_non_null(strstr(out, "--admin-names needs --tls-client-ca"));
+
+    test_server s;
+    start(&s, NULL);
+    assert_int_equal(server_stop(&s), 0);
+    char logpath[300], log[8192];
+    snprintf(logpath, sizeof logpath, "%s/server.log", s.dir);
+    FILE *f = fopen(logpath, "r");
+    assert_non_null(f);
+    size_t k = fread(log, 1, sizeof log - 1, f);
+    log[k] = '\0';
+    fclose(f);
+    assert_non_null(strstr(log, "level=warn event=transport_insecure transport=insecure"));
+    assert_non_null(strstr(log, "level=warn event=admin_open"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tls_token),
+        cmocka_unit_test(test_mtls_names),
+        cmocka_unit_test(test_admin_listen),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_startup),
+    };
+    return cmocka_run_group_tests(tests, group_setup, NULL);
+}
