@@ -156,6 +156,14 @@ static void register_methods(engram_client *cl)
         cl->channel, "/engram.v1.Admin/DropVersion", NULL, NULL);
     cl->m_cluster_map = grpc_channel_register_call(
         cl->channel, "/engram.v1.Admin/GetClusterMap", NULL, NULL);
+    cl->m_health_check = grpc_channel_register_call(
+        cl->channel, "/grpc.health.v1.Health/Check", NULL, NULL);
+    cl->m_drain = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/Drain", NULL, NULL);
+    cl->m_undrain = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/Undrain", NULL, NULL);
+    cl->m_warm = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/Warm", NULL, NULL);
     cl->m_stats = grpc_channel_register_call(
         cl->channel, "/engram.v1.Admin/Stats", NULL, NULL);
     cl->m_set_log_level = grpc_channel_register_call(

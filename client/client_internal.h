@@ -43,6 +43,10 @@ struct engram_client {
     void *m_activate;
     void *m_drop_version;
     void *m_cluster_map;
+    void *m_health_check;         /* operations (ops.c) */
+    void *m_drain;
+    void *m_undrain;
+    void *m_warm;
     void *m_stats;
     void *m_set_log_level;
     int64_t deadline_ms;

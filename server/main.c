@@ -14,6 +14,8 @@
 
 #include "admin.h"
 #include "cluster.h"
+#include "drain.h"
+#include "health.h"
 #include "hooks.h"
 #include "import.h"
 #include "log.h"
@@ -24,6 +26,7 @@
 #include "server.h"
 #include "stats.h"
 #include "store.h"
+#include "warm.h"
 
 typedef struct options {
     const char *data;
@@ -310,6 +313,9 @@ int main(int argc, char **argv)
     import_options io = {(uint32_t)(o.max_message / 2 < (1u << 20) ? o.max_message / 2 : (1u << 20)),
                          256ull << 20, o.max_import_bytes};
     import_setup(st, &io, &im);
+    health_setup();
+    drain_setup(&lm);            /* after security_setup: auth refuses first */
+    warm_setup(st);
 
     const method_def methods[] = {
         {"/engram.v1.Lookup/Lookup", PLANE_DATA, lookup_handle, NULL, 32},
@@ -322,6 +328,11 @@ int main(int argc, char **argv)
         {"/engram.v1.Admin/ActivateVersion", PLANE_ADMIN, admin_activate_version, NULL, 2},
         {"/engram.v1.Admin/DropVersion", PLANE_ADMIN, admin_drop_version, NULL, 1},
         {"/engram.v1.Admin/GetClusterMap", PLANE_ADMIN, admin_get_cluster_map, NULL, 4},
+        {"/grpc.health.v1.Health/Check", PLANE_ANY, health_check, NULL, 2},
+        {"/grpc.health.v1.Health/Watch", PLANE_ANY, NULL, health_watch, 2, 1},
+        {"/engram.v1.Admin/Drain", PLANE_ADMIN, drain_handle, NULL, 1},
+        {"/engram.v1.Admin/Undrain", PLANE_ADMIN, undrain_handle, NULL, 1},
+        {"/engram.v1.Admin/Warm", PLANE_ADMIN, NULL, warm_stream, 1, 1},
         {"/engram.v1.Admin/Stats", PLANE_ADMIN, stats_handle, NULL, 2},
         {"/engram.v1.Admin/SetLogLevel", PLANE_ADMIN, stats_set_log_level, NULL, 1},
     };
@@ -360,7 +371,10 @@ int main(int argc, char **argv)
     }
     if (!metrics_ok)
         rc = 2;
+    health_shutdown();           /* ends open Watch calls, or shutdown would wait for them */
     server_teardown(o.grace_ms);
+    warm_teardown();
+    drain_teardown();
     security_teardown();
     import_teardown();
     manifests_teardown();

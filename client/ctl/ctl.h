@@ -64,6 +64,11 @@ int cmd_put_manifest(engram_client *cl, int argc, char **argv);
 int cmd_manifests(engram_client *cl, int argc, char **argv);
 int cmd_manifest(engram_client *cl, int argc, char **argv);
 int cmd_prefetch(engram_client *cl, int argc, char **argv);
+/* Operations (ops.c). */
+int cmd_health(engram_client *cl, int argc, char **argv);
+int cmd_drain(engram_client *cl, int argc, char **argv);
+int cmd_undrain(engram_client *cl, int argc, char **argv);
+int cmd_warm(engram_client *cl, int argc, char **argv);
 /* Statistics and log level (stats.c). */
 int cmd_stats(engram_client *cl, int argc, char **argv);
 int cmd_log_level(engram_client *cl, int argc, char **argv);

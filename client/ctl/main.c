@@ -63,6 +63,15 @@ static const char usage_text[] =
     "  hash --manifest FILE.json --layer L  row ids of each stdin line (no server)\n"
     "  compress-vocab --tokenizer tokenizer.json --out FILE.json\n"
     "                                       the compression table (no server)\n"
+    "\n"
+    "operations (on the one server given):\n"
+    "  health [--service NAME]              SERVING (exit 0) or NOT_SERVING (exit 1)\n"
+    "  drain [--timeout-ms N]               refuse new lookups, wait for in-flight ones\n"
+    "                                       (exit 0 drained, 1 lookups still running)\n"
+    "  undrain                              serve lookups again\n"
+    "  warm --table T ROW...                read rows into RAM on every replica\n"
+    "  warm --model M --tokens FILE [--layer L[,L..]]\n"
+    "                                       the rows FILE's token ids touch\n"
     "  help                                 this text\n";
 
 /* ---- main ------------------------------------------------------------------- */
@@ -81,6 +90,10 @@ static ctl_cmd find_cmd(const char *name, int *local)
         {"manifests", cmd_manifests, 0},
         {"manifest", cmd_manifest, 0},
         {"prefetch", cmd_prefetch, 0},
+        {"health", cmd_health, 0},
+        {"drain", cmd_drain, 0},
+        {"undrain", cmd_undrain, 0},
+        {"warm", cmd_warm, 0},
         {"stats", cmd_stats, 0},
         {"log-level", cmd_log_level, 0},
         {"hash", cmd_hash, 1},

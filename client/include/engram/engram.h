@@ -449,6 +449,52 @@ void engram_prefetch_cancel(engram_prefetch *handle);
 /* Frees the handle, cancelling first if still in flight. NULL is a no-op. */
 void engram_prefetch_free(engram_prefetch *handle);
 
+/* ---- operations (ops.c) -------------------------------------------------- */
+/* Each goes to the server the client was opened with (not routed through
+ * a cluster): an operator checks, drains or warms one node. */
+
+#define ENGRAM_HEALTH_NOT_SERVING 0
+#define ENGRAM_HEALTH_SERVING 1
+
+/* grpc.health.v1 Check of `service` ("" or NULL: the server; or
+ * "engram.v1.Lookup", "engram.v1.Admin"). *serving is ENGRAM_HEALTH_SERVING
+ * or ENGRAM_HEALTH_NOT_SERVING (drained, shutting down). An unknown service
+ * is ENGRAM_NOT_FOUND. */
+int engram_health_check(engram_client *client, const char *service, int *serving,
+                        engram_error *err);
+
+/* Drains the server: new lookups are refused with ENGRAM_UNAVAILABLE (a
+ * cluster client fails over to another replica) and health turns
+ * NOT_SERVING; then waits up to timeout_ms for lookups in flight. *drained
+ * is 1 when none is left, and *in_flight says how many are (either may be
+ * NULL). The call's deadline is the client's plus timeout_ms. */
+int engram_drain(engram_client *client, uint32_t timeout_ms, int *drained,
+                 uint64_t *in_flight, engram_error *err);
+
+/* Ends a drain: lookups are served again, health turns SERVING. */
+int engram_undrain(engram_client *client, engram_error *err);
+
+/* Progress of engram_warm: after each batch, the table's rows done of
+ * total (this server's distinct rows of it) and how many were read from
+ * RocksDB into its block cache (0 for a table held resident in RAM).
+ * The last call has table "" and the totals over every table. */
+typedef void (*engram_warm_progress_fn)(void *ctx, const char *table, uint64_t done,
+                                        uint64_t total, uint64_t loaded);
+
+/* Warms the server's RAM tiers: either rows[0..n) (global ids) of `table`,
+ * or the rows token ids tokens[0..ntokens) (one sequence from its start)
+ * touch in model `model`'s layers layer_ids[0..nlayers) (nlayers 0: every
+ * layer). Pass NULL/0 for the other form. Only this server's shard's rows
+ * are read. `progress` (may be NULL) runs on the calling thread. No
+ * deadline: a warm runs until done (like an import). Errors: unknown table
+ * or model ENGRAM_NOT_FOUND, a row outside the table ENGRAM_OUT_OF_RANGE, a
+ * token outside the model's vocabulary ENGRAM_INVALID_ARGUMENT (the
+ * message names it). */
+int engram_warm(engram_client *client, const char *table, const uint64_t *rows, size_t n,
+                const char *model, const int64_t *tokens, size_t ntokens,
+                const int64_t *layer_ids, size_t nlayers, engram_warm_progress_fn progress,
+                void *ctx, engram_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,298 @@
+/* ops.c: the operations calls of libengram: grpc.health.v1 Check,
+ * Admin.Drain / Undrain and Admin.Warm.
+ *
+ * All of them go to the server the client was opened with (the bootstrap
+ * channel), never through cluster routing: an operator drains, checks or
+ * warms one node; engramctl fans Warm out to every replica itself.
+ *
+ * Check, Drain and Undrain are unary ec_calls (client.c) whose decode hook
+ * unpacks the reply with protobuf-c, as admin.c's calls do. Drain's
+ * deadline is the client's plus the drain's own timeout_ms, so a long wait
+ * for in-flight lookups is not cut short by the default deadline (the
+ * server bounds its wait by the call's deadline too).
+ *
+ * Warm is server streaming, so it runs like import.c's client stream: its
+ * own pluck completion queue, every batch synchronous on the caller's
+ * thread, one outstanding at a time:
+ *   start:   SEND_INITIAL_METADATA + SEND_MESSAGE + SEND_CLOSE_FROM_CLIENT
+ *            + RECV_INITIAL_METADATA
+ *   each:    RECV_MESSAGE (a WarmProgress; NULL at the end of the stream)
+ *   end:     RECV_STATUS_ON_CLIENT
+ * Warm has no deadline, like Import: warming a long token list on a cold
+ * RocksDB table can take longer than any per-call deadline, and the
+ * progress messages show it is alive. The caller stops it by ending the
+ * process (engramctl) or not starting it. */
+#include "client_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/support/time.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "grpc_util.h"
+
+/* The admin credentials of the TLS/auth work (client.c), when linked in: a
+ * weak reference, so this file builds and runs with or without it. */
+extern void ec_admin_metadata(engram_client *cl, grpc_metadata *md, size_t *count)
+    __attribute__((weak));
+
+/* ---- unary calls ----------------------------------------------------------- */
+
+static int ops_decode(ec_call *c, grpc_byte_buffer *reply)
+{
+    admin_call *a = (admin_call *)c;
+    if (reply)
+        a->reply = pb_from_byte_buffer(a->desc, reply);
+    if (!a->reply) {
+        snprintf(c->message, sizeof c->message, "malformed %s reply", a->desc->name);
+        return ENGRAM_INTERNAL;
+    }
+    return ENGRAM_OK;
+}
+
+/* Runs one unary call on the bootstrap channel with a deadline timeout_ms
+ * from now (<= 0: none). On success a->reply is set; the caller frees it. */
+static int run_unary(engram_client *cl, void *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *desc, int64_t timeout_ms,
+                     admin_call *a, engram_error *err)
+{
+    memset(a, 0, sizeof *a);
+    a->desc = desc;
+    ec_call_init(&a->c, cl, ops_decode);
+    int rc = ec_call_start_on(&a->c, cl->channel, method, pb_to_byte_buffer(req), timeout_ms, err);
+    if (rc == ENGRAM_OK)
+        rc = ec_call_wait(&a->c, -1, err);
+    ec_call_release(&a->c);
+    if (rc && a->reply) {
+        protobuf_c_message_free_unpacked(a->reply, NULL);
+        a->reply = NULL;
+    }
+    return rc;
+}
+
+int engram_health_check(engram_client *client, const char *service, int *serving,
+                        engram_error *err)
+{
+    if (!client || !serving)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "client or serving is NULL");
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    req.service = (char *)(service ? service : ""); /* only read by pack */
+    admin_call a;
+    int rc = run_unary(client, client->m_health_check, &req.base,
+                       &grpc__health__v1__health_check_response__descriptor, client->deadline_ms,
+                       &a, err);
+    if (rc)
+        return rc;
+    Grpc__Health__V1__HealthCheckResponse *r = (Grpc__Health__V1__HealthCheckResponse *)a.reply;
+    *serving = r->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                   ? ENGRAM_HEALTH_SERVING : ENGRAM_HEALTH_NOT_SERVING;
+    protobuf_c_message_free_unpacked(a.reply, NULL);
+    return ec_ok(err);
+}
+
+int engram_drain(engram_client *client, uint32_t timeout_ms, int *drained, uint64_t *in_flight,
+                 engram_error *err)
+{
+    if (!client)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "client is NULL");
+    Engram__V1__DrainRequest req = ENGRAM__V1__DRAIN_REQUEST__INIT;
+    req.timeout_ms = timeout_ms;
+    int64_t deadline = client->deadline_ms > 0 ? client->deadline_ms + (int64_t)timeout_ms : 0;
+    admin_call a;
+    int rc = run_unary(client, client->m_drain, &req.base, &engram__v1__drain_response__descriptor,
+                       deadline, &a, err);
+    if (rc)
+        return rc;
+    Engram__V1__DrainResponse *r = (Engram__V1__DrainResponse *)a.reply;
+    if (drained)
+        *drained = r->drained ? 1 : 0;
+    if (in_flight)
+        *in_flight = r->in_flight;
+    protobuf_c_message_free_unpacked(a.reply, NULL);
+    return ec_ok(err);
+}
+
+int engram_undrain(engram_client *client, engram_error *err)
+{
+    if (!client)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "client is NULL");
+    Engram__V1__UndrainRequest req = ENGRAM__V1__UNDRAIN_REQUEST__INIT;
+    admin_call a;
+    int rc = run_unary(client, client->m_undrain, &req.base,
+                       &engram__v1__drain_response__descriptor, client->deadline_ms, &a, err);
+    if (rc)
+        return rc;
+    protobuf_c_message_free_unpacked(a.reply, NULL);
+    return ec_ok(err);
+}
+
+/* ---- Warm: a server stream ------------------------------------------------- */
+
+typedef struct warm_call {
+    grpc_completion_queue *cq;
+    grpc_call *call;
+    grpc_metadata md[1];
+    size_t nmd;
+} warm_call;
+
+/* Runs one batch and waits for it; returns the batch's success flag. */
+static int warm_batch(warm_call *w, const grpc_op *ops, size_t n)
+{
+    if (grpc_call_start_batch(w->call, ops, n, w, NULL) != GRPC_CALL_OK)
+        return 0;
+    grpc_event ev = grpc_completion_queue_pluck(w->cq, w, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    return ev.type == GRPC_OP_COMPLETE && ev.success;
+}
+
+static int warm_send_request(warm_call *w, engram_client *cl, const ProtobufCMessage *req,
+                             grpc_metadata_array *initial)
+{
+    if (ec_admin_metadata)
+        ec_admin_metadata(cl, w->md, &w->nmd);
+    grpc_byte_buffer *bb = pb_to_byte_buffer(req);
+    grpc_op ops[4];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = w->nmd;
+    ops[0].data.send_initial_metadata.metadata = w->nmd ? w->md : NULL;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = bb;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = initial;
+    int ok = warm_batch(w, ops, 4);
+    grpc_byte_buffer_destroy(bb);
+    return ok;
+}
+
+/* Receives the next message into *msg (NULL at the end of the stream). */
+static int warm_recv(warm_call *w, grpc_byte_buffer **msg)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = msg;
+    *msg = NULL;
+    return warm_batch(w, &op, 1);
+}
+
+/* The stream's final status, as an engram code with err filled. */
+static int warm_status(warm_call *w, engram_error *err)
+{
+    grpc_metadata_array trailing;
+    grpc_metadata_array_init(&trailing);
+    grpc_status_code status = GRPC_STATUS_UNKNOWN;
+    grpc_slice details = grpc_empty_slice();
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    op.data.recv_status_on_client.trailing_metadata = &trailing;
+    op.data.recv_status_on_client.status = &status;
+    op.data.recv_status_on_client.status_details = &details;
+    int rc;
+    if (!warm_batch(w, &op, 1)) {
+        rc = ec_error(err, ENGRAM_UNKNOWN, "Warm stream broke without a status");
+    } else {
+        char msg[sizeof err->message];
+        rc = ec_status_to_error(status, details, msg, sizeof msg);
+        if (rc)
+            ec_error(err, rc, "%s", msg);
+    }
+    grpc_slice_unref(details);
+    grpc_metadata_array_destroy(&trailing);
+    return rc;
+}
+
+/* Reads progress messages until the stream ends; *last is set when the
+ * final one (done) arrived. Returns 0, or an error code (with err) for a
+ * malformed message. */
+static int warm_read_all(warm_call *w, engram_warm_progress_fn progress, void *ctx, int *last,
+                         engram_error *err)
+{
+    grpc_byte_buffer *bb;
+    while (warm_recv(w, &bb) && bb) {
+        Engram__V1__WarmProgress *p = (Engram__V1__WarmProgress *)pb_from_byte_buffer(
+            &engram__v1__warm_progress__descriptor, bb);
+        grpc_byte_buffer_destroy(bb);
+        if (!p) {
+            grpc_call_cancel(w->call, NULL);
+            return ec_error(err, ENGRAM_INTERNAL, "malformed WarmProgress message");
+        }
+        if (progress)
+            progress(ctx, p->table, p->rows_done, p->rows_total, p->rows_loaded);
+        *last = p->done;
+        protobuf_c_message_free_unpacked(&p->base, NULL);
+    }
+    return ENGRAM_OK;
+}
+
+static int check_warm_args(engram_client *client, const char *table, const uint64_t *rows,
+                           size_t n, const char *model, const int64_t *tokens, size_t ntokens,
+                           const int64_t *layer_ids, size_t nlayers, engram_error *err)
+{
+    int has_table = table && *table, has_model = model && *model;
+    if (!client)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "client is NULL");
+    if (has_table == has_model)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        has_table ? "give a table or a model, not both"
+                                  : "give a table with rows or a model with tokens");
+    if (has_table && (n == 0 || !rows || ntokens || nlayers))
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "warming table \"%.128s\" takes rows (got %zu rows, %zu tokens, %zu layers)",
+                        table, n, ntokens, nlayers);
+    if (has_model && (ntokens == 0 || !tokens || n || (nlayers && !layer_ids)))
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "warming model \"%.128s\" takes tokens (got %zu tokens, %zu rows)", model,
+                        ntokens, n);
+    return ENGRAM_OK;
+}
+
+int engram_warm(engram_client *client, const char *table, const uint64_t *rows, size_t n,
+                const char *model, const int64_t *tokens, size_t ntokens,
+                const int64_t *layer_ids, size_t nlayers, engram_warm_progress_fn progress,
+                void *ctx, engram_error *err)
+{
+    int rc = check_warm_args(client, table, rows, n, model, tokens, ntokens, layer_ids, nlayers,
+                             err);
+    if (rc)
+        return rc;
+    Engram__V1__WarmRequest req = ENGRAM__V1__WARM_REQUEST__INIT;
+    req.table = (char *)(table ? table : ""); /* all only read by pack */
+    req.rows = (uint64_t *)rows;
+    req.n_rows = n;
+    req.model = (char *)(model ? model : "");
+    req.tokens = (int64_t *)tokens;
+    req.n_tokens = ntokens;
+    req.layer_ids = (int64_t *)layer_ids;
+    req.n_layer_ids = nlayers;
+
+    warm_call w = {0};
+    w.cq = grpc_completion_queue_create_for_pluck(NULL);
+    w.call = grpc_channel_create_registered_call(client->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
+                                                 w.cq, client->m_warm,
+                                                 gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_metadata_array initial;
+    grpc_metadata_array_init(&initial);
+    int last = 0;
+    if (!w.call)
+        rc = ec_error(err, ENGRAM_INTERNAL, "grpc could not create a call");
+    else if (warm_send_request(&w, client, &req.base, &initial))
+        rc = warm_read_all(&w, progress, ctx, &last, err);
+    /* Whatever happened, the status says why the stream ended. */
+    if (w.call) {
+        engram_error scratch;    /* keep the first error's message */
+        int st = warm_status(&w, rc ? &scratch : err);
+        if (!rc)
+            rc = st;
+        if (!rc && !last)
+            rc = ec_error(err, ENGRAM_INTERNAL, "Warm stream ended without its final message");
+        grpc_call_unref(w.call);
+    }
+    grpc_metadata_array_destroy(&initial);
+    grpc_completion_queue_shutdown(w.cq);
+    grpc_completion_queue_destroy(w.cq);
+    return rc ? rc : ec_ok(err);
+}
