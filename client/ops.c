@@ -33,11 +33,6 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc_util.h"
 
-/* The admin credentials of the TLS/auth work (client.c), when linked in: a
- * weak reference, so this file builds and runs with or without it. */
-extern void ec_admin_metadata(engram_client *cl, grpc_metadata *md, size_t *count)
-    __attribute__((weak));
-
 /* ---- unary calls ----------------------------------------------------------- */
 
 static int ops_decode(ec_call *c, grpc_byte_buffer *reply)
@@ -149,8 +144,7 @@ static int warm_batch(warm_call *w, const grpc_op *ops, size_t n)
 static int warm_send_request(warm_call *w, engram_client *cl, const ProtobufCMessage *req,
                              grpc_metadata_array *initial)
 {
-    if (ec_admin_metadata)
-        ec_admin_metadata(cl, w->md, &w->nmd);
+    ec_admin_metadata(cl, w->md, &w->nmd);
     grpc_byte_buffer *bb = pb_to_byte_buffer(req);
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);

@@ -317,17 +317,21 @@ int main(int argc, char **argv)
     drain_setup(&lm);            /* after security_setup: auth refuses first */
     warm_setup(st);
 
+    /* The reads a worker needs to route and open models (table info,
+     * manifests, the cluster map) are PLANE_ANY: served on every listener
+     * and admitted without admin credentials, like Lookup itself. Writes and
+     * operations stay on the admin plane. */
     const method_def methods[] = {
         {"/engram.v1.Lookup/Lookup", PLANE_DATA, lookup_handle, NULL, 32},
-        {"/engram.v1.Admin/ListTables", PLANE_ADMIN, admin_list_tables, NULL, 2},
-        {"/engram.v1.Admin/GetTable", PLANE_ADMIN, admin_get_table, NULL, 4},
+        {"/engram.v1.Admin/ListTables", PLANE_ANY, admin_list_tables, NULL, 2},
+        {"/engram.v1.Admin/GetTable", PLANE_ANY, admin_get_table, NULL, 4},
         {"/engram.v1.Admin/Import", PLANE_ADMIN, NULL, import_stream, 2},
         {"/engram.v1.Admin/PutManifest", PLANE_ADMIN, manifests_put, NULL, 1},
-        {"/engram.v1.Admin/GetManifest", PLANE_ADMIN, manifests_get, NULL, 4},
-        {"/engram.v1.Admin/ListManifests", PLANE_ADMIN, manifests_list, NULL, 1},
+        {"/engram.v1.Admin/GetManifest", PLANE_ANY, manifests_get, NULL, 4},
+        {"/engram.v1.Admin/ListManifests", PLANE_ANY, manifests_list, NULL, 1},
         {"/engram.v1.Admin/ActivateVersion", PLANE_ADMIN, admin_activate_version, NULL, 2},
         {"/engram.v1.Admin/DropVersion", PLANE_ADMIN, admin_drop_version, NULL, 1},
-        {"/engram.v1.Admin/GetClusterMap", PLANE_ADMIN, admin_get_cluster_map, NULL, 4},
+        {"/engram.v1.Admin/GetClusterMap", PLANE_ANY, admin_get_cluster_map, NULL, 4},
         {"/grpc.health.v1.Health/Check", PLANE_ANY, health_check, NULL, 2},
         {"/grpc.health.v1.Health/Watch", PLANE_ANY, NULL, health_watch, 2, 1},
         {"/engram.v1.Admin/Drain", PLANE_ADMIN, drain_handle, NULL, 1},

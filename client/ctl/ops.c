@@ -184,7 +184,7 @@ static int warm_cluster(const engram_cluster *map, const warm_args *w)
             printf("server %s (shard %u of %u):\n", addr, s, map->shards);
             engram_client *one;
             engram_error e;
-            int r1 = engram_client_open(addr, NULL, &one, &e);
+            int r1 = engram_client_open(addr, ctl_client_options(), &one, &e);
             if (!r1) {
                 r1 = warm_one(one, w, &e);
                 engram_client_close(one);
