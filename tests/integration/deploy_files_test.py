@@ -183,14 +183,15 @@ def _():
              f"{name}: mounts {src}, not deploy/compose/cluster.json")
 
 
-@check("compose: servers share one image, TCP healthcheck, stop grace > server grace, limits")
+@check("compose: servers share one image, gRPC health check, stop grace > server grace, limits")
 def _():
     images = {svc.get("image") for svc in server_services.values()}
     need(len(images) == 1 and None not in images, f"images {images}")
     for name, svc in server_services.items():
         hc = svc.get("healthcheck") or {}
         test = " ".join(hc.get("test") or [])
-        need(f"/dev/tcp/127.0.0.1/{PORT}" in test, f"{name}: healthcheck {test!r}")
+        need("health" in test and f"127.0.0.1:{PORT}" in test and "engramctl" in test,
+             f"{name}: healthcheck {test!r}")
         need(duration_s(svc.get("stop_grace_period", "10s")) > SERVER_GRACE_S,
              f"{name}: stop_grace_period must exceed {SERVER_GRACE_S}s")
         lim = ((svc.get("deploy") or {}).get("resources") or {}).get("limits") or {}
@@ -328,8 +329,8 @@ def _():
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         p = ctr.get(probe)
         if probe != "startupProbe" or p:
-            need(p and "tcpSocket" in p, f"{probe} must be a tcpSocket probe")
-            need(container_port(ctr, p["tcpSocket"]["port"]) == PORT, f"{probe} port")
+            need(p and "grpc" in p, f"{probe} must be a gRPC health probe")
+            need(container_port(ctr, p["grpc"]["port"]) == PORT, f"{probe} port")
     listen = flag([str(a) for a in ctr.get("args") or []], "--listen") or ""
     need(listen.endswith(f":{PORT}"), f"--listen {listen!r}")
 
