@@ -61,3 +61,15 @@ void log_event(log_level lvl, const char *event, const char *fmt, ...)
     fwrite(line, 1, (size_t)n, log_out ? log_out : stderr);
     fflush(log_out ? log_out : stderr);
 }
+
+int log_allow(uint64_t *slot, uint64_t interval_ns)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    uint64_t last = __atomic_load_n(slot, __ATOMIC_RELAXED);
+    if (last && now - last < interval_ns)
+        return 0;
+    /* one thread wins the slot; the others stay quiet */
+    return __atomic_compare_exchange_n(slot, &last, now, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}

@@ -7,6 +7,7 @@
 #ifndef ENGRAM_COMMON_LOG_H
 #define ENGRAM_COMMON_LOG_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 typedef enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
@@ -17,6 +18,11 @@ int log_level_parse(const char *name); /* -1 when unknown */
 int log_enabled(log_level lvl);
 void log_event(log_level lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Rate limit for events on hot paths: returns 1 at most once per
+ * interval_ns for the given slot (a static uint64_t per call site), so a
+ * storm of identical errors costs one line per interval, not one per call. */
+int log_allow(uint64_t *slot, uint64_t interval_ns);
 
 #define log_info(ev, ...) log_event(LOG_INFO, ev, __VA_ARGS__)
 #define log_warn(ev, ...) log_event(LOG_WARN, ev, __VA_ARGS__)

@@ -108,7 +108,9 @@ static int gather(const Engram__V1__LookupRequest *rq, table_version *tv,
     lookup_response_put_head(p, data);
     if (store_read_rows(tv, rq->rows, rq->n_rows, p + head, msg, msglen) < 0) {
         grpc_slice_unref(s);
-        log_error("lookup_read_failed", "table=%s error=\"%s\"", tv->name, msg);
+        static uint64_t last_log;   /* one line a second, whatever the storm */
+        if (log_allow(&last_log, 1000000000ull))
+            log_error("lookup_read_failed", "table=%s status=DATA_LOSS error=\"%s\"", tv->name, msg);
         return ES_DATA_LOSS;
     }
     lookup_response_put_tail(p + head + data, tv->row_bytes, tv->version);
