@@ -58,6 +58,9 @@
 #include "engram/engram.h"
 #include "manifest.h"
 #include "synthetic.h"
+#include "bench_util.h"
+
+const char bench_prog[] = "engram-cluster-bench";
 
 #define MAX_TARGETS 8
 #define MAX_THREADS 16
@@ -83,77 +86,13 @@ typedef struct opts {
     size_t threads, rows_per_call;
 } opts;
 
-typedef struct lat_log {
-    uint64_t *ns;
-    size_t len, cap;
-} lat_log;
-
 /* ---- small utilities ---------------------------------------------------------- */
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void sleep_until(uint64_t t)
 {
     struct timespec ts = {(time_t)(t / 1000000000ull), (long)(t % 1000000000ull)};
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
         ;
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "engram-cluster-bench: out of memory (%zu bytes)\n", n);
-        exit(2);
-    }
-    return p;
-}
-
-static int rpc_fail(const char *what, int rc, const engram_error *err)
-{
-    fprintf(stderr, "engram-cluster-bench: %s: %s: %s\n", what,
-            engram_status_name(rc), err->message);
-    return 2;
-}
-
-static void lat_push(lat_log *l, uint64_t ns)
-{
-    if (l->len == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 4096;
-        uint64_t *p = realloc(l->ns, l->cap * sizeof *p);
-        if (!p) {
-            fprintf(stderr, "engram-cluster-bench: out of memory\n");
-            exit(2);
-        }
-        l->ns = p;
-    }
-    l->ns[l->len++] = ns;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static void lat_sort(lat_log *l)
-{
-    qsort(l->ns, l->len, sizeof *l->ns, cmp_u64);
-}
-
-/* Nearest-rank percentile of a sorted log, in ms. */
-static double pct_ms(const lat_log *l, double p)
-{
-    if (l->len == 0)
-        return 0.0;
-    size_t rank = (size_t)(p / 100.0 * (double)l->len + 0.999999);
-    rank = rank < 1 ? 1 : rank > l->len ? l->len : rank;
-    return (double)l->ns[rank - 1] / 1e6;
 }
 
 /* Entries of a sorted log above ms milliseconds. */
@@ -180,30 +119,6 @@ static int usage(const char *why)
 "           [--hedge-percentile P] [--hedge-min-ms MS] [--threads N]\n"
 "           [--rows-per-call N] [--seconds S] [--warmup S]\n");
     return 2;
-}
-
-static int parse_num(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || v < 0)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_u64(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    if (*s == '-')
-        return -1;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end)
-        return -1;
-    *out = v;
-    return 0;
 }
 
 /* Parses an integer option into *out when it is in [lo, hi]. */
@@ -331,32 +246,6 @@ typedef struct slot {
     uint64_t t0;
 } slot;
 
-/* Reads int32 LE token ids into b->tok (as int64). */
-static int load_tokens(tp_bench *b, const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "engram-cluster-bench: %s: %s\n", path, strerror(errno));
-        return 2;
-    }
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    size_t n = len > 0 ? (size_t)len / 4 : 0;
-    uint8_t *raw = xmalloc(n * 4);
-    size_t got = fread(raw, 4, n, f);
-    fclose(f);
-    b->tok = xmalloc(got * sizeof *b->tok);
-    for (size_t i = 0; i < got; i++) {
-        const uint8_t *p = raw + 4 * i;
-        b->tok[i] = (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 |
-                              (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
-    }
-    free(raw);
-    b->ntok = got;
-    return 0;
-}
-
 static int open_target(tp_bench *b, target *t)
 {
     engram_error err = {0};
@@ -396,7 +285,7 @@ static int slot_start(const tp_bench *b, const target *t, slot *sl, uint64_t ste
         .layer_ids = t->info.layer_ids, .n_layers = t->info.n_layers,
         .tokens = sl->tokens, .batch = 1, .seq_len = PREFILL_T,
         .history = sl->history, .out = sl->out, .out_cap = sl->out_bytes};
-    sl->t0 = now_ns();
+    sl->t0 = bench_now_ns();
     int rc = engram_prefetch_start(t->model, &r, &sl->h, &err);
     return rc ? rpc_fail("prefetch start", rc, &err) : 0;
 }
@@ -406,7 +295,7 @@ static int slot_finish(slot *sl, uint64_t *lat_ns)
 {
     engram_error err = {0};
     int rc = engram_prefetch_wait(sl->h, -1, &err);
-    *lat_ns = now_ns() - sl->t0;
+    *lat_ns = bench_now_ns() - sl->t0;
     engram_prefetch_free(sl->h);
     sl->h = NULL;
     return rc ? rpc_fail("prefetch", rc, &err) : 0;
@@ -452,10 +341,10 @@ static int run_target(tp_bench *b, target *t)
     int rc = 0, counting = 0;
     for (size_t i = 0; i < k && !rc; i++)
         rc = slot_start(b, t, &v[i], b->next_step++);
-    uint64_t t_start = now_ns() + (uint64_t)(b->o->warmup * 1e9);
+    uint64_t t_start = bench_now_ns() + (uint64_t)(b->o->warmup * 1e9);
     uint64_t t_end = t_start + (uint64_t)(b->o->seconds * 1e9);
     for (size_t i = 0; !rc; i = (i + 1) % k) {
-        if ((rc = slot_finish(&v[i], &ns)) || (now = now_ns()) >= t_end)
+        if ((rc = slot_finish(&v[i], &ns)) || (now = bench_now_ns()) >= t_end)
             break;
         if (now >= t_start && !counting++)
             sub0 = subrequests(t->client);
@@ -596,7 +485,7 @@ static int throughput_main(const opts *o)
     if (!b)
         return 2;
     b->o = o;
-    int rc = load_tokens(b, o->tokens);
+    int rc = load_tokens_file(o->tokens, &b->tok, &b->ntok);
     if (!rc)
         rc = tp_run(b);
     for (size_t i = 0; i < o->ntargets; i++) {
@@ -648,19 +537,19 @@ typedef struct worker {
 static void *staller_main(void *p)
 {
     staller *s = p;
-    uint64_t next = now_ns() + (uint64_t)s->every_ms * 500000ull;
+    uint64_t next = bench_now_ns() + (uint64_t)s->every_ms * 500000ull;
     while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
-        if (now_ns() < next) {
-            uint64_t t = now_ns() + 10000000ull;   /* re-check stop every 10 ms */
+        if (bench_now_ns() < next) {
+            uint64_t t = bench_now_ns() + 10000000ull;   /* re-check stop every 10 ms */
             sleep_until(t < next ? t : next);
             continue;
         }
-        uint64_t t0 = now_ns();
+        uint64_t t0 = bench_now_ns();
         if (kill(s->pid, SIGSTOP) == 0) {
             sleep_until(t0 + (uint64_t)s->ms * 1000000ull);
             kill(s->pid, SIGCONT);
             s->stalls++;
-            s->stopped_ns += now_ns() - t0;
+            s->stopped_ns += bench_now_ns() - t0;
         }
         next += (uint64_t)s->every_ms * 1000000ull;
     }
@@ -705,10 +594,10 @@ static void *worker_main(void *p)
     for (uint64_t it = 0; t1 < r->t_end; it++) {
         engram_error err = {0};
         gen_rows(rows, n, ((uint64_t)w->id << 48) + it * n, r->table_rows);
-        t0 = now_ns();
+        t0 = bench_now_ns();
         int rc = engram_lookup_sync(r->client, r->o->table, rows, n, out,
                                     n * r->row_bytes, NULL, NULL, &err);
-        t1 = now_ns();
+        t1 = bench_now_ns();
         if (rc)
             note_failure(w, rc, &err);
         else if (t0 >= r->t_start && t1 <= r->t_end)
@@ -784,7 +673,7 @@ static void hedge_window(hedge_run *r, const scenario *sc, hedge_result *res)
     staller st = {.pid = r->o->stall_pid, .ms = r->o->stall_ms,
                   .every_ms = r->o->stall_every_ms};
     engram_client_counters c0, c1;
-    r->t_start = now_ns() + (uint64_t)(r->o->warmup * 1e9);
+    r->t_start = bench_now_ns() + (uint64_t)(r->o->warmup * 1e9);
     r->t_end = r->t_start + (uint64_t)(r->o->seconds * 1e9);
     if (sc->stall)
         pthread_create(&st.th, NULL, staller_main, &st);

@@ -36,6 +36,9 @@
 
 #include "engram/engram.h"
 #include "synthetic.h"
+#include "bench_util.h"
+
+const char bench_prog[] = "engram-bench";
 
 typedef struct bench_opts {
     const char *server;
@@ -70,11 +73,6 @@ typedef struct pipeline {
     uint64_t rng;
 } pipeline;
 
-typedef struct lat_log {
-    uint64_t *ns;
-    size_t len, cap;
-} lat_log;
-
 typedef struct timed_result {
     uint64_t calls;
     double elapsed_s;
@@ -82,23 +80,6 @@ typedef struct timed_result {
 } timed_result;
 
 /* ---- small utilities ------------------------------------------------------ */
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "engram-bench: out of memory (%zu bytes)\n", n);
-        exit(2);
-    }
-    return p;
-}
 
 /* Uniform row in [0, rows): splitmix64 stream, multiply-shift reduction. */
 static inline uint64_t rand_row(uint64_t *state, uint64_t rows)
@@ -113,39 +94,6 @@ static void fill_rows(uint64_t *state, uint64_t *rows, size_t n, uint64_t table_
         rows[i] = rand_row(state, table_rows);
 }
 
-static void lat_push(lat_log *l, uint64_t ns)
-{
-    if (l->len == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 4096;
-        uint64_t *p = realloc(l->ns, l->cap * sizeof *p);
-        if (!p) {
-            fprintf(stderr, "engram-bench: out of memory\n");
-            exit(2);
-        }
-        l->ns = p;
-    }
-    l->ns[l->len++] = ns;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Nearest-rank percentile of a sorted log, in ms. */
-static double pct_ms(const lat_log *l, double p)
-{
-    if (l->len == 0)
-        return 0.0;
-    size_t rank = (size_t)(p / 100.0 * (double)l->len + 0.999999);
-    if (rank < 1)
-        rank = 1;
-    if (rank > l->len)
-        rank = l->len;
-    return (double)l->ns[rank - 1] / 1e6;
-}
-
 /* ---- options -------------------------------------------------------------- */
 
 static int usage(const char *why)
@@ -158,30 +106,6 @@ static int usage(const char *why)
 "                    [--seed SEED --verify [--verify-calls N]] [--baseline]\n"
 "                    [--rng-seed R]\n");
     return 2;
-}
-
-static int parse_num(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || v < 0)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_u64(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    if (*s == '-')
-        return -1;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end)
-        return -1;
-    *out = v;
-    return 0;
 }
 
 static int apply_opt(bench_opts *o, int c, const char *arg)
@@ -266,19 +190,12 @@ static void pipeline_free(pipeline *p)
     free(p->slots);
 }
 
-static int rpc_fail(const char *what, int rc, const engram_error *err)
-{
-    fprintf(stderr, "engram-bench: %s: %s: %s\n", what,
-            engram_status_name(rc), err->message);
-    return 2;
-}
-
 /* Fills a slot with fresh random rows and starts its call. */
 static int slot_start(pipeline *p, slot *s)
 {
     engram_error err = {0};
     fill_rows(&p->rng, s->rows, p->n, p->info.rows);
-    s->t0 = now_ns();
+    s->t0 = bench_now_ns();
     int rc = engram_lookup_start(p->client, p->table, s->rows, p->n, s->out,
                                  p->n * p->info.row_bytes, &s->h, &err);
     return rc ? rpc_fail("lookup start", rc, &err) : 0;
@@ -290,7 +207,7 @@ static int slot_finish(pipeline *p, slot *s, uint64_t *lat_ns)
 {
     engram_error err = {0};
     int rc = engram_lookup_wait(s->h, -1, &err);
-    *lat_ns = now_ns() - s->t0;
+    *lat_ns = bench_now_ns() - s->t0;
     uint32_t rb = 0;
     if (rc == ENGRAM_OK)
         engram_lookup_result(s->h, &rb, NULL);
@@ -330,13 +247,13 @@ static int run_timed(pipeline *p, double warmup, double seconds, timed_result *r
     memset(r, 0, sizeof *r);
     if (start_all(p))
         return 2;
-    uint64_t t_start = now_ns() + (uint64_t)(warmup * 1e9);
+    uint64_t t_start = bench_now_ns() + (uint64_t)(warmup * 1e9);
     uint64_t t_end = t_start + (uint64_t)(seconds * 1e9);
     uint64_t now = 0, ns;
     for (size_t i = 0;; i = (i + 1) % p->k) {
         if (slot_finish(p, &p->slots[i], &ns))
             return 2;
-        now = now_ns();
+        now = bench_now_ns();
         if (now >= t_end)
             break;
         if (now >= t_start) {
@@ -413,7 +330,7 @@ static double run_baseline(const pipeline *p, double seconds, uint64_t rng)
     synthetic_rows(0, 0, rows, table, rb);
     uint64_t *idx = xmalloc(p->n * sizeof *idx);
     uint8_t *out = xmalloc(p->n * rb);
-    uint64_t gathered = 0, t0 = now_ns(), t_end = t0 + (uint64_t)(seconds * 1e9);
+    uint64_t gathered = 0, t0 = bench_now_ns(), t_end = t0 + (uint64_t)(seconds * 1e9);
     uint64_t now;
     do {
         fill_rows(&rng, idx, p->n, rows);
@@ -421,7 +338,7 @@ static double run_baseline(const pipeline *p, double seconds, uint64_t rng)
             memcpy(out + i * rb, table + idx[i] * rb, rb);
         baseline_sink ^= out[(gathered / p->n) % (p->n * rb)];
         gathered += p->n;
-        now = now_ns();
+        now = bench_now_ns();
     } while (now < t_end);
     free(table);
     free(idx);
@@ -484,7 +401,7 @@ static void print_machine(const report *r, double rows_s, double mb_s)
 static void print_report(report *r)
 {
     timed_result *t = r->t;
-    qsort(t->lat.ns, t->lat.len, sizeof *t->lat.ns, cmp_u64);
+    lat_sort(&t->lat);
     double secs = t->elapsed_s > 0 ? t->elapsed_s : 1e-9;
     double rows_s = (double)t->calls * (double)r->p->n / secs;
     double mb_s = rows_s * r->p->info.row_bytes / 1e6;

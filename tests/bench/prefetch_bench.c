@@ -48,6 +48,9 @@
 #include "engram/engram.h"
 #include "manifest.h"
 #include "synthetic.h"
+#include "bench_util.h"
+
+const char bench_prog[] = "engram-prefetch-bench";
 
 #define DEDUP_SAMPLES 64
 #define GATHER_INDEX_SETS 8
@@ -80,11 +83,6 @@ typedef struct bench {
     uint8_t *dense[ENGRAM_MAX_LAYERS];  /* local gather baseline's tables */
 } bench;
 
-typedef struct lat_log {
-    uint64_t *ns;
-    size_t len, cap;
-} lat_log;
-
 /* One prefetch in flight. */
 typedef struct slot {
     int64_t *tokens, *history;
@@ -108,65 +106,6 @@ typedef struct baseline {
     double hash_ns, gather_ns;  /* per step */
 } baseline;
 
-/* ---- small utilities ------------------------------------------------------ */
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "engram-prefetch-bench: out of memory (%zu bytes)\n", n);
-        exit(2);
-    }
-    return p;
-}
-
-static int rpc_fail(const char *what, int rc, const engram_error *err)
-{
-    fprintf(stderr, "engram-prefetch-bench: %s: %s: %s\n", what,
-            engram_status_name(rc), err->message);
-    return 2;
-}
-
-static void lat_push(lat_log *l, uint64_t ns)
-{
-    if (l->len == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 4096;
-        uint64_t *p = realloc(l->ns, l->cap * sizeof *p);
-        if (!p) {
-            fprintf(stderr, "engram-prefetch-bench: out of memory\n");
-            exit(2);
-        }
-        l->ns = p;
-    }
-    l->ns[l->len++] = ns;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Nearest-rank percentile of a sorted log, in ms. */
-static double pct_ms(const lat_log *l, double p)
-{
-    if (l->len == 0)
-        return 0.0;
-    size_t rank = (size_t)(p / 100.0 * (double)l->len + 0.999999);
-    if (rank < 1)
-        rank = 1;
-    if (rank > l->len)
-        rank = l->len;
-    return (double)l->ns[rank - 1] / 1e6;
-}
-
 /* ---- options -------------------------------------------------------------- */
 
 static int usage(const char *why)
@@ -178,30 +117,6 @@ static int usage(const char *why)
 "                             [--seconds S] [--warmup S] [--inflight K]\n"
 "                             [--verify-seed S]\n");
     return 2;
-}
-
-static int parse_num(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || v < 0)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_u64(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    if (*s == '-')
-        return -1;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end)
-        return -1;
-    *out = v;
-    return 0;
 }
 
 static int apply_opt(bench_opts *o, int c, const char *arg)
@@ -251,32 +166,6 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 }
 
 /* ---- setup ------------------------------------------------------------------ */
-
-/* Reads int32 LE token ids into b->tok (as int64). */
-static int load_tokens(bench *b, const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "engram-prefetch-bench: %s: %s\n", path, strerror(errno));
-        return 2;
-    }
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    size_t n = len > 0 ? (size_t)len / 4 : 0;
-    uint8_t *raw = xmalloc(n * 4);
-    size_t got = fread(raw, 4, n, f);
-    fclose(f);
-    b->tok = xmalloc(n * sizeof *b->tok);
-    for (size_t i = 0; i < got; i++) {
-        const uint8_t *p = raw + 4 * i;
-        b->tok[i] = (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 |
-                              (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
-    }
-    free(raw);
-    b->ntok = got;
-    return 0;
-}
 
 /* Each layer's table rows, from the manifest as stored on the server. */
 static int load_table_rows(bench *b)
@@ -384,7 +273,7 @@ static int slot_start(const bench *b, const shape *s, slot *sl, uint64_t step,
     engram_error err = {0};
     fill_batch(b, s, step, sl->tokens, sl->history);
     engram_prefetch_request r = make_req(b, s, sl, flags);
-    sl->t0 = now_ns();
+    sl->t0 = bench_now_ns();
     int rc = engram_prefetch_start(b->model, &r, &sl->h, &err);
     return rc ? rpc_fail("prefetch start", rc, &err) : 0;
 }
@@ -395,7 +284,7 @@ static int slot_finish(slot *sl, uint64_t *lat_ns)
 {
     engram_error err = {0};
     int rc = engram_prefetch_wait(sl->h, -1, &err);
-    *lat_ns = now_ns() - sl->t0;
+    *lat_ns = bench_now_ns() - sl->t0;
     engram_prefetch_free(sl->h);
     sl->h = NULL;
     return rc ? rpc_fail("prefetch", rc, &err) : 0;
@@ -417,12 +306,12 @@ static int run_timed(const bench *b, const shape *s, slot *v, run_result *r)
     for (size_t i = 0; i < r->k; i++)
         if (slot_start(b, s, &v[i], step++, r->flags))
             return 2;
-    uint64_t t_start = now_ns() + (uint64_t)(b->o->warmup * 1e9);
+    uint64_t t_start = bench_now_ns() + (uint64_t)(b->o->warmup * 1e9);
     uint64_t t_end = t_start + (uint64_t)(b->o->seconds * 1e9);
     for (size_t i = 0;; i = (i + 1) % r->k) {
         if (slot_finish(&v[i], &ns))
             return 2;
-        now = now_ns();
+        now = bench_now_ns();
         if (now >= t_end)
             break;
         if (now >= t_start) {
@@ -534,9 +423,9 @@ static double baseline_hash(const bench *b, const shape *s)
     int rc = 0;
     fill_batch(b, s, step, tok, hist);
     rc = hash_step(b, s, tok, hist, rows);       /* warm-up, untimed */
-    t0 = now_ns();
+    t0 = bench_now_ns();
     t_end = t0 + (uint64_t)(b->o->seconds * 1e9);
-    for (step = 0; !rc && (now = now_ns()) < t_end; step++) {
+    for (step = 0; !rc && (now = bench_now_ns()) < t_end; step++) {
         fill_batch(b, s, step, tok, hist);
         rc = hash_step(b, s, tok, hist, rows);
     }
@@ -591,13 +480,13 @@ static double baseline_gather(const bench *b, const shape *s)
     uint64_t *idx = gather_indices(b, per);
     uint8_t *out = xmalloc(L * per * b->info.row_bytes);
     gather_step(b, idx, per, out);              /* warm-up, untimed */
-    uint64_t steps = 0, now, t0 = now_ns();
+    uint64_t steps = 0, now, t0 = bench_now_ns();
     uint64_t t_end = t0 + (uint64_t)(b->o->seconds * 1e9);
     do {
         gather_step(b, idx + (steps % GATHER_INDEX_SETS) * L * per, per, out);
         gather_sink ^= out[steps % (L * per * b->info.row_bytes)];
         steps++;
-    } while ((now = now_ns()) < t_end);
+    } while ((now = bench_now_ns()) < t_end);
     free(idx);
     free(out);
     return (double)(now - t0) / (double)steps;
@@ -664,7 +553,7 @@ static void print_machine(const bench *b, const shape *s, const run_result *r,
 static void print_result(const bench *b, const shape *s, run_result *r,
                          const baseline *bl)
 {
-    qsort(r->lat.ns, r->lat.len, sizeof *r->lat.ns, cmp_u64);
+    lat_sort(&r->lat);
     if (r->elapsed_s <= 0)
         r->elapsed_s = 1e-9;
     print_human(b, s, r, bl);
@@ -826,7 +715,7 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &o))
         return 2;
     bench b = {.o = &o};
-    int rc = load_tokens(&b, o.tokens);
+    int rc = load_tokens_file(o.tokens, &b.tok, &b.ntok);
     if (rc == 0)
         rc = open_bench(&b);
     if (rc == 0)
