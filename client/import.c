@@ -65,22 +65,28 @@ static int set_failed(engram_import *imp, int code, const char *msg,
     return ec_error(err, code, "%s", imp->failed_msg);
 }
 
-/* A send failed: the stream is over; fetch the status that ended it. */
+/* A send failed: the stream is over; fetch the status that ended it. The
+ * initial metadata is received in the same batch: gRPC core holds the
+ * status back until the initial metadata the server sent was consumed, so
+ * asking for the status alone can wait forever. */
 static int stream_failed(engram_import *imp, engram_error *err)
 {
-    grpc_metadata_array trailing;
+    grpc_metadata_array trailing, initial;
     grpc_metadata_array_init(&trailing);
+    grpc_metadata_array_init(&initial);
     grpc_status_code status = GRPC_STATUS_UNKNOWN;
     grpc_slice details = grpc_empty_slice();
-    grpc_op op;
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    op.data.recv_status_on_client.trailing_metadata = &trailing;
-    op.data.recv_status_on_client.status = &status;
-    op.data.recv_status_on_client.status_details = &details;
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[0].data.recv_initial_metadata.recv_initial_metadata = &initial;
+    ops[1].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[1].data.recv_status_on_client.trailing_metadata = &trailing;
+    ops[1].data.recv_status_on_client.status = &status;
+    ops[1].data.recv_status_on_client.status_details = &details;
     char msg[sizeof imp->failed_msg];
     int code;
-    if (!run_batch(imp, &op, 1)) {
+    if (!run_batch(imp, ops, 2)) {
         code = ENGRAM_UNKNOWN;
         snprintf(msg, sizeof msg, "import stream of %s broke, no status",
                  imp->table);
@@ -94,6 +100,7 @@ static int stream_failed(engram_import *imp, engram_error *err)
     }
     grpc_slice_unref(details);
     grpc_metadata_array_destroy(&trailing);
+    grpc_metadata_array_destroy(&initial);
     return set_failed(imp, code, msg, err);
 }
 

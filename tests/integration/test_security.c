@@ -283,10 +283,13 @@ static engram_import *open_import(engram_client *c, const char *table)
 /* Where test_limits is, for the watchdog: a hang there must fail fast and
  * say where, not run into ctest's timeout. */
 static const char *volatile phase = "start";
+static volatile pid_t limits_server;    /* killed too, or it holds ctest's pipe */
 
 static void on_alarm(int sig)
 {
     (void)sig;
+    if (limits_server > 0)
+        kill(limits_server, SIGKILL);
     char line[200];
     int n = snprintf(line, sizeof line, "test_limits stuck at: %s\n", phase);
     if (write(2, line, (size_t)n) < 0)
@@ -303,6 +306,7 @@ static void test_limits(void **state)
     const char *args[] = {"--max-calls", "2", "--max-import-bytes", "1K",
                           "--default-deadline-ms", "1500", NULL};
     start(&s, args);
+    limits_server = s.pid;
     engram_error err;
     engram_client *c = open_client(s.addr, NULL);
 
