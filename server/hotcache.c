@@ -305,6 +305,11 @@ void hotcache_put(hotcache *c, uint64_t key, const uint8_t *row)
     pthread_mutex_unlock(&s->mu);
 }
 
+uint32_t hotcache_row_bytes(const hotcache *c)
+{
+    return c->row_bytes;
+}
+
 uint64_t hotcache_capacity(const hotcache *c)
 {
     return c->capacity;

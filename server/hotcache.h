@@ -45,6 +45,9 @@ int hotcache_get(hotcache *c, uint64_t key, uint8_t *out);
 /* Inserts (or refreshes) the row of `key`, evicting as the policy says. */
 void hotcache_put(hotcache *c, uint64_t key, const uint8_t *row);
 
+/* The row size the cache was made for. */
+uint32_t hotcache_row_bytes(const hotcache *c);
+
 /* Rows the cache can hold, and rows it holds now. */
 uint64_t hotcache_capacity(const hotcache *c);
 uint64_t hotcache_count(hotcache *c);

@@ -98,7 +98,7 @@ typedef struct outcome {
 } outcome;
 
 static int gather(const Engram__V1__LookupRequest *rq, table_version *tv,
-                  grpc_byte_buffer **reply, char *msg, size_t msglen)
+                  grpc_byte_buffer **reply, uint64_t *hot, char *msg, size_t msglen)
 {
     uint64_t data = (uint64_t)rq->n_rows * tv->row_bytes;
     size_t head = lookup_response_head_len(data);
@@ -106,7 +106,7 @@ static int gather(const Engram__V1__LookupRequest *rq, table_version *tv,
     grpc_slice s = grpc_slice_malloc(head + data + tail);
     uint8_t *p = GRPC_SLICE_START_PTR(s);
     lookup_response_put_head(p, data);
-    if (store_read_rows(tv, rq->rows, rq->n_rows, p + head, msg, msglen) < 0) {
+    if (store_read_rows_tiered(tv, rq->rows, rq->n_rows, p + head, hot, msg, msglen) < 0) {
         grpc_slice_unref(s);
         static uint64_t last_log;   /* one line a second, whatever the storm */
         if (log_allow(&last_log, 1000000000ull))
@@ -141,13 +141,18 @@ static int lookup_request(Engram__V1__LookupRequest *rq, grpc_byte_buffer **repl
         return ES_NOT_FOUND;
     }
     int code = validate(rq, tv, msg, msglen);
+    uint64_t hot = 0;
     if (code == ES_OK)
-        code = gather(rq, tv, reply, msg, msglen);
+        code = gather(rq, tv, reply, &hot, msg, msglen);
     oc->known = 1;
     if (code == ES_OK) {
-        /* Until a hot-row cache exists a version is served by one tier. */
         oc->bytes = (uint64_t)rq->n_rows * tv->row_bytes;
-        oc->tier_rows[tv->resident ? STATS_TIER_RESIDENT : STATS_TIER_ROCKSDB] = rq->n_rows;
+        if (tv->resident) {
+            oc->tier_rows[STATS_TIER_RESIDENT] = rq->n_rows;
+        } else {
+            oc->tier_rows[STATS_TIER_HOT] = hot;
+            oc->tier_rows[STATS_TIER_ROCKSDB] = rq->n_rows - hot;
+        }
     }
     table_version_release(tv);
     return code;

@@ -36,6 +36,7 @@ typedef struct options {
     int threads;
     uint64_t resident_budget;
     uint64_t block_cache;
+    uint64_t hot_cache;
     uint64_t max_rows;
     uint64_t max_message;
     int log_level;
@@ -70,6 +71,8 @@ static void usage(FILE *f)
 "  --resident-budget BYTES  RAM for tables held as dense arrays,\n"
 "                           default a quarter of physical memory\n"
 "  --block-cache BYTES      RocksDB block cache, default 256M\n"
+"  --hot-cache-bytes BYTES  hot-row cache (S3-FIFO) in front of RocksDB for\n"
+"                           tables not held resident, default 256M; 0: off\n"
 "  --max-rows N             rows per Lookup request, default 262144\n"
 "  --max-message-bytes B    max gRPC message size, default 64M\n"
 "  --grace-ms MS            shutdown wait for in-flight calls, default 5000\n"
@@ -139,6 +142,7 @@ static void defaults(options *o)
     o->threads = cpus > 0 ? (int)cpus : 1;
     o->resident_budget = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz / 4 : 1ull << 30;
     o->block_cache = 256ull << 20;
+    o->hot_cache = 256ull << 20;
     o->max_rows = 262144;
     o->max_message = 64ull << 20;
     o->log_level = LOG_INFO;
@@ -152,6 +156,7 @@ static void parse_args(int argc, char **argv, options *o)
     static const struct option longopts[] = {
         {"data", 1, 0, 'd'}, {"listen", 1, 0, 'l'}, {"threads", 1, 0, 't'},
         {"resident-budget", 1, 0, 'r'}, {"block-cache", 1, 0, 'c'},
+        {"hot-cache-bytes", 1, 0, 'H'},
         {"max-rows", 1, 0, 'm'}, {"max-message-bytes", 1, 0, 'M'},
         {"grace-ms", 1, 0, 'g'}, {"port-file", 1, 0, 'p'},
         {"log-level", 1, 0, 'L'}, {"log-file", 1, 0, 'F'}, {"help", 0, 0, 'h'},
@@ -182,6 +187,7 @@ static void parse_args(int argc, char **argv, options *o)
             o->threads = (int)v; break;
         case 'r': if (parse_u64(optarg, &o->resident_budget, 1)) bad_value(name, optarg); break;
         case 'c': if (parse_u64(optarg, &o->block_cache, 1)) bad_value(name, optarg); break;
+        case 'H': if (parse_u64(optarg, &o->hot_cache, 1)) bad_value(name, optarg); break;
         case 'm':
             if (parse_u64(optarg, &o->max_rows, 0) || o->max_rows < 1) bad_value(name, optarg);
             break;
@@ -296,7 +302,8 @@ int main(int argc, char **argv)
     static store_metrics sm;
     char *err = NULL;
     store_options so = {o.data, o.resident_budget, o.block_cache, cl->shards,
-                        o.shard < 0 ? 0 : (uint32_t)o.shard, (uint32_t)o.keep_versions};
+                        o.shard < 0 ? 0 : (uint32_t)o.shard, (uint32_t)o.keep_versions,
+                        o.hot_cache};
     store *st = store_setup(&so, &sm, &err);
     if (!st) {
         log_error("store_open_failed", "data=%s error=\"%s\"", o.data, err);

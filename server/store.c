@@ -400,7 +400,7 @@ void store_delete_rows(store *s, uint32_t id, uint64_t version)
 /* ---- reads -------------------------------------------------------------- */
 
 static int multiget_batch(table_version *tv, const uint64_t *rows, size_t n,
-                          uint8_t *out, char *msg, size_t msglen)
+                          uint8_t *out, int sorted, char *msg, size_t msglen)
 {
     store *s = tv->s;
     uint8_t keys[MULTIGET_BATCH][ROW_KEY_LEN];
@@ -414,7 +414,7 @@ static int multiget_batch(table_version *tv, const uint64_t *rows, size_t n,
         ks[i] = ROW_KEY_LEN;
     }
     rocksdb_batched_multi_get_cf(s->db, s->ropts, s->cf[CF_ROWS], n, kp, ks,
-                                 vals, errs, 0);
+                                 vals, errs, sorted != 0);
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         size_t vl = 0;
@@ -436,25 +436,114 @@ static int multiget_batch(table_version *tv, const uint64_t *rows, size_t n,
     return rc;
 }
 
+/* ---- the hot-row tier ----------------------------------------------------- */
+
+/* Keys: the version's process-unique cache id above the local row, so rows
+ * of a dropped or replaced version can never be hit again (they age out). */
+#define HOT_ROW_BITS 40
+#define HOT_ID_LIMIT (1ull << (64 - HOT_ROW_BITS))
+
+static hotcache *hot_for(store *s, uint32_t row_bytes)
+{
+    hotcache *hc = __atomic_load_n(&s->hot, __ATOMIC_ACQUIRE);
+    if (!hc && s->hot_budget) {
+        pthread_mutex_lock(&s->hot_lock);
+        if (!s->hot && s->hot_budget) {
+            hc = hotcache_create(s->hot_budget, row_bytes, &s->m->hot);
+            if (!hc)
+                s->hot_budget = 0;   /* too small to hold anything: off */
+            else
+                log_info("hot_cache_created", "budget=%llu row_bytes=%u rows=%llu",
+                         (unsigned long long)s->hot_budget, row_bytes,
+                         (unsigned long long)hotcache_capacity(hc));
+            __atomic_store_n(&s->hot, hc, __ATOMIC_RELEASE);
+        }
+        hc = s->hot;
+        pthread_mutex_unlock(&s->hot_lock);
+    }
+    return hc && hotcache_row_bytes(hc) == row_bytes ? hc : NULL;
+}
+
+typedef struct miss {
+    uint64_t row;
+    uint32_t at;                 /* position in the request */
+} miss;
+
+static int by_row(const void *a, const void *b)
+{
+    uint64_t x = ((const miss *)a)->row, y = ((const miss *)b)->row;
+    return x < y ? -1 : x > y;
+}
+
+/* Reads the misses in sorted batches (sorted keys let MultiGet walk each
+ * block once), places them and lets them into the cache. */
+static int read_misses(table_version *tv, hotcache *hc, miss *ms, size_t nm, uint8_t *out,
+                       char *msg, size_t msglen)
+{
+    const size_t rb = tv->row_bytes;
+    qsort(ms, nm, sizeof *ms, by_row);
+    uint64_t rows[MULTIGET_BATCH];
+    uint8_t *tmp = malloc((nm < MULTIGET_BATCH ? nm : MULTIGET_BATCH) * rb + 1);
+    int rc = 0;
+    for (size_t off = 0; off < nm && !rc; off += MULTIGET_BATCH) {
+        size_t k = nm - off < MULTIGET_BATCH ? nm - off : MULTIGET_BATCH;
+        for (size_t j = 0; j < k; j++)
+            rows[j] = ms[off + j].row;
+        rc = multiget_batch(tv, rows, k, tmp, 1, msg, msglen);
+        for (size_t j = 0; j < k && !rc; j++) {
+            memcpy(out + (size_t)ms[off + j].at * rb, tmp + j * rb, rb);
+            if (hc && rows[j] < (1ull << HOT_ROW_BITS))
+                hotcache_put(hc, tv->vr->cache_id << HOT_ROW_BITS | rows[j], tmp + j * rb);
+        }
+        __atomic_add_fetch(&tv->s->m->multiget_calls, 1, __ATOMIC_RELAXED);
+    }
+    free(tmp);
+    return rc ? -1 : 0;
+}
+
+static int read_rocksdb_tier(table_version *tv, const uint64_t *rows, size_t n, uint8_t *out,
+                             uint64_t *hot_hits, char *msg, size_t msglen)
+{
+    const size_t rb = tv->row_bytes;
+    hotcache *hc = tv->vr->cache_id < HOT_ID_LIMIT ? hot_for(tv->s, tv->row_bytes) : NULL;
+    miss *ms = malloc((n ? n : 1) * sizeof *ms);
+    size_t nm = 0;
+    uint64_t hits = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (hc && rows[i] < (1ull << HOT_ROW_BITS) &&
+            hotcache_get(hc, tv->vr->cache_id << HOT_ROW_BITS | rows[i], out + i * rb))
+            hits++;
+        else
+            ms[nm++] = (miss){rows[i], (uint32_t)i};
+    }
+    int rc = read_misses(tv, hc, ms, nm, out, msg, msglen);
+    free(ms);
+    __atomic_add_fetch(&tv->s->m->rows_hot, hits, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&tv->s->m->rows_rocksdb, n - hits, __ATOMIC_RELAXED);
+    if (hot_hits)
+        *hot_hits = hits;
+    return rc;
+}
+
+int store_read_rows_tiered(table_version *tv, const uint64_t *rows, size_t n, uint8_t *out,
+                           uint64_t *hot_hits, char *msg, size_t msglen)
+{
+    const size_t rb = tv->row_bytes;
+    if (hot_hits)
+        *hot_hits = 0;
+    if (!tv->resident)
+        return read_rocksdb_tier(tv, rows, n, out, hot_hits, msg, msglen);
+    const uint8_t *arr = tv->resident;
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + i * rb, arr + rows[i] * rb, rb);
+    __atomic_add_fetch(&tv->s->m->rows_resident, n, __ATOMIC_RELAXED);
+    return 0;
+}
+
 int store_read_rows(table_version *tv, const uint64_t *rows, size_t n,
                     uint8_t *out, char *msg, size_t msglen)
 {
-    const size_t rb = tv->row_bytes;
-    if (tv->resident) {
-        const uint8_t *arr = tv->resident;
-        for (size_t i = 0; i < n; i++)
-            memcpy(out + i * rb, arr + rows[i] * rb, rb);
-        __atomic_add_fetch(&tv->s->m->rows_resident, n, __ATOMIC_RELAXED);
-        return 0;
-    }
-    for (size_t off = 0; off < n; off += MULTIGET_BATCH) {
-        size_t k = n - off < MULTIGET_BATCH ? n - off : MULTIGET_BATCH;
-        if (multiget_batch(tv, rows + off, k, out + off * rb, msg, msglen) < 0)
-            return -1;
-        __atomic_add_fetch(&tv->s->m->multiget_calls, 1, __ATOMIC_RELAXED);
-    }
-    __atomic_add_fetch(&tv->s->m->rows_rocksdb, n, __ATOMIC_RELAXED);
-    return 0;
+    return store_read_rows_tiered(tv, rows, n, out, NULL, msg, msglen);
 }
 
 /* ---- statistics --------------------------------------------------------- */

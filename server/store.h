@@ -30,6 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hotcache.h"
 #include "resident.h"
 
 #define TABLE_NAME_MAX 128
@@ -66,15 +67,18 @@ typedef struct store_options {
     uint32_t shard_count;        /* 1 for a single server */
     uint32_t shard_index;
     uint32_t keep_versions;      /* non-staged versions kept per table (>= 2) */
+    uint64_t hot_cache_bytes;    /* hot-row tier for RocksDB-served tables; 0: off */
 } store_options;
 
 typedef struct store_metrics {
     uint64_t rows_resident;      /* rows served from dense arrays */
     uint64_t rows_rocksdb;       /* rows served by MultiGet */
+    uint64_t rows_hot;           /* rows served by the hot-row cache */
     uint64_t multiget_calls;
     uint64_t imports_done;
     uint64_t imports_failed;
     resident_metrics resident;
+    hotcache_metrics hot;
 } store_metrics;
 
 /* Opens (or creates) the store in opts->dir and brings every table back,
@@ -102,6 +106,11 @@ size_t store_versions(store *s, const char *name, table_version ***out);
  * with msg filled (a storage failure: the caller answers DATA_LOSS). */
 int store_read_rows(table_version *tv, const uint64_t *local, size_t n,
                     uint8_t *out, char *msg, size_t msglen);
+/* The same, telling how many rows came from the hot-row cache (the others
+ * of a non-resident table came from RocksDB). Misses are read in one
+ * MultiGet with sorted keys and then enter the cache. */
+int store_read_rows_tiered(table_version *tv, const uint64_t *local, size_t n, uint8_t *out,
+                           uint64_t *hot_hits, char *msg, size_t msglen);
 
 /* RocksDB's own figures (DB-wide statistics are enabled at open): the
  * block cache's bytes, and tickers since start. For Stats and /metrics. */

@@ -20,6 +20,7 @@ struct version_rows {
     store *s;
     uint32_t table_id;
     uint64_t version;
+    uint64_t cache_id;           /* unique per process: the hot cache's key space */
 };
 
 /* A table's live versions, sorted by version. */
@@ -55,6 +56,13 @@ struct store {
 
     char *dir;
     char *tmp_dir;
+
+    /* The hot-row tier, created at the first RocksDB read with that read's
+     * row size; tables of another row size bypass it. */
+    pthread_mutex_t hot_lock;
+    hotcache *hot;
+    uint64_t hot_budget;
+    uint64_t next_cache_id;      /* atomic */
 };
 
 /* store.c */

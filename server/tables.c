@@ -35,6 +35,7 @@ static version_rows *vr_new(store *s, uint32_t id, uint64_t version)
     vr->s = s;
     vr->table_id = id;
     vr->version = version;
+    vr->cache_id = __atomic_add_fetch(&s->next_cache_id, 1, __ATOMIC_RELAXED);
     return vr;
 }
 
@@ -235,6 +236,8 @@ store *store_setup(const store_options *o, store_metrics *metrics, char **err)
     s->shard_count = o->shard_count ? o->shard_count : 1;
     s->shard_index = o->shard_index;
     s->keep_versions = o->keep_versions >= 2 ? o->keep_versions : 2;
+    s->hot_budget = o->hot_cache_bytes;
+    pthread_mutex_init(&s->hot_lock, NULL);
     pthread_rwlock_init(&s->lock, NULL);
     pthread_mutex_init(&s->change_lock, NULL);
     pthread_mutex_init(&s->claim_lock, NULL);
@@ -262,6 +265,8 @@ void store_teardown(store *s)
         free(s->claims[i]);
     free(s->claims);
     store_close_db(s);
+    hotcache_destroy(s->hot);
+    pthread_mutex_destroy(&s->hot_lock);
     resident_teardown();
     pthread_rwlock_destroy(&s->lock);
     pthread_mutex_destroy(&s->change_lock);
