@@ -1,0 +1,556 @@
+/* decode_loop_bench.c: engram-decode-loop-bench, what Engram prefetch costs
+ * an inference worker's step loop, against one engram-server.
+ *
+ *   engram-decode-loop-bench --server HOST:PORT --model NAME --tokens FILE
+ *       [--layers L (30)] [--tokens-per-s R (9000)]
+ *       [--batch B (512)] [--chunk T (4096)]
+ *       [--decode-layer-us U] [--prefill-layer-us U]
+ *       [--steps N] [--prefill-steps N] [--warmup-steps W (3)]
+ *       [--verify-seed S]
+ *
+ * The worker: a model of L layers, Engram at the manifest's layers (opened
+ * with engram_model_open; every id must be < L). Each layer's compute is a
+ * busy-wait on the monotonic clock for a fixed time. The default comes from
+ * the Engram paper's setting, about R = 9000 tokens/s on a 4B model: a
+ * decode step of B sequences takes B / R s for all L layers, so B / R / L per
+ * layer (512 / 9000 / 30 = 1.896 ms); a prefill chunk of T tokens takes
+ * T / R / L per layer (4096 / 9000 / 30 = 15.17 ms).
+ *
+ * Each step, with Engram: fill the batch (decode: B sequences at B evenly
+ * spaced offsets of FILE, T = 1, history = the max_ngram - 1 tokens before
+ * each, step s moving every offset on by s; prefill: B = 1, T tokens, chunk
+ * s starting T * s further on), start ONE prefetch covering every Engram
+ * layer with ENGRAM_PREFETCH_HASH_ASYNC, run the layers, and just before the
+ * first Engram layer call engram_prefetch_wait (the time it blocks is the
+ * "wait"); free the handle at step end. Without Engram: the same batch fill
+ * and busy-waits, no prefetch. The two modes alternate step by step in the
+ * same invocation (so machine noise hits both alike), W untimed steps of
+ * each first, then N timed of each. tokens/s = B * T * N / the sum of that
+ * mode's step times; overhead = 1 - with / without.
+ *
+ * --verify-seed S: after the timed steps, step 0 of each shape is prefetched
+ * once more (HASH_ASYNC) and every row of every Engram layer is compared
+ * byte for byte with synthetic_row(manifest_synthetic_seed(S, layer), row)
+ * at engram_model_hash's rows (tables imported with engramctl
+ * import-synthetic --manifest NAME --seed S). Untimed.
+ *
+ * Output: per shape a human-readable block and one `bench: key=value` line.
+ * Exit status: 0 ok, 1 verification mismatch, 2 usage or RPC error. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engram/engram.h"
+#include "synthetic.h"
+#include "manifest.h"
+#include "bench_util.h"
+
+const char bench_prog[] = "engram-decode-loop-bench";
+
+typedef struct bench_opts {
+    const char *server, *model, *tokens;
+    uint64_t layers, batch, chunk, steps, prefill_steps, warmup;
+    double tok_per_s, decode_us, prefill_us;  /* 0: derived */
+    int verify;
+    uint64_t verify_seed;
+} bench_opts;
+
+/* One request shape and where its batches come from. */
+typedef struct shape {
+    const char *name;
+    size_t B, T;
+    size_t span, nsteps;  /* workload tokens per sequence; steps before wrap */
+    uint64_t layer_ns;    /* busy-wait per layer */
+    uint64_t steps;       /* timed steps per mode */
+} shape;
+
+typedef struct bench {
+    const bench_opts *o;
+    engram_client *client;
+    engram_model *model;
+    engram_model_info info;
+    size_t first_engram;  /* the layer before which the worker waits */
+    int64_t *tok;
+    size_t ntok, hist;
+} bench;
+
+/* One step's buffers. */
+typedef struct stepbuf {
+    int64_t *tokens, *history;
+    uint8_t *out;
+    size_t out_bytes;
+} stepbuf;
+
+typedef struct mode_result {
+    uint64_t steps, total_ns;
+    lat_log step, wait, start;
+} mode_result;
+
+/* ---- options -------------------------------------------------------------- */
+
+static int usage(const char *why)
+{
+    if (why)
+        fprintf(stderr, "engram-decode-loop-bench: %s\n", why);
+    fprintf(stderr,
+"usage: engram-decode-loop-bench --server HOST:PORT --model NAME --tokens FILE\n"
+"           [--layers L] [--tokens-per-s R] [--batch B] [--chunk T]\n"
+"           [--decode-layer-us U] [--prefill-layer-us U] [--steps N]\n"
+"           [--prefill-steps N] [--warmup-steps W] [--verify-seed S]\n");
+    return 2;
+}
+
+static int apply_opt(bench_opts *o, int c, const char *arg)
+{
+    switch (c) {
+    case 's': o->server = arg; return 0;
+    case 'm': o->model = arg; return 0;
+    case 't': o->tokens = arg; return 0;
+    case 'L': return parse_u64(arg, &o->layers);
+    case 'r': return parse_num(arg, &o->tok_per_s);
+    case 'b': return parse_u64(arg, &o->batch);
+    case 'c': return parse_u64(arg, &o->chunk);
+    case 'd': return parse_num(arg, &o->decode_us);
+    case 'p': return parse_num(arg, &o->prefill_us);
+    case 'n': return parse_u64(arg, &o->steps);
+    case 'N': return parse_u64(arg, &o->prefill_steps);
+    case 'w': return parse_u64(arg, &o->warmup);
+    case 'v': o->verify = 1; return parse_u64(arg, &o->verify_seed);
+    }
+    return -1;
+}
+
+static int check_opts(const bench_opts *o)
+{
+    if (!o->server || !o->model || !o->tokens)
+        return usage("--server, --model and --tokens are required");
+    if (o->layers == 0 || o->layers > 1000 || o->batch == 0 || o->chunk == 0)
+        return usage("--layers, --batch and --chunk must be positive");
+    if (o->tok_per_s <= 0)
+        return usage("--tokens-per-s must be positive");
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, bench_opts *o)
+{
+    static const struct option lo[] = {
+        {"server", 1, 0, 's'}, {"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'},
+        {"layers", 1, 0, 'L'}, {"tokens-per-s", 1, 0, 'r'}, {"batch", 1, 0, 'b'},
+        {"chunk", 1, 0, 'c'}, {"decode-layer-us", 1, 0, 'd'},
+        {"prefill-layer-us", 1, 0, 'p'}, {"steps", 1, 0, 'n'},
+        {"prefill-steps", 1, 0, 'N'}, {"warmup-steps", 1, 0, 'w'},
+        {"verify-seed", 1, 0, 'v'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    *o = (bench_opts){.layers = 30, .batch = 512, .chunk = 4096, .warmup = 3,
+                      .tok_per_s = 9000};
+    int c, li = 0;
+    while ((c = getopt_long(argc, argv, "", lo, &li)) != -1) {
+        if (c == 'h' || c == '?')
+            return usage(NULL);
+        if (apply_opt(o, c, optarg)) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "bad value '%s' for --%s", optarg,
+                     lo[li].name);
+            return usage(msg);
+        }
+    }
+    if (optind < argc)
+        return usage("unexpected argument");
+    return check_opts(o);
+}
+
+/* ---- setup ------------------------------------------------------------------ */
+
+static int open_bench(bench *b)
+{
+    engram_error err = {0};
+    int rc = engram_client_open(b->o->server, NULL, &b->client, &err);
+    if (rc)
+        return rpc_fail("connect", rc, &err);
+    rc = engram_model_open(b->client, b->o->model, &b->model, &err);
+    if (rc)
+        return rpc_fail("model open", rc, &err);
+    engram_model_get_info(b->model, &b->info);
+    b->hist = b->info.max_ngram - 1;
+    b->first_engram = (size_t)-1;
+    for (uint32_t l = 0; l < b->info.n_layers; l++) {
+        int64_t id = b->info.layer_ids[l];
+        if (id < 0 || (uint64_t)id >= b->o->layers) {
+            fprintf(stderr, "engram-decode-loop-bench: Engram layer %" PRId64
+                    " is outside the %" PRIu64 "-layer model\n", id, b->o->layers);
+            return 2;
+        }
+        if ((size_t)id < b->first_engram)
+            b->first_engram = (size_t)id;
+    }
+    return 0;
+}
+
+/* Per-layer busy-wait: the option, else tokens per step / R / L. */
+static shape make_shape(const bench *b, const char *name, size_t B, size_t T,
+                        double layer_us, uint64_t steps)
+{
+    const bench_opts *o = b->o;
+    shape s = {.name = name, .B = B, .T = T};
+    double step_s = (double)(B * T) / o->tok_per_s;
+    if (layer_us <= 0)
+        layer_us = step_s / (double)o->layers * 1e6;
+    s.layer_ns = (uint64_t)(layer_us * 1e3 + 0.5);
+    /* default: ~10 s of steps per mode at the nominal step time */
+    s.steps = steps ? steps : (uint64_t)(10.0 / ((double)s.layer_ns * 1e-9 *
+                                                 (double)o->layers)) + 1;
+    s.span = b->ntok > b->hist ? (b->ntok - b->hist) / B : 0;
+    s.nsteps = s.span / T;
+    return s;
+}
+
+static size_t rows_per_step(const bench *b, const shape *s)
+{
+    return s->B * s->T * b->info.heads * b->info.n_layers;
+}
+
+static void stepbuf_init(const bench *b, const shape *s, stepbuf *sb)
+{
+    sb->tokens = xmalloc(s->B * s->T * sizeof(int64_t));
+    sb->history = xmalloc(s->B * b->hist * sizeof(int64_t));
+    sb->out_bytes = rows_per_step(b, s) * b->info.row_bytes;
+    sb->out = xmalloc(sb->out_bytes);
+    memset(sb->out, 0, sb->out_bytes);  /* every page real before timing */
+}
+
+static void stepbuf_free(stepbuf *sb)
+{
+    free(sb->tokens);
+    free(sb->history);
+    free(sb->out);
+}
+
+/* Step `step` of shape s: sequence j starts at hist + j * span + (step mod
+ * nsteps) * T; its history is the hist tokens before that. */
+static void fill_batch(const bench *b, const shape *s, uint64_t step, stepbuf *sb)
+{
+    size_t within = (size_t)(step % s->nsteps) * s->T;
+    for (size_t j = 0; j < s->B; j++) {
+        size_t start = b->hist + j * s->span + within;
+        memcpy(sb->tokens + j * s->T, b->tok + start, s->T * sizeof(int64_t));
+        memcpy(sb->history + j * b->hist, b->tok + start - b->hist,
+               b->hist * sizeof(int64_t));
+    }
+}
+
+static int prefetch_start(const bench *b, const shape *s, stepbuf *sb,
+                          engram_prefetch **h)
+{
+    engram_error err = {0};
+    engram_prefetch_request r = {
+        .layer_ids = b->info.layer_ids, .n_layers = b->info.n_layers,
+        .tokens = sb->tokens, .batch = s->B, .seq_len = s->T,
+        .history = sb->history, .out = sb->out, .out_cap = sb->out_bytes,
+        .flags = ENGRAM_PREFETCH_HASH_ASYNC};
+    int rc = engram_prefetch_start(b->model, &r, h, &err);
+    return rc ? rpc_fail("prefetch start", rc, &err) : 0;
+}
+
+static int prefetch_wait(engram_prefetch *h)
+{
+    engram_error err = {0};
+    int rc = engram_prefetch_wait(h, -1, &err);
+    return rc ? rpc_fail("prefetch wait", rc, &err) : 0;
+}
+
+/* ---- the step loop ---------------------------------------------------------- */
+
+static volatile uint64_t spin_sink;
+
+/* A layer's compute: spins until `ns` of wall time have passed. */
+static void busy_wait(uint64_t ns)
+{
+    uint64_t end = bench_now_ns() + ns, n = 0;
+    while (bench_now_ns() < end)
+        n++;
+    spin_sink += n;
+}
+
+/* One step; with_engram starts a prefetch first and waits for it just
+ * before the first Engram layer. Records into r when r is non-NULL. */
+static int one_step(const bench *b, const shape *s, stepbuf *sb, uint64_t step,
+                    int with_engram, mode_result *r)
+{
+    engram_prefetch *h = NULL;
+    uint64_t t0 = bench_now_ns(), t_start = 0, t_wait = 0, t1;
+    fill_batch(b, s, step, sb);
+    if (with_engram && prefetch_start(b, s, sb, &h))
+        return 2;
+    t_start = bench_now_ns() - t0;
+    for (size_t l = 0; l < b->o->layers; l++) {
+        if (with_engram && l == b->first_engram) {
+            t1 = bench_now_ns();
+            int rc = prefetch_wait(h);
+            t_wait = bench_now_ns() - t1;
+            if (rc) {
+                engram_prefetch_free(h);
+                return 2;
+            }
+        }
+        busy_wait(s->layer_ns);
+    }
+    engram_prefetch_free(h);
+    if (r) {
+        uint64_t ns = bench_now_ns() - t0;
+        r->steps++;
+        r->total_ns += ns;
+        lat_push(&r->step, ns);
+        lat_push(&r->wait, t_wait);
+        lat_push(&r->start, t_start);
+    }
+    return 0;
+}
+
+/* W untimed steps of each mode, then N of each, alternating (with Engram
+ * first); both modes walk the same batches. */
+static int run_shape(const bench *b, const shape *s, mode_result *on, mode_result *off)
+{
+    stepbuf sb;
+    stepbuf_init(b, s, &sb);
+    int rc = 0;
+    uint64_t total = b->o->warmup + s->steps;
+    for (uint64_t i = 0; i < total && rc == 0; i++) {
+        int timed = i >= b->o->warmup;
+        rc = one_step(b, s, &sb, i, 1, timed ? on : NULL);
+        if (rc == 0)
+            rc = one_step(b, s, &sb, i, 0, timed ? off : NULL);
+    }
+    stepbuf_free(&sb);
+    return rc;
+}
+
+/* ---- report ------------------------------------------------------------------ */
+
+static const char *layer_list(const bench *b, char *buf, size_t cap)
+{
+    size_t off = 0;
+    buf[0] = 0;
+    for (uint32_t l = 0; l < b->info.n_layers && off < cap; l++)
+        off += (size_t)snprintf(buf + off, cap - off, "%s%" PRId64, l ? "," : "",
+                                b->info.layer_ids[l]);
+    return buf;
+}
+
+static double tps(const shape *s, const mode_result *r)
+{
+    return r->total_ns ? (double)(r->steps * s->B * s->T) / ((double)r->total_ns / 1e9) : 0;
+}
+
+/* Steps whose wait blocked for more than 50 us. */
+static uint64_t blocked_steps(const mode_result *r)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < r->wait.len; i++)
+        n += r->wait.ns[i] > 50000;
+    return n;
+}
+
+static double mean_ms(const lat_log *l)
+{
+    double sum = 0;
+    for (size_t i = 0; i < l->len; i++)
+        sum += (double)l->ns[i];
+    return l->len ? sum / (double)l->len / 1e6 : 0;
+}
+
+static void print_human(const bench *b, const shape *s, const mode_result *on,
+                        const mode_result *off)
+{
+    double t_on = tps(s, on), t_off = tps(s, off);
+    double nominal_ms = (double)s->layer_ns * (double)b->o->layers / 1e6;
+    char layers[256];
+    printf("%s: B %zu x T %zu, %" PRIu64 " layers x %.3f ms busy-wait (nominal "
+           "%.2f ms/step), Engram at layers %s (wait before layer %zu), %zu rows/prefetch\n",
+           s->name, s->B, s->T, b->o->layers, (double)s->layer_ns / 1e6, nominal_ms,
+           layer_list(b, layers, sizeof layers), b->first_engram, rows_per_step(b, s));
+    printf("  %" PRIu64 " timed steps per mode (after %" PRIu64 " untimed), alternating\n",
+           on->steps, b->o->warmup);
+    printf("  without Engram: %.0f tokens/s, step ms p50 %.3f  p99 %.3f  max %.3f\n",
+           t_off, pct_ms(&off->step, 50), pct_ms(&off->step, 99), pct_ms(&off->step, 100));
+    printf("  with Engram:    %.0f tokens/s, step ms p50 %.3f  p99 %.3f  max %.3f\n",
+           t_on, pct_ms(&on->step, 50), pct_ms(&on->step, 99), pct_ms(&on->step, 100));
+    printf("  overhead        %.2f%% (1 - with / without)\n",
+           t_off > 0 ? (1 - t_on / t_off) * 100 : 0);
+    printf("  wait ms         p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f; "
+           "blocked > 50 us in %" PRIu64 " of %" PRIu64 " steps\n",
+           pct_ms(&on->wait, 50), pct_ms(&on->wait, 90), pct_ms(&on->wait, 99),
+           pct_ms(&on->wait, 100), mean_ms(&on->wait), blocked_steps(on), on->steps);
+    printf("  start ms        p50 %.3f  p99 %.3f  max %.3f (batch fill + "
+           "engram_prefetch_start, HASH_ASYNC)\n", pct_ms(&on->start, 50),
+           pct_ms(&on->start, 99), pct_ms(&on->start, 100));
+}
+
+static void print_machine(const bench *b, const shape *s, const mode_result *on,
+                          const mode_result *off)
+{
+    double t_on = tps(s, on), t_off = tps(s, off);
+    printf("bench: scenario=%s model=%s batch=%zu seq=%zu layers=%" PRIu64
+           " engram_layers=%u layer_ms=%.4f steps=%" PRIu64 " tokens_per_s_off=%.1f "
+           "tokens_per_s_on=%.1f overhead_pct=%.3f step_p50_ms_off=%.3f "
+           "step_p50_ms_on=%.3f wait_p50_ms=%.4f wait_p90_ms=%.4f wait_p99_ms=%.4f "
+           "wait_max_ms=%.4f wait_mean_ms=%.4f blocked_steps=%" PRIu64
+           " start_p50_ms=%.4f start_max_ms=%.4f\n",
+           s->name, b->info.name, s->B, s->T, b->o->layers, b->info.n_layers,
+           (double)s->layer_ns / 1e6, on->steps, t_off, t_on,
+           t_off > 0 ? (1 - t_on / t_off) * 100 : 0, pct_ms(&off->step, 50),
+           pct_ms(&on->step, 50), pct_ms(&on->wait, 50), pct_ms(&on->wait, 90),
+           pct_ms(&on->wait, 99), pct_ms(&on->wait, 100), mean_ms(&on->wait),
+           blocked_steps(on), pct_ms(&on->start, 50), pct_ms(&on->start, 100));
+}
+
+static void free_result(mode_result *r)
+{
+    free(r->step.ns);
+    free(r->wait.ns);
+    free(r->start.ns);
+}
+
+static int bench_shape(const bench *b, const shape *s)
+{
+    mode_result on = {0}, off = {0};
+    int rc = run_shape(b, s, &on, &off);
+    if (rc == 0) {
+        lat_sort(&on.step);
+        lat_sort(&on.wait);
+        lat_sort(&on.start);
+        lat_sort(&off.step);
+        print_human(b, s, &on, &off);
+        print_machine(b, s, &on, &off);
+        printf("\n");
+        fflush(stdout);
+    }
+    free_result(&on);
+    free_result(&off);
+    return rc;
+}
+
+/* ---- verification (untimed) -------------------------------------------------- */
+
+/* Mismatching rows of layer index l in sb->out, or -1 on a hashing error. */
+static long verify_layer(const bench *b, const shape *s, const stepbuf *sb,
+                         uint32_t l, uint64_t *rows, uint8_t *want)
+{
+    size_t per = s->B * s->T * b->info.heads, rb = b->info.row_bytes;
+    int64_t id = b->info.layer_ids[l];
+    engram_error err = {0};
+    int rc = engram_model_hash(b->model, id, sb->tokens, s->B, s->T, sb->history,
+                               rows, &err);
+    if (rc) {
+        rpc_fail("hash", rc, &err);
+        return -1;
+    }
+    uint64_t seed = manifest_synthetic_seed(b->o->verify_seed, id);
+    long bad = 0;
+    for (size_t i = 0; i < per; i++) {
+        synthetic_row(seed, rows[i], want, rb);
+        if (memcmp(sb->out + (l * per + i) * rb, want, rb) == 0)
+            continue;
+        if (bad++ < 5)
+            fprintf(stderr, "engram-decode-loop-bench: mismatch: %s layer %" PRId64
+                    " row %" PRIu64 " (index %zu)\n", s->name, id, rows[i], i);
+    }
+    return bad;
+}
+
+/* Prefetches step 0 of s and checks every row; -1 on an error. */
+static long verify_shape(const bench *b, const shape *s, uint64_t *checked)
+{
+    stepbuf sb;
+    engram_prefetch *h = NULL;
+    long bad = -1;
+    stepbuf_init(b, s, &sb);
+    fill_batch(b, s, 0, &sb);
+    if (prefetch_start(b, s, &sb, &h) == 0 && prefetch_wait(h) == 0) {
+        size_t per = s->B * s->T * b->info.heads;
+        uint64_t *rows = xmalloc(per * sizeof *rows);
+        uint8_t *want = xmalloc(b->info.row_bytes);
+        bad = 0;
+        for (uint32_t l = 0; l < b->info.n_layers && bad >= 0; l++) {
+            long m = verify_layer(b, s, &sb, l, rows, want);
+            bad = m < 0 ? -1 : bad + m;
+        }
+        *checked += per * b->info.n_layers;
+        free(rows);
+        free(want);
+    }
+    engram_prefetch_free(h);
+    stepbuf_free(&sb);
+    return bad;
+}
+
+static int run_verify(const bench *b, const shape *shapes, size_t n)
+{
+    uint64_t checked = 0;
+    long bad = 0;
+    for (size_t i = 0; i < n && bad >= 0; i++) {
+        long m = verify_shape(b, &shapes[i], &checked);
+        bad = m < 0 ? -1 : bad + m;
+    }
+    if (bad < 0)
+        return 2;
+    printf("verify: step 0 of each shape (HASH_ASYNC), after the timed steps: %" PRIu64
+           " rows checked byte for byte against seed %" PRIu64 ": %ld mismatches\n",
+           checked, b->o->verify_seed, bad);
+    printf("bench: scenario=verify seed=%" PRIu64 " verified_rows=%" PRIu64
+           " mismatches=%ld\n", b->o->verify_seed, checked, bad);
+    return bad ? 1 : 0;
+}
+
+/* ---- main --------------------------------------------------------------------- */
+
+static int check_workload(const bench *b, const shape *s)
+{
+    if (s->nsteps == 0) {
+        fprintf(stderr, "engram-decode-loop-bench: %s needs at least %zu tokens; "
+                "%s has %zu\n", s->name, b->hist + s->B * s->T, b->o->tokens, b->ntok);
+        return 2;
+    }
+    return 0;
+}
+
+static int run_all(bench *b)
+{
+    const bench_opts *o = b->o;
+    shape shapes[2] = {
+        make_shape(b, "decode", o->batch, 1, o->decode_us, o->steps),
+        make_shape(b, "prefill", 1, o->chunk, o->prefill_us, o->prefill_steps)};
+    if (check_workload(b, &shapes[0]) || check_workload(b, &shapes[1]))
+        return 2;
+    printf("engram-decode-loop-bench: server %s, model %s (manifest version %" PRIu64
+           "), %u heads x %u-byte rows; tokens %s: %zu; compute model %.0f tokens/s "
+           "over %" PRIu64 " layers (busy-wait)\n\n", o->server, b->info.name,
+           b->info.manifest_version, b->info.heads, b->info.row_bytes, o->tokens,
+           b->ntok, o->tok_per_s, o->layers);
+    fflush(stdout);
+    int rc = 0;
+    for (size_t i = 0; i < 2 && rc == 0; i++)
+        rc = bench_shape(b, &shapes[i]);
+    if (rc == 0 && o->verify)
+        rc = run_verify(b, shapes, 2);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    bench_opts o;
+    if (parse_args(argc, argv, &o))
+        return 2;
+    bench b = {.o = &o};
+    int rc = load_tokens_file(o.tokens, &b.tok, &b.ntok);
+    if (rc == 0)
+        rc = open_bench(&b);
+    if (rc == 0)
+        rc = run_all(&b);
+    if (b.model)
+        engram_model_close(b.model);
+    if (b.client)
+        engram_client_close(b.client);
+    free(b.tok);
+    return rc;
+}
