@@ -31,63 +31,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
-TOKENS=$ROOT/../shared/testdata/workload/tokens.bin
-SERVER_BIN=$BUILD/server/engram-server
-CTL=$BUILD/client/engramctl
-BENCH=$BUILD/tests/bench/engram-prefetch-bench
-for b in "$SERVER_BIN" "$CTL" "$BENCH"; do
-  [ -x "$b" ] || { echo "run_prefetch_bench.sh: missing $b (build first)" >&2; exit 2; }
-done
-[ -r "$TOKENS" ] || { echo "run_prefetch_bench.sh: missing $TOKENS" >&2; exit 2; }
-
-TMP=$(mktemp -d /tmp/engram-prefetch-bench.XXXXXX)
-SERVER_PID=
-stop_server() {
-  [ -n "$SERVER_PID" ] || return 0
-  local pid=$SERVER_PID rc=0
-  SERVER_PID=
-  kill -TERM "$pid" 2>/dev/null || true
-  wait "$pid" || rc=$?
-  echo "server: stopped with SIGTERM, exit status $rc"
-}
-cleanup() { stop_server; rm -rf "$TMP"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-python3 - "$TMP/demo.json" <<'EOF'
-import json, sys
-manifest = {
-    "name": "demo",
-    "engram_vocab_size": [646400, 646400], "max_ngram_size": 3,
-    "n_embed_per_ngram": 512, "n_head_per_ngram": 8,
-    "layer_ids": [1, 15], "pad_id": 2, "seed": 0, "dtype": "bf16",
-    "compression": {"lookup_table": list(range(129280))},
-    "tables": {"1": "demo.l1", "15": "demo.l15"},
-}
-with open(sys.argv[1], "w") as f:
-    json.dump(manifest, f)
-EOF
-
-BUDGET=$(( 4 << 30 ))
-"$SERVER_BIN" --data "$TMP/data" --listen 127.0.0.1:0 --port-file "$TMP/port" \
-  --threads 2 --resident-budget "$BUDGET" --log-file "$TMP/server.log" &
-SERVER_PID=$!
-for _ in $(seq 200); do
-  [ -s "$TMP/port" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$TMP/server.log" >&2; exit 2; }
-  sleep 0.05
-done
-[ -s "$TMP/port" ] || { echo "run_prefetch_bench.sh: server wrote no port" >&2; exit 2; }
-ADDR=127.0.0.1:$(cat "$TMP/port")
-echo "server: $ADDR, data $TMP/data, --threads 2, resident budget $BUDGET bytes"
-
-"$CTL" --server "$ADDR" put-manifest "$TMP/demo.json"
-t0=$(date +%s.%N)
-"$CTL" --server "$ADDR" --deadline-ms 600000 import-synthetic --manifest demo --seed 1
-echo "import: both tables in $(echo "$(date +%s.%N) - $t0" | bc) s"
-"$CTL" --server "$ADDR" tables
-echo
+# The server, the demo model and its tables: shared with the other
+# demo-model benchmark (demo_server.sh).
+. "$(dirname "$0")/demo_server.sh"
+demo_server_start run_prefetch_bench.sh "$BUILD" engram-prefetch-bench
 
 rc=0
 "$BENCH" --server "$ADDR" --model demo --tokens "$TOKENS" \
