@@ -68,6 +68,36 @@ static void exec_server(const char *dir, const char *portfile, int port, const c
     _exit(127);
 }
 
+/* The port file is written once the server serves; a connect proves that
+ * the port is really this server's listener (a free port picked by
+ * harness_free_port can be taken by another process in between). */
+static int tcp_accepts(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+void server_report(const test_server *s)
+{
+    int st;
+    pid_t w = waitpid(s->pid, &st, WNOHANG);
+    if (w == s->pid)
+        fprintf(stderr, "server %s (pid %d) has exited: %s %d\n", s->addr, (int)s->pid,
+                WIFEXITED(st) ? "status" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+    else
+        fprintf(stderr, "server %s (pid %d) is running; %s\n", s->addr, (int)s->pid,
+                tcp_accepts(s->port) ? "accepting" : "NOT accepting");
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "tail -n 15 '%s/server.log' >&2", s->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "(no log in %s)\n", s->dir);
+}
+
 int server_start(test_server *s, const char *dir, const char *const *extra)
 {
     return server_start_port(s, dir, 0, extra);
@@ -85,7 +115,12 @@ int server_start_port(test_server *s, const char *dir, int port, const char *con
     for (int i = 0; i < 400; i++) {   /* up to 20 s */
         if ((s->port = read_port(portfile)) > 0) {
             snprintf(s->addr, sizeof s->addr, "127.0.0.1:%d", s->port);
-            return 0;
+            if (tcp_accepts(s->port))
+                return 0;
+            fprintf(stderr, "engram-server wrote port %d but does not accept on it\n", s->port);
+            server_report(s);
+            server_kill(s);
+            return -1;
         }
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {

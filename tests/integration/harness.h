@@ -28,6 +28,10 @@ int server_start_port(test_server *s, const char *dir, int port, const char *con
 /* A loopback port that was free a moment ago (bind to 0, read, close). */
 int harness_free_port(void);
 
+/* Prints to stderr whether the server still runs and accepts, and the tail
+ * of its log: what a failing setup needs to say in CI. */
+void server_report(const test_server *s);
+
 /* SIGKILL, then waits (a crash, not a shutdown). */
 void server_kill(test_server *s);
 

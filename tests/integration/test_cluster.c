@@ -80,8 +80,13 @@ static int group_setup(void **state)
         for (int r = 0; r < R; r++)
             if (start(s, r))
                 return -1;
-    return engramctl(srv[1][1].addr, "import-synthetic", "--table", "ct", "--rows", "30000",
-                     "--row-bytes", "64", "--seed", "11", NULL);
+    int rc = engramctl(srv[1][1].addr, "import-synthetic", "--table", "ct", "--rows", "30000",
+                       "--row-bytes", "64", "--seed", "11", NULL);
+    if (rc)
+        for (int s = 0; s < S; s++)
+            for (int r = 0; r < R; r++)
+                server_report(&srv[s][r]);
+    return rc;
 }
 
 static int group_teardown(void **state)

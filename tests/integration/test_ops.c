@@ -241,8 +241,13 @@ static int start_cluster(void)
             if (server_start_port(&srv[s][r], dirs[s][r], ports[s][r], args))
                 return -1;
     }
-    return engramctl(srv[0][0].addr, "import-synthetic", "--table", "ct", "--rows", "30000",
-                     "--row-bytes", "64", "--seed", "11", NULL);
+    int rc = engramctl(srv[0][0].addr, "import-synthetic", "--table", "ct", "--rows", "30000",
+                       "--row-bytes", "64", "--seed", "11", NULL);
+    if (rc)
+        for (int s = 0; s < S; s++)
+            for (int r = 0; r < R; r++)
+                server_report(&srv[s][r]);
+    return rc;
 }
 
 static int group_setup(void **state)
