@@ -3,6 +3,7 @@
  * resident loads and orphan collection. The registry and the version life
  * cycle built on these are in tables.c; store.h has the layout. */
 #include "store_internal.h"
+#include "store_tuning.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -166,18 +167,10 @@ static void make_options(store *s, const store_options *o)
     s->meta_opts = rocksdb_options_create();
 
     s->rows_opts = rocksdb_options_create();
-    rocksdb_options_set_compression(s->rows_opts, rocksdb_no_compression);
-    s->rows_bbto = rocksdb_block_based_options_create();
+    store_tuning t = store_tuning_default();
     s->block_cache = rocksdb_cache_create_lru(o->block_cache_bytes);
-    rocksdb_block_based_options_set_block_cache(s->rows_bbto, s->block_cache);
-    rocksdb_block_based_options_set_checksum(s->rows_bbto, 4 /* XXH3 */);
-    rocksdb_block_based_options_set_filter_policy(
-        s->rows_bbto, rocksdb_filterpolicy_create_bloom_full(10));
-    rocksdb_block_based_options_set_cache_index_and_filter_blocks(s->rows_bbto, 1);
-    rocksdb_options_set_block_based_table_factory(s->rows_opts, s->rows_bbto);
-
-    s->ropts = rocksdb_readoptions_create();
-    rocksdb_readoptions_set_verify_checksums(s->ropts, 1);
+    s->rows_bbto = store_tuning_apply(&t, s->rows_opts, s->block_cache);
+    s->ropts = store_tuning_readoptions(&t);
     s->wopts_sync = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(s->wopts_sync, 1);
 }
