@@ -1,7 +1,9 @@
 /* wire.c: varints, the LookupResponse head and tail the server writes by
- * hand, and a chunked decoder for the client. See wire.h for why. */
+ * hand, a chunked decoder for the client, and the server's LookupRequest
+ * parser. See wire.h for why. */
 #include "wire.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 size_t wire_varint_len(uint64_t v)
@@ -169,5 +171,161 @@ int lookup_decoder_finish(lookup_decoder *d)
         return -1;
     if (d->state != D_TAG || d->shift)
         return fail(d, "message truncated");
+    return 0;
+}
+
+/* ---- LookupRequest parser ------------------------------------------------ */
+
+typedef struct rd {
+    const uint8_t *p;
+    size_t i, n;
+    const char *error;
+} rd;
+
+static int rd_varint(rd *r, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (r->i >= r->n) {
+            r->error = "truncated varint";
+            return -1;
+        }
+        uint8_t b = r->p[r->i++];
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return 0;
+        }
+    }
+    r->error = "varint longer than 10 bytes";
+    return -1;
+}
+
+static int rd_len(rd *r, uint64_t *len)
+{
+    if (rd_varint(r, len) < 0)
+        return -1;
+    if (*len > r->n - r->i) {
+        r->error = "length runs past the end of the message";
+        return -1;
+    }
+    return 0;
+}
+
+static int rows_reserve(uint64_t **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 1024;
+    while (c < need)
+        c *= 2;
+    uint64_t *b = realloc(*buf, c * sizeof *b);
+    if (!b)
+        return -1;
+    *buf = b;
+    *cap = c;
+    return 0;
+}
+
+/* A packed run of `len` bytes of varints: at most len rows, so one reserve
+ * covers the run and the loop is a plain varint decode. */
+static int rd_packed_rows(rd *r, uint64_t len, lookup_request_view *out, uint64_t **buf,
+                          size_t *cap)
+{
+    if (rows_reserve(buf, cap, out->n_rows + len) < 0) {
+        r->error = "out of memory for rows";
+        return -1;
+    }
+    rd sub = {r->p, r->i, r->i + len, NULL};
+    uint64_t *rows = *buf;
+    size_t k = out->n_rows;
+    while (sub.i < sub.n) {
+        if (rd_varint(&sub, &rows[k++]) < 0) {
+            r->i = sub.i;
+            r->error = sub.error;
+            return -1;
+        }
+    }
+    out->n_rows = k;
+    r->i = sub.n;
+    return 0;
+}
+
+static int rd_skip(rd *r, uint32_t wt)
+{
+    uint64_t v;
+    switch (wt) {
+    case 0:
+        return rd_varint(r, &v);
+    case 1:
+    case 5:
+        if (r->n - r->i < (wt == 1 ? 8u : 4u)) {
+            r->error = "truncated fixed-width field";
+            return -1;
+        }
+        r->i += wt == 1 ? 8 : 4;
+        return 0;
+    case 2:
+        if (rd_len(r, &v) < 0)
+            return -1;
+        r->i += v;
+        return 0;
+    default:
+        r->error = "unsupported wire type (groups are not valid here)";
+        return -1;
+    }
+}
+
+static int rd_field(rd *r, uint64_t tag, lookup_request_view *out, uint64_t **buf, size_t *cap)
+{
+    uint32_t field = (uint32_t)(tag >> 3), wt = tag & 7;
+    uint64_t v;
+    if (field == 1 && wt == 2) {
+        if (rd_len(r, &v) < 0)
+            return -1;
+        out->table = r->p + r->i;
+        out->table_len = v;
+        r->i += v;
+        return 0;
+    }
+    if (field == 2 && wt == 2)
+        return rd_len(r, &v) < 0 ? -1 : rd_packed_rows(r, v, out, buf, cap);
+    if (field == 2 && wt == 0) {
+        if (rd_varint(r, &v) < 0)
+            return -1;
+        if (rows_reserve(buf, cap, out->n_rows + 1) < 0) {
+            r->error = "out of memory for rows";
+            return -1;
+        }
+        (*buf)[out->n_rows++] = v;
+        return 0;
+    }
+    if (field == 3 && wt == 0)
+        return rd_varint(r, &out->version);
+    if (field <= 3) {
+        r->error = "known field with the wrong wire type";
+        return -1;
+    }
+    return rd_skip(r, wt);
+}
+
+int lookup_request_parse(const uint8_t *p, size_t n, lookup_request_view *out,
+                         uint64_t **rows_buf, size_t *rows_cap, const char **error,
+                         size_t *error_at)
+{
+    rd r = {p, 0, n, NULL};
+    *out = (lookup_request_view){0};
+    out->table = (const uint8_t *)"";
+    while (r.i < r.n) {
+        size_t at = r.i;
+        uint64_t tag;
+        if (rd_varint(&r, &tag) < 0 || ((tag >> 3) == 0 && (r.error = "field number 0")) ||
+            rd_field(&r, tag, out, rows_buf, rows_cap) < 0) {
+            *error = r.error;
+            *error_at = at;
+            return -1;
+        }
+    }
+    out->rows = *rows_buf;
     return 0;
 }

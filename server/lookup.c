@@ -1,20 +1,25 @@
 /* lookup.c: the Lookup RPC, the hot path.
  *
- * The request is decoded with protobuf-c (it accepts both packed and
- * unpacked `rows`, as every protobuf peer may send either). The reply is
- * not: protobuf-c would copy the `bytes` field twice, so the field header is
- * written by hand (common/wire.h) and rows are gathered directly into the
- * one slice that gRPC sends. Per call: one unpack, one slice allocation; per
- * row: a bounds check and a memcpy (resident) or a MultiGet slot. Every row
- * is checked before any is read, so a bad request costs no I/O. */
+ * Neither the request nor the reply goes through protobuf-c. The request is
+ * parsed in place by common/wire.c (packed or unpacked `rows`, as any peer
+ * may send) into a row buffer each worker thread keeps and reuses; the
+ * reply's field header is written by hand and rows are gathered directly
+ * into the one slice that gRPC sends. Per call: one slice allocation; per
+ * row: a varint decode, a bounds check and a memcpy (resident) or a
+ * MultiGet slot. Every row is checked before any is read, so a bad request
+ * costs no I/O. */
 #include "lookup.h"
 
 #include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
 #include <grpc/slice.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include "engram/v1/engram.pb-c.h"
 #include "log.h"
+#include "names.h"
 #include "stats.h"
 #include "status.h"
 #include "grpc_util.h"
@@ -26,7 +31,39 @@ static struct {
     lookup_metrics *m;
     lookup_metrics m_none;
     uint32_t shards, shard;
+    pthread_key_t scratch_key;
 } L;
+
+/* What one worker thread reuses from call to call: the decoded rows and the
+ * table name as a C string. Freed when the thread exits. */
+typedef struct scratch {
+    uint64_t *rows;
+    size_t cap;
+    char table[ENGRAM_NAME_MAX + 1];
+} scratch;
+
+static void scratch_free(void *p)
+{
+    scratch *sc = p;
+    free(sc->rows);
+    free(sc);
+}
+
+static scratch *scratch_get(void)
+{
+    scratch *sc = pthread_getspecific(L.scratch_key);
+    if (!sc && (sc = calloc(1, sizeof *sc)) != NULL)
+        pthread_setspecific(L.scratch_key, sc);
+    return sc;
+}
+
+/* The request as parsed: the name as a C string, rows in the scratch. */
+typedef struct request {
+    const char *table;
+    uint64_t *rows;
+    size_t n_rows;
+    uint64_t version;
+} request;
 
 void lookup_setup(store *s, const lookup_options *opts, lookup_metrics *metrics)
 {
@@ -34,10 +71,16 @@ void lookup_setup(store *s, const lookup_options *opts, lookup_metrics *metrics)
     L.o = *opts;
     L.m = metrics ? metrics : &L.m_none;
     store_shard(s, &L.shards, &L.shard);
+    pthread_key_create(&L.scratch_key, scratch_free);
 }
 
 void lookup_teardown(void)
 {
+    /* The calling thread's scratch; workers freed theirs when they ended. */
+    scratch *sc = pthread_getspecific(L.scratch_key);
+    if (sc)
+        scratch_free(sc);
+    pthread_key_delete(L.scratch_key);
     L.s = NULL;
 }
 
@@ -61,7 +104,7 @@ static int to_local(uint64_t *rows, size_t n, char *msg, size_t msglen)
 
 /* Checks everything about the request against the table before any row is
  * read; returns ES_OK or the status to answer with. */
-static int validate(Engram__V1__LookupRequest *rq, const table_version *tv,
+static int validate(request *rq, const table_version *tv,
                     char *msg, size_t msglen)
 {
     if (rq->n_rows > L.o.max_rows) {
@@ -97,7 +140,7 @@ typedef struct outcome {
     uint64_t tier_rows[STATS_TIERS];
 } outcome;
 
-static int gather(const Engram__V1__LookupRequest *rq, table_version *tv,
+static int gather(const request *rq, table_version *tv,
                   grpc_byte_buffer **reply, uint64_t *hot, char *msg, size_t msglen)
 {
     uint64_t data = (uint64_t)rq->n_rows * tv->row_bytes;
@@ -121,7 +164,7 @@ static int gather(const Engram__V1__LookupRequest *rq, table_version *tv,
     return ES_OK;
 }
 
-static int lookup_request(Engram__V1__LookupRequest *rq, grpc_byte_buffer **reply,
+static int lookup_request(request *rq, grpc_byte_buffer **reply,
                           outcome *oc, char *msg, size_t msglen)
 {
     if (!rq->table || !*rq->table) {
@@ -163,23 +206,78 @@ uint64_t lookup_in_flight(void)
     return __atomic_load_n(&L.m->in_flight, __ATOMIC_ACQUIRE);
 }
 
+/* The request's bytes in one piece: the message's only slice when gRPC
+ * delivered it so (no copy), else a flattened copy in *owned. */
+static int request_bytes(grpc_byte_buffer *req, grpc_slice *owned, const uint8_t **p, size_t *n)
+{
+    if (req->type == GRPC_BB_RAW && req->data.raw.compression == GRPC_COMPRESS_NONE &&
+        req->data.raw.slice_buffer.count == 1) {
+        /* By address: a small slice keeps its bytes inline in the struct. */
+        grpc_slice *one = &req->data.raw.slice_buffer.slices[0];
+        *p = GRPC_SLICE_START_PTR(*one);
+        *n = GRPC_SLICE_LENGTH(*one);
+        *owned = grpc_empty_slice();
+        return 0;
+    }
+    grpc_byte_buffer_reader r;
+    if (!grpc_byte_buffer_reader_init(&r, req))
+        return -1;
+    *owned = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    *p = GRPC_SLICE_START_PTR(*owned);
+    *n = GRPC_SLICE_LENGTH(*owned);
+    return 0;
+}
+
+/* Parses req into rq (rows and name in the thread's scratch). */
+static int request_parse(grpc_byte_buffer *req, scratch *sc, request *rq, char *msg,
+                         size_t msglen)
+{
+    grpc_slice owned;
+    const uint8_t *p;
+    size_t n, at;
+    const char *err;
+    lookup_request_view v;
+    if (request_bytes(req, &owned, &p, &n) < 0) {
+        snprintf(msg, msglen, "malformed LookupRequest: the message cannot be decompressed");
+        return ES_INVALID_ARGUMENT;
+    }
+    int code = ES_OK;
+    if (lookup_request_parse(p, n, &v, &sc->rows, &sc->cap, &err, &at) < 0) {
+        snprintf(msg, msglen, "malformed LookupRequest: %s (field at byte %zu of %zu)", err, at, n);
+        code = ES_INVALID_ARGUMENT;
+    } else if (v.table_len > ENGRAM_NAME_MAX) {
+        snprintf(msg, msglen, "table name of %zu bytes is longer than the maximum %d",
+                 v.table_len, ENGRAM_NAME_MAX);
+        code = ES_INVALID_ARGUMENT;
+    } else if (memchr(v.table, 0, v.table_len)) {
+        snprintf(msg, msglen, "table name contains a NUL byte");
+        code = ES_INVALID_ARGUMENT;
+    } else {
+        memcpy(sc->table, v.table, v.table_len);
+        sc->table[v.table_len] = 0;
+        *rq = (request){sc->table, v.rows, v.n_rows, v.version};
+    }
+    grpc_slice_unref(owned);
+    return code;
+}
+
 int lookup_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                   char *msg, size_t msglen)
 {
     __atomic_add_fetch(&L.m->calls, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&L.m->in_flight, 1, __ATOMIC_ACQ_REL);
-    Engram__V1__LookupRequest *rq = (Engram__V1__LookupRequest *)pb_from_byte_buffer(
-        &engram__v1__lookup_request__descriptor, req);
+    scratch *sc = scratch_get();
+    request rq;
     int code;
-    if (!rq) {
-        snprintf(msg, msglen, "malformed LookupRequest: not a valid engram.v1.LookupRequest message");
-        code = ES_INVALID_ARGUMENT;
-    } else {
+    if (!sc) {
+        snprintf(msg, msglen, "out of memory");
+        code = ES_RESOURCE_EXHAUSTED;
+    } else if ((code = request_parse(req, sc, &rq, msg, msglen)) == ES_OK) {
         outcome oc = {0};
-        code = lookup_request(rq, reply, &oc, msg, msglen);
+        code = lookup_request(&rq, reply, &oc, msg, msglen);
         if (oc.known)
-            stats_lookup(rq->table, code, oc.bytes, oc.tier_rows, c ? now_ns() - c->start_ns : 0);
-        protobuf_c_message_free_unpacked(&rq->base, NULL);
+            stats_lookup(rq.table, code, oc.bytes, oc.tier_rows, c ? now_ns() - c->start_ns : 0);
     }
     if (code != ES_OK)
         __atomic_add_fetch(&L.m->errors, 1, __ATOMIC_RELAXED);

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Bad Admin.Import streams against a real engram-server.
+"""Bad Admin.Import streams and bad Lookup bytes against a real engram-server.
 
 libengram refuses malformed imports before they leave the client, so this
 test speaks the wire directly (Python grpcio, messages generated from the
@@ -84,6 +84,9 @@ class BadImportTest(unittest.TestCase):
             "/engram.v1.Lookup/Lookup",
             request_serializer=pb.LookupRequest.SerializeToString,
             response_deserializer=pb.LookupResponse.FromString)
+        cls.lookup_raw = cls.channel.unary_unary(
+            "/engram.v1.Lookup/Lookup",
+            request_serializer=lambda b: b, response_deserializer=pb.LookupResponse.FromString)
         resp = cls.import_rpc(cls.stream("t", 1000, [(0, 1000)], seed=1), timeout=30)
         cls.v1 = resp.table
 
@@ -192,6 +195,32 @@ class BadImportTest(unittest.TestCase):
         first = self.header("t", 1000).SerializeToString()
         self.expect_refused([first, b"\xff\xff\xff"], grpc.StatusCode.INVALID_ARGUMENT,
                             "malformed ImportRequest after row 0", raw=True)
+
+    def test_lookup_unpacked_rows(self):
+        # Rows as unpacked varints (field 2, wire type 0), then a packed run,
+        # then an unknown field: any protobuf peer may send this.
+        raw = b"\x0a\x01t" + b"\x10\x05" + b"\x12\x03\x01\xe7\x07" + b"\x20\x01"
+        resp = self.lookup_raw(raw, timeout=10)
+        self.assertEqual(resp.data, b"".join(synthetic_row(1, r, 64) for r in [5, 1, 999]))
+
+    def test_lookup_malformed(self):
+        cases = [
+            (b"\x0a\x01t\x12\x02\x01\x80",
+             "malformed LookupRequest: truncated varint (field at byte 3 of 7)"),
+            (b"\x0a\x09t", "malformed LookupRequest: length runs past the end of the message "
+                           "(field at byte 0 of 3)"),
+            (b"\x0a\x01t\x23", "malformed LookupRequest: unsupported wire type "
+                                "(groups are not valid here) (field at byte 3 of 4)"),
+            (b"\x0a\x03t\x00x\x10\x01", "table name contains a NUL byte"),
+            (b"\x0a\x81\x01" + b"a" * 129 + b"\x10\x01",
+             "table name of 129 bytes is longer than the maximum 128"),
+        ]
+        for raw, message in cases:
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.lookup_raw(raw, timeout=10)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertEqual(cm.exception.details(), message)
+        self.assert_v1_serving()
 
     def test_empty_stream(self):
         self.expect_refused([], grpc.StatusCode.INVALID_ARGUMENT,

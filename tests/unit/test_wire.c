@@ -2,7 +2,9 @@
  *
  * The server's head/tail must be byte-identical to what protobuf-c packs for
  * the same message, and the client's chunked decoder must read what
- * protobuf-c packs however the bytes are split into slices. */
+ * protobuf-c packs however the bytes are split into slices. The server's
+ * LookupRequest parser must read whatever protobuf-c packs, in any encoding
+ * a peer may choose, and name what is wrong with a bad message. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -142,6 +144,117 @@ static void test_decoder_rejects_bad_input(void **state)
     assert_string_equal(d.error, "varint too long");
 }
 
+/* ---- LookupRequest parser ---------------------------------------------- */
+
+static int parse(const uint8_t *p, size_t n, lookup_request_view *v, uint64_t **buf, size_t *cap,
+                 const char **err, size_t *at)
+{
+    return lookup_request_parse(p, n, v, buf, cap, err, at);
+}
+
+/* Whatever protobuf-c packs (packed rows, as every proto3 peer sends) reads
+ * back exactly, for sizes across the varint and buffer-growth boundaries. */
+static void test_request_parse_matches_protobuf_c(void **state)
+{
+    const size_t counts[] = {0, 1, 2, 1023, 1024, 1025, 4096, 70000};
+    uint64_t *buf = NULL;
+    size_t cap = 0;
+    for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
+        size_t n = counts[c];
+        uint64_t *rows = malloc((n + 1) * sizeof *rows);
+        for (size_t i = 0; i < n; i++)
+            rows[i] = i % 3 == 0 ? i : (i % 3 == 1 ? UINT64_MAX - i : (uint64_t)i << 35);
+        Engram__V1__LookupRequest rq = ENGRAM__V1__LOOKUP_REQUEST__INIT;
+        rq.table = "demo.l1";
+        rq.rows = rows;
+        rq.n_rows = n;
+        rq.version = c * 1000;
+        size_t len = engram__v1__lookup_request__get_packed_size(&rq);
+        uint8_t *wire = malloc(len + 1);
+        engram__v1__lookup_request__pack(&rq, wire);
+        lookup_request_view v;
+        const char *err = NULL;
+        size_t at = 0;
+        assert_int_equal(parse(wire, len, &v, &buf, &cap, &err, &at), 0);
+        assert_int_equal(v.table_len, 7);
+        assert_memory_equal(v.table, "demo.l1", 7);
+        assert_int_equal(v.version, c * 1000);
+        assert_int_equal(v.n_rows, n);
+        if (n)
+            assert_memory_equal(v.rows, rows, n * sizeof *rows);
+        free(wire);
+        free(rows);
+    }
+    free(buf);
+}
+
+/* Unpacked rows, both encodings mixed, fields out of order, a repeated
+ * singular field (the last wins) and unknown fields of every wire type. */
+static void test_request_parse_any_encoding(void **state)
+{
+    const uint8_t msg[] = {
+        0x10, 0x05,                          /* rows: 5 (unpacked) */
+        0x18, 0x07,                          /* version 7 */
+        0x0a, 0x01, 'x',                     /* table "x" */
+        0x12, 0x03, 0x01, 0xac, 0x02,        /* rows: packed [1, 300] */
+        0x20, 0x01,                          /* field 4 varint: unknown */
+        0x29, 1, 2, 3, 4, 5, 6, 7, 8,        /* field 5 fixed64 */
+        0x35, 1, 2, 3, 4,                    /* field 6 fixed32 */
+        0x3a, 0x02, 0xff, 0xff,              /* field 7 bytes */
+        0x10, 0x09,                          /* rows: 9 */
+        0x0a, 0x02, 't', '1',                /* table "t1": the last wins */
+        0x18, 0x08,                          /* version 8 */
+    };
+    uint64_t *buf = NULL;
+    size_t cap = 0, at = 0;
+    const char *err = NULL;
+    lookup_request_view v;
+    assert_int_equal(parse(msg, sizeof msg, &v, &buf, &cap, &err, &at), 0);
+    const uint64_t want[] = {5, 1, 300, 9};
+    assert_int_equal(v.n_rows, 4);
+    assert_memory_equal(v.rows, want, sizeof want);
+    assert_int_equal(v.table_len, 2);
+    assert_memory_equal(v.table, "t1", 2);
+    assert_int_equal(v.version, 8);
+    /* The empty message: no table, no rows. */
+    assert_int_equal(parse(msg, 0, &v, &buf, &cap, &err, &at), 0);
+    assert_int_equal(v.table_len, 0);
+    assert_int_equal(v.n_rows, 0);
+    free(buf);
+}
+
+static void expect_error(const uint8_t *msg, size_t n, const char *want, size_t want_at)
+{
+    uint64_t *buf = NULL;
+    size_t cap = 0, at = 99;
+    const char *err = NULL;
+    lookup_request_view v;
+    assert_int_equal(parse(msg, n, &v, &buf, &cap, &err, &at), -1);
+    assert_string_equal(err, want);
+    assert_int_equal(at, want_at);
+    free(buf);
+}
+
+static void test_request_parse_rejects_bad_input(void **state)
+{
+    const uint8_t trunc_tag[] = {0x0a, 0x01, 'x', 0x80};
+    expect_error(trunc_tag, sizeof trunc_tag, "truncated varint", 3);
+    const uint8_t long_name[] = {0x0a, 0x05, 'x'};
+    expect_error(long_name, sizeof long_name, "length runs past the end of the message", 0);
+    const uint8_t trunc_packed[] = {0x12, 0x02, 0x01, 0x80};
+    expect_error(trunc_packed, sizeof trunc_packed, "truncated varint", 0);
+    const uint8_t eleven[] = {0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
+    expect_error(eleven, sizeof eleven, "varint longer than 10 bytes", 0);
+    const uint8_t group[] = {0x23, 0x24};
+    expect_error(group, sizeof group, "unsupported wire type (groups are not valid here)", 0);
+    const uint8_t field0[] = {0x00, 0x01};
+    expect_error(field0, sizeof field0, "field number 0", 0);
+    const uint8_t wrong_type[] = {0x0d, 1, 2, 3, 4};
+    expect_error(wrong_type, sizeof wrong_type, "known field with the wrong wire type", 0);
+    const uint8_t trunc_fixed[] = {0x29, 1, 2, 3};
+    expect_error(trunc_fixed, sizeof trunc_fixed, "truncated fixed-width field", 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -150,6 +263,9 @@ int main(void)
         cmocka_unit_test(test_decoder_any_split),
         cmocka_unit_test(test_decoder_skips_unknown_fields),
         cmocka_unit_test(test_decoder_rejects_bad_input),
+        cmocka_unit_test(test_request_parse_matches_protobuf_c),
+        cmocka_unit_test(test_request_parse_any_encoding),
+        cmocka_unit_test(test_request_parse_rejects_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
