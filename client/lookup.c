@@ -183,15 +183,14 @@ int engram_lookup_start(engram_client *client, const char *table,
     lk->n = n;
     ec_call_init(&lk->c, client, lookup_decode);
 
-    /* protobuf-c's message struct wants non-const pointers, but packing
-     * only reads them, and the request is packed (i.e. the rows copied
-     * into the outgoing buffer) before ec_call_start returns, so the
-     * caller's arrays are used in place instead of copied twice. */
-    Engram__V1__LookupRequest req = ENGRAM__V1__LOOKUP_REQUEST__INIT;
-    req.table = (char *)table;
-    req.n_rows = n;
-    req.rows = (uint64_t *)rows;
-    rc = ec_call_start(&lk->c, client->m_lookup, &req.base, err);
+    /* Packed by hand (common/wire.c), straight from the caller's array. */
+    size_t tlen = strlen(table), rows_len;
+    size_t len = lookup_request_len(tlen, rows, n, 0, &rows_len);
+    grpc_slice sl = grpc_slice_malloc(len);
+    lookup_request_put(GRPC_SLICE_START_PTR(sl), table, tlen, rows, n, rows_len, 0);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    rc = ec_call_start_on(&lk->c, client->channel, client->m_lookup, bb, client->deadline_ms, err);
     if (rc) {
         ec_call_release(&lk->c);
         free(lk);

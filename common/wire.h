@@ -56,6 +56,15 @@ int lookup_decoder_feed(lookup_decoder *d, const uint8_t *p, size_t n);
 /* Ends the stream; returns 0 when the message was complete, else -1. */
 int lookup_decoder_finish(lookup_decoder *d);
 
+/* LookupRequest, written by hand by the client (byte-identical to what
+ * protobuf-c packs: table, packed rows, version; empty fields omitted).
+ * lookup_request_len also returns, in *rows_len, the packed rows' byte
+ * count that lookup_request_put needs. */
+size_t lookup_request_len(size_t table_len, const uint64_t *rows, size_t n, uint64_t version,
+                          size_t *rows_len);
+size_t lookup_request_put(uint8_t *p, const char *table, size_t table_len, const uint64_t *rows,
+                          size_t n, size_t rows_len, uint64_t version);
+
 /* LookupRequest, parsed in place without protobuf-c: the request of every
  * lookup is a name and up to 65536+ row ids, and protobuf-c's unpack (a
  * generic descriptor walk plus allocations) was 10% of the server's CPU at

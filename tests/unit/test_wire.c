@@ -172,6 +172,13 @@ static void test_request_parse_matches_protobuf_c(void **state)
         size_t len = engram__v1__lookup_request__get_packed_size(&rq);
         uint8_t *wire = malloc(len + 1);
         engram__v1__lookup_request__pack(&rq, wire);
+        /* The client's hand encoder writes exactly protobuf-c's bytes. */
+        size_t rows_len, hlen = lookup_request_len(7, rows, n, rq.version, &rows_len);
+        assert_int_equal(hlen, len);
+        uint8_t *mine = malloc(hlen + 1);
+        assert_int_equal(lookup_request_put(mine, "demo.l1", 7, rows, n, rows_len, rq.version), len);
+        assert_memory_equal(mine, wire, len);
+        free(mine);
         lookup_request_view v;
         const char *err = NULL;
         size_t at = 0;
