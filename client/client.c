@@ -91,6 +91,7 @@ void engram_client_options_init(engram_client_options *opts)
     opts->deadline_ms = 10000;
     opts->max_message_bytes = 64 << 20;
     opts->max_prefetch_tokens = 1 << 20;
+    opts->prefetch_chunk_rows = 8192;
     opts->version_refresh_ms = 1000;
     opts->attempt_timeout_ms = 1000;
     opts->eject_after_failures = 3;
@@ -187,6 +188,9 @@ static int check_open_args(const char *address,
         return ec_error(err, ENGRAM_INVALID_ARGUMENT,
                         "max_prefetch_tokens %lld is not positive",
                         (long long)o->max_prefetch_tokens);
+    if (o->prefetch_chunk_rows <= 0)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "prefetch_chunk_rows %d is not positive",
+                        (int)o->prefetch_chunk_rows);
     if (o->hedge_percentile < 0 || o->hedge_percentile > 99)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT,
                         "hedge_percentile %d is outside 0..99", (int)o->hedge_percentile);

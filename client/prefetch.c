@@ -10,9 +10,12 @@
  *      once, in chunks, as asynchronous lookups over the client's channel;
  *   3. on wait, collect the chunks, check each layer's rows all came from
  *      one table version, and scatter the unique rows into the caller's
- *      buffer.
- * The caller's buffer is written only in step 3 and only when every chunk
- * arrived, so an error can never hide behind rows of zeros. */
+ *      buffer. engram_prefetch_wait_layer does this for one layer, so a
+ *      worker blocks before an Engram layer only for that layer's rows
+ *      (and its scatter), while later layers' rows are still arriving.
+ * A layer's part of the caller's buffer is written only in step 3 and only
+ * when every chunk of that layer arrived, so an error can never hide behind
+ * rows of zeros. */
 #include "client_internal.h"
 
 #include <stdarg.h>
@@ -21,12 +24,10 @@
 #include <string.h>
 #include <time.h>
 
-/* Rows per lookup call: small enough that the chunks of one prefetch
- * spread over the server's worker threads, big enough to amortise a call. */
-#define CHUNK_ROWS 8192
-
 typedef struct pf_layer {
     int li;                      /* index in the model */
+    int64_t id;                  /* the layer id asked for */
+    int ready;                   /* collected and scattered into out */
     uint64_t *uniq;              /* unique rows, in first-seen order */
     size_t nuniq;
     uint32_t *slot;              /* per output row: its index in uniq */
@@ -139,7 +140,8 @@ static size_t chunk_rows(const engram_prefetch *p)
 {
     size_t rb = p->m->man->row_bytes;
     size_t by_msg = ((size_t)p->m->client->max_message_bytes - 64) / rb;
-    return by_msg < CHUNK_ROWS ? (by_msg ? by_msg : 1) : CHUNK_ROWS;
+    size_t want = (size_t)p->m->client->opts.prefetch_chunk_rows;
+    return by_msg < want ? (by_msg ? by_msg : 1) : want;
 }
 
 static void send_layer(engram_prefetch *p, pf_layer *l)
@@ -233,7 +235,10 @@ static engram_prefetch *prefetch_new(engram_model *m, const engram_prefetch_requ
     p->nlayers = r->n_layers;
     p->layers = calloc(r->n_layers, sizeof *p->layers);
     for (size_t i = 0; i < r->n_layers; i++)
+    {
         p->layers[i].li = eh_layer_index(m->man->model, r->layer_ids[i]);
+        p->layers[i].id = r->layer_ids[i];
+    }
     p->out = r->out;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
@@ -355,15 +360,28 @@ static int collect_layer(engram_prefetch *p, pf_layer *l, int64_t timeout_ms,
     return ENGRAM_OK;
 }
 
-static void scatter(engram_prefetch *p)
+static void scatter_layer(engram_prefetch *p, size_t i)
 {
     size_t rb = p->m->man->row_bytes, n = rows_per_layer(p);
-    for (size_t i = 0; i < p->nlayers; i++) {
-        const pf_layer *l = &p->layers[i];
-        uint8_t *dst = p->out + i * n * rb;
-        for (size_t r = 0; r < n; r++)
-            memcpy(dst + r * rb, l->buf + (size_t)l->slot[r] * rb, rb);
-    }
+    const pf_layer *l = &p->layers[i];
+    uint8_t *dst = p->out + i * n * rb;
+    for (size_t r = 0; r < n; r++)
+        memcpy(dst + r * rb, l->buf + (size_t)l->slot[r] * rb, rb);
+}
+
+/* Layer i collected and scattered (once); ENGRAM_OK, ENGRAM_TIMEOUT, or the
+ * error that failed the prefetch. */
+static int layer_ready(engram_prefetch *p, size_t i, int64_t timeout_ms, const struct timespec *dl)
+{
+    pf_layer *l = &p->layers[i];
+    if (l->ready)
+        return ENGRAM_OK;
+    int rc = collect_layer(p, l, timeout_ms, dl);
+    if (rc)
+        return rc;
+    scatter_layer(p, i);
+    l->ready = 1;
+    return ENGRAM_OK;
 }
 
 static int finish(engram_prefetch *p, engram_error *err)
@@ -375,24 +393,46 @@ static int finish(engram_prefetch *p, engram_error *err)
     return code ? ec_error(err, code, "%s", p->message) : ec_ok(err);
 }
 
-int engram_prefetch_wait(engram_prefetch *p, int64_t timeout_ms, engram_error *err)
+/* Waits for the layers whose id is `only` (all layers when want_all). */
+static int wait_layers(engram_prefetch *p, int want_all, int64_t only, int64_t timeout_ms,
+                       engram_error *err)
 {
-    if (!p)
-        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "handle is NULL");
     struct timespec dl = deadline_after(timeout_ms < 0 ? 0 : timeout_ms);
     if (wait_sent(p, timeout_ms) == ENGRAM_TIMEOUT)
         return ec_error(err, ENGRAM_TIMEOUT, "prefetch still hashing");
     if (p->finished || p->code)
         return finish(p, err);
     for (size_t i = 0; i < p->nlayers; i++) {
-        int rc = collect_layer(p, &p->layers[i], timeout_ms, &dl);
+        if (!want_all && p->layers[i].id != only)
+            continue;
+        int rc = layer_ready(p, i, timeout_ms, &dl);
         if (rc == ENGRAM_TIMEOUT)
             return ec_error(err, ENGRAM_TIMEOUT, "prefetch still in flight");
         if (rc)
             return finish(p, err);
     }
-    scatter(p);
-    return finish(p, err);
+    return want_all ? finish(p, err) : ec_ok(err);
+}
+
+int engram_prefetch_wait(engram_prefetch *p, int64_t timeout_ms, engram_error *err)
+{
+    if (!p)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "handle is NULL");
+    return wait_layers(p, 1, 0, timeout_ms, err);
+}
+
+int engram_prefetch_wait_layer(engram_prefetch *p, int64_t layer_id, int64_t timeout_ms,
+                               engram_error *err)
+{
+    if (!p)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "handle is NULL");
+    size_t i = 0;
+    while (i < p->nlayers && p->layers[i].id != layer_id)
+        i++;
+    if (i == p->nlayers)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "layer %lld is not in this prefetch",
+                        (long long)layer_id);
+    return wait_layers(p, 0, layer_id, timeout_ms, err);
 }
 
 int engram_prefetch_poll(engram_prefetch *p)

@@ -6,7 +6,7 @@
  *       [--batch B (512)] [--chunk T (4096)]
  *       [--decode-layer-us U] [--prefill-layer-us U]
  *       [--steps N] [--prefill-steps N] [--warmup-steps W (3)]
- *       [--verify-seed S]
+ *       [--verify-seed S] [--wait-all-first] [--chunk-rows N]
  *
  * The worker: a model of L layers, Engram at the manifest's layers (opened
  * with engram_model_open; every id must be < L). Each layer's compute is a
@@ -20,9 +20,12 @@
  * spaced offsets of FILE, T = 1, history = the max_ngram - 1 tokens before
  * each, step s moving every offset on by s; prefill: B = 1, T tokens, chunk
  * s starting T * s further on), start ONE prefetch covering every Engram
- * layer with ENGRAM_PREFETCH_HASH_ASYNC, run the layers, and just before the
- * first Engram layer call engram_prefetch_wait (the time it blocks is the
- * "wait"); free the handle at step end. Without Engram: the same batch fill
+ * layer with ENGRAM_PREFETCH_HASH_ASYNC, run the layers, and just before each
+ * Engram layer call engram_prefetch_wait_layer for that layer (the time
+ * these block, summed, is the "wait"; --wait-all-first instead waits for
+ * every layer before the first Engram layer, as this benchmark did before
+ * wait_layer existed); free the handle at step end. --chunk-rows sets the
+ * client's prefetch_chunk_rows (rows per lookup call of a prefetch). Without Engram: the same batch fill
  * and busy-waits, no prefetch. The two modes alternate step by step in the
  * same invocation (so machine noise hits both alike), W untimed steps of
  * each first, then N timed of each. tokens/s = B * T * N / the sum of that
@@ -55,6 +58,8 @@ typedef struct bench_opts {
     double tok_per_s, decode_us, prefill_us;  /* 0: derived */
     int verify;
     uint64_t verify_seed;
+    int wait_all_first;
+    uint64_t chunk_rows;   /* 0: the client's default */
 } bench_opts;
 
 /* One request shape and where its batches come from. */
@@ -98,7 +103,8 @@ static int usage(const char *why)
 "usage: engram-decode-loop-bench --server HOST:PORT --model NAME --tokens FILE\n"
 "           [--layers L] [--tokens-per-s R] [--batch B] [--chunk T]\n"
 "           [--decode-layer-us U] [--prefill-layer-us U] [--steps N]\n"
-"           [--prefill-steps N] [--warmup-steps W] [--verify-seed S]\n");
+"           [--prefill-steps N] [--warmup-steps W] [--verify-seed S]\n"
+"           [--wait-all-first] [--chunk-rows N]\n");
     return 2;
 }
 
@@ -118,6 +124,8 @@ static int apply_opt(bench_opts *o, int c, const char *arg)
     case 'N': return parse_u64(arg, &o->prefill_steps);
     case 'w': return parse_u64(arg, &o->warmup);
     case 'v': o->verify = 1; return parse_u64(arg, &o->verify_seed);
+    case 'A': o->wait_all_first = 1; return 0;
+    case 'C': return parse_u64(arg, &o->chunk_rows);
     }
     return -1;
 }
@@ -141,7 +149,9 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"chunk", 1, 0, 'c'}, {"decode-layer-us", 1, 0, 'd'},
         {"prefill-layer-us", 1, 0, 'p'}, {"steps", 1, 0, 'n'},
         {"prefill-steps", 1, 0, 'N'}, {"warmup-steps", 1, 0, 'w'},
-        {"verify-seed", 1, 0, 'v'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"verify-seed", 1, 0, 'v'}, {"wait-all-first", 0, 0, 'A'},
+        {"chunk-rows", 1, 0, 'C'},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     *o = (bench_opts){.layers = 30, .batch = 512, .chunk = 4096, .warmup = 3,
                       .tok_per_s = 9000};
     int c, li = 0;
@@ -165,7 +175,11 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 static int open_bench(bench *b)
 {
     engram_error err = {0};
-    int rc = engram_client_open(b->o->server, NULL, &b->client, &err);
+    engram_client_options co;
+    engram_client_options_init(&co);
+    if (b->o->chunk_rows)
+        co.prefetch_chunk_rows = b->o->chunk_rows > INT32_MAX ? INT32_MAX : (int32_t)b->o->chunk_rows;
+    int rc = engram_client_open(b->o->server, &co, &b->client, &err);
     if (rc)
         return rpc_fail("connect", rc, &err);
     rc = engram_model_open(b->client, b->o->model, &b->model, &err);
@@ -259,6 +273,27 @@ static int prefetch_wait(engram_prefetch *h)
     return rc ? rpc_fail("prefetch wait", rc, &err) : 0;
 }
 
+static int is_engram_layer(const bench *b, size_t l)
+{
+    for (uint32_t i = 0; i < b->info.n_layers; i++)
+        if ((size_t)b->info.layer_ids[i] == l)
+            return 1;
+    return 0;
+}
+
+/* Before layer l: the wait a worker does there (none when l is not an
+ * Engram layer). */
+static int wait_before(const bench *b, engram_prefetch *h, size_t l)
+{
+    if (b->o->wait_all_first)
+        return l == b->first_engram ? prefetch_wait(h) : 0;
+    if (!is_engram_layer(b, l))
+        return 0;
+    engram_error err = {0};
+    int rc = engram_prefetch_wait_layer(h, (int64_t)l, -1, &err);
+    return rc ? rpc_fail("prefetch wait_layer", rc, &err) : 0;
+}
+
 /* ---- the step loop ---------------------------------------------------------- */
 
 static volatile uint64_t spin_sink;
@@ -272,8 +307,8 @@ static void busy_wait(uint64_t ns)
     spin_sink += n;
 }
 
-/* One step; with_engram starts a prefetch first and waits for it just
- * before the first Engram layer. Records into r when r is non-NULL. */
+/* One step; with_engram starts a prefetch first and waits for each Engram
+ * layer's rows just before it. Records into r when r is non-NULL. */
 static int one_step(const bench *b, const shape *s, stepbuf *sb, uint64_t step,
                     int with_engram, mode_result *r)
 {
@@ -284,16 +319,20 @@ static int one_step(const bench *b, const shape *s, stepbuf *sb, uint64_t step,
         return 2;
     t_start = bench_now_ns() - t0;
     for (size_t l = 0; l < b->o->layers; l++) {
-        if (with_engram && l == b->first_engram) {
+        if (with_engram) {
             t1 = bench_now_ns();
-            int rc = prefetch_wait(h);
-            t_wait = bench_now_ns() - t1;
+            int rc = wait_before(b, h, l);
+            t_wait += bench_now_ns() - t1;
             if (rc) {
                 engram_prefetch_free(h);
                 return 2;
             }
         }
         busy_wait(s->layer_ns);
+    }
+    if (with_engram && prefetch_wait(h)) {   /* every layer is in: returns at once */
+        engram_prefetch_free(h);
+        return 2;
     }
     engram_prefetch_free(h);
     if (r) {
@@ -366,9 +405,11 @@ static void print_human(const bench *b, const shape *s, const mode_result *on,
     double nominal_ms = (double)s->layer_ns * (double)b->o->layers / 1e6;
     char layers[256];
     printf("%s: B %zu x T %zu, %" PRIu64 " layers x %.3f ms busy-wait (nominal "
-           "%.2f ms/step), Engram at layers %s (wait before layer %zu), %zu rows/prefetch\n",
+           "%.2f ms/step), Engram at layers %s (%s), %zu rows/prefetch\n",
            s->name, s->B, s->T, b->o->layers, (double)s->layer_ns / 1e6, nominal_ms,
-           layer_list(b, layers, sizeof layers), b->first_engram, rows_per_step(b, s));
+           layer_list(b, layers, sizeof layers),
+           b->o->wait_all_first ? "all waited for before the first" : "each waited for just before it",
+           rows_per_step(b, s));
     printf("  %" PRIu64 " timed steps per mode (after %" PRIu64 " untimed), alternating\n",
            on->steps, b->o->warmup);
     printf("  without Engram: %.0f tokens/s, step ms p50 %.3f  p99 %.3f  max %.3f\n",

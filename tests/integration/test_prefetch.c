@@ -327,6 +327,72 @@ static void test_async_hashing_many_in_flight(void **state)
     }
 }
 
+/* Layer by layer, as a worker waits before each Engram layer: the later
+ * layer first, then the earlier; each wait writes exactly its layer's part
+ * (the other part keeps its poison until its own wait), and the final wait
+ * is OK without copying again. */
+static void test_wait_layer_by_layer(void **state)
+{
+    const batch *b = &batches[0];
+    size_t bytes = 2 * b->B * b->T * HEADS * RB, half = bytes / 2;
+    uint8_t *out = malloc(bytes), poison[RB];
+    memset(out, 0xA5, bytes);
+    memset(poison, 0xA5, RB);
+    engram_prefetch_request r = {.layer_ids = both_layers, .n_layers = 2, .tokens = b->tokens,
+                                 .batch = b->B, .seq_len = b->T, .out = out, .out_cap = bytes,
+                                 .flags = ENGRAM_PREFETCH_HASH_ASYNC};
+    engram_prefetch *h;
+    engram_error e;
+    assert_int_equal(engram_prefetch_start(model, &r, &h, NULL), ENGRAM_OK);
+    assert_int_equal(engram_prefetch_wait_layer(h, 3, 30000, &e), ENGRAM_OK);
+    const int idx3[1] = {1}, idx0[1] = {0};
+    check_out(out + half, b, idx3, 1, all_heads, HEADS, 0, b->T);
+    for (size_t at = 0; at < half; at += RB)
+        if (memcmp(out + at, poison, RB) != 0)
+            fail_msg("layer 0's part written at byte %zu before its wait", at);
+    assert_int_equal(engram_prefetch_wait_layer(h, 7, 0, &e), ENGRAM_INVALID_ARGUMENT);
+    assert_string_equal(e.message, "layer 7 is not in this prefetch");
+    assert_int_equal(engram_prefetch_wait_layer(h, 0, 30000, &e), ENGRAM_OK);
+    check_out(out, b, idx0, 1, all_heads, HEADS, 0, b->T);
+    assert_int_equal(engram_prefetch_wait(h, 0, &e), ENGRAM_OK);
+    check_out(out, b, both_idx, 2, all_heads, HEADS, 0, b->T);
+    engram_prefetch_free(h);
+    free(out);
+}
+
+/* Tiny chunks: a layer's unique rows go as many calls (7 rows each), and the
+ * output is still exact; a chunk size that is not positive is refused. */
+static void test_small_chunks(void **state)
+{
+    engram_client_options o;
+    engram_client_options_init(&o);
+    o.prefetch_chunk_rows = 0;
+    engram_client *c;
+    engram_error e;
+    assert_int_equal(engram_client_open(srv.addr, &o, &c, &e), ENGRAM_INVALID_ARGUMENT);
+    assert_string_equal(e.message, "prefetch_chunk_rows 0 is not positive");
+    o.prefetch_chunk_rows = 7;
+    assert_int_equal(engram_client_open(srv.addr, &o, &c, NULL), ENGRAM_OK);
+    engram_model *m;
+    assert_int_equal(engram_model_open(c, "cfg2", &m, NULL), ENGRAM_OK);
+    for (size_t k = 0; k < nbatches; k++) {
+        const batch *b = &batches[k];
+        size_t bytes = 2 * b->B * b->T * HEADS * RB;
+        uint8_t *out = malloc(bytes);
+        engram_prefetch_request r = {.layer_ids = both_layers, .n_layers = 2, .tokens = b->tokens,
+                                     .batch = b->B, .seq_len = b->T, .out = out, .out_cap = bytes};
+        engram_prefetch *h;
+        assert_int_equal(engram_prefetch_start(m, &r, &h, NULL), ENGRAM_OK);
+        if (engram_prefetch_wait(h, 30000, &e))
+            fail_msg("%s: %s", b->name, e.message);
+        check_out(out, b, both_idx, 2, all_heads, HEADS, 0, b->T);
+        engram_prefetch_free(h);
+        free(out);
+    }
+    engram_model_close(m);
+    engram_client_close(c);
+}
+
 static void expect_start_error(const engram_prefetch_request *r, int code, const char *msg)
 {
     engram_prefetch *h = NULL;
@@ -435,6 +501,8 @@ int main(void)
         cmocka_unit_test(test_decode_with_history),
         cmocka_unit_test(test_head_subset_one_layer),
         cmocka_unit_test(test_async_hashing_many_in_flight),
+        cmocka_unit_test(test_wait_layer_by_layer),
+        cmocka_unit_test(test_small_chunks),
         cmocka_unit_test(test_bad_prefetches),
         cmocka_unit_test(test_bad_manifests),
     };

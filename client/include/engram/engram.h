@@ -108,6 +108,12 @@ typedef struct engram_client_options {
      * imports, manifests, versions, cluster map and other operations);
      * never on lookups. NULL: none. Copied by engram_client_open. */
     const char *admin_token;
+
+    /* Rows per lookup call of a prefetch (a layer's unique rows are sent as
+     * calls of at most this many, all at once). Smaller calls spread one
+     * layer over the server's threads and overlap gather, transfer and
+     * decode; larger ones cost fewer calls. Default 8192. */
+    int32_t prefetch_chunk_rows;
 } engram_client_options;
 
 /* Fills `opts` with the defaults. */
@@ -438,6 +444,19 @@ int engram_prefetch_start(engram_model *model,
  * not arrive is never left as zeros behind an OK). */
 int engram_prefetch_wait(engram_prefetch *handle, int64_t timeout_ms,
                          engram_error *err);
+
+/* Waits up to timeout_ms (< 0: forever) for one layer of the prefetch:
+ * on ENGRAM_OK that layer's part of out, [batch, seq_len, heads, D] at its
+ * position in req->layer_ids, is written (every entry, should the id be
+ * listed twice); the other layers may still be in flight. A worker calls it
+ * just before each Engram layer, so it blocks only for that layer's rows.
+ * ENGRAM_INVALID_ARGUMENT when layer_id was not asked for; ENGRAM_TIMEOUT
+ * if not there yet; any other error fails the whole prefetch, as wait
+ * would report it. Call engram_prefetch_wait (or free) afterwards as usual;
+ * layers already waited for are not copied again. One thread at a time per
+ * handle, like wait. */
+int engram_prefetch_wait_layer(engram_prefetch *handle, int64_t layer_id, int64_t timeout_ms,
+                               engram_error *err);
 
 /* Non-blocking: 1 when every row has arrived or the prefetch failed (wait
  * then returns at once), else 0. */
