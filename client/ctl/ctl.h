@@ -113,4 +113,31 @@ int import_synthetic_table(engram_client *cl, const char *table, uint64_t rows,
  * with manifest_synthetic_seed(S, layer) (models.c). */
 int import_synthetic_manifest(engram_client *cl, const opts *o);
 
+struct engram_manifest;
+/* The manifest of model `name` as stored on the server, parsed; NULL after
+ * reporting (*rc) (models.c). */
+struct engram_manifest *fetch_manifest(engram_client *cl, const char *name, int *rc);
+
+/* ---- file imports (import.c, import_tensor.c) ---- */
+
+/* What an import of a file expects; an empty field is taken from the
+ * file. `by` names who asked, for messages ("--dim/--dtype", "model M's
+ * manifest (layer L)"). */
+typedef struct import_spec {
+    char table[256];
+    char dtype[16];
+    uint32_t dim;
+    uint64_t rows;               /* 0: as many as the file holds */
+    char by[300];
+} import_spec;
+
+/* Fills the table, dtype, dim and rows of layer `layer` of model `model`
+ * from its stored manifest. Returns 0 or the exit code after a message. */
+int spec_from_manifest(engram_client *cl, const char *model, const char *layer,
+                       import_spec *s);
+/* Reads the header of the .safetensors `file`, checks tensor `name`
+ * against *s, completes *s from it and leaves *fp at its first row.
+ * Returns 0 or the exit code after a message naming the problem. */
+int open_tensor(const char *file, const char *name, import_spec *s, FILE **fp);
+
 #endif

@@ -1,6 +1,7 @@
 /* import.c: engramctl import-synthetic and import: streams rows through
  * Admin.Import in batches (a synthetic table generated on the fly, or a raw
- * / .npy file read in chunks, never whole). */
+ * / .npy file or one tensor of a .safetensors checkpoint read in chunks,
+ * never whole), with progress on stderr (progress.c). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,9 +13,23 @@
 #include "ctl.h"
 #include "dtype.h"
 #include "grpc_util.h"
+#include "progress.h"
 #include "synthetic.h"
 
 /* ---- imports ------------------------------------------------------------ */
+
+/* --progress-every S: seconds between progress lines off a terminal. */
+static int set_progress_every(const opts *o)
+{
+    uint32_t s;
+    const char *v = opt(o, "--progress-every");
+    if (!v)
+        return 0;
+    if (parse_u32(v, "--progress-every", &s))
+        return -1;
+    progress_set_every(s);
+    return 0;
+}
 
 /* Prints the activated table and the rate of an import. */
 static void print_import_done(const engram_table_info *t, uint64_t t0_ns)
@@ -61,23 +76,31 @@ static int synthetic_shape(const opts *o, uint32_t row_bytes,
 
 /* Generates and streams rows [0, rows) of the synthetic table; returns 0
  * or EXIT_RPC after reporting. */
-static int stream_synthetic(engram_import *imp, uint64_t seed, uint64_t rows,
-                            uint32_t row_bytes, engram_error *e)
+static int stream_synthetic(engram_import *imp, const char *table, uint64_t seed,
+                            uint64_t rows, uint32_t row_bytes, engram_error *e)
 {
     size_t per = batch_rows_for(row_bytes);
     uint8_t *buf = malloc(per * row_bytes);
     if (!buf)
         return fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %zu rows",
                     per);
+    char what[300];
+    snprintf(what, sizeof what, "import %s", table);
+    progress pg;
+    progress_start(&pg, what, rows, row_bytes);
     int rc = 0;
-    for (uint64_t r = 0; r < rows && !rc; r += per) {
+    uint64_t r = 0;
+    for (; r < rows; r += per) {
         uint64_t n = rows - r < per ? rows - r : per;
         synthetic_rows(seed, r, n, buf, row_bytes);
-        if (engram_import_write(imp, r, buf, n * row_bytes, e))
-            rc = report(e);
+        if ((rc = engram_import_write(imp, r, buf, n * row_bytes, e)))
+            break;
+        progress_update(&pg, r + n);
     }
+    /* The bar's line ends before any error is printed. */
+    progress_end(&pg, r < rows ? r : rows);
     free(buf);
-    return rc;
+    return rc ? report(e) : 0;
 }
 
 static int synthetic_source(void *ctx, const uint64_t *rows, size_t n, uint8_t *out, char *err,
@@ -120,7 +143,7 @@ int import_synthetic_table(engram_client *cl, const char *table, uint64_t rows,
     engram_error e;
     if (engram_import_begin(cl, table, rows, dim, dtype, &imp, &e))
         return report(&e);
-    rc = stream_synthetic(imp, seed, rows, row_bytes, &e);
+    rc = stream_synthetic(imp, table, seed, rows, row_bytes, &e);
     if (rc) {
         engram_import_abort(imp);
         return rc;
@@ -135,12 +158,14 @@ int import_synthetic_table(engram_client *cl, const char *table, uint64_t rows,
 int cmd_import_synthetic(engram_client *cl, int argc, char **argv)
 {
     opts o = {.names = {"--table", "--rows", "--row-bytes", "--seed",
-                        "--dim", "--dtype", "--manifest"}, .n = 7};
+                        "--dim", "--dtype", "--manifest", "--progress-every"}, .n = 8};
     const char *c = "import-synthetic";
     if (parse_opts(&o, argc, argv, c))
         return EXIT_USAGE;
     if (o.npos)
         return die_usage("%s: unexpected argument '%s'", c, o.pos[0]);
+    if (set_progress_every(&o))
+        return EXIT_USAGE;
     if (opt(&o, "--manifest"))
         return import_synthetic_manifest(cl, &o);
     const char *table = need(&o, "--table", c);
@@ -364,26 +389,34 @@ static int open_rows(const char *file, uint32_t dim, const char *dtype,
 /* Reads the rows in batches and writes them to the import; returns 0 or
  * EXIT_RPC after reporting. */
 static int stream_file(engram_import *imp, FILE *fp, const char *file,
-                       uint64_t rows, uint32_t row_bytes, engram_error *e)
+                       const char *table, uint64_t rows, uint32_t row_bytes,
+                       engram_error *e)
 {
     size_t per = batch_rows_for(row_bytes);
     uint8_t *buf = malloc(per * row_bytes);
     if (!buf)
         return fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %zu rows",
                     per);
-    int rc = 0;
-    for (uint64_t r = 0; r < rows && !rc; r += per) {
+    char what[300];
+    snprintf(what, sizeof what, "import %s", table);
+    progress pg;
+    progress_start(&pg, what, rows, row_bytes);
+    int rc = 0, short_read = 0;
+    uint64_t r = 0;
+    for (; r < rows; r += per) {
         uint64_t n = rows - r < per ? rows - r : per;
-        if (fread(buf, row_bytes, n, fp) != n) {
-            rc = fail(ENGRAM_DATA_LOSS, "%s: short read at row %llu", file,
-                      (unsigned long long)r);
+        if ((short_read = fread(buf, row_bytes, n, fp) != n) ||
+            (rc = engram_import_write(imp, r, buf, n * row_bytes, e)))
             break;
-        }
-        if (engram_import_write(imp, r, buf, n * row_bytes, e))
-            rc = report(e);
+        progress_update(&pg, r + n);
     }
+    /* The bar's line ends before any error is printed. */
+    progress_end(&pg, r < rows ? r : rows);
     free(buf);
-    return rc;
+    if (short_read)
+        return fail(ENGRAM_DATA_LOSS, "%s: short read at row %llu", file,
+                    (unsigned long long)r);
+    return rc ? report(e) : 0;
 }
 
 /* A file's rows for a cluster import: the rows a shard needs are every
@@ -425,59 +458,133 @@ static int import_file_cluster(const engram_cluster *map, const char *table, FIL
     return cluster_import_run(&fs.ci, map);
 }
 
+/* Streams the opened file to the one server cl talks to. */
+static int import_file_single(engram_client *cl, FILE *fp, const char *file,
+                              const import_spec *s, uint32_t row_bytes)
+{
+    uint64_t t0 = now_ns();
+    engram_import *imp;
+    engram_error e;
+    int rc;
+    if (engram_import_begin(cl, s->table, s->rows, s->dim, s->dtype, &imp, &e))
+        return report(&e);
+    if ((rc = stream_file(imp, fp, file, s->table, s->rows, row_bytes, &e))) {
+        engram_import_abort(imp);
+        return rc;
+    }
+    engram_table_info info;
+    if (engram_import_finish(imp, &info, &e))
+        return report(&e);
+    print_import_done(&info, t0);
+    return 0;
+}
+
+/* Streams the opened file to the server or, when it is one of a cluster,
+ * to every shard. */
+static int import_opened(engram_client *cl, FILE *fp, const char *file,
+                         const import_spec *s)
+{
+    uint32_t row_bytes = s->dim * (uint32_t)dtype_size(s->dtype);
+    int crc;
+    engram_cluster *map = cluster_of(cl, &crc);
+    if (map && cluster_is_single(map))
+        crc = import_file_single(cl, fp, file, s, row_bytes);
+    else if (map)
+        crc = import_file_cluster(map, s->table, fp, s->rows, s->dim, s->dtype, row_bytes);
+    cluster_free(map);
+    return crc;
+}
+
+/* --dim/--dtype into the spec (either may be left to a .safetensors
+ * tensor); 0 or EXIT_USAGE. */
+static int spec_from_options(const opts *o, int need_shape, import_spec *s)
+{
+    const char *c = "import", *table = need(o, "--table", c);
+    const char *sdim = opt(o, "--dim"), *dtype = opt(o, "--dtype");
+    if (!table)
+        return EXIT_USAGE;
+    if (strlen(table) >= sizeof s->table)
+        return die_usage("%s: table name of %zu bytes is too long", c, strlen(table));
+    if (need_shape && (!need(o, "--dim", c) || !need(o, "--dtype", c)))
+        return EXIT_USAGE;
+    snprintf(s->table, sizeof s->table, "%s", table);
+    snprintf(s->by, sizeof s->by, "%s", "--dim/--dtype");
+    if (sdim && parse_u32(sdim, "--dim", &s->dim))
+        return EXIT_USAGE;
+    if (dtype && !dtype_size(dtype))
+        return die_usage("%s: unknown dtype '%s' (known: %s)", c, dtype, dtype_list());
+    if (dtype)
+        snprintf(s->dtype, sizeof s->dtype, "%s", dtype);
+    if (sdim && (s->dim == 0 || (dtype && (uint64_t)s->dim * dtype_size(dtype) > UINT32_MAX)))
+        return die_usage("%s: --dim %u gives no valid row size", c, s->dim);
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+/* The options of import, checked for the combination given: --manifest
+ * (with --layer) replaces --table/--dim/--dtype. */
+static int import_spec_of(engram_client *cl, const opts *o, import_spec *s)
+{
+    const char *c = "import", *model = opt(o, "--manifest");
+    int tensor = opt(o, "--tensor") != NULL;
+    const char *file = need(o, "--file", c);
+    if (!file)
+        return EXIT_USAGE;
+    if (!tensor && ends_with(file, ".safetensors"))
+        return die_usage("%s: %s is a safetensors file; name the tensor with --tensor", c,
+                         file);
+    if (!model && opt(o, "--layer"))
+        return die_usage("%s: --layer goes with --manifest", c);
+    if (!model)
+        return spec_from_options(o, !tensor, s);
+    if (opt(o, "--table") || opt(o, "--dim") || opt(o, "--dtype"))
+        return die_usage("%s: --manifest takes the table, dim and dtype from the manifest; "
+                         "drop --table/--dim/--dtype", c);
+    const char *layer = need(o, "--layer", c);
+    return layer ? spec_from_manifest(cl, model, layer, s) : EXIT_USAGE;
+}
+
+/* Opens a raw / .npy file for the spec; the rows it holds must match a
+ * manifest's. */
+static int open_plain(const char *file, import_spec *s, FILE **fp)
+{
+    uint64_t rows = 0;
+    uint32_t row_bytes = s->dim * (uint32_t)dtype_size(s->dtype);
+    if (open_rows(file, s->dim, s->dtype, row_bytes, fp, &rows))
+        return EXIT_RPC;
+    if (s->rows && rows != s->rows) {
+        fclose(*fp);
+        return fail(ENGRAM_INVALID_ARGUMENT, "%s: holds %llu rows; %s says %llu", file,
+                    (unsigned long long)rows, s->by, (unsigned long long)s->rows);
+    }
+    s->rows = rows;
+    return 0;
+}
+
 int cmd_import(engram_client *cl, int argc, char **argv)
 {
-    opts o = {.names = {"--table", "--file", "--dim", "--dtype"}, .n = 4};
+    opts o = {.names = {"--table", "--file", "--dim", "--dtype", "--tensor", "--manifest",
+                        "--layer", "--progress-every"}, .n = 8};
     const char *c = "import";
     if (parse_opts(&o, argc, argv, c))
         return EXIT_USAGE;
     if (o.npos)
         return die_usage("%s: unexpected argument '%s'", c, o.pos[0]);
-    const char *table = need(&o, "--table", c);
-    const char *file = need(&o, "--file", c);
-    const char *sdim = need(&o, "--dim", c);
-    const char *dtype = need(&o, "--dtype", c);
-    if (!table || !file || !sdim || !dtype)
-        return EXIT_USAGE;
-    uint32_t dim;
-    if (parse_u32(sdim, "--dim", &dim))
-        return EXIT_USAGE;
-    size_t es = dtype_size(dtype);
-    if (!es)
-        return die_usage("%s: unknown dtype '%s' (known: %s)", c, dtype,
-                         dtype_list());
-    if (dim == 0 || (uint64_t)dim * es > UINT32_MAX)
-        return die_usage("%s: --dim %u gives no valid row size", c, dim);
-    uint32_t row_bytes = dim * (uint32_t)es;
-
+    import_spec s = {{0}};
+    int rc = set_progress_every(&o) ? EXIT_USAGE : import_spec_of(cl, &o, &s);
+    if (rc)
+        return rc;
+    const char *file = opt(&o, "--file"), *tensor = opt(&o, "--tensor");
     FILE *fp = NULL;
-    uint64_t rows = 0;
-    if (open_rows(file, dim, dtype, row_bytes, &fp, &rows))
-        return EXIT_RPC;
-    int crc;
-    engram_cluster *map = cluster_of(cl, &crc);
-    if (!map || !cluster_is_single(map)) {
-        int r = map ? import_file_cluster(map, table, fp, rows, dim, dtype, row_bytes) : crc;
-        cluster_free(map);
-        fclose(fp);
-        return r;
-    }
-    cluster_free(map);
-    uint64_t t0 = now_ns();
-    engram_import *imp;
-    engram_error e;
-    int rc;
-    if (engram_import_begin(cl, table, rows, dim, dtype, &imp, &e)) {
-        rc = report(&e);
-    } else if ((rc = stream_file(imp, fp, file, rows, row_bytes, &e))) {
-        engram_import_abort(imp);
-    } else {
-        engram_table_info info;
-        if ((rc = engram_import_finish(imp, &info, &e)) != 0)
-            rc = report(&e);
-        else
-            print_import_done(&info, t0);
-    }
+    rc = tensor ? open_tensor(file, tensor, &s, &fp) : open_plain(file, &s, &fp);
+    if (rc)
+        return rc;
+    rc = import_opened(cl, fp, file, &s);
     fclose(fp);
     return rc;
 }

@@ -5,9 +5,10 @@
  *             [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME]]
  *             [--token-file FILE] COMMAND ...
  *
- * Commands list and describe tables, import a synthetic table or a raw /
- * .npy file (streamed in chunks, never read whole), look rows up and verify
- * a synthetic table against the rule in common/synthetic.h.
+ * Commands list and describe tables, import a synthetic table, a raw /
+ * .npy file or one tensor of a .safetensors checkpoint (streamed in chunks,
+ * never read whole), look rows up and verify a synthetic table against the
+ * rule in common/synthetic.h.
  *
  * Exit codes: 0 ok; 1 an RPC failed or verification found a mismatch;
  * 2 usage error. Errors go to stderr as `engramctl: STATUS_NAME: message`. */
@@ -42,6 +43,14 @@ static const char usage_text[] =
     "                   [--dim D --dtype T] import the synthetic table\n"
     "  import --table NAME --file F --dim D --dtype T\n"
     "                                       import a raw row file or .npy\n"
+    "  import --table NAME --file F.safetensors --tensor NAME [--dim D --dtype T]\n"
+    "                                       one 2-D tensor of a checkpoint; dim and\n"
+    "                                       dtype from its header (or checked)\n"
+    "  import --manifest MODEL --layer L --file F [--tensor NAME]\n"
+    "                                       into layer L's table; table, rows, dim\n"
+    "                                       and dtype from the stored manifest\n"
+    "     imports take [--progress-every S]: a bar on a terminal, else a line\n"
+    "     every S seconds (default 10, 0 none)\n"
     "  lookup --table NAME ROW...           print rows as hex\n"
     "  verify-synthetic --table NAME --seed S [--samples K] [--rng-seed R]\n"
     "                                       check rows against the rule\n"

@@ -124,7 +124,7 @@ int cmd_manifest(engram_client *cl, int argc, char **argv)
 }
 
 /* The manifest as stored on the server, parsed here. */
-static engram_manifest *fetch_manifest(engram_client *cl, const char *name, int *rc)
+engram_manifest *fetch_manifest(engram_client *cl, const char *name, int *rc)
 {
     char *json, why[512];
     engram_error e;
