@@ -168,7 +168,7 @@ static void make_options(store *s, const store_options *o)
 
     s->rows_opts = rocksdb_options_create();
     store_tuning t = store_tuning_default();
-    s->block_cache = rocksdb_cache_create_lru(o->block_cache_bytes);
+    s->block_cache = store_tuning_cache(&t, o->block_cache_bytes);
     s->rows_bbto = store_tuning_apply(&t, s->rows_opts, s->block_cache);
     s->ropts = store_tuning_readoptions(&t);
     s->wopts_sync = rocksdb_writeoptions_create();

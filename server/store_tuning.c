@@ -12,6 +12,9 @@ store_tuning store_tuning_default(void)
         .compression = rocksdb_no_compression,
         .checksum = 4,
         .verify_checksums = 1,
+        .data_block_hash = 0,
+        .partitioned = 0,
+        .cache_min_shard = 0,
     };
 }
 
@@ -31,8 +34,37 @@ rocksdb_block_based_table_options_t *store_tuning_apply(const store_tuning *t,
                                                                   t->cache_index_and_filter);
     rocksdb_block_based_options_set_pin_l0_filter_and_index_blocks_in_cache(
         bbto, t->pin_l0_index_and_filter);
+    if (t->data_block_hash) {
+        rocksdb_block_based_options_set_data_block_index_type(
+            bbto, rocksdb_block_based_table_data_block_index_type_binary_search_and_hash);
+        rocksdb_block_based_options_set_data_block_hash_ratio(bbto, 0.75);
+    }
+    if (t->partitioned) {
+        rocksdb_block_based_options_set_index_type(
+            bbto, rocksdb_block_based_table_index_type_two_level_index_search);
+        rocksdb_block_based_options_set_partition_filters(bbto, 1);
+        rocksdb_block_based_options_set_metadata_block_size(bbto, 4096);
+        rocksdb_block_based_options_set_pin_top_level_index_and_filter(bbto, 1);
+    }
     rocksdb_options_set_block_based_table_factory(rows_opts, bbto);
     return bbto;
+}
+
+rocksdb_cache_t *store_tuning_cache(const store_tuning *t, size_t bytes)
+{
+    if (!t->cache_min_shard)
+        return rocksdb_cache_create_lru(bytes);
+    /* A block bigger than its shard is dropped as soon as it is released,
+     * so shards must hold the biggest index or filter block many times. */
+    int bits = 0;
+    while (bits < 6 && (bytes >> (bits + 1)) >= t->cache_min_shard)
+        bits++;
+    rocksdb_lru_cache_options_t *o = rocksdb_lru_cache_options_create();
+    rocksdb_lru_cache_options_set_capacity(o, bytes);
+    rocksdb_lru_cache_options_set_num_shard_bits(o, bits);
+    rocksdb_cache_t *c = rocksdb_cache_create_lru_opts(o);
+    rocksdb_lru_cache_options_destroy(o);
+    return c;
 }
 
 rocksdb_readoptions_t *store_tuning_readoptions(const store_tuning *t)

@@ -24,6 +24,9 @@ typedef struct store_tuning {
     int compression;              /* a rocksdb_*_compression value */
     int checksum;                 /* 4 = XXH3 */
     int verify_checksums;         /* on every read */
+    int data_block_hash;          /* hash index inside data blocks */
+    int partitioned;              /* two-level index, partitioned filters, top level pinned */
+    size_t cache_min_shard;       /* fewest bytes per block cache shard; 0: RocksDB's choice */
 } store_tuning;
 
 /* The settings the server uses. */
@@ -36,6 +39,9 @@ store_tuning store_tuning_default(void);
 rocksdb_block_based_table_options_t *store_tuning_apply(const store_tuning *t,
                                                          rocksdb_options_t *rows_opts,
                                                          rocksdb_cache_t *cache);
+
+/* The block cache of `bytes` for t (the caller destroys it). */
+rocksdb_cache_t *store_tuning_cache(const store_tuning *t, size_t bytes);
 
 /* Read options for row lookups under t (the caller destroys them). */
 rocksdb_readoptions_t *store_tuning_readoptions(const store_tuning *t);
