@@ -81,11 +81,11 @@ static uint32_t hash32(uint64_t k)
     return (uint32_t)k;
 }
 
+static uint32_t map_cap(uint32_t entries);
+
 static void map_init(map *m, uint32_t entries)
 {
-    uint32_t cap = 16;
-    while (cap < entries * 2)
-        cap <<= 1;
+    uint32_t cap = map_cap(entries);
     m->keys = calloc(cap, sizeof *m->keys);
     m->vals = calloc(cap, sizeof *m->vals);
     m->mask = cap - 1;
@@ -232,14 +232,46 @@ static void segment_free(segment *s)
     pthread_mutex_destroy(&s->mu);
 }
 
-/* Bytes per slot beyond the row: key, freq, where, free list, two ring
- * entries, ghost ring entry, and about four map entries (two maps at load
- * <= 1/2). Used to fit the budget. */
-#define SLOT_OVERHEAD (8 + 1 + 1 + 4 + 16 + 8 + 4 * 12)
+/* Table size for a map of up to `entries` keys: a power of two at load
+ * <= 3/4. (At <= 1/2 the table could be 4x its entries, two maps of 12
+ * bytes a slot then cost 96 bytes per 128-byte row.) */
+static uint32_t map_cap(uint32_t entries)
+{
+    uint32_t cap = 16;
+    while (cap < entries + entries / 3)
+        cap <<= 1;
+    return cap;
+}
+
+/* What segment_init allocates for n slots: the rows, key, freq, where and
+ * free list per slot, the small, main and ghost rings, and the two maps;
+ * counting the maps' power-of-two tables exactly keeps the cache inside its
+ * budget (an estimate of twice their entries let a cache take 1.11x its
+ * budget once full). */
+static uint64_t segment_bytes(uint32_t n, uint32_t row_bytes)
+{
+    uint32_t small_cap = n / 10 ? n / 10 : 1;
+    uint64_t b = (uint64_t)n * (row_bytes + 8 + 1 + 1 + 4);
+    b += ((uint64_t)n + n + (n - small_cap)) * sizeof(uint64_t);
+    b += 2 * (uint64_t)map_cap(n) * (sizeof(uint64_t) + sizeof(uint32_t));
+    return b;
+}
 
 hotcache *hotcache_create(uint64_t budget, uint32_t row_bytes, hotcache_metrics *metrics)
 {
-    uint64_t slots = row_bytes ? budget / (row_bytes + SLOT_OVERHEAD) : 0;
+    /* The most slots per segment that fit budget / SEGMENTS (segment_bytes
+     * grows with n, so a binary search finds it). */
+    uint64_t seg_budget = budget / SEGMENTS, lo = 0, hi = UINT32_MAX / 4;
+    if (row_bytes && hi > seg_budget / row_bytes)
+        hi = seg_budget / row_bytes;
+    while (row_bytes && lo < hi) {
+        uint64_t mid = lo + (hi - lo + 1) / 2;
+        if (segment_bytes((uint32_t)mid, row_bytes) <= seg_budget)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    uint64_t slots = lo * SEGMENTS;
     if (slots < 64 * SEGMENTS / 16 || slots / SEGMENTS > UINT32_MAX / 4)
         return NULL;
     hotcache *c = calloc(1, sizeof *c);
