@@ -65,6 +65,7 @@ void ec_table_info_from_pb(engram_table_info *out,
     out->dim = in->dim;
     out->version = in->version;
     out->checksum = in->checksum;
+    out->xxh3 = in->xxh3;
     out->resident = in->resident ? 1 : 0;
     out->created_unix_ms = in->created_unix_ms;
     out->local_rows = in->local_rows;
@@ -79,6 +80,7 @@ void ec_table_info_from_pb(engram_table_info *out,
         out->versions[i].state = (int)in->versions[i]->state;
         out->versions[i].checksum = in->versions[i]->checksum;
         out->versions[i].local_rows = in->versions[i]->local_rows;
+        out->versions[i].xxh3 = in->versions[i]->xxh3;
     }
 }
 

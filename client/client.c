@@ -165,6 +165,8 @@ static void register_methods(engram_client *cl)
         cl->channel, "/engram.v1.Admin/Undrain", NULL, NULL);
     cl->m_warm = grpc_channel_register_call(
         cl->channel, "/engram.v1.Admin/Warm", NULL, NULL);
+    cl->m_verify = grpc_channel_register_call(
+        cl->channel, "/engram.v1.Admin/Verify", NULL, NULL);
     cl->m_stats = grpc_channel_register_call(
         cl->channel, "/engram.v1.Admin/Stats", NULL, NULL);
     cl->m_set_log_level = grpc_channel_register_call(

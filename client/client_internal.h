@@ -47,6 +47,7 @@ struct engram_client {
     void *m_drain;
     void *m_undrain;
     void *m_warm;
+    void *m_verify;
     void *m_stats;
     void *m_set_log_level;
     int64_t deadline_ms;

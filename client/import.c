@@ -5,11 +5,17 @@
  * thread), one batch outstanding at a time:
  *   begin:  SEND_INITIAL_METADATA + SEND_MESSAGE(header)
  *   write:  SEND_MESSAGE(chunk) per <= 4 MiB of whole rows
- *   finish: SEND_CLOSE_FROM_CLIENT + RECV_INITIAL_METADATA + RECV_MESSAGE
- *           + RECV_STATUS_ON_CLIENT
+ *   finish: SEND_MESSAGE(trailer), then SEND_CLOSE_FROM_CLIENT
+ *           + RECV_INITIAL_METADATA + RECV_MESSAGE + RECV_STATUS_ON_CLIENT
+ *           (the trailer alone first: a send the server already refused
+ *           then reports the server's status, as a chunk's would)
  * A send that fails means the server (or the transport) ended the stream;
  * RECV_STATUS_ON_CLIENT then says why, and that status sticks: every later
  * write and the finish return it.
+ *
+ * Every chunk is hashed (XXH3-64) as it is sent and the trailer carries the
+ * digest, so the server can refuse rows that changed on the way (DATA_LOSS)
+ * instead of activating them. Hashing costs far less than the transfer.
  *
  * Imports of big tables take long, so an import has no deadline, unlike
  * every other call. An import must be finished or aborted before its client
@@ -21,6 +27,7 @@
 #include <string.h>
 
 #include <grpc/support/time.h>
+#include <xxhash.h>
 
 #include "cluster.h"
 #include "dtype.h"
@@ -42,6 +49,7 @@ struct engram_import {
     uint64_t next_row;
     uint32_t row_bytes;
     size_t chunk_max;             /* payload bytes per chunk message */
+    XXH3_state_t *xxh;            /* of every row sent, for the trailer */
     int failed;                   /* sticky status once the stream broke */
     char failed_msg[sizeof(((engram_error *)0)->message)];
 };
@@ -128,6 +136,8 @@ static void import_free(engram_import *imp)
 {
     if (imp->call)
         grpc_call_unref(imp->call);
+    if (imp->xxh)
+        XXH3_freeState(imp->xxh);
     /* No batch is ever left outstanding, so the queue is already empty. */
     grpc_completion_queue_shutdown(imp->cq);
     grpc_completion_queue_destroy(imp->cq);
@@ -175,6 +185,11 @@ static engram_import *import_new(engram_client *client, const char *table,
             imp->chunk_max)
         imp->chunk_max =
             (size_t)client->max_message_bytes - CHUNK_FRAMING_BYTES;
+    if (!(imp->xxh = XXH3_createState())) {
+        free(imp);
+        return NULL;
+    }
+    XXH3_64bits_reset(imp->xxh);
     imp->cq = grpc_completion_queue_create_for_pluck(NULL);
     grpc_slice method = grpc_slice_from_static_string("/engram.v1.Admin/Import");
     imp->call = grpc_channel_create_call(
@@ -285,9 +300,21 @@ int engram_import_write(engram_import *imp, uint64_t start_row,
         rc = send_msg(imp, &m, 0, err);
         if (rc)
             return rc;
+        XXH3_64bits_update(imp->xxh, p + off, take);
         imp->next_row += take / imp->row_bytes;
     }
     return ec_ok(err);
+}
+
+/* The trailer: the XXH3 of every row sent. */
+static int send_trailer(engram_import *imp, engram_error *err)
+{
+    Engram__V1__ImportTrailer t = ENGRAM__V1__IMPORT_TRAILER__INIT;
+    t.xxh3 = XXH3_64bits_digest(imp->xxh);
+    Engram__V1__ImportRequest m = ENGRAM__V1__IMPORT_REQUEST__INIT;
+    m.kind_case = ENGRAM__V1__IMPORT_REQUEST__KIND_TRAILER;
+    m.trailer = &t;
+    return send_msg(imp, &m, 0, err);
 }
 
 /* The finishing batch; on OK fills info from the ImportResponse. */
@@ -359,7 +386,7 @@ int engram_import_finish(engram_import *imp, engram_table_info *info,
                       "nothing changed", imp->table,
                       (unsigned long long)imp->next_row,
                       (unsigned long long)imp->rows);
-    } else {
+    } else if (!(rc = send_trailer(imp, err))) {
         rc = close_and_receive(imp, info, err);
     }
     import_free(imp);

@@ -1,5 +1,5 @@
 /* ops.c: the operations calls of libengram: grpc.health.v1 Check,
- * Admin.Drain / Undrain and Admin.Warm.
+ * Admin.Drain / Undrain, Admin.Warm and Admin.Verify.
  *
  * All of them go to the server the client was opened with (the bootstrap
  * channel), never through cluster routing: an operator drains, checks or
@@ -11,17 +11,17 @@
  * for in-flight lookups is not cut short by the default deadline (the
  * server bounds its wait by the call's deadline too).
  *
- * Warm is server streaming, so it runs like import.c's client stream: its
- * own pluck completion queue, every batch synchronous on the caller's
- * thread, one outstanding at a time:
+ * Warm and Verify are server streaming, so they run like import.c's client
+ * stream: their own pluck completion queue, every batch synchronous on the
+ * caller's thread, one outstanding at a time (the sstream_* helpers):
  *   start:   SEND_INITIAL_METADATA + SEND_MESSAGE + SEND_CLOSE_FROM_CLIENT
  *            + RECV_INITIAL_METADATA
- *   each:    RECV_MESSAGE (a WarmProgress; NULL at the end of the stream)
+ *   each:    RECV_MESSAGE (a progress message; NULL at the end of the stream)
  *   end:     RECV_STATUS_ON_CLIENT
- * Warm has no deadline, like Import: warming a long token list on a cold
- * RocksDB table can take longer than any per-call deadline, and the
- * progress messages show it is alive. The caller stops it by ending the
- * process (engramctl) or not starting it. */
+ * Neither has a deadline, like Import: warming a long token list on a cold
+ * RocksDB table, or reading every row of a big one, can take longer than
+ * any per-call deadline, and the progress messages show it is alive. The
+ * caller stops it by ending the process (engramctl) or not starting it. */
 #include "client_internal.h"
 
 #include <stdio.h>
@@ -123,17 +123,19 @@ int engram_undrain(engram_client *client, engram_error *err)
     return ec_ok(err);
 }
 
-/* ---- Warm: a server stream ------------------------------------------------- */
+/* ---- server streams (Warm, Verify) ------------------------------------------ */
 
-typedef struct warm_call {
+typedef struct sstream {
     grpc_completion_queue *cq;
     grpc_call *call;
     grpc_metadata md[1];
     size_t nmd;
-} warm_call;
+    grpc_metadata_array initial;
+    const char *what;            /* "Warm", for messages */
+} sstream;
 
 /* Runs one batch and waits for it; returns the batch's success flag. */
-static int warm_batch(warm_call *w, const grpc_op *ops, size_t n)
+static int sstream_batch(sstream *w, const grpc_op *ops, size_t n)
 {
     if (grpc_call_start_batch(w->call, ops, n, w, NULL) != GRPC_CALL_OK)
         return 0;
@@ -141,9 +143,22 @@ static int warm_batch(warm_call *w, const grpc_op *ops, size_t n)
     return ev.type == GRPC_OP_COMPLETE && ev.success;
 }
 
-static int warm_send_request(warm_call *w, engram_client *cl, const ProtobufCMessage *req,
-                             grpc_metadata_array *initial)
+/* Creates the call of `method` (no deadline) and sends the request.
+ * Returns ENGRAM_OK, or an error (with err) when the call could not be
+ * created; a failed send shows in the status. sstream_end frees w either
+ * way. */
+static int sstream_start(sstream *w, engram_client *cl, void *method, const char *what,
+                         const ProtobufCMessage *req, engram_error *err)
 {
+    memset(w, 0, sizeof *w);
+    w->what = what;
+    grpc_metadata_array_init(&w->initial);
+    w->cq = grpc_completion_queue_create_for_pluck(NULL);
+    w->call = grpc_channel_create_registered_call(cl->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
+                                                  w->cq, method,
+                                                  gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    if (!w->call)
+        return ec_error(err, ENGRAM_INTERNAL, "grpc could not create a call");
     ec_admin_metadata(cl, w->md, &w->nmd);
     grpc_byte_buffer *bb = pb_to_byte_buffer(req);
     grpc_op ops[4];
@@ -155,25 +170,34 @@ static int warm_send_request(warm_call *w, engram_client *cl, const ProtobufCMes
     ops[1].data.send_message.send_message = bb;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
     ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = initial;
-    int ok = warm_batch(w, ops, 4);
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &w->initial;
+    sstream_batch(w, ops, 4);
     grpc_byte_buffer_destroy(bb);
-    return ok;
+    return ENGRAM_OK;
 }
 
-/* Receives the next message into *msg (NULL at the end of the stream). */
-static int warm_recv(warm_call *w, grpc_byte_buffer **msg)
+/* The next message, unpacked with desc; NULL at the end of the stream (or
+ * when it broke). A malformed message cancels the call and sets *bad. */
+static ProtobufCMessage *sstream_next(sstream *w, const ProtobufCMessageDescriptor *desc, int *bad)
 {
+    grpc_byte_buffer *bb = NULL;
     grpc_op op;
     memset(&op, 0, sizeof op);
     op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = msg;
-    *msg = NULL;
-    return warm_batch(w, &op, 1);
+    op.data.recv_message.recv_message = &bb;
+    if (!sstream_batch(w, &op, 1) || !bb)
+        return NULL;
+    ProtobufCMessage *m = pb_from_byte_buffer(desc, bb);
+    grpc_byte_buffer_destroy(bb);
+    if (!m) {
+        grpc_call_cancel(w->call, NULL);
+        *bad = 1;
+    }
+    return m;
 }
 
 /* The stream's final status, as an engram code with err filled. */
-static int warm_status(warm_call *w, engram_error *err)
+static int sstream_status(sstream *w, engram_error *err)
 {
     grpc_metadata_array trailing;
     grpc_metadata_array_init(&trailing);
@@ -186,8 +210,8 @@ static int warm_status(warm_call *w, engram_error *err)
     op.data.recv_status_on_client.status = &status;
     op.data.recv_status_on_client.status_details = &details;
     int rc;
-    if (!warm_batch(w, &op, 1)) {
-        rc = ec_error(err, ENGRAM_UNKNOWN, "Warm stream broke without a status");
+    if (!sstream_batch(w, &op, 1)) {
+        rc = ec_error(err, ENGRAM_UNKNOWN, "%s stream broke without a status", w->what);
     } else {
         char msg[sizeof err->message];
         rc = ec_status_to_error(status, details, msg, sizeof msg);
@@ -199,27 +223,45 @@ static int warm_status(warm_call *w, engram_error *err)
     return rc;
 }
 
+/* Ends the stream: rc is what reading found (0, or an error already in
+ * err); when it was 0 the status decides, and a stream that ended without
+ * its final (done) message is an error. Frees everything of w. */
+static int sstream_end(sstream *w, int rc, int last, engram_error *err)
+{
+    if (w->call) {
+        engram_error scratch;    /* keep the first error's message */
+        int st = sstream_status(w, rc ? &scratch : err);
+        if (!rc)
+            rc = st;
+        if (!rc && !last)
+            rc = ec_error(err, ENGRAM_INTERNAL, "%s stream ended without its final message",
+                          w->what);
+        grpc_call_unref(w->call);
+    }
+    grpc_metadata_array_destroy(&w->initial);
+    grpc_completion_queue_shutdown(w->cq);
+    grpc_completion_queue_destroy(w->cq);
+    return rc ? rc : ec_ok(err);
+}
+
+/* ---- Warm ------------------------------------------------------------------- */
+
 /* Reads progress messages until the stream ends; *last is set when the
  * final one (done) arrived. Returns 0, or an error code (with err) for a
  * malformed message. */
-static int warm_read_all(warm_call *w, engram_warm_progress_fn progress, void *ctx, int *last,
+static int warm_read_all(sstream *w, engram_warm_progress_fn progress, void *ctx, int *last,
                          engram_error *err)
 {
-    grpc_byte_buffer *bb;
-    while (warm_recv(w, &bb) && bb) {
-        Engram__V1__WarmProgress *p = (Engram__V1__WarmProgress *)pb_from_byte_buffer(
-            &engram__v1__warm_progress__descriptor, bb);
-        grpc_byte_buffer_destroy(bb);
-        if (!p) {
-            grpc_call_cancel(w->call, NULL);
-            return ec_error(err, ENGRAM_INTERNAL, "malformed WarmProgress message");
-        }
+    Engram__V1__WarmProgress *p;
+    int bad = 0;
+    while ((p = (Engram__V1__WarmProgress *)sstream_next(w, &engram__v1__warm_progress__descriptor,
+                                                         &bad))) {
         if (progress)
             progress(ctx, p->table, p->rows_done, p->rows_total, p->rows_loaded);
         *last = p->done;
         protobuf_c_message_free_unpacked(&p->base, NULL);
     }
-    return ENGRAM_OK;
+    return bad ? ec_error(err, ENGRAM_INTERNAL, "malformed WarmProgress message") : ENGRAM_OK;
 }
 
 static int check_warm_args(engram_client *client, const char *table, const uint64_t *rows,
@@ -263,30 +305,77 @@ int engram_warm(engram_client *client, const char *table, const uint64_t *rows, 
     req.layer_ids = (int64_t *)layer_ids;
     req.n_layer_ids = nlayers;
 
-    warm_call w = {0};
-    w.cq = grpc_completion_queue_create_for_pluck(NULL);
-    w.call = grpc_channel_create_registered_call(client->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
-                                                 w.cq, client->m_warm,
-                                                 gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-    grpc_metadata_array initial;
-    grpc_metadata_array_init(&initial);
+    sstream w;
     int last = 0;
-    if (!w.call)
-        rc = ec_error(err, ENGRAM_INTERNAL, "grpc could not create a call");
-    else if (warm_send_request(&w, client, &req.base, &initial))
+    rc = sstream_start(&w, client, client->m_warm, "Warm", &req.base, err);
+    if (!rc)
         rc = warm_read_all(&w, progress, ctx, &last, err);
-    /* Whatever happened, the status says why the stream ended. */
-    if (w.call) {
-        engram_error scratch;    /* keep the first error's message */
-        int st = warm_status(&w, rc ? &scratch : err);
-        if (!rc)
-            rc = st;
-        if (!rc && !last)
-            rc = ec_error(err, ENGRAM_INTERNAL, "Warm stream ended without its final message");
-        grpc_call_unref(w.call);
+    return sstream_end(&w, rc, last, err);
+}
+
+/* ---- Verify ----------------------------------------------------------------- */
+
+static void copy_cstr(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src ? src : "");
+}
+
+static void verify_result_from_pb(engram_verify_result *out, const Engram__V1__VerifyProgress *p)
+{
+    memset(out, 0, sizeof *out);
+    copy_cstr(out->table, sizeof out->table, p->table);
+    out->version = p->version;
+    out->rows_checked = p->rows_done;
+    out->local_rows = p->rows_total;
+    out->rows = p->rows;
+    out->row_bytes = p->row_bytes;
+    out->dim = p->dim;
+    copy_cstr(out->dtype, sizeof out->dtype, p->dtype);
+    out->shard_index = p->shard_index;
+    out->shard_count = p->shard_count;
+    out->xxh3 = p->xxh3;
+    out->crc32 = p->crc32;
+    out->stored_xxh3 = p->stored_xxh3;
+    out->stored_crc32 = p->stored_crc32;
+    out->resident = p->resident ? 1 : 0;
+    out->match = p->match ? 1 : 0;
+    copy_cstr(out->problem, sizeof out->problem, p->problem);
+}
+
+/* Reads progress messages until the stream ends; the last one (done) fills
+ * out. Returns 0, or an error code (with err) for a malformed message. */
+static int verify_read_all(sstream *w, engram_verify_progress_fn progress, void *ctx,
+                           engram_verify_result *out, int *last, engram_error *err)
+{
+    Engram__V1__VerifyProgress *p;
+    int bad = 0;
+    while ((p = (Engram__V1__VerifyProgress *)sstream_next(
+                w, &engram__v1__verify_progress__descriptor, &bad))) {
+        if (p->done)
+            verify_result_from_pb(out, p);
+        else if (progress)
+            progress(ctx, p->rows_done, p->rows_total, p->row_bytes);
+        *last = p->done;
+        protobuf_c_message_free_unpacked(&p->base, NULL);
     }
-    grpc_metadata_array_destroy(&initial);
-    grpc_completion_queue_shutdown(w.cq);
-    grpc_completion_queue_destroy(w.cq);
-    return rc ? rc : ec_ok(err);
+    return bad ? ec_error(err, ENGRAM_INTERNAL, "malformed VerifyProgress message") : ENGRAM_OK;
+}
+
+int engram_table_verify(engram_client *client, const char *table, uint64_t version,
+                        engram_verify_progress_fn progress, void *ctx,
+                        engram_verify_result *out, engram_error *err)
+{
+    if (!client || !out)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "client or out is NULL");
+    if (!table || !*table)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "table name is empty");
+    memset(out, 0, sizeof *out);
+    Engram__V1__VerifyRequest req = ENGRAM__V1__VERIFY_REQUEST__INIT;
+    req.table = (char *)table; /* only read by pack */
+    req.version = version;
+    sstream w;
+    int last = 0, rc = sstream_start(&w, client, client->m_verify, "Verify", &req.base, err);
+    if (!rc)
+        rc = verify_read_all(&w, progress, ctx, out, &last, err);
+    return sstream_end(&w, rc, last, err);
 }

@@ -30,6 +30,7 @@ static void version_fill(Engram__V1__VersionInfo *vi, const table_version *tv)
     vi->version = tv->version;
     vi->state = (Engram__V1__VersionInfo__State)tv->state;
     vi->checksum = tv->checksum;
+    vi->xxh3 = tv->xxh3;
     vi->local_rows = tv->local_rows;
     vi->resident = tv->resident != NULL;
     vi->created_unix_ms = tv->created_unix_ms;
@@ -47,6 +48,7 @@ void table_info_fill(table_info_buf *b, store *s, const table_version *tv)
     ti->dtype = (char *)tv->dtype;
     ti->version = tv->version;
     ti->checksum = tv->checksum;
+    ti->xxh3 = tv->xxh3;
     ti->resident = tv->resident != NULL;
     ti->created_unix_ms = tv->created_unix_ms;
     store_shard(s, &ti->shard_count, &ti->shard_index);

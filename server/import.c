@@ -3,8 +3,15 @@
  * Why rows must come in order: SstFileWriter needs keys in ascending order,
  * and requiring the client to send them that way lets the server stream
  * them to disk with O(1) memory and detect every overlap and gap the moment
- * it happens, instead of buffering a table to sort it. The checksum (CRC-32
- * of all rows in row order) is computed on the way through. */
+ * it happens, instead of buffering a table to sort it. Both checksums
+ * (CRC-32 and XXH3-64 of all rows in row order) are computed on the way
+ * through, which in-order chunks make a plain streaming hash.
+ *
+ * The trailer: a client that sends one (libengram always does) states the
+ * XXH3 of what it sent; it is compared before the files are ingested, so
+ * rows damaged on the way are never activated. A mismatch is DATA_LOSS, not
+ * INVALID_ARGUMENT: the request was well formed, the bytes that arrived are
+ * not the bytes that were sent, and sending them again may well work. */
 #include "import.h"
 
 #include <dirent.h>
@@ -14,6 +21,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 #include <zlib.h>
 
 #include "admin.h"
@@ -32,6 +40,9 @@ typedef struct import_state {
     table_version tv;            /* the version being written */
     uint64_t next_row;
     uint32_t crc;
+    XXH3_state_t *xxh;
+    int have_trailer;
+    uint64_t client_xxh3;        /* the trailer's */
     uint64_t started_ns;
     char dir[4096];
     rocksdb_envoptions_t *envo;
@@ -81,6 +92,8 @@ static void state_free(void *p)
         rocksdb_sstfilewriter_destroy(st->w);
     if (st->envo)
         rocksdb_envoptions_destroy(st->envo);
+    if (st->xxh)
+        XXH3_freeState(st->xxh);
     remove_files(st);
     if (st->claimed && !st->activated)
         store_import_unclaim(I.s, st->tv.name);
@@ -265,6 +278,11 @@ static int on_chunk(import_state *st, const Engram__V1__ImportChunk *ch, char *m
                  (unsigned long long)ch->start_row);
         return ES_INVALID_ARGUMENT;
     }
+    if (st->have_trailer) {
+        snprintf(msg, msglen, "chunk at row %llu arrived after the trailer; the trailer comes last",
+                 (unsigned long long)ch->start_row);
+        return ES_INVALID_ARGUMENT;
+    }
     int code = check_chunk(st, ch, msg, msglen);
     if (code != ES_OK)
         return code;
@@ -287,13 +305,48 @@ static int on_chunk(import_state *st, const Engram__V1__ImportChunk *ch, char *m
         st->file_bytes += tv->row_bytes + sizeof key;
     }
     st->crc = (uint32_t)crc32_z(st->crc, ch->data.data, ch->data.len);
+    XXH3_64bits_update(st->xxh, ch->data.data, ch->data.len);
     st->next_row += n;
     __atomic_add_fetch(&I.m->rows, n, __ATOMIC_RELAXED);
     __atomic_add_fetch(&I.m->bytes, ch->data.len, __ATOMIC_RELAXED);
     return ES_OK;
 }
 
-/* ---- end of stream ------------------------------------------------------ */
+/* ---- trailer and end of stream ---------------------------------------------- */
+
+/* Only once, and only after the last row: what it covers must be final. */
+static int on_trailer(import_state *st, const Engram__V1__ImportTrailer *t, char *msg,
+                      size_t msglen)
+{
+    if (!st->have_header) {
+        snprintf(msg, msglen, "trailer arrived before the header; the first message must carry the header");
+        return ES_INVALID_ARGUMENT;
+    }
+    if (st->have_trailer) {
+        snprintf(msg, msglen, "a second trailer arrived; send one, after the last chunk");
+        return ES_INVALID_ARGUMENT;
+    }
+    if (st->next_row != st->tv.local_rows) {
+        snprintf(msg, msglen, "trailer arrived after %llu of %llu rows; send it after the last chunk",
+                 (unsigned long long)st->next_row, (unsigned long long)st->tv.local_rows);
+        return ES_INVALID_ARGUMENT;
+    }
+    st->have_trailer = 1;
+    st->client_xxh3 = t->xxh3;
+    return ES_OK;
+}
+
+/* The client's checksum against the rows received; DATA_LOSS naming both. */
+static int check_trailer(import_state *st, char *msg, size_t msglen)
+{
+    if (!st->have_trailer || st->client_xxh3 == st->tv.xxh3)
+        return ES_OK;
+    snprintf(msg, msglen, "import of table \"%s\": the %llu rows received hash to xxh3 %016llx, "
+             "the client sent xxh3 %016llx for them; nothing was activated", st->tv.name,
+             (unsigned long long)st->next_row, (unsigned long long)st->tv.xxh3,
+             (unsigned long long)st->client_xxh3);
+    return ES_DATA_LOSS;
+}
 
 static void on_end(server_call *c)
 {
@@ -318,6 +371,10 @@ static void on_end(server_call *c)
         return fail(c, ES_INTERNAL, msg);
     }
     st->tv.checksum = st->crc;
+    st->tv.xxh3 = XXH3_64bits_digest(st->xxh);
+    int code = check_trailer(st, msg, sizeof msg);
+    if (code != ES_OK)
+        return fail(c, code, msg);
     if (store_commit_import(I.s, &st->tv, st->stage, (const char *const *)st->files, st->nfiles,
                             msg, sizeof msg) < 0) {
         st->claimed = 0;         /* store_commit_import ended the claim */
@@ -330,9 +387,11 @@ static void on_end(server_call *c)
     table_info_fill(&tb, I.s, tv ? tv : &st->tv);
     resp.table = &tb.ti;
     grpc_byte_buffer *reply = pb_to_byte_buffer(&resp.base);
-    log_info("import_done", "table=%s version=%llu local_rows=%llu checksum=%08x staged=%d duration_ms=%llu",
-             st->tv.name, (unsigned long long)st->tv.version, (unsigned long long)st->tv.local_rows,
-             st->crc, st->stage, (unsigned long long)((now_ns() - st->started_ns) / 1000000));
+    log_info("import_done", "table=%s version=%llu local_rows=%llu checksum=%08x xxh3=%016llx "
+             "client_xxh3=%s staged=%d duration_ms=%llu", st->tv.name,
+             (unsigned long long)st->tv.version, (unsigned long long)st->tv.local_rows, st->crc,
+             (unsigned long long)st->tv.xxh3, st->have_trailer ? "match" : "none", st->stage,
+             (unsigned long long)((now_ns() - st->started_ns) / 1000000));
     table_info_release(&tb);
     table_version_release(tv);
     __atomic_add_fetch(&I.m->completed, 1, __ATOMIC_RELAXED);
@@ -365,8 +424,10 @@ static void on_message(server_call *c, int ok)
         code = on_header(st, rq->header, msg, sizeof msg);
     } else if (rq->kind_case == ENGRAM__V1__IMPORT_REQUEST__KIND_CHUNK) {
         code = on_chunk(st, rq->chunk, msg, sizeof msg);
+    } else if (rq->kind_case == ENGRAM__V1__IMPORT_REQUEST__KIND_TRAILER) {
+        code = on_trailer(st, rq->trailer, msg, sizeof msg);
     } else {
-        snprintf(msg, sizeof msg, "ImportRequest carries neither header nor chunk");
+        snprintf(msg, sizeof msg, "ImportRequest carries no header, chunk or trailer");
         code = ES_INVALID_ARGUMENT;
     }
     if (rq)
@@ -380,6 +441,8 @@ void import_stream(server_call *c)
 {
     import_state *st = calloc(1, sizeof *st);
     st->started_ns = now_ns();
+    st->xxh = XXH3_createState();
+    XXH3_64bits_reset(st->xxh);
     c->state = st;
     c->state_free = state_free;
     __atomic_add_fetch(&I.m->started, 1, __ATOMIC_RELAXED);

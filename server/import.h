@@ -1,8 +1,9 @@
 /* import.h: Admin.Import, the client-streaming bulk load.
  *
  * Rows arrive in order and are written straight into SST files (no
- * memtable, no WAL); when the stream ends with every row present, the files
- * are ingested into RocksDB and the table's new version is activated
+ * memtable, no WAL); when the stream ends with every row present (and a
+ * trailer, if the client sent one, states their XXH3), the files are
+ * ingested into RocksDB and the table's new version is activated
  * atomically (store_activate). Any error, cancellation or short stream
  * deletes the files and changes nothing. */
 #ifndef ENGRAM_SERVER_IMPORT_H

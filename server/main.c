@@ -26,6 +26,7 @@
 #include "server.h"
 #include "stats.h"
 #include "store.h"
+#include "verify.h"
 #include "warm.h"
 
 typedef struct options {
@@ -323,6 +324,7 @@ int main(int argc, char **argv)
     health_setup();
     drain_setup(&lm);            /* after security_setup: auth refuses first */
     warm_setup(st);
+    verify_setup(st);
 
     /* The reads a worker needs to route and open models (table info,
      * manifests, the cluster map) are PLANE_ANY: served on every listener
@@ -344,6 +346,7 @@ int main(int argc, char **argv)
         {"/engram.v1.Admin/Drain", PLANE_ADMIN, drain_handle, NULL, 1},
         {"/engram.v1.Admin/Undrain", PLANE_ADMIN, undrain_handle, NULL, 1},
         {"/engram.v1.Admin/Warm", PLANE_ADMIN, NULL, warm_stream, 1, 1},
+        {"/engram.v1.Admin/Verify", PLANE_ADMIN, NULL, verify_stream, 1, 1},
         {"/engram.v1.Admin/Stats", PLANE_ADMIN, stats_handle, NULL, 2},
         {"/engram.v1.Admin/SetLogLevel", PLANE_ADMIN, stats_set_log_level, NULL, 1},
     };
@@ -384,6 +387,7 @@ int main(int argc, char **argv)
         rc = 2;
     health_shutdown();           /* ends open Watch calls, or shutdown would wait for them */
     server_teardown(o.grace_ms);
+    verify_teardown();
     warm_teardown();
     drain_teardown();
     security_teardown();

@@ -85,6 +85,7 @@ static char *meta_encode(const table_version *tv, size_t *len)
     ti.dtype = (char *)tv->dtype;
     ti.version = tv->version;
     ti.checksum = tv->checksum;
+    ti.xxh3 = tv->xxh3;
     ti.created_unix_ms = tv->created_unix_ms;
     size_t n = engram__v1__table_info__get_packed_size(&ti);
     char *buf = malloc(5 + n);
@@ -115,6 +116,7 @@ static table_version *meta_decode(store *s, const char *val, size_t len)
     tv->row_bytes = ti->row_bytes;
     tv->dim = ti->dim;
     tv->checksum = ti->checksum;
+    tv->xxh3 = ti->xxh3;         /* 0 in metadata written before it existed */
     tv->created_unix_ms = ti->created_unix_ms;
     engram__v1__table_info__free_unpacked(ti, NULL);
     return tv;

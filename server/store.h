@@ -55,6 +55,7 @@ typedef struct table_version {
     uint32_t dim;
     char dtype[16];
     uint32_t checksum;           /* CRC-32 of the local rows in order */
+    uint64_t xxh3;               /* XXH3-64 of the same bytes; 0: unknown */
     uint64_t created_unix_ms;
     int state;                   /* version_state */
     uint8_t *resident;           /* dense local rows, or NULL: RocksDB */
@@ -111,6 +112,20 @@ int store_read_rows(table_version *tv, const uint64_t *local, size_t n,
  * MultiGet with sorted keys and then enter the cache. */
 int store_read_rows_tiered(table_version *tv, const uint64_t *local, size_t n, uint8_t *out,
                            uint64_t *hot_hits, char *msg, size_t msglen);
+
+/* A cursor over the rows of a version as RocksDB stores them, in local
+ * row order, bypassing the resident array and every cache (the block cache
+ * is not filled either): what Admin.Verify checks is what is on disk. It
+ * holds a reference to tv until closed. (store_scan.c) */
+typedef struct store_scan store_scan;
+store_scan *store_scan_open(table_version *tv);
+/* Reads the next rows (at most max) into out (max * row_bytes bytes).
+ * Returns how many (0 once every local row was read), or -1 with msg
+ * naming the first row that is missing, of the wrong length, beyond the
+ * version's rows, or unreadable (RocksDB's error); the rows before such a
+ * row come first, with a positive count. */
+int64_t store_scan_next(store_scan *sc, uint8_t *out, size_t max, char *msg, size_t msglen);
+void store_scan_close(store_scan *sc);
 
 /* RocksDB's own figures (DB-wide statistics are enabled at open): the
  * block cache's bytes, and tickers since start. For Stats and /metrics. */

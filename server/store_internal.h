@@ -1,6 +1,7 @@
 /* store_internal.h: what store.c (RocksDB: options, keys, metadata, reads,
- * ingest, resident loads) and tables.c (the registry of tables and the
- * version life cycle) share. Nothing outside those two files includes it. */
+ * ingest, resident loads), tables.c (the registry of tables and the
+ * version life cycle) and store_scan.c (reading a version's rows in order
+ * for Admin.Verify) share. Nothing outside those files includes it. */
 #ifndef ENGRAM_SERVER_STORE_INTERNAL_H
 #define ENGRAM_SERVER_STORE_INTERNAL_H
 

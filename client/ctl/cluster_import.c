@@ -8,13 +8,14 @@
  * replica; until then, and if anything fails, the previous version keeps
  * serving everywhere. V is one past the highest active version in the
  * cluster, so re-running a failed import targets the same V: a replica that
- * already holds V with the checksum of exactly the rows it should hold is
+ * already holds V with the checksums of exactly the rows it should hold is
  * skipped, one that holds a different V gets it dropped and rewritten, and
  * the activation completes. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 #include <zlib.h>
 
 #include "cluster.h"
@@ -51,24 +52,30 @@ static int read_local(const cluster_import *ci, uint32_t shard, uint64_t first, 
     return rc;
 }
 
-/* CRC-32 of the rows `shard` should hold: what the server reports as the
- * checksum of a complete import of them. */
-static int expected_crc(const cluster_import *ci, uint32_t shard, uint32_t *crc, char *err,
-                        size_t errlen)
+/* CRC-32 and XXH3-64 of the rows `shard` should hold: what the server
+ * records as the checksums of a complete import of them. */
+static int expected_sums(const cluster_import *ci, uint32_t shard, uint32_t *crc, uint64_t *xxh,
+                         char *err, size_t errlen)
 {
     uint64_t local = cluster_local_rows(ci->rows, ci->shards, shard);
     size_t per = per_batch(ci);
     uint8_t *buf = malloc(per * ci->row_bytes);
+    XXH3_state_t *st = XXH3_createState();
+    XXH3_64bits_reset(st);
     uLong c = crc32(0, NULL, 0);
     int rc = 0;
     for (uint64_t r = 0; r < local && !rc; r += per) {
         uint64_t n = local - r < per ? local - r : per;
         rc = read_local(ci, shard, r, n, buf, err, errlen);
-        if (!rc)
+        if (!rc) {
             c = crc32_z(c, buf, n * ci->row_bytes);
+            XXH3_64bits_update(st, buf, n * ci->row_bytes);
+        }
     }
     free(buf);
     *crc = (uint32_t)c;
+    *xxh = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
     return rc;
 }
 
@@ -109,9 +116,12 @@ static int holds_version(job *j)
         if (t->versions[i].version != j->ci->version)
             continue;
         uint32_t crc;
-        if (expected_crc(j->ci, j->shard, &crc, j->msg, sizeof j->msg))
+        uint64_t xxh;
+        if (expected_sums(j->ci, j->shard, &crc, &xxh, j->msg, sizeof j->msg))
             return -1;
+        /* xxh3 0: a version recorded before xxh3; its CRC-32 decides. */
         return t->versions[i].checksum == crc &&
+                       (!t->versions[i].xxh3 || t->versions[i].xxh3 == xxh) &&
                        t->versions[i].local_rows ==
                            cluster_local_rows(j->ci->rows, j->ci->shards, j->shard)
                    ? 1

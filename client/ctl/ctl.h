@@ -51,6 +51,9 @@ int read_token_line(FILE *in, int64_t **tokens, size_t *n, size_t *cap, size_t l
  * global options set them (main.c): every client a command opens, such as
  * the per-replica ones, uses them. */
 const engram_client_options *ctl_client_options(void);
+/* The address engramctl was given (--server, $ENGRAM_SERVER or the
+ * default), for messages. */
+const char *ctl_server_address(void);
 
 /* Commands that talk to a server. */
 typedef int (*ctl_cmd)(engram_client *cl, int argc, char **argv);
@@ -69,6 +72,8 @@ int cmd_health(engram_client *cl, int argc, char **argv);
 int cmd_drain(engram_client *cl, int argc, char **argv);
 int cmd_undrain(engram_client *cl, int argc, char **argv);
 int cmd_warm(engram_client *cl, int argc, char **argv);
+/* Table checksums, on the server and against a file (verify.c). */
+int cmd_verify(engram_client *cl, int argc, char **argv);
 /* Statistics and log level (stats.c). */
 int cmd_stats(engram_client *cl, int argc, char **argv);
 int cmd_log_level(engram_client *cl, int argc, char **argv);
@@ -139,5 +144,8 @@ int spec_from_manifest(engram_client *cl, const char *model, const char *layer,
  * against *s, completes *s from it and leaves *fp at its first row.
  * Returns 0 or the exit code after a message naming the problem. */
 int open_tensor(const char *file, const char *name, import_spec *s, FILE **fp);
+/* open_tensor when tensor is set, else a raw / .npy file of rows of s's
+ * dim and dtype (s->rows, when set, must match). The same return. */
+int open_import_file(const char *file, const char *tensor, import_spec *s, FILE **fp);
 
 #endif

@@ -37,9 +37,9 @@ static void print_import_done(const engram_table_info *t, uint64_t t0_ns)
     double s = (double)(now_ns() - t0_ns) / 1e9;
     double rows_s = s > 0 ? (double)t->rows / s : 0;
     printf("imported %s: %llu rows of %u bytes, version %llu, checksum %08x, "
-           "resident %s\n", t->name, (unsigned long long)t->rows,
+           "xxh3 %016llx, resident %s\n", t->name, (unsigned long long)t->rows,
            t->row_bytes, (unsigned long long)t->version, t->checksum,
-           t->resident ? "yes" : "no");
+           (unsigned long long)t->xxh3, t->resident ? "yes" : "no");
     printf("%.0f rows/s, %.1f MB/s, %.3f s\n", rows_s,
            rows_s * t->row_bytes / 1e6, s);
 }
@@ -566,6 +566,11 @@ static int open_plain(const char *file, import_spec *s, FILE **fp)
     return 0;
 }
 
+int open_import_file(const char *file, const char *tensor, import_spec *s, FILE **fp)
+{
+    return tensor ? open_tensor(file, tensor, s, fp) : open_plain(file, s, fp);
+}
+
 int cmd_import(engram_client *cl, int argc, char **argv)
 {
     opts o = {.names = {"--table", "--file", "--dim", "--dtype", "--tensor", "--manifest",
@@ -581,7 +586,7 @@ int cmd_import(engram_client *cl, int argc, char **argv)
         return rc;
     const char *file = opt(&o, "--file"), *tensor = opt(&o, "--tensor");
     FILE *fp = NULL;
-    rc = tensor ? open_tensor(file, tensor, &s, &fp) : open_plain(file, &s, &fp);
+    rc = open_import_file(file, tensor, &s, &fp);
     if (rc)
         return rc;
     rc = import_opened(cl, fp, file, &s);

@@ -8,10 +8,12 @@
  * Commands list and describe tables, import a synthetic table, a raw /
  * .npy file or one tensor of a .safetensors checkpoint (streamed in chunks,
  * never read whole), look rows up and verify a synthetic table against the
- * rule in common/synthetic.h.
+ * rule in common/synthetic.h, or re-read every stored row and check its
+ * checksums (verify).
  *
  * Exit codes: 0 ok; 1 an RPC failed or verification found a mismatch;
- * 2 usage error. Errors go to stderr as `engramctl: STATUS_NAME: message`. */
+ * 2 usage error. verify alone exits 2 when an RPC failed, so that its 1
+ * always means a mismatch was found. Errors go to stderr as `engramctl: STATUS_NAME: message`. */
 #include <ctype.h>
 #include <errno.h>
 #include <stddef.h>
@@ -54,6 +56,11 @@ static const char usage_text[] =
     "  lookup --table NAME ROW...           print rows as hex\n"
     "  verify-synthetic --table NAME --seed S [--samples K] [--rng-seed R]\n"
     "                                       check rows against the rule\n"
+    "  verify --table NAME [--version V] [--file F [--tensor NAME]]\n"
+    "                                       every server re-reads its stored rows\n"
+    "                                       and checks their checksums; with --file,\n"
+    "                                       against the file's rows too (exit 0 match,\n"
+    "                                       1 mismatch, 2 usage, RPC or file error)\n"
     "\n"
     "statistics:\n"
     "  stats [--json] [--watch SECONDS]     the server's statistics; --watch\n"
@@ -103,6 +110,7 @@ static ctl_cmd find_cmd(const char *name, int *local)
         {"drain", cmd_drain, 0},
         {"undrain", cmd_undrain, 0},
         {"warm", cmd_warm, 0},
+        {"verify", cmd_verify, 0},
         {"stats", cmd_stats, 0},
         {"log-level", cmd_log_level, 0},
         {"hash", cmd_hash, 1},
@@ -203,10 +211,16 @@ static char *read_token(const char *path)
 }
 
 static engram_client_options client_opts;
+static const char *server_address;
 
 const engram_client_options *ctl_client_options(void)
 {
     return &client_opts;
+}
+
+const char *ctl_server_address(void)
+{
+    return server_address;
 }
 
 /* Fills the client options every command's clients use; EXIT_USAGE after
@@ -254,6 +268,7 @@ int main(int argc, char **argv)
 
     if ((rc = fill_client_options(&g)))
         return rc;
+    server_address = g.server;
     engram_client *cl;
     engram_error e;
     if (engram_client_open(g.server, &client_opts, &cl, &e))

@@ -34,17 +34,22 @@ static void print_table_keys(const engram_table_info *t)
     printf("dtype: %s\n", t->dtype);
     printf("version: %llu\n", (unsigned long long)t->version);
     printf("checksum: %08x\n", t->checksum);
+    if (t->xxh3)
+        printf("xxh3: %016llx\n", (unsigned long long)t->xxh3);
+    else
+        printf("xxh3: unknown\n");
     printf("resident: %s\n", t->resident ? "yes" : "no");
     printf("created_unix_ms: %llu\n", (unsigned long long)t->created_unix_ms);
     if (t->shard_count > 1)
-        printf("shard: %u of %u (%llu local rows; the checksum covers them)\n", t->shard_index,
+        printf("shard: %u of %u (%llu local rows; the checksums cover them)\n", t->shard_index,
                t->shard_count, (unsigned long long)t->local_rows);
     static const char *const states[] = {"?", "active", "retained", "staged"};
     for (uint32_t i = 0; i < t->n_versions; i++)
-        printf("version %llu: %s, checksum %08x, %llu local rows\n",
+        printf("version %llu: %s, checksum %08x, xxh3 %016llx, %llu local rows\n",
                (unsigned long long)t->versions[i].version,
                states[t->versions[i].state >= 1 && t->versions[i].state <= 3 ? t->versions[i].state : 0],
-               t->versions[i].checksum, (unsigned long long)t->versions[i].local_rows);
+               t->versions[i].checksum, (unsigned long long)t->versions[i].xxh3,
+               (unsigned long long)t->versions[i].local_rows);
 }
 
 int cmd_tables(engram_client *cl, int argc, char **argv)

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <xxhash.h>
 
 #include "engram/engram.h"
 #include "grpc_util.h"
@@ -176,6 +177,67 @@ static void test_foreign_rows_refused(void **state)
     assert_int_equal(raw_lookup(srv[0][0].addr, "ct", rows, 2, 0, msg, sizeof msg),
                      ENGRAM_FAILED_PRECONDITION);
     assert_string_equal(msg, "row 1 (index 1 in the request) belongs to shard 1 of 3; this server is shard 0");
+}
+
+/* XXH3 of the synthetic table `seed`'s rows of shard `s`, in local order. */
+static uint64_t shard_xxh3(uint64_t seed, int s)
+{
+    XXH3_state_t *st = XXH3_createState();
+    XXH3_64bits_reset(st);
+    uint8_t row[RB];
+    for (uint64_t r = (uint64_t)s; r < ROWS; r += S) {
+        synthetic_row(seed, r, row, RB);
+        XXH3_64bits_update(st, row, RB);
+    }
+    uint64_t x = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    return x;
+}
+
+/* The synthetic table `seed` as a raw file, with row `bad` (if < ROWS)
+ * changed in one byte. */
+static void write_rows_file(const char *path, uint64_t seed, uint64_t bad)
+{
+    uint8_t *buf = malloc((size_t)ROWS * RB);
+    synthetic_rows(seed, 0, ROWS, buf, RB);
+    if (bad < ROWS)
+        buf[bad * RB] ^= 1;
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(buf, RB, ROWS, f), ROWS);
+    fclose(f);
+    free(buf);
+}
+
+static void test_checksums_per_shard(void **state)
+{
+    for (int s = 0; s < S; s++) {
+        for (int r = 0; r < R; r++) {
+            engram_client *c = connect_to(srv[s][r].addr, 10000, 0);
+            engram_table_info ti;
+            engram_verify_result v;
+            engram_error e;
+            assert_int_equal(engram_table_get(c, "ct", &ti, &e), ENGRAM_OK);
+            assert_true(ti.xxh3 == shard_xxh3(11, s));
+            assert_int_equal(engram_table_verify(c, "ct", 0, NULL, NULL, &v, &e), ENGRAM_OK);
+            if (!v.match)
+                fail_msg("shard %d replica %d: %s", s, r, v.problem);
+            assert_true(v.xxh3 == ti.xxh3 && v.stored_xxh3 == ti.xxh3);
+            assert_int_equal(v.crc32, ti.checksum);
+            assert_int_equal(v.rows_checked, ti.local_rows);
+            assert_int_equal(v.shard_index, s);
+            assert_int_equal(v.shard_count, S);
+            engram_client_close(c);
+        }
+    }
+    char good[320], bad[320];
+    snprintf(good, sizeof good, "%s/ct.raw", tmp);
+    snprintf(bad, sizeof bad, "%s/ct-row4.raw", tmp);
+    write_rows_file(good, 11, ROWS);
+    write_rows_file(bad, 11, 4);       /* row 4: shard 1 */
+    assert_int_equal(engramctl(srv[2][1].addr, "verify", "--table", "ct", NULL), 0);
+    assert_int_equal(engramctl(srv[2][1].addr, "verify", "--table", "ct", "--file", good, NULL), 0);
+    assert_int_equal(engramctl(srv[0][0].addr, "verify", "--table", "ct", "--file", bad, NULL), 1);
 }
 
 static void test_prefetch_through_cluster(void **state)
@@ -378,6 +440,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lookups_every_byte),
         cmocka_unit_test(test_foreign_rows_refused),
+        cmocka_unit_test(test_checksums_per_shard),
         cmocka_unit_test(test_prefetch_through_cluster),
         cmocka_unit_test(test_kill_one_replica_per_shard_under_load),
         cmocka_unit_test(test_cutover_never_mixes_versions),

@@ -148,6 +148,9 @@ static void test_tls_token(void **state)
     assert_int_equal(table_get(a, "t", &err), ENGRAM_OK);
     assert_int_equal(admin_call(a, "t", &err), ENGRAM_NOT_FOUND);
     assert_int_equal(lookup(a, "t", &err), ENGRAM_OK);
+    engram_verify_result vr;
+    assert_int_equal(engram_table_verify(a, "t", 0, NULL, NULL, &vr, &err), ENGRAM_OK);
+    assert_int_equal(vr.match, 1);
     engram_client_close(a);
 
     /* The certificate names localhost too: the override is checked. */
@@ -156,6 +159,9 @@ static void test_tls_token(void **state)
     assert_int_equal(lookup(w, "t", &err), ENGRAM_OK);
     assert_int_equal(table_get(w, "t", &err), ENGRAM_OK);       /* a read */
     assert_int_equal(admin_call(w, "t", &err), ENGRAM_UNAUTHENTICATED);
+    assert_string_equal(err.message, NO_CREDENTIALS);
+    /* Verify reads every row: an admin-plane operation. */
+    assert_int_equal(engram_table_verify(w, "t", 0, NULL, NULL, &vr, &err), ENGRAM_UNAUTHENTICATED);
     assert_string_equal(err.message, NO_CREDENTIALS);
     engram_client_close(w);
 

@@ -175,6 +175,8 @@ typedef struct engram_table_info {
     char dtype[16];
     uint64_t version;
     uint32_t checksum;   /* CRC-32 (zlib) of all rows in order */
+    uint64_t xxh3;       /* XXH3-64 (seed 0) of the same bytes; 0: unknown
+                          * (a version imported before it was recorded) */
     int resident;        /* 1 when the server holds it as a dense RAM array */
     uint64_t created_unix_ms;
     /* On a sharded server: its part of the table (checksum covers it). */
@@ -188,6 +190,7 @@ typedef struct engram_table_info {
         int state;       /* ENGRAM_VERSION_* */
         uint32_t checksum;
         uint64_t local_rows;
+        uint64_t xxh3;
     } versions[16];
 } engram_table_info;
 
@@ -315,7 +318,10 @@ int engram_import_begin_target(engram_client *client, const char *table,
                                engram_import **out, engram_error *err);
 
 /* Sends rows [start_row, start_row + len / row_bytes). len must be a whole
- * number of rows; large writes are split into messages by the library. */
+ * number of rows; large writes are split into messages by the library,
+ * which hashes them (XXH3-64) on the way: finish sends that checksum, and
+ * the server refuses the import with ENGRAM_DATA_LOSS, naming both values,
+ * when the rows it received hash otherwise. */
 int engram_import_write(engram_import *imp, uint64_t start_row,
                         const void *data, size_t len, engram_error *err);
 
@@ -326,6 +332,51 @@ int engram_import_finish(engram_import *imp, engram_table_info *info,
 
 /* Cancels the stream; the server discards everything. Frees imp. */
 void engram_import_abort(engram_import *imp);
+
+/* ---- verify -------------------------------------------------------------- */
+
+/* What Admin.Verify found on one server: the checksums of a version's rows
+ * as stored there (its shard's rows, in local order), recomputed, against
+ * the ones recorded at import. */
+typedef struct engram_verify_result {
+    char table[129];
+    uint64_t version;
+    uint64_t rows_checked;     /* local rows read back */
+    uint64_t local_rows;       /* local rows of the version */
+    uint64_t rows;             /* the table's global rows */
+    uint32_t row_bytes;
+    uint32_t dim;
+    char dtype[16];
+    uint32_t shard_index;
+    uint32_t shard_count;
+    uint64_t xxh3;             /* recomputed over the stored rows */
+    uint32_t crc32;
+    uint64_t stored_xxh3;      /* recorded at import; 0: unknown, not compared */
+    uint32_t stored_crc32;
+    int resident;              /* 1: the RAM copy lookups read was compared too */
+    /* 1 when every row is there and both checksums (xxh3 when recorded)
+     * equal the recorded ones and the RAM copy equals the stored rows. */
+    int match;
+    char problem[512];         /* when match is 0: the first thing found wrong */
+} engram_verify_result;
+
+/* Progress of engram_table_verify: local rows read of total, and the row
+ * size (to show bytes per second). */
+typedef void (*engram_verify_progress_fn)(void *ctx, uint64_t done, uint64_t total,
+                                          uint32_t row_bytes);
+
+/* Admin.Verify on the server the client was opened with (not routed: in a
+ * cluster, call it on each replica): reads every stored row of `version`
+ * of `table` (0: the active version), recomputes the checksums and fills
+ * *out. Returns ENGRAM_OK when the check ran, whatever it found: look at
+ * out->match. Errors: unknown table or version ENGRAM_NOT_FOUND, admin
+ * credentials missing ENGRAM_UNAUTHENTICATED. `progress` (may be NULL)
+ * runs on the calling thread. No deadline, like an import: reading a big
+ * table takes long and the progress shows it is alive. Thread-safe (each
+ * call has its own stream). */
+int engram_table_verify(engram_client *client, const char *table, uint64_t version,
+                        engram_verify_progress_fn progress, void *ctx,
+                        engram_verify_result *out, engram_error *err);
 
 /* ---- manifests ---------------------------------------------------------- */
 
