@@ -18,6 +18,9 @@
  * r->verify_calls batches (not timed) against synthetic_row and fails the
  * cell on the first mismatch, naming the row.
  *
+ * The timed loop's bookkeeping is cmp_clock / cmp_record below, so every
+ * system counts the same calls the same way.
+ *
  * Errors: run returns 0, or -1 after writing a one-line reason into
  * r->err; the driver prints it in the table's place and goes on. */
 #ifndef ENGRAM_BENCH_COMPARE_H
@@ -33,6 +36,7 @@ typedef struct cmp_workload cmp_workload;   /* owned by the driver */
 typedef struct cmp_run {
     /* set by the driver */
     const cmp_workload *wl;
+    size_t next;            /* cursor into wl's stream, moved by cmp_next_batch */
     size_t batch;           /* rows per call */
     size_t inflight;        /* calls kept outstanding (1 = synchronous) */
     double seconds, warmup;
@@ -51,6 +55,26 @@ typedef struct cmp_run {
  * Thread-compatible (one caller at a time); each call advances the stream,
  * wrapping at its end. */
 const uint64_t *cmp_next_batch(cmp_run *r);
+
+/* The clock of one cell. A system calls cmp_clock_start just before its
+ * first timed call, cmp_record for every call that completes (it returns 0
+ * once the cell's time is up: stop issuing, drain what is outstanding
+ * without recording it) and cmp_clock_end with the time the last recorded
+ * call completed. Calls that complete during the warm-up are not recorded. */
+typedef struct cmp_clock {
+    uint64_t t_start;       /* end of the warm-up (monotonic ns) */
+    uint64_t t_end;
+    uint64_t last;          /* completion time of the last recorded call */
+} cmp_clock;
+
+void cmp_clock_start(const cmp_run *r, cmp_clock *c);
+/* Records a call of n rows that took lat_ns and completed at now (both
+ * from bench_now_ns); 1 while the cell goes on, 0 when its time is up.
+ * When no call has been recorded by the end of the cell's time, the first
+ * one to complete after it still is, so a cell whose calls outlast it
+ * reports a figure resting on one call rather than none. */
+int cmp_record(cmp_run *r, cmp_clock *c, uint64_t now, uint64_t lat_ns, size_t n);
+void cmp_clock_end(cmp_run *r, const cmp_clock *c);
 
 /* Checks n rows of `got` (n * row_bytes bytes, in the order of `rows`)
  * against synthetic_row(seed, row); 0 equal, -1 after writing the first
@@ -73,8 +97,9 @@ int cmp_engram_open(const char *name, const char *addr, const char *table, cmp_s
 
 /* Redis at HOST:PORT through hiredis; keys are "<prefix><row>" with row in
  * decimal, values the row bytes. cmp_redis_load fills the rows [0, rows) of
- * seed with pipelined SETs (not timed; done once by the driver). MGET of a
- * batch, calls pipelined up to r->inflight. */
+ * seed with pipelined MSETs (not timed; done once by the driver). MGET of a
+ * batch, calls pipelined up to r->inflight. Built only when CMake found
+ * hiredis (ENGRAM_HAVE_HIREDIS). */
 int cmp_redis_open(const char *hostport, const char *prefix, cmp_system *out, char *err,
                    size_t errlen);
 int cmp_redis_load(cmp_system *sys, uint64_t seed, uint64_t rows, uint32_t row_bytes, char *err,
@@ -83,8 +108,9 @@ int cmp_redis_load(cmp_system *sys, uint64_t seed, uint64_t rows, uint32_t row_b
 /* In-process RocksDB at DIR, created (rows [0, rows) of seed, written as SST
  * files and ingested) when absent, with the options of the server's rows
  * column family (block size, bloom filter, no compression, index and
- * filter blocks in a cache of cache_bytes). One rocksdb_multi_get with
- * sorted keys per batch, synchronous (r->inflight ignored). */
+ * filter blocks in a cache of cache_bytes made by store_tuning_cache).
+ * One rocksdb_batched_multi_get_cf with sorted keys per batch,
+ * synchronous (r->inflight ignored). */
 int cmp_rocksdb_open(const char *dir, uint64_t seed, uint64_t rows, uint32_t row_bytes,
                      uint64_t cache_bytes, cmp_system *out, char *err, size_t errlen);
 
