@@ -470,23 +470,41 @@ static int by_row(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Reads the misses in sorted batches (sorted keys let MultiGet walk each
- * block once), places them and lets them into the cache. */
+/* The next MultiGet batch: up to MULTIGET_BATCH distinct rows from the
+ * sorted misses at *i, with first[j] the first miss of row j (a row asked
+ * for twice in one request is read once). Returns the count. */
+static size_t next_distinct(const miss *ms, size_t nm, size_t *i, uint64_t *rows, size_t *first)
+{
+    size_t k = 0;
+    while (*i < nm && k < MULTIGET_BATCH) {
+        first[k] = *i;
+        rows[k] = ms[*i].row;
+        while (++*i < nm && ms[*i].row == rows[k])
+            ;
+        k++;
+    }
+    first[k] = *i;
+    return k;
+}
+
+/* Reads the misses in sorted batches of distinct rows (sorted keys let
+ * MultiGet walk each block once), places them and lets them into the
+ * cache. */
 static int read_misses(table_version *tv, hotcache *hc, miss *ms, size_t nm, uint8_t *out,
                        char *msg, size_t msglen)
 {
     const size_t rb = tv->row_bytes;
     qsort(ms, nm, sizeof *ms, by_row);
     uint64_t rows[MULTIGET_BATCH];
+    size_t first[MULTIGET_BATCH + 1];
     uint8_t *tmp = malloc((nm < MULTIGET_BATCH ? nm : MULTIGET_BATCH) * rb + 1);
     int rc = 0;
-    for (size_t off = 0; off < nm && !rc; off += MULTIGET_BATCH) {
-        size_t k = nm - off < MULTIGET_BATCH ? nm - off : MULTIGET_BATCH;
-        for (size_t j = 0; j < k; j++)
-            rows[j] = ms[off + j].row;
+    for (size_t i = 0; i < nm && !rc;) {
+        size_t k = next_distinct(ms, nm, &i, rows, first);
         rc = multiget_batch(tv, rows, k, tmp, 1, msg, msglen);
         for (size_t j = 0; j < k && !rc; j++) {
-            memcpy(out + (size_t)ms[off + j].at * rb, tmp + j * rb, rb);
+            for (size_t m = first[j]; m < first[j + 1]; m++)
+                memcpy(out + (size_t)ms[m].at * rb, tmp + j * rb, rb);
             if (hc && rows[j] < (1ull << HOT_ROW_BITS))
                 hotcache_put(hc, tv->vr->cache_id << HOT_ROW_BITS | rows[j], tmp + j * rb);
         }

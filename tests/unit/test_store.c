@@ -232,6 +232,10 @@ static void test_hot_tier(void **state)
     uint64_t hits = 99;
     assert_int_equal(store_read_rows_tiered(tv, rows, 5, got, &hits, msg, sizeof msg), 0);
     assert_int_equal(hits, 0);
+    for (int i = 0; i < 5; i++) {                 /* row 5 twice, read once */
+        synthetic_row(31, rows[i], want, 64);
+        assert_memory_equal(got + i * 64, want, 64);
+    }
     assert_int_equal(store_read_rows_tiered(tv, rows, 5, got, &hits, msg, sizeof msg), 0);
     assert_int_equal(hits, 5);
     for (int i = 0; i < 5; i++) {
@@ -246,6 +250,32 @@ static void test_hot_tier(void **state)
     synthetic_row(32, 1999, want, 64);
     assert_memory_equal(got + 64, want, 64);
     table_version_release(tv);
+    store_teardown(s);
+}
+
+/* Misses with many duplicates, more distinct rows than one MultiGet batch
+ * (512) and runs of one row crossing batch boundaries: every position gets
+ * its row's bytes. */
+static void test_cold_duplicates(void **state)
+{
+    store *s = open_store_hot(0, 0);              /* no resident tier, no hot cache */
+    import_table(s, "dups", 3000, 64, 41);
+    enum { N = 5000 };
+    uint64_t *rows = malloc(N * sizeof *rows);
+    for (size_t i = 0; i < N; i++)
+        rows[i] = i % 7 == 0 ? 511 : (i * 2654435761u) % 1500;
+    uint8_t *got = malloc(N * 64), want[64];
+    char msg[256];
+    table_version *tv = store_acquire(s, "dups", 0);
+    assert_int_equal(store_read_rows_tiered(tv, rows, N, got, NULL, msg, sizeof msg), 0);
+    for (size_t i = 0; i < N; i++) {
+        synthetic_row(41, rows[i], want, 64);
+        if (memcmp(got + i * 64, want, 64) != 0)
+            fail_msg("position %zu (row %llu) differs", i, (unsigned long long)rows[i]);
+    }
+    table_version_release(tv);
+    free(rows);
+    free(got);
     store_teardown(s);
 }
 
@@ -324,6 +354,7 @@ int main(void)
         cmocka_unit_test(test_table_names),
         cmocka_unit_test(test_lookup_statuses),
         cmocka_unit_test(test_hot_tier),
+        cmocka_unit_test(test_cold_duplicates),
     };
     int rc = cmocka_run_group_tests(tests, setup_dir, remove_dir);
     grpc_shutdown();
