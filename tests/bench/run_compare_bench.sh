@@ -18,21 +18,27 @@
 #  - redis-server (Debian's, --save "" --appendonly no) on a free port,
 #    when installed (engram-compare-bench loads the hot rows into it);
 # then runs engram-compare-bench (default 3 s per cell after 1 s of warm-up,
-# batches of 256, 4096 and 65536 rows; --quick: 0.5 s after 0.25 s, a
+# 8 s for the cold table's cells so every system's caches reach the
+# workload's steady state; batches of 256, 4096 and 65536 rows; --quick:
+# 0.5 s after 0.25 s (1 s cold), a
 # 1M-row hot table and no 65536-row batches, a smoke run of a minute or
 # two, most of it the imports), and stops everything it started on any exit (trap EXIT), by
-# PID. Exit status: the bench's (0: every cell ran and verified).
+# PID. The bench process runs with glibc's heap trimming raised
+# (GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456), the setting the
+# README recommends for worker processes; it applies alike to every
+# in-process client (libengram, hiredis, RocksDB, memcpy).
+# Exit status: the bench's (0: every cell ran and verified).
 set -euo pipefail
 
 usage() { echo "usage: $0 BUILD_DIR [--seconds S] [--quick] [--inflight K] [--threads N]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 BUILD=$(cd "$1" && pwd); shift
-SECS=3 WARMUP=1 HOT_ROWS=$((4 << 20)) STREAM=$((16 << 20)) INFLIGHT=4 THREADS=2
+SECS=3 WARMUP=1 COLD_WARMUP=8 HOT_ROWS=$((4 << 20)) STREAM=$((16 << 20)) INFLIGHT=4 THREADS=2
 BATCHES=256,4096,65536
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) SECS=$2; shift 2 ;;
-    --quick) SECS=0.5 WARMUP=0.25 HOT_ROWS=$((1 << 20)) STREAM=$((4 << 20)) BATCHES=256,4096; shift ;;
+    --quick) SECS=0.5 WARMUP=0.25 COLD_WARMUP=1 HOT_ROWS=$((1 << 20)) STREAM=$((4 << 20)) BATCHES=256,4096; shift ;;
     --inflight) INFLIGHT=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
     *) usage ;;
@@ -129,9 +135,11 @@ fi
 echo
 
 rc=0
+echo "client process: GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456"
+GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456 \
 "$BENCH" --engram "$ADDR" --floor "$FLOOR_ADDR" "${REDIS_ARGS[@]}" \
   --rocksdb-dir "$TMP/rocksdb" --tokens "$TOKENS" --cold-cache $((HOT_CACHE + BLOCK_CACHE)) \
-  --seconds "$SECS" --warmup "$WARMUP" --inflight "$INFLIGHT" --hot-rows "$HOT_ROWS" \
+  --seconds "$SECS" --warmup "$WARMUP" --cold-warmup "$COLD_WARMUP" --inflight "$INFLIGHT" --hot-rows "$HOT_ROWS" \
   --hot-seed "$HOT_SEED" --cold-seed "$COLD_SEED" --stream-rows "$STREAM" --batches "$BATCHES" \
   || rc=$?
 echo
