@@ -7,6 +7,7 @@
  *       [--decode-layer-us U] [--prefill-layer-us U]
  *       [--steps N] [--prefill-steps N] [--warmup-steps W (3)]
  *       [--verify-seed S] [--wait-all-first] [--chunk-rows N]
+ *       [--compute spin|sleep]
  *
  * The worker: a model of L layers, Engram at the manifest's layers (opened
  * with engram_model_open; every id must be < L). Each layer's compute is a
@@ -25,7 +26,10 @@
  * these block, summed, is the "wait"; --wait-all-first instead waits for
  * every layer before the first Engram layer, as this benchmark did before
  * wait_layer existed); free the handle at step end. --chunk-rows sets the
- * client's prefetch_chunk_rows (rows per lookup call of a prefetch). Without Engram: the same batch fill
+ * client's prefetch_chunk_rows (rows per lookup call of a prefetch).
+ * --compute sleep replaces the busy-wait by a sleep until the same
+ * deadline: a worker whose compute runs on a GPU and leaves the host CPU
+ * free; comparing it with spin shows what sharing the CPU costs. Without Engram: the same batch fill
  * and busy-waits, no prefetch. The two modes alternate step by step in the
  * same invocation (so machine noise hits both alike), W untimed steps of
  * each first, then N timed of each. tokens/s = B * T * N / the sum of that
@@ -44,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engram/engram.h"
 #include "synthetic.h"
@@ -60,6 +65,7 @@ typedef struct bench_opts {
     uint64_t verify_seed;
     int wait_all_first;
     uint64_t chunk_rows;   /* 0: the client's default */
+    int sleep_compute;
 } bench_opts;
 
 /* One request shape and where its batches come from. */
@@ -104,7 +110,7 @@ static int usage(const char *why)
 "           [--layers L] [--tokens-per-s R] [--batch B] [--chunk T]\n"
 "           [--decode-layer-us U] [--prefill-layer-us U] [--steps N]\n"
 "           [--prefill-steps N] [--warmup-steps W] [--verify-seed S]\n"
-"           [--wait-all-first] [--chunk-rows N]\n");
+"           [--wait-all-first] [--chunk-rows N] [--compute spin|sleep]\n");
     return 2;
 }
 
@@ -126,6 +132,9 @@ static int apply_opt(bench_opts *o, int c, const char *arg)
     case 'v': o->verify = 1; return parse_u64(arg, &o->verify_seed);
     case 'A': o->wait_all_first = 1; return 0;
     case 'C': return parse_u64(arg, &o->chunk_rows);
+    case 'P':
+        o->sleep_compute = strcmp(arg, "sleep") == 0;
+        return o->sleep_compute || strcmp(arg, "spin") == 0 ? 0 : -1;
     }
     return -1;
 }
@@ -150,7 +159,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"prefill-layer-us", 1, 0, 'p'}, {"steps", 1, 0, 'n'},
         {"prefill-steps", 1, 0, 'N'}, {"warmup-steps", 1, 0, 'w'},
         {"verify-seed", 1, 0, 'v'}, {"wait-all-first", 0, 0, 'A'},
-        {"chunk-rows", 1, 0, 'C'},
+        {"chunk-rows", 1, 0, 'C'},         {"compute", 1, 0, 'P'},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     *o = (bench_opts){.layers = 30, .batch = 512, .chunk = 4096, .warmup = 3,
                       .tok_per_s = 9000};
@@ -298,9 +307,17 @@ static int wait_before(const bench *b, engram_prefetch *h, size_t l)
 
 static volatile uint64_t spin_sink;
 
-/* A layer's compute: spins until `ns` of wall time have passed. */
-static void busy_wait(uint64_t ns)
+/* A layer's compute: spins until `ns` of wall time have passed (or, with
+ * --compute sleep, sleeps until then). */
+static void busy_wait(uint64_t ns, int sleep_instead)
 {
+    if (sleep_instead) {
+        uint64_t end = bench_now_ns() + ns;
+        struct timespec ts = {(time_t)(end / 1000000000u), (long)(end % 1000000000u)};
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0)
+            ;
+        return;
+    }
     uint64_t end = bench_now_ns() + ns, n = 0;
     while (bench_now_ns() < end)
         n++;
@@ -328,7 +345,7 @@ static int one_step(const bench *b, const shape *s, stepbuf *sb, uint64_t step,
                 return 2;
             }
         }
-        busy_wait(s->layer_ns);
+        busy_wait(s->layer_ns, b->o->sleep_compute);
     }
     if (with_engram && prefetch_wait(h)) {   /* every layer is in: returns at once */
         engram_prefetch_free(h);

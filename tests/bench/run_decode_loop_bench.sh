@@ -14,7 +14,10 @@
 # budget, stores the manifest and imports both tables with `engramctl
 # import-synthetic --manifest demo --seed 1`. Then runs
 # engram-decode-loop-bench on shared/testdata/workload/tokens.bin with
-# --verify-seed 1 and any further options given (e.g. --steps 50). Stops the
+# --verify-seed 1 and any further options given (e.g. --steps 50), with
+# glibc's heap trimming raised as the README recommends for worker
+# processes (GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456; set
+# ENGRAM_BENCH_GLIBC_TUNABLES to override, empty for glibc's default). Stops the
 # server with SIGTERM (reporting its exit status) and removes the temp dir on
 # any exit. Exit status: the benchmark's.
 set -euo pipefail
@@ -29,7 +32,9 @@ BUILD=$(cd "$1" && pwd); shift
 demo_server_start run_decode_loop_bench.sh "$BUILD" engram-decode-loop-bench
 
 rc=0
-"$BENCH" --server "$ADDR" --model demo --tokens "$TOKENS" \
+TUNABLES=${ENGRAM_BENCH_GLIBC_TUNABLES-glibc.malloc.trim_threshold=268435456}
+echo "worker process: GLIBC_TUNABLES=$TUNABLES"
+GLIBC_TUNABLES=$TUNABLES "$BENCH" --server "$ADDR" --model demo --tokens "$TOKENS" \
   --verify-seed 1 "$@" || rc=$?
 echo
 stop_server
