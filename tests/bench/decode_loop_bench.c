@@ -29,7 +29,8 @@
  * client's prefetch_chunk_rows (rows per lookup call of a prefetch).
  * --compute sleep replaces the busy-wait by a sleep until the same
  * deadline: a worker whose compute runs on a GPU and leaves the host CPU
- * free; comparing it with spin shows what sharing the CPU costs. Without Engram: the same batch fill
+ * free; comparing it with spin shows what sharing the CPU costs.
+ * Without Engram: the same batch fill
  * and busy-waits, no prefetch. The two modes alternate step by step in the
  * same invocation (so machine noise hits both alike), W untimed steps of
  * each first, then N timed of each. tokens/s = B * T * N / the sum of that
@@ -159,7 +160,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"prefill-layer-us", 1, 0, 'p'}, {"steps", 1, 0, 'n'},
         {"prefill-steps", 1, 0, 'N'}, {"warmup-steps", 1, 0, 'w'},
         {"verify-seed", 1, 0, 'v'}, {"wait-all-first", 0, 0, 'A'},
-        {"chunk-rows", 1, 0, 'C'},         {"compute", 1, 0, 'P'},
+        {"chunk-rows", 1, 0, 'C'}, {"compute", 1, 0, 'P'},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     *o = (bench_opts){.layers = 30, .batch = 512, .chunk = 4096, .warmup = 3,
                       .tok_per_s = 9000};
