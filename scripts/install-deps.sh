@@ -12,6 +12,7 @@ PKGS=(
   redis-server libhiredis-dev
   protobuf-compiler python3 python3-grpcio python3-protobuf python3-numpy python3-yaml python3-xxhash
   openssl ca-certificates
+  valgrind                   # tests/valgrind: the unit tests under memcheck
   clang libclang-rt-14-dev   # tests/fuzz: clang and its libFuzzer runtime
 )
 

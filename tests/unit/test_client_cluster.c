@@ -259,6 +259,7 @@ static void report(const char *what, double *ms, int n, engram_client *c)
 static void test_routed_lookups(void **state)
 {
     (void)state;
+    double opened = now_ms();
     engram_client *c = connect_opts(addrs[1][1], 10000, 0);
     double ms[200];
     engram_error e;
@@ -300,7 +301,10 @@ static void test_routed_lookups(void **state)
     engram_client_counters k;
     engram_client_get_counters(c, &k);
     assert_true(k.subrequests >= 600);
-    assert_int_equal(k.version_resolves, 1);
+    /* One GetTable pins the version for version_refresh_ms (1 s): one
+     * resolve, or one more per second the test took (valgrind is slow). */
+    assert_true(k.version_resolves >= 1);
+    assert_true(k.version_resolves <= 1 + (uint64_t)((now_ms() - opened) / 1000));
     report("routed", ms, 200, c);
     engram_client_close(c);
 }
