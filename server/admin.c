@@ -194,6 +194,12 @@ int admin_drop_version(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer *
 int admin_get_cluster_map(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                           char *msg, size_t msglen)
 {
+    ProtobufCMessage *rq = pb_from_byte_buffer(&engram__v1__get_cluster_map_request__descriptor, req);
+    if (!rq) {
+        snprintf(msg, msglen, "malformed GetClusterMapRequest");
+        return ES_INVALID_ARGUMENT;
+    }
+    protobuf_c_message_free_unpacked(rq, NULL);
     Engram__V1__ClusterMap cm = ENGRAM__V1__CLUSTER_MAP__INIT;
     cm.json = (char *)A_cluster;
     store_shard(A, &cm.shard_count, &cm.shard_index);
