@@ -13,6 +13,7 @@
 #include "ctl.h"
 #include "dtype.h"
 #include "grpc_util.h"
+#include "npy.h"
 #include "progress.h"
 #include "synthetic.h"
 
@@ -188,122 +189,7 @@ int cmd_import_synthetic(engram_client *cl, int argc, char **argv)
     return import_synthetic_table(cl, table, rows, dim, dtype, row_bytes, seed);
 }
 
-/* ---- .npy headers --------------------------------------------------------- */
-
-/* What an .npy file holds: data offset, element descr, shape. */
-typedef struct {
-    long data_off;
-    char descr[16];
-    uint64_t shape[2];
-    int ndim;
-} npy_info;
-
-/* Finds `'key':` in the header dict and returns the text after it. */
-static const char *npy_value(const char *hdr, const char *key)
-{
-    char pat[32];
-    snprintf(pat, sizeof pat, "'%s'", key);
-    const char *p = strstr(hdr, pat);
-    if (!p)
-        return NULL;
-    p += strlen(pat);
-    while (*p == ' ')
-        p++;
-    if (*p != ':')
-        return NULL;
-    p++;
-    while (*p == ' ')
-        p++;
-    return p;
-}
-
-/* Parses "(a, b)" / "(a,)" / "(a)" into info->shape. */
-static int npy_shape(const char *p, npy_info *info, const char *file)
-{
-    if (*p++ != '(')
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: .npy shape is not a tuple",
-                    file);
-    info->ndim = 0;
-    for (;;) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        if (*p == ')')
-            break;
-        if (*p < '0' || *p > '9' || info->ndim == 2)
-            return fail(ENGRAM_INVALID_ARGUMENT,
-                        "%s: .npy shape must be (rows,) or (rows, dim)", file);
-        char *end;
-        info->shape[info->ndim++] = strtoull(p, &end, 10);
-        p = end;
-    }
-    if (info->ndim == 0)
-        return fail(ENGRAM_INVALID_ARGUMENT,
-                    "%s: .npy shape () is a scalar, want (rows, dim)", file);
-    return 0;
-}
-
-/* Parses the header dict: descr, fortran_order, shape. */
-static int npy_dict(const char *hdr, npy_info *info, const char *file)
-{
-    const char *d = npy_value(hdr, "descr");
-    const char *f = npy_value(hdr, "fortran_order");
-    const char *s = npy_value(hdr, "shape");
-    if (!d || !f || !s)
-        return fail(ENGRAM_INVALID_ARGUMENT,
-                    "%s: .npy header lacks descr, fortran_order or shape",
-                    file);
-    if (strncmp(f, "False", 5) != 0)
-        return fail(ENGRAM_INVALID_ARGUMENT,
-                    "%s: .npy array is fortran_order; want C order", file);
-    char q = *d++;
-    const char *e = strchr(d, q);
-    if ((q != '\'' && q != '"') || !e || (size_t)(e - d) >= sizeof info->descr)
-        return fail(ENGRAM_INVALID_ARGUMENT,
-                    "%s: .npy descr is not a simple type string", file);
-    memcpy(info->descr, d, (size_t)(e - d));
-    info->descr[e - d] = '\0';
-    return npy_shape(s, info, file);
-}
-
-/* Reads the magic, version and header dict of an .npy file. */
-static int npy_read_header(FILE *fp, npy_info *info, const char *file)
-{
-    uint8_t pre[12];
-    if (fread(pre, 1, 10, fp) != 10)
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: .npy header truncated",
-                    file);
-    uint8_t major = pre[6];
-    uint32_t hlen;
-    long off;
-    if (major == 1) {
-        hlen = pre[8] | (uint32_t)pre[9] << 8;
-        off = 10;
-    } else if (major == 2 || major == 3) {
-        if (fread(pre + 10, 1, 2, fp) != 2)
-            return fail(ENGRAM_INVALID_ARGUMENT, "%s: .npy header truncated",
-                        file);
-        hlen = pre[8] | (uint32_t)pre[9] << 8 | (uint32_t)pre[10] << 16 |
-               (uint32_t)pre[11] << 24;
-        off = 12;
-    } else {
-        return fail(ENGRAM_INVALID_ARGUMENT,
-                    "%s: .npy version %u is not 1, 2 or 3", file, major);
-    }
-    if (hlen > (1u << 20))
-        return fail(ENGRAM_INVALID_ARGUMENT,
-                    "%s: .npy header of %u bytes is implausible", file, hlen);
-    char *hdr = malloc(hlen + 1);
-    if (!hdr || fread(hdr, 1, hlen, fp) != hlen) {
-        free(hdr);
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: .npy header truncated",
-                    file);
-    }
-    hdr[hlen] = '\0';
-    info->data_off = off + (long)hlen;
-    int rc = npy_dict(hdr, info, file);
-    free(hdr);
-    return rc;
-}
+/* ---- .npy headers (parsed by npy.c) ------------------------------------- */
 
 /* numpy descr strings each dtype accepts. bf16 and fp8 have no numpy type:
  * they come as raw 2-/1-byte fields. */
@@ -359,8 +245,12 @@ static int open_rows(const char *file, uint32_t dim, const char *dtype,
     rewind(fp);
     if (got == 6 && memcmp(magic, "\x93NUMPY", 6) == 0) {
         npy_info ni;
-        if (npy_read_header(fp, &ni, file) ||
-            npy_check(&ni, file, dim, dtype, rows)) {
+        char why[300];
+        if (npy_read(fp, &ni, why, sizeof why)) {
+            fclose(fp);
+            return fail(ENGRAM_INVALID_ARGUMENT, "%s: %s", file, why);
+        }
+        if (npy_check(&ni, file, dim, dtype, rows)) {
             fclose(fp);
             return EXIT_RPC;
         }
