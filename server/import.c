@@ -32,7 +32,7 @@
 #include "log.h"
 #include "status.h"
 
-typedef struct import_state {
+struct import_state {
     int have_header;
     int stage;
     int claimed;
@@ -50,7 +50,7 @@ typedef struct import_state {
     uint64_t file_bytes;
     char **files;
     size_t nfiles;
-} import_state;
+};
 
 static struct {
     store *s;
@@ -85,9 +85,8 @@ static void remove_files(import_state *st)
         rmdir(st->dir);
 }
 
-static void state_free(void *p)
+void import_state_free(import_state *st)
 {
-    import_state *st = p;
     if (st->w)
         rocksdb_sstfilewriter_destroy(st->w);
     if (st->envo)
@@ -398,6 +397,23 @@ static void on_end(server_call *c)
     call_finish(c, ES_OK, NULL, reply);
 }
 
+int import_message(import_state *st, const Engram__V1__ImportRequest *rq, char *msg,
+                   size_t msglen)
+{
+    if (!rq) {
+        snprintf(msg, msglen, "malformed ImportRequest after row %llu", (unsigned long long)st->next_row);
+        return ES_INVALID_ARGUMENT;
+    }
+    if (rq->kind_case == ENGRAM__V1__IMPORT_REQUEST__KIND_HEADER)
+        return on_header(st, rq->header, msg, msglen);
+    if (rq->kind_case == ENGRAM__V1__IMPORT_REQUEST__KIND_CHUNK)
+        return on_chunk(st, rq->chunk, msg, msglen);
+    if (rq->kind_case == ENGRAM__V1__IMPORT_REQUEST__KIND_TRAILER)
+        return on_trailer(st, rq->trailer, msg, msglen);
+    snprintf(msg, msglen, "ImportRequest carries no header, chunk or trailer");
+    return ES_INVALID_ARGUMENT;
+}
+
 static void on_message(server_call *c, int ok)
 {
     import_state *st = c->state;
@@ -416,20 +432,7 @@ static void on_message(server_call *c, int ok)
         return on_end(c);
     Engram__V1__ImportRequest *rq = (Engram__V1__ImportRequest *)pb_from_byte_buffer(
         &engram__v1__import_request__descriptor, c->payload);
-    int code;
-    if (!rq) {
-        snprintf(msg, sizeof msg, "malformed ImportRequest after row %llu", (unsigned long long)st->next_row);
-        code = ES_INVALID_ARGUMENT;
-    } else if (rq->kind_case == ENGRAM__V1__IMPORT_REQUEST__KIND_HEADER) {
-        code = on_header(st, rq->header, msg, sizeof msg);
-    } else if (rq->kind_case == ENGRAM__V1__IMPORT_REQUEST__KIND_CHUNK) {
-        code = on_chunk(st, rq->chunk, msg, sizeof msg);
-    } else if (rq->kind_case == ENGRAM__V1__IMPORT_REQUEST__KIND_TRAILER) {
-        code = on_trailer(st, rq->trailer, msg, sizeof msg);
-    } else {
-        snprintf(msg, sizeof msg, "ImportRequest carries no header, chunk or trailer");
-        code = ES_INVALID_ARGUMENT;
-    }
+    int code = import_message(st, rq, msg, sizeof msg);
     if (rq)
         protobuf_c_message_free_unpacked(&rq->base, NULL);
     if (code != ES_OK)
@@ -437,12 +440,23 @@ static void on_message(server_call *c, int ok)
     call_recv(c, on_message);
 }
 
-void import_stream(server_call *c)
+import_state *import_state_new(void)
 {
     import_state *st = calloc(1, sizeof *st);
     st->started_ns = now_ns();
     st->xxh = XXH3_createState();
     XXH3_64bits_reset(st->xxh);
+    return st;
+}
+
+static void state_free(void *p)
+{
+    import_state_free(p);
+}
+
+void import_stream(server_call *c)
+{
+    import_state *st = import_state_new();
     c->state = st;
     c->state_free = state_free;
     __atomic_add_fetch(&I.m->started, 1, __ATOMIC_RELAXED);

@@ -9,6 +9,7 @@
 #ifndef ENGRAM_SERVER_IMPORT_H
 #define ENGRAM_SERVER_IMPORT_H
 
+#include "engram/v1/engram.pb-c.h"
 #include "server.h"
 #include "store.h"
 
@@ -32,5 +33,16 @@ void import_setup(store *s, const import_options *opts, import_metrics *metrics)
 void import_teardown(void);
 
 void import_stream(server_call *c);
+
+/* One Import stream's state, and one received message applied to it
+ * exactly as the stream applies it (rq NULL: the bytes did not unpack).
+ * Returns ES_OK, or a status with msg naming the problem; the stream then
+ * ends and import_state_free undoes everything. Exposed so tests/fuzz can
+ * drive the per-message checks without a network. */
+typedef struct import_state import_state;
+import_state *import_state_new(void);
+int import_message(import_state *st, const Engram__V1__ImportRequest *rq, char *msg,
+                   size_t msglen);
+void import_state_free(import_state *st);
 
 #endif
