@@ -5,6 +5,7 @@
 #include "store_internal.h"
 #include "store_tuning.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "engram/v1/engram.pb-c.h"
@@ -264,6 +266,57 @@ void store_resident_load(store *s, table_version *tv)
 
 /* ---- opening and closing ------------------------------------------------ */
 
+static int is_dot(const char *name)
+{
+    return strcmp(name, ".") == 0 || strcmp(name, "..") == 0;
+}
+
+/* Empties import-tmp. An import removes its directory when its call ends,
+ * so whatever is there at start-up was left by a process killed
+ * mid-import: SST files never ingested (or the originals of ones ingested
+ * by hard link, which RocksDB keeps its own link to). Nothing reads them
+ * again, and a restarted server with the same pid (PID 1 in a container)
+ * would find its first import's directory name taken. Called once RocksDB
+ * holds its LOCK, so a second server started on a directory in use stops
+ * at the lock instead of deleting the running one's files. */
+static void clear_import_tmp(store *s)
+{
+    DIR *d = opendir(s->tmp_dir);
+    if (!d)
+        return;
+    unsigned removed = 0, failed = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (is_dot(e->d_name))
+            continue;
+        char path[4352];
+        snprintf(path, sizeof path, "%s/%s", s->tmp_dir, e->d_name);
+        /* lstat: a symbolic link is removed, never followed. */
+        struct stat st;
+        int is_dir = lstat(path, &st) == 0 && S_ISDIR(st.st_mode);
+        DIR *sub = is_dir ? opendir(path) : NULL;
+        if (sub) {
+            struct dirent *f;
+            while ((f = readdir(sub)) != NULL) {
+                char file[4608];
+                snprintf(file, sizeof file, "%s/%s", path, f->d_name);
+                if (!is_dot(f->d_name))
+                    unlink(file);
+            }
+            closedir(sub);
+        }
+        if ((is_dir ? rmdir(path) : unlink(path)) == 0)
+            removed++;
+        else
+            failed++;
+    }
+    closedir(d);
+    if (removed)
+        log_info("import_tmp_cleared", "dir=%s entries=%u", s->tmp_dir, removed);
+    if (failed)
+        log_warn("import_tmp_clear_failed", "dir=%s entries=%u", s->tmp_dir, failed);
+}
+
 int store_open_db(store *s, const store_options *o, char **err)
 {
     s->dir = strdup(o->dir);
@@ -275,7 +328,10 @@ int store_open_db(store *s, const store_options *o, char **err)
         return -1;
     }
     make_options(s, o);
-    return open_db(s, err);
+    if (open_db(s, err) < 0)
+        return -1;
+    clear_import_tmp(s);
+    return 0;
 }
 
 void store_close_db(store *s)
