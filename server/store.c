@@ -405,6 +405,25 @@ int store_persist_next_id(store *s, uint32_t next, char *msg, size_t msglen)
     return 0;
 }
 
+/* Removes the rows in [from, to): a range tombstone hides them at once,
+ * then the SST files lying wholly inside the range are deleted. The
+ * tombstone alone would keep those files on disk, and their table readers
+ * in memory, until a compaction that an ingest-only store never runs: a
+ * soak with a re-import a minute grew each server by ~2.6 MB per import. */
+static void delete_rows_range(store *s, const uint8_t *from, const uint8_t *to, char **err)
+{
+    rocksdb_delete_range_cf(s->db, s->wopts_sync, s->cf[CF_ROWS], (const char *)from,
+                            ROW_KEY_LEN, (const char *)to, ROW_KEY_LEN, err);
+    if (*err)
+        return;
+    uint8_t last[ROW_KEY_LEN];               /* to - 1: the file range is inclusive */
+    memcpy(last, to, ROW_KEY_LEN);
+    for (int i = ROW_KEY_LEN - 1; i >= 0 && last[i]-- == 0; i--)
+        ;
+    rocksdb_delete_file_in_range_cf(s->db, s->cf[CF_ROWS], (const char *)from, ROW_KEY_LEN,
+                                    (const char *)last, ROW_KEY_LEN, err);
+}
+
 /* Deletes rows that belong to no live version: left by a crash between an
  * ingest and its metadata write, or by a version dropped while the process
  * died. Only gaps that hold a key get a range tombstone. */
@@ -422,8 +441,7 @@ void store_collect_orphans(store *s, uint64_t (*live)[2], size_t n)
         const char *k = rocksdb_iter_valid(it) ? rocksdb_iter_key(it, &kl) : NULL;
         if (k && memcmp(k, to, ROW_KEY_LEN) < 0) {
             char *rerr = NULL;
-            rocksdb_delete_range_cf(s->db, s->wopts_sync, s->cf[CF_ROWS], (char *)from,
-                                    sizeof from, (char *)to, sizeof to, &rerr);
+            delete_rows_range(s, from, to, &rerr);
             log_info("orphan_rows_deleted", "from_table_id=%u", get_be32(from));
             free(rerr);
         }
@@ -439,8 +457,7 @@ void store_delete_rows(store *s, uint32_t id, uint64_t version)
     store_row_key(from, id, version, 0);
     store_row_key(to, id, version + 1, 0);
     char *rerr = NULL;
-    rocksdb_delete_range_cf(s->db, s->wopts_sync, s->cf[CF_ROWS], (char *)from,
-                            sizeof from, (char *)to, sizeof to, &rerr);
+    delete_rows_range(s, from, to, &rerr);
     if (rerr) {
         log_error("version_delete_failed", "table_id=%u version=%llu error=\"%s\"",
                   id, (unsigned long long)version, rerr);

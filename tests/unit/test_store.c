@@ -3,6 +3,7 @@
  *
  * Tables are written the way import.c writes them: SstFileWriter files with
  * the rows family's options, then store_activate. */
+#include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -175,6 +176,20 @@ static void test_tables_survive_restart(void **state)
     store_teardown(s);
 }
 
+/* SST files in the store's directory. */
+static int count_sst(void)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        size_t l = strlen(e->d_name);
+        n += l > 4 && strcmp(e->d_name + l - 4, ".sst") == 0;
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
 static void test_one_import_per_table(void **state)
 {
     store *s = open_store(1 << 20);
@@ -191,8 +206,30 @@ static void test_one_import_per_table(void **state)
     /* v1 is retained (keep_versions 2); the active one cannot be dropped */
     assert_int_equal(store_drop(s, "t", 2, msg, sizeof msg), ES_FAILED_PRECONDITION);
     assert_string_equal(msg, "version 2 of table \"t\" is active; activate another version first");
+    int files = count_sst();
     assert_int_equal(store_drop(s, "t", 1, msg, sizeof msg), ES_OK);
     assert_null(store_acquire(s, "t", 1));
+    /* the dropped version's ingested files are gone, not just tombstoned,
+     * and the active version's rows are all still there */
+    assert_true(count_sst() < files);
+    table_version *tv = store_acquire(s, "t", 2);
+    assert_non_null(tv);
+    uint64_t n = tv->rows;
+    uint32_t rb = tv->row_bytes;
+    uint8_t *all = malloc(n * rb), want[64];
+    store_scan *sc = store_scan_open(tv);        /* RocksDB's copy, not the RAM one */
+    int64_t got = 0, k;
+    while ((k = store_scan_next(sc, all + got * rb, n - got, msg, sizeof msg)) > 0)
+        got += k;
+    assert_int_equal(k, 0);
+    assert_int_equal(got, n);
+    store_scan_close(sc);
+    for (uint64_t r = 0; r < n; r++) {
+        synthetic_row(2, r, want, rb);
+        assert_memory_equal(all + r * rb, want, rb);
+    }
+    free(all);
+    table_version_release(tv);
     assert_int_equal(store_drop(s, "t", 1, msg, sizeof msg), ES_NOT_FOUND);
     assert_int_equal(store_import_claim(s, "t", 1, &id, &v, msg, sizeof msg), ES_FAILED_PRECONDITION);
     assert_string_equal(msg, "version 1 of table \"t\" is not newer than version 2 on this server");
