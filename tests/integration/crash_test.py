@@ -1,0 +1,505 @@
+#!/usr/bin/python3
+"""Crash safety of imports: engram-server or engramctl killed with SIGKILL at
+random moments of a streamed import, against real processes.
+
+One server (temporary data directory, a free loopback port, a resident
+budget that holds the table) serves table "crash" of ROWS synthetic rows
+(common/synthetic.h). The seed-A and seed-B tables are generated here with
+numpy, so their XXH3-64 and CRC-32 are known independently of the server.
+Two complete reference imports (A as version 1, then B) must record exactly
+those. Every import is timed as this test watches it: import_started in
+the server's log, the SST bytes growing in import-tmp, the ingest (RocksDB
+hard-links the file into the data directory, then drops the original),
+import_done in the log (activated), engramctl's exit.
+
+Then the roles alternate: each import is of the seed that is not active.
+20 times the server is killed (SIGKILL) during one:
+
+  - 12 kills at a moment drawn uniformly from [0, 1.2 x the median time
+    of the complete imports so far] after engramctl starts (before the
+    header arrives, while rows stream, during the commit, or after the
+    import finished);
+  - 4 once the ingest is seen, plus a random part of 1.2 x the median
+    ingest-to-activation time (inside the ingest, the resident load, the
+    metadata write);
+  - 4 the moment the server logs import_done.
+
+The moments are measured in this run, not fixed sleeps, so a slower build
+(ASan) or a busier machine is killed at the same points of its import. After each kill the
+server is restarted on the same directory and must: start and serve; have
+the old version active (same number, the old seed's checksums) or the new
+one (the next number, the new seed's), nothing else; list only versions
+whose recorded checksums are those of their seed, none staged; serve the
+old or new seed's bytes at the first, last and random rows of every
+version; pass `engramctl verify` (every stored row re-read and hashed, so
+no mix) on the active version, and on every version when start-up deleted
+orphan rows; log no error; and have emptied its import-tmp directory
+(import_tmp_cleared names what it removed). Re-running the import must then
+complete, with the exact line engramctl prints, and verify.
+
+Then engramctl is killed 5 times while its rows stream (once the server has
+written a random 2-50% of the SST bytes): the server must end the call
+(import_failed: CANCELLED, or INVALID_ARGUMENT for a stream short of rows,
+which is how gRPC core shows it a dead client), keep serving the previous
+version with no new or staged version, remove its temporary files, and
+take the re-run. Only if every row and the trailer had left engramctl
+before it died may the import complete (import_done with
+client_xxh3=match).
+
+The kill moments come from a seeded RNG; the seed is printed (--seed
+replays a run). A summary of every kill and its outcome is printed at the
+end.
+
+usage: crash_test.py --server-bin PATH --engramctl PATH --pydir DIR [--seed N]
+"""
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import zlib
+
+import grpc
+import numpy as np
+import xxhash
+
+ARGS = None
+TABLE = "crash"
+ROWS, ROW_BYTES = 300000, 128      # 0.5-1 s to import in the plain build, 1.5 s in ASan
+SEED_A, SEED_B = 11, 22
+SERVER_KILLS = (["uniform"] * 12) + (["ingest"] * 4) + (["activated"] * 4)
+CTL_KILLS = 5
+SAMPLE_ROWS = 30
+
+
+def synthetic_table(seed):
+    """Rows [0, ROWS) of the synthetic rule: little-endian words
+    splitmix64(seed + (row << 20) + k), computed for the whole table at
+    once (uint64 arithmetic wraps as the C code's does)."""
+    words = ROW_BYTES // 8
+    z = (np.uint64(seed) + (np.arange(ROWS, dtype=np.uint64)[:, None] << np.uint64(20))
+         + np.arange(words, dtype=np.uint64)[None, :])
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return z.astype("<u8").tobytes()
+
+
+def hx(x):
+    return "%016x" % x
+
+
+class CrashTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        sys.path.insert(0, ARGS.pydir)
+        from engram.v1 import engram_pb2
+        cls.pb = engram_pb2
+        cls.rng = random.Random(ARGS.seed)
+        print("crash_test: RNG seed %d (replay with --seed %d)" % (ARGS.seed, ARGS.seed),
+              flush=True)
+        cls.t_start = time.monotonic()
+        cls.data_of = {s: synthetic_table(s) for s in (SEED_A, SEED_B)}
+        cls.sums = {s: (xxhash.xxh3_64_intdigest(d), zlib.crc32(d)) for s, d in cls.data_of.items()}
+        cls.tmp = tempfile.mkdtemp(prefix="engram-crash-")
+        cls.data = os.path.join(cls.tmp, "data")
+        cls.tmp_dir = os.path.join(cls.data, "import-tmp")
+        cls.log_path = os.path.join(cls.tmp, "server.log")
+        cls.proc = None
+        cls.channel = None
+        cls.seed_of = {}           # version -> seed, for every completed version
+        cls.active = None          # (version, seed)
+        cls.summary = []
+        cls.complete_runs = []     # watch()'s events of every complete import
+        cls.start_server()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.proc and cls.proc.poll() is None:
+            cls.channel.close()
+            cls.proc.send_signal(signal.SIGTERM)
+            rc = cls.proc.wait(timeout=60)
+            if rc != 0:
+                raise RuntimeError("engram-server exited with %d" % rc)
+        for line in cls.summary:
+            print(line)
+        print("crash_test: %.1f s in all" % (time.monotonic() - cls.t_start))
+
+    # ---- processes -------------------------------------------------------------
+
+    @classmethod
+    def start_server(cls):
+        """Starts a server on the data directory; returns once its port is
+        known. Its log is appended to one file across restarts."""
+        port_file = os.path.join(cls.tmp, "port")
+        if os.path.exists(port_file):
+            os.unlink(port_file)
+        with open(cls.log_path, "a") as log:
+            cls.log_start = log.tell()
+            cls.proc = subprocess.Popen(
+                [ARGS.server_bin, "--data", cls.data, "--listen", "127.0.0.1:0", "--port-file",
+                 port_file, "--threads", "2", "--resident-budget", str(128 << 20)],
+                stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        port = ""
+        while not port:
+            if time.monotonic() > deadline or cls.proc.poll() is not None:
+                raise AssertionError("engram-server did not start (exit %s); log:\n%s"
+                                     % (cls.proc.poll(), cls.log_since(cls.log_start)))
+            time.sleep(0.01)
+            if os.path.exists(port_file):
+                with open(port_file) as f:
+                    port = f.read().strip()
+        cls.addr = "127.0.0.1:" + port
+        if cls.channel:
+            cls.channel.close()
+        cls.channel = grpc.insecure_channel(cls.addr)
+        pb = cls.pb
+        cls.get_table = cls.channel.unary_unary(
+            "/engram.v1.Admin/GetTable", request_serializer=pb.GetTableRequest.SerializeToString,
+            response_deserializer=pb.TableInfo.FromString)
+        cls.lookup = cls.channel.unary_unary(
+            "/engram.v1.Lookup/Lookup", request_serializer=pb.LookupRequest.SerializeToString,
+            response_deserializer=pb.LookupResponse.FromString)
+        cls.stats = cls.channel.unary_unary(
+            "/engram.v1.Admin/Stats", request_serializer=pb.StatsRequest.SerializeToString,
+            response_deserializer=pb.StatsResponse.FromString)
+
+    @classmethod
+    def log_since(cls, offset):
+        with open(cls.log_path) as f:
+            f.seek(offset)
+            return f.read()
+
+    def ctl(self, *args):
+        return subprocess.run([ARGS.engramctl, "--server", self.addr] + list(args),
+                              capture_output=True, text=True, timeout=300)
+
+    def start_import(self, seed):
+        return subprocess.Popen(
+            [ARGS.engramctl, "--server", self.addr, "import-synthetic", "--table", TABLE,
+             "--rows", str(ROWS), "--row-bytes", str(ROW_BYTES), "--seed", str(seed),
+             "--progress-every", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def tmp_files(self):
+        """{path: (bytes, links)} of the SST files imports are writing in
+        import-tmp."""
+        files = {}
+        for d in os.listdir(self.tmp_dir):
+            try:
+                for f in os.scandir(os.path.join(self.tmp_dir, d)):
+                    st = f.stat()
+                    files[f.path] = (st.st_size, st.st_nlink)
+            except FileNotFoundError:       # the server removed it meanwhile
+                pass
+        return files
+
+    def watch(self, proc, kill=None, at=None, on=None, delay=0.0, at_bytes=None):
+        """Follows an import started with start_import until engramctl exits
+        or a kill fires: `kill` ("server" or "ctl") at `at` seconds after
+        the start, `delay` seconds after event `on` was seen, or once the
+        server has written `at_bytes` bytes of SST files. Returns the
+        seconds at which each event was seen: started (the server's
+        import_started), ingest (RocksDB hard-linked an SST file of
+        import-tmp into the data directory, or took it away), activated
+        (import_done), exit (engramctl), kill; and tmp_bytes, the most SST
+        bytes seen in import-tmp."""
+        t0 = time.monotonic()
+        ev = {"tmp_bytes": 0}
+        seen = set()
+        with open(self.log_path) as log:
+            log.seek(0, os.SEEK_END)
+            text = ""
+            while True:
+                now = time.monotonic() - t0
+                text += log.read()
+                if "started" not in ev and "event=import_started table=%s " % TABLE in text:
+                    ev["started"] = now
+                files = self.tmp_files()
+                ev["tmp_bytes"] = max(ev["tmp_bytes"], sum(b for b, _ in files.values()))
+                if "ingest" not in ev and (any(n > 1 for _, n in files.values())
+                                           or seen - set(files)):
+                    ev["ingest"] = now
+                seen |= set(files)
+                if "activated" not in ev and "event=import_done table=%s " % TABLE in text:
+                    ev["activated"] = now
+                if "exit" not in ev and proc.poll() is not None:
+                    ev["exit"] = now
+                # A server kill planned after the import ended still
+                # happens (then the new version must be complete); one
+                # waiting for an event gives up a second after the exit.
+                if kill and ((at is not None and now >= at) or (on in ev and now >= ev[on] + delay)
+                             or (at_bytes is not None and ev["tmp_bytes"] >= at_bytes)
+                             or (kill == "server" and at is None and "exit" in ev
+                                 and now > ev["exit"] + 1)):
+                    (self.proc if kill == "server" else proc).kill()
+                    ev["kill"] = now
+                    break
+                if "exit" in ev and kill != "server":
+                    break
+                if now > 300:
+                    proc.kill()
+                    raise AssertionError("import did not end in 300 s")
+                time.sleep(0.0005)
+        return ev
+
+    # ---- expectations ---------------------------------------------------------------
+
+    def import_line(self, version, seed):
+        x, c = self.sums[seed]
+        return ("imported %s: %d rows of %d bytes, version %d, checksum %08x, xxh3 %s, "
+                "resident yes\n" % (TABLE, ROWS, ROW_BYTES, version, c, hx(x)))
+
+    def verify_line(self, version, seed, resident):
+        x, c = self.sums[seed]
+        return ("table %s version %d on %s: %d of %d rows read, xxh3 %s crc32 %08x; recorded "
+                "xxh3 %s crc32 %08x%s: match\n" % (TABLE, version, self.addr, ROWS, ROWS, hx(x),
+                                                   c, hx(x), c,
+                                                   "; RAM copy compared" if resident else ""))
+
+    def import_completes(self, seed):
+        """A full import of `seed`: the exact line, the next version number,
+        verify; it becomes the active state."""
+        version = max(self.seed_of) + 1 if self.seed_of else 1
+        proc = self.start_import(seed)
+        ev = self.watch(proc)
+        out, err = proc.communicate()
+        self.assertEqual((proc.returncode, out.splitlines(True)[:1], err),
+                         (0, [self.import_line(version, seed)], ""))
+        self.seed_of[version] = seed
+        type(self).active = (version, seed)
+        self.check_state()
+        self.complete_runs.append(ev)
+        return ev
+
+    def timing(self):
+        """The median import time and ingest-to-activation time of the
+        complete imports so far: kill moments follow the speed of this
+        build on this machine as it is now, one slow import aside."""
+        return (statistics.median(ev["exit"] for ev in self.complete_runs),
+                statistics.median(ev["activated"] - ev["ingest"] for ev in self.complete_runs))
+
+    def check_rows(self, version, seed):
+        """The first, the last and SAMPLE_ROWS random rows of `version`
+        (0: the active one) are exactly seed's rows."""
+        rows = [0, ROWS - 1] + [self.rng.randrange(ROWS) for _ in range(SAMPLE_ROWS)]
+        resp = self.lookup(self.pb.LookupRequest(table=TABLE, rows=rows, version=version),
+                           timeout=30)
+        data = self.data_of[seed]
+        want = b"".join(data[r * ROW_BYTES:(r + 1) * ROW_BYTES] for r in rows)
+        self.assertEqual((resp.version, resp.row_bytes), (version or self.active[0], ROW_BYTES))
+        self.assertTrue(resp.data == want, "version %d: rows %s are not seed %d's" %
+                        (version, rows, seed))
+
+    def check_state(self, verify_all=False, verify=True):
+        """The server serves exactly self.active; every version it lists is
+        a complete version of a known seed (checksums recorded, rows
+        sampled); the active one (with verify_all, every one; with verify
+        false, none) passes engramctl verify; nothing is staged; import-tmp
+        is empty."""
+        version, seed = self.active
+        info = self.get_table(self.pb.GetTableRequest(name=TABLE), timeout=30)
+        x, c = self.sums[seed]
+        self.assertEqual((info.version, info.xxh3, info.checksum, info.rows, info.local_rows,
+                          info.row_bytes, info.resident), (version, x, c, ROWS, ROWS, ROW_BYTES,
+                                                           True))
+        VS = self.pb.VersionInfo
+        listed = [(v.version, v.state) for v in info.versions]
+        self.assertEqual([s for v, s in listed if s == VS.ACTIVE], [VS.ACTIVE], listed)
+        for v in info.versions:
+            self.assertIn(v.version, self.seed_of, listed)
+            self.assertIn(v.state, (VS.ACTIVE, VS.RETAINED), listed)
+            vx, vc = self.sums[self.seed_of[v.version]]
+            self.assertEqual((v.xxh3, v.checksum, v.local_rows), (vx, vc, ROWS), v.version)
+            # A crash may stop the drop of the oldest retained version
+            # between its metadata and its rows; the next import ends it.
+            self.assertGreaterEqual(v.version, version - 2, listed)
+        self.check_rows(0, seed)
+        for v in info.versions:
+            if v.version != version:
+                self.check_rows(v.version, self.seed_of[v.version])
+            if not verify or (v.version != version and not verify_all):
+                continue
+            out = self.ctl("verify", "--table", TABLE, "--version", str(v.version))
+            self.assertEqual((out.returncode, out.stdout, out.stderr),
+                             (0, self.verify_line(v.version, self.seed_of[v.version],
+                                                  v.version == version), ""))
+        self.assertEqual(os.listdir(self.tmp_dir), [])
+
+    def other(self, seed):
+        return SEED_B if seed == SEED_A else SEED_A
+
+    # ---- the tests -------------------------------------------------------------------
+
+    def test_0_reference_imports(self):
+        """Version 1 (seed A) and a complete seed-B import: the checksums
+        computed here, and the time an import takes."""
+        cls = type(self)
+        evs = [self.import_completes(SEED_A), self.import_completes(SEED_B)]
+        for ev in evs:
+            self.assertEqual(sorted(ev), ["activated", "exit", "ingest", "started", "tmp_bytes"], ev)
+            self.assertLessEqual(ev["ingest"], ev["activated"])
+        cls.sst_bytes = min(ev["tmp_bytes"] for ev in evs)
+        self.assertGreater(cls.sst_bytes, ROWS * ROW_BYTES)
+        print("crash_test: reference imports %s, ingest to activation %s; %d SST bytes"
+              % (", ".join("%.3f s" % ev["exit"] for ev in evs),
+                 ", ".join("%.3f s" % (ev["activated"] - ev["ingest"]) for ev in evs),
+                 cls.sst_bytes), flush=True)
+
+    def test_1_server_killed(self):
+        kinds = list(SERVER_KILLS)
+        self.rng.shuffle(kinds)
+        outcomes = {"old kept": 0, "new complete": 0}
+        for i, kind in enumerate(kinds):
+            old_version, old_seed = self.active
+            new_seed = self.other(old_seed)
+            duration, commit = self.timing()
+            if kind == "uniform":
+                plan = dict(at=self.rng.uniform(0, 1.2 * duration))
+            elif kind == "ingest":
+                plan = dict(on="ingest", delay=self.rng.uniform(0, 1.2 * commit))
+            else:
+                plan = dict(on="activated", delay=0.0)
+            proc = self.start_import(new_seed)
+            ev = self.watch(proc, kill="server", **plan)
+            proc.communicate(timeout=60)
+            self.proc.wait(timeout=60)
+            left = sorted(os.listdir(self.tmp_dir))
+            log_from = os.path.getsize(self.log_path)
+            self.start_server()
+            restart_log = self.log_since(log_from)
+            info = self.get_table(self.pb.GetTableRequest(name=TABLE), timeout=30)
+            if info.version == old_version:
+                outcome = "old kept"
+                self.assertNotIn("activated", ev, "import_done was logged, the old version is "
+                                 "active after the restart")
+            else:
+                outcome = "new complete"
+                self.assertEqual(info.version, max(self.seed_of) + 1)
+                self.assertIn("started", ev)
+                self.seed_of[info.version] = new_seed
+                type(self).active = (info.version, new_seed)
+            outcomes[outcome] += 1
+            # Rows deleted at start-up must be only those of no version:
+            # then every listed version is re-read in full.
+            self.check_state(verify_all="orphan_rows_deleted" in restart_log)
+            self.assertNotIn("level=error", restart_log)
+            if left:
+                self.assertIn("event=import_tmp_cleared dir=%s entries=%d\n" % (self.tmp_dir,
+                                                                                len(left)),
+                              restart_log)
+            self.summary.append(
+                "server kill %2d: %-9s at %6.3f s (%s), seen: %s; %s left in import-tmp; %s%s"
+                % (i + 1, kind, ev["kill"], describe(plan), timeline(ev), len(left), outcome,
+                   ", orphan rows deleted" if "orphan_rows_deleted" in restart_log else ""))
+            # The interrupted import, run again to its end.
+            self.import_completes(new_seed)
+        self.summary.append("server kills: %d; old version kept %d, new version complete %d"
+                            % (len(kinds), outcomes["old kept"], outcomes["new complete"]))
+
+    def test_2_engramctl_killed(self):
+        outcomes = {"old kept": 0, "new complete": 0}
+        for i in range(CTL_KILLS):
+            old_version, old_seed = self.active
+            new_seed = self.other(old_seed)
+            # While rows stream: once the server has written a random 2-50%
+            # of the table's SST bytes. engramctl is ahead of the server by
+            # what gRPC and the socket buffers hold, rarely past its end.
+            at_bytes = int(self.rng.uniform(0.02, 0.5) * self.sst_bytes)
+            log_from = os.path.getsize(self.log_path)
+            proc = self.start_import(new_seed)
+            ev = self.watch(proc, kill="ctl", at_bytes=at_bytes)
+            proc.communicate(timeout=60)
+            self.assertIn("kill", ev, "engramctl ended before it was killed: %s" % ev)
+            # The server notices the broken stream on its own time: wait for
+            # it to end the call (no call in flight but the Stats asking).
+            deadline = time.monotonic() + 60
+            while True:
+                in_flight = self.stats(self.pb.StatsRequest(), timeout=30).in_flight
+                text = self.log_since(log_from)
+                started = text.count("event=import_started table=%s " % TABLE)
+                failed = re.findall(r"event=import_failed table=%s (.*)" % TABLE, text)
+                done = re.findall(r"event=import_done table=%s .* client_xxh3=(\w+) " % TABLE, text)
+                if in_flight == 1:
+                    self.assertEqual(started, len(failed) + len(done), text)
+                    break
+                self.assertLess(time.monotonic(), deadline,
+                                "the server did not end the broken import:\n" + text)
+                time.sleep(0.01)
+            if done:
+                # Every row and the trailer had left engramctl before it
+                # died: the import it asked for, complete. Activating one
+                # without its trailer would take a dead client's stream for
+                # a finished one.
+                self.assertEqual((done, failed), (["match"], []), text)
+                outcome = "new complete"
+                version = max(self.seed_of) + 1
+                self.seed_of[version] = new_seed
+                type(self).active = (version, new_seed)
+            else:
+                # gRPC core ends a message read on a dead connection as it
+                # ends one on a half-close, so the server may see a short
+                # stream rather than a cancelled one; either way it refuses
+                # it.
+                for line in failed:
+                    self.assertRegex(line, r'^status=(CANCELLED rows_received=\d+ error="import '
+                                     r'stream broken or cancelled|INVALID_ARGUMENT rows_received='
+                                     r'(\d+) error="import of table "%s" ended after \2 of %d '
+                                     r'rows); nothing was activated"$' % (TABLE, ROWS))
+                    self.assertNotIn("rows_received=%d " % ROWS, line)
+                outcome = "old kept"
+            outcomes[outcome] += 1
+            # No restart, nothing written: the rows as served and the
+            # versions listed show it; verify runs after the re-run.
+            self.check_state(verify=outcome != "old kept")
+            self.summary.append("engramctl kill %d: at %.3f s, %d SST bytes written, seen: %s; "
+                                "server: %s; %s" % (
+                                    i + 1, ev["kill"], ev["tmp_bytes"], timeline(ev),
+                                    " ".join(f.split(" error=")[0] for f in failed)
+                                    or ("import_done" if done else "no header yet"), outcome))
+            self.import_completes(new_seed)
+        self.summary.append("engramctl kills: %d; old version kept %d, new version complete %d"
+                            % (CTL_KILLS, outcomes["old kept"], outcomes["new complete"]))
+
+
+def timeline(ev):
+    """The events seen, in order, with their seconds."""
+    return " ".join("%s %.3f" % (k, v) for k, v in sorted(ev.items(), key=lambda e: e[1])
+                    if k not in ("kill", "tmp_bytes")) or "nothing"
+
+
+def describe(plan):
+    if "at" in plan:
+        return "uniform"
+    return "%.3f s after %s" % (plan["delay"], plan["on"])
+
+
+def main():
+    global ARGS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server-bin", required=True)
+    ap.add_argument("--engramctl", required=True)
+    ap.add_argument("--pydir", required=True)
+    ap.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "little"))
+    ARGS, rest = ap.parse_known_args()
+    result = unittest.main(argv=[sys.argv[0]] + rest, exit=False, verbosity=2).result
+    # A failed run keeps the data directory and the server's log to look at.
+    if not result.wasSuccessful():
+        print("crash_test: kept %s (server.log: every start, import and kill); replay with "
+              "--seed %d" % (CrashTest.tmp, ARGS.seed))
+        sys.exit(1)
+    shutil.rmtree(CrashTest.tmp)
+
+
+if __name__ == "__main__":
+    main()
