@@ -167,6 +167,19 @@ int engramctl(const char *addr, ...)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+int harness_import_ct(const char *addr, const test_server *servers, size_t n)
+{
+    int rc = engramctl(addr, "import-synthetic", "--table", "ct", "--rows", "30000",
+                       "--row-bytes", "64", "--seed", "11", NULL);
+    if (rc == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        server_report(&servers[i]);
+    fprintf(stderr, "setup: the import failed (exit %d); re-running it once\n", rc);
+    return engramctl(addr, "import-synthetic", "--table", "ct", "--rows", "30000",
+                     "--row-bytes", "64", "--seed", "11", NULL);
+}
+
 void server_kill(test_server *s)
 {
     kill(s->pid, SIGKILL);
