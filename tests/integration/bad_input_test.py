@@ -15,7 +15,6 @@ import argparse
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -25,26 +24,13 @@ import unittest
 
 import grpc
 
+from synthetic import M64, synthetic_row  # beside this file
+
 ARGS = None
-M64 = (1 << 64) - 1
 ROWS, ROW_BYTES, SEED = 1000, 64, 9
 OK = grpc.StatusCode.OK
 IA = grpc.StatusCode.INVALID_ARGUMENT
 NF = grpc.StatusCode.NOT_FOUND
-
-
-def splitmix64(x):
-    z = (x + 0x9E3779B97F4A7C15) & M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-    return z ^ (z >> 31)
-
-
-def synthetic_row(seed, row, row_bytes):
-    words = (row_bytes + 7) // 8
-    data = b"".join(struct.pack("<Q", splitmix64((seed + (row << 20) + k) & M64))
-                    for k in range(words))
-    return data[:row_bytes]
 
 
 def varint(v):

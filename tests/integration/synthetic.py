@@ -1,0 +1,25 @@
+"""The synthetic row rule of common/synthetic.h, for the Python tests that
+speak the wire themselves (bad_import_test.py, bad_input_test.py): row r of
+a table made with seed S is splitmix64 words of (S + (r << 20) + k),
+little-endian, cut to the row size."""
+import struct
+
+M64 = (1 << 64) - 1
+
+
+def splitmix64(x):
+    z = (x + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def synthetic_row(seed, row, row_bytes):
+    words = (row_bytes + 7) // 8
+    data = b"".join(struct.pack("<Q", splitmix64((seed + (row << 20) + k) & M64))
+                    for k in range(words))
+    return data[:row_bytes]
+
+
+def rows_bytes(seed, start, count, row_bytes=64):
+    return b"".join(synthetic_row(seed, r, row_bytes) for r in range(start, start + count))
