@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -28,6 +29,7 @@
 #define SEED 5
 #define HEADS 8
 #define RB 32 /* dim 16 x bf16 */
+#define POISON 0xA5
 
 static test_server srv;
 static char tmp[256];
@@ -492,6 +494,311 @@ static void test_bad_manifests(void **state)
     engram_free(v);
 }
 
+/* A head subset with several layers in one call, the layers asked for in
+ * the opposite order of the manifest's: each layer's part sits at its
+ * position in layer_ids and holds only the heads asked for, in their order. */
+static void test_head_subset_several_layers(void **state)
+{
+    const uint32_t heads[3] = {6, 1, 4};
+    const int64_t layers[2] = {3, 0};
+    const int idx[2] = {1, 0};
+    for (size_t k = 0; k < nbatches; k++) {
+        const batch *b = &batches[k];
+        size_t bytes = 2 * b->B * b->T * 3 * RB;
+        uint8_t *out = malloc(bytes);
+        engram_prefetch_request r = {.layer_ids = layers, .n_layers = 2, .tokens = b->tokens,
+                                     .batch = b->B, .seq_len = b->T, .heads = heads, .n_heads = 3,
+                                     .out = out, .out_cap = bytes};
+        assert_int_equal(engram_prefetch_out_bytes(model, &r), bytes);
+        engram_error e;
+        if (prefetch(&r, &e))
+            fail_msg("%s: %s", b->name, e.message);
+        check_out(out, b, idx, 2, heads, 3, 0, b->T);
+        free(out);
+    }
+}
+
+/* ---- de-duplication, counted by the server --------------------------------- */
+
+/* The Lookup rows and calls the server has counted for `table`
+ * (Admin.Stats); 0 and 0 before its first lookup. */
+static void table_counts(const char *table, uint64_t *rows, uint64_t *calls)
+{
+    char *js;
+    engram_error e;
+    if (engram_stats_json(client, &js, &e))
+        fail_msg("stats: %s", e.message);
+    json_error_t je;
+    json_t *s = json_loads(js, 0, &je), *t;
+    engram_free(js);
+    assert_non_null(s);
+    *rows = *calls = 0;
+    size_t i;
+    json_array_foreach(json_object_get(s, "tables"), i, t)
+        if (strcmp(json_string_value(json_object_get(t, "table")), table) == 0) {
+            *rows = (uint64_t)json_integer_value(json_object_get(t, "rows"));
+            *calls = (uint64_t)json_integer_value(json_object_get(t, "calls"));
+        }
+    json_decref(s);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Distinct entries among the given heads of expected rows [n, HEADS]. */
+static size_t distinct_rows(const uint64_t *rows, size_t n, const uint32_t *heads, size_t nheads)
+{
+    uint64_t *v = malloc(n * nheads * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        for (size_t h = 0; h < nheads; h++)
+            v[i * nheads + h] = rows[i * HEADS + heads[h]];
+    qsort(v, n * nheads, sizeof *v, cmp_u64);
+    size_t d = n ? 1 : 0;
+    for (size_t i = 1; i < n * nheads; i++)
+        d += v[i] != v[i - 1];
+    free(v);
+    return d;
+}
+
+/* Every batch twice over (batch 2B: the B sequences, then the same B
+ * again), all heads and a head subset: the server must count exactly the
+ * distinct rows of each layer, in one call per layer (default chunk 8192
+ * rows), and the output is still exact at every position. The distinct
+ * counts come from the reference vectors' rows, counted here by sorting. */
+static void test_dedup_counted_by_server(void **state)
+{
+    static const uint32_t subset[3] = {7, 0, 3};
+    const char *tables[2] = {"cfg2.l0", "cfg2.l3"};
+    for (size_t k = 0; k < nbatches; k++) {
+        const batch *b = &batches[k];
+        size_t bt = b->B * b->T;
+        batch twice = {.B = 2 * b->B, .T = b->T, .name = b->name};
+        twice.tokens = malloc(2 * bt * sizeof *twice.tokens);
+        memcpy(twice.tokens, b->tokens, bt * sizeof *twice.tokens);
+        memcpy(twice.tokens + bt, b->tokens, bt * sizeof *twice.tokens);
+        for (int l = 0; l < 2; l++) {
+            twice.rows[l] = malloc(2 * bt * HEADS * sizeof(uint64_t));
+            memcpy(twice.rows[l], b->rows[l], bt * HEADS * sizeof(uint64_t));
+            memcpy(twice.rows[l] + bt * HEADS, b->rows[l], bt * HEADS * sizeof(uint64_t));
+        }
+        for (int sub = 0; sub < 2; sub++) {
+            const uint32_t *heads = sub ? subset : all_heads;
+            size_t nheads = sub ? 3 : HEADS, bytes = 2 * 2 * bt * nheads * RB;
+            uint64_t rows0[2], calls0[2], rows1[2], calls1[2];
+            for (int l = 0; l < 2; l++)
+                table_counts(tables[l], &rows0[l], &calls0[l]);
+            uint8_t *out = malloc(bytes);
+            engram_prefetch_request r = {.layer_ids = both_layers, .n_layers = 2,
+                                         .tokens = twice.tokens, .batch = twice.B,
+                                         .seq_len = twice.T, .heads = sub ? subset : NULL,
+                                         .n_heads = sub ? 3 : 0, .out = out, .out_cap = bytes};
+            engram_error e;
+            if (prefetch(&r, &e))
+                fail_msg("%s: %s", b->name, e.message);
+            check_out(out, &twice, both_idx, 2, heads, nheads, 0, twice.T);
+            free(out);
+            for (int l = 0; l < 2; l++) {
+                table_counts(tables[l], &rows1[l], &calls1[l]);
+                size_t want = distinct_rows(b->rows[l], bt, heads, nheads);
+                if (rows1[l] - rows0[l] != want || calls1[l] - calls0[l] != 1)
+                    fail_msg("%s (%zu heads): %s got %llu rows in %llu calls; %zu distinct of %zu "
+                             "in 1 call expected", b->name, nheads, tables[l],
+                             (unsigned long long)(rows1[l] - rows0[l]),
+                             (unsigned long long)(calls1[l] - calls0[l]), want, 2 * bt * nheads);
+            }
+        }
+        free(twice.tokens);
+        free(twice.rows[0]);
+        free(twice.rows[1]);
+    }
+}
+
+/* ---- timeouts, cancel, and errors after start ---------------------------- */
+
+/* Every byte of out still holds the caller's poison: nothing was written. */
+static void assert_untouched(const uint8_t *out, size_t bytes, const char *what)
+{
+    for (size_t i = 0; i < bytes; i++)
+        if (out[i] != POISON)
+            fail_msg("%s: byte %zu of out was written (0x%02x)", what, i, out[i]);
+}
+
+/* Tests that SIGSTOP the server resume it even when they fail. */
+static int resume_server(void **state)
+{
+    return kill(srv.pid, SIGCONT);
+}
+
+static engram_prefetch_request poisoned_request(const batch *b, uint8_t **out, size_t *bytes,
+                                                unsigned flags)
+{
+    *bytes = 2 * b->B * b->T * HEADS * RB;
+    *out = malloc(*bytes);
+    memset(*out, POISON, *bytes);
+    return (engram_prefetch_request){.layer_ids = both_layers, .n_layers = 2,
+                                     .tokens = b->tokens, .batch = b->B, .seq_len = b->T,
+                                     .out = *out, .out_cap = *bytes, .flags = flags};
+}
+
+/* With the server stopped (SIGSTOP) no reply can come, so: a short wait
+ * (and a short wait for one layer) is ENGRAM_TIMEOUT and writes nothing;
+ * cancel then makes every wait ENGRAM_CANCELLED at once, out untouched, and
+ * the handle frees (the lookups still queued at the stopped server are
+ * cancelled). A second prefetch that timed out is not harmed by the
+ * timeout: once the server runs again (SIGCONT) the same handle completes
+ * with every byte exact. */
+static void test_timeout_then_cancel(void **state)
+{
+    const batch *b = &batches[19];
+    uint8_t *out;
+    size_t bytes;
+    engram_prefetch_request r = poisoned_request(b, &out, &bytes, 0);
+    engram_prefetch *h;
+    engram_error e;
+    assert_int_equal(kill(srv.pid, SIGSTOP), 0);
+    assert_int_equal(engram_prefetch_start(model, &r, &h, &e), ENGRAM_OK);
+    assert_int_equal(engram_prefetch_wait(h, 50, &e), ENGRAM_TIMEOUT);
+    assert_string_equal(e.message, "prefetch still in flight");
+    assert_int_equal(engram_prefetch_wait_layer(h, 3, 10, &e), ENGRAM_TIMEOUT);
+    assert_string_equal(e.message, "prefetch still in flight");
+    assert_int_equal(engram_prefetch_poll(h), 0);
+    assert_untouched(out, bytes, "timed out");
+    engram_prefetch_cancel(h);
+    assert_int_equal(engram_prefetch_poll(h), 1);
+    assert_int_equal(engram_prefetch_wait(h, 0, &e), ENGRAM_CANCELLED);
+    assert_string_equal(e.message, "prefetch cancelled");
+    assert_int_equal(engram_prefetch_wait_layer(h, 0, -1, &e), ENGRAM_CANCELLED);
+    assert_string_equal(e.message, "prefetch cancelled");
+    assert_int_equal(engram_prefetch_wait(h, -1, &e), ENGRAM_CANCELLED);   /* sticky */
+    assert_untouched(out, bytes, "cancelled");
+    engram_prefetch_free(h);
+
+    assert_int_equal(engram_prefetch_start(model, &r, &h, &e), ENGRAM_OK);
+    assert_int_equal(engram_prefetch_wait(h, 50, &e), ENGRAM_TIMEOUT);
+    assert_untouched(out, bytes, "timed out");
+    assert_int_equal(kill(srv.pid, SIGCONT), 0);
+    if (engram_prefetch_wait(h, 30000, &e))
+        fail_msg("after SIGCONT: %s %s", engram_status_name(e.code), e.message);
+    check_out(out, b, both_idx, 2, all_heads, HEADS, 0, b->T);
+    engram_prefetch_free(h);
+    free(out);
+}
+
+/* An error from the server's side after start (here: the server stopped,
+ * so every lookup runs into the client's 200 ms deadline) reaches the
+ * caller through wait_layer and wait, names the table, is the same on
+ * every later wait, and leaves out untouched: prefetch.c writes a layer
+ * only when all its rows arrived, and stops at the first failed layer. Both
+ * with hashing on the caller's thread and with HASH_ASYNC. */
+static void test_server_error_through_wait(void **state)
+{
+    engram_client_options o;
+    engram_client_options_init(&o);
+    o.deadline_ms = 200;
+    engram_client *c;
+    engram_model *m;
+    assert_int_equal(engram_client_open(srv.addr, &o, &c, NULL), ENGRAM_OK);
+    assert_int_equal(engram_model_open(c, "cfg2", &m, NULL), ENGRAM_OK);
+    const batch *b = &batches[18];
+    for (int async = 0; async < 2; async++) {
+        uint8_t *out;
+        size_t bytes;
+        engram_prefetch_request r =
+            poisoned_request(b, &out, &bytes, async ? ENGRAM_PREFETCH_HASH_ASYNC : 0);
+        engram_prefetch *h;
+        engram_error e;
+        /* one prefetch while the server runs: the client's first lookup
+         * reads the cluster map, so the failures below are lookups in flight */
+        assert_int_equal(engram_prefetch_start(m, &r, &h, &e), ENGRAM_OK);
+        assert_int_equal(engram_prefetch_wait(h, -1, &e), ENGRAM_OK);
+        engram_prefetch_free(h);
+        memset(out, POISON, bytes);
+        assert_int_equal(kill(srv.pid, SIGSTOP), 0);
+        assert_int_equal(engram_prefetch_start(m, &r, &h, &e), ENGRAM_OK);
+        const char *want = async ? "table cfg2.l0: Deadline Exceeded"
+                                 : "table cfg2.l3: Deadline Exceeded";
+        if (async)    /* wait collects the layers in order: layer 0's fails first */
+            assert_int_equal(engram_prefetch_wait(h, -1, &e), ENGRAM_DEADLINE_EXCEEDED);
+        else
+            assert_int_equal(engram_prefetch_wait_layer(h, 3, -1, &e), ENGRAM_DEADLINE_EXCEEDED);
+        assert_string_equal(e.message, want);
+        assert_int_equal(engram_prefetch_poll(h), 1);
+        assert_int_equal(engram_prefetch_wait_layer(h, 0, 0, &e), ENGRAM_DEADLINE_EXCEEDED);
+        assert_string_equal(e.message, want);
+        assert_int_equal(engram_prefetch_wait(h, 0, &e), ENGRAM_DEADLINE_EXCEEDED);
+        assert_string_equal(e.message, want);
+        assert_untouched(out, bytes, want);
+        assert_int_equal(kill(srv.pid, SIGCONT), 0);
+        engram_prefetch_free(h);
+        free(out);
+    }
+    engram_model_close(m);
+    engram_client_close(c);
+}
+
+/* Runs last: the server is stopped (SIGTERM) and started again on the same
+ * data. While it is down a prefetch fails with UNAVAILABLE through wait,
+ * out untouched. After the restart the stored manifest is the same
+ * document at the same version (and, as JSON, the one put), the list is
+ * unchanged, and the model opens and prefetches exactly on a new client,
+ * which replaces the group's client and model. */
+static void test_manifest_survives_restart(void **state)
+{
+    char *before, *after, *put = manifest_json("cfg2", NULL);
+    uint64_t v_before, v_after;
+    assert_int_equal(engram_manifest_get(client, "cfg2", &before, &v_before, NULL), ENGRAM_OK);
+    json_t *jb = json_loads(before, 0, NULL), *jp = json_loads(put, 0, NULL);
+    assert_true(jb && jp && json_equal(jb, jp));
+    json_decref(jb);
+    json_decref(jp);
+    free(put);
+    assert_int_equal(server_stop(&srv), 0);
+
+    const batch *b = &batches[12];
+    uint8_t *out;
+    size_t bytes;
+    engram_prefetch_request r = poisoned_request(b, &out, &bytes, 0);
+    engram_prefetch *h;
+    engram_error e;
+    assert_int_equal(engram_prefetch_start(model, &r, &h, &e), ENGRAM_OK);
+    assert_int_equal(engram_prefetch_wait(h, 30000, &e), ENGRAM_UNAVAILABLE);
+    if (strncmp(e.message, "table cfg2.l0: ", 15) != 0)
+        fail_msg("message \"%s\" does not name table cfg2.l0", e.message);
+    assert_untouched(out, bytes, "server down");
+    engram_prefetch_free(h);
+
+    assert_int_equal(server_start(&srv, tmp, NULL), 0);
+    engram_client *c;
+    engram_model *m;
+    assert_int_equal(engram_client_open(srv.addr, NULL, &c, NULL), ENGRAM_OK);
+    assert_int_equal(engram_manifest_get(c, "cfg2", &after, &v_after, NULL), ENGRAM_OK);
+    assert_string_equal(after, before);
+    assert_int_equal(v_after, v_before);
+    engram_free(before);
+    engram_free(after);
+    engram_manifest_info *v;
+    size_t n;
+    assert_int_equal(engram_manifest_list(c, &v, &n, NULL), ENGRAM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(v[0].name, "cfg2");
+    assert_int_equal(v[0].version, v_before);
+    assert_int_equal(v[0].n_missing, 0);
+    engram_free(v);
+    assert_int_equal(engram_model_open(c, "cfg2", &m, NULL), ENGRAM_OK);
+    engram_model_close(model);
+    engram_client_close(client);
+    client = c;
+    model = m;
+    memset(out, POISON, bytes);
+    if (prefetch(&r, &e))
+        fail_msg("after restart: %s", e.message);
+    check_out(out, b, both_idx, 2, all_heads, HEADS, 0, b->T);
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -505,6 +812,11 @@ int main(void)
         cmocka_unit_test(test_small_chunks),
         cmocka_unit_test(test_bad_prefetches),
         cmocka_unit_test(test_bad_manifests),
+        cmocka_unit_test(test_head_subset_several_layers),
+        cmocka_unit_test(test_dedup_counted_by_server),
+        cmocka_unit_test_teardown(test_timeout_then_cancel, resume_server),
+        cmocka_unit_test_teardown(test_server_error_through_wait, resume_server),
+        cmocka_unit_test(test_manifest_survives_restart),   /* last: restarts the server */
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
