@@ -1,13 +1,18 @@
-/* test_common.c: the synthetic row rule, status names, dtypes. The expected
+/* test_common.c: the synthetic row rule, status names, dtypes, and the
+ * cluster map's parser with each of its refusals (exact messages). The expected
  * synthetic bytes were computed independently (Python, arbitrary-precision
  * integers masked to 64 bits) from the rule's text. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
+#include "cluster.h"
 #include "dtype.h"
 #include "status.h"
 #include "synthetic.h"
@@ -59,6 +64,145 @@ static void test_dtypes(void **state)
     assert_int_equal(dtype_size(NULL), 0);
 }
 
+/* ---- cluster map (common/cluster.c) ------------------------------------------- */
+
+static void test_cluster_parse_valid(void **state)
+{
+    const char *j = "{\"name\": \"c-1.x_y\", \"shards\": [{\"replicas\": [\"a:1\", \"b:2\"]},"
+                    " {\"replicas\": [\"[::1]:7070\"]}]}";
+    char err[512] = "";
+    engram_cluster *c = cluster_parse(j, strlen(j), err, sizeof err);
+    assert_non_null(c);     /* "placement" may be left out: "mod" */
+    assert_string_equal(c->name, "c-1.x_y");
+    assert_int_equal(c->shards, 2);
+    assert_int_equal(c->replicas[0], 2);
+    assert_int_equal(c->replicas[1], 1);
+    assert_string_equal(c->addr[0][0], "a:1");
+    assert_string_equal(c->addr[0][1], "b:2");
+    assert_string_equal(c->addr[1][0], "[::1]:7070");
+    char *out = cluster_to_json(c);
+    assert_string_equal(out, "{\n  \"name\": \"c-1.x_y\",\n  \"placement\": \"mod\",\n  \"shards\": [\n"
+                             "    {\n      \"replicas\": [\n        \"a:1\",\n        \"b:2\"\n      ]\n"
+                             "    },\n    {\n      \"replicas\": [\n        \"[::1]:7070\"\n      ]\n"
+                             "    }\n  ]\n}");
+    engram_cluster *back = cluster_parse(out, strlen(out), err, sizeof err);
+    assert_non_null(back);
+    assert_memory_equal(back, c, sizeof *c);
+    free(out);
+    cluster_free(back);
+    cluster_free(c);
+    assert_int_equal(cluster_local_rows(10, 3, 0), 4);   /* rows 0 3 6 9 */
+    assert_int_equal(cluster_local_rows(10, 3, 1), 3);   /* rows 1 4 7 */
+    assert_int_equal(cluster_local_rows(10, 3, 2), 3);   /* rows 2 5 8 */
+    assert_int_equal(cluster_local_rows(2, 3, 2), 0);
+}
+
+/* cluster_parse refuses json with exactly `want`. */
+static void refuses(const char *json, const char *want)
+{
+    char err[512] = "";
+    engram_cluster *c = cluster_parse(json, strlen(json), err, sizeof err);
+    if (c)
+        fail_msg("accepted: %s", json);
+    assert_string_equal(err, want);
+}
+
+/* A map of `shards` shards of `reps` replicas "h:1". */
+static char *map_of(int shards, int reps)
+{
+    size_t cap = 64 + (size_t)shards * (24 + (size_t)reps * 8);
+    char *j = malloc(cap), *p = j;
+    p += sprintf(p, "{\"name\": \"m\", \"shards\": [");
+    for (int s = 0; s < shards; s++) {
+        p += sprintf(p, "%s{\"replicas\": [", s ? ", " : "");
+        for (int r = 0; r < reps; r++)
+            p += sprintf(p, "%s\"h:1\"", r ? ", " : "");
+        p += sprintf(p, "]}");
+    }
+    sprintf(p, "]}");
+    return j;
+}
+
+static void test_cluster_parse_refusals(void **state)
+{
+    const char *name = "cluster map: \"name\" must be 1-128 characters of [A-Za-z0-9._-]";
+    const char *place = "cluster map: \"placement\" must be \"mod\" (row r on shard r mod S)";
+    const char *shards = "cluster map: \"shards\" must be an array of 1..256 shards";
+    const char *reps1 = "cluster map: shards[1] needs \"replicas\": an array of 1..8 addresses";
+    const char *addr01 = "cluster map: shards[0].replicas[1] must be a \"host:port\" string";
+    refuses("[]", "cluster map: the document must be a JSON object");
+    refuses("{\"name\": \"m\",", "cluster map: invalid JSON at line 1 column 13: "
+                                 "string or '}' expected near end of file");
+    refuses("{\"name\": \"m\", \"name\": \"n\"}",
+            "cluster map: invalid JSON at line 1 column 20: duplicate object key near '\"name\"'");
+    refuses("{\"shards\": [{\"replicas\": [\"h:1\"]}]}", name);
+    refuses("{\"name\": 7, \"shards\": [{\"replicas\": [\"h:1\"]}]}", name);
+    refuses("{\"name\": \"a b\", \"shards\": [{\"replicas\": [\"h:1\"]}]}", name);
+    char long_name[300];
+    snprintf(long_name, sizeof long_name, "{\"name\": \"%0129d\", \"shards\": [{\"replicas\": [\"h:1\"]}]}", 0);
+    refuses(long_name, name);
+    refuses("{\"name\": \"m\", \"placement\": \"hash\", \"shards\": [{\"replicas\": [\"h:1\"]}]}", place);
+    refuses("{\"name\": \"m\", \"placement\": null, \"shards\": [{\"replicas\": [\"h:1\"]}]}", place);
+    refuses("{\"name\": \"m\"}", shards);
+    refuses("{\"name\": \"m\", \"shards\": []}", shards);
+    refuses("{\"name\": \"m\", \"shards\": {\"replicas\": [\"h:1\"]}}", shards);
+    char *big = map_of(257, 1);
+    refuses(big, shards);
+    free(big);
+    big = map_of(256, 8);   /* the limits themselves are fine */
+    char err[512];
+    engram_cluster *c = cluster_parse(big, strlen(big), err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->shards, 256);
+    assert_int_equal(c->replicas[255], 8);
+    cluster_free(c);
+    free(big);
+    refuses("{\"name\": \"m\", \"shards\": [{\"replicas\": [\"h:1\"]}, 5]}", reps1);
+    refuses("{\"name\": \"m\", \"shards\": [{\"replicas\": [\"h:1\"]}, {}]}", reps1);
+    refuses("{\"name\": \"m\", \"shards\": [{\"replicas\": [\"h:1\"]}, {\"replicas\": []}]}", reps1);
+    refuses("{\"name\": \"m\", \"shards\": [{\"replicas\": [\"h:1\"]}, {\"replicas\": \"h:1\"}]}", reps1);
+    big = map_of(2, 9);
+    refuses(big, "cluster map: shards[0] needs \"replicas\": an array of 1..8 addresses");
+    free(big);
+    refuses("{\"name\": \"m\", \"shards\": [{\"replicas\": [\"h:1\", 7]}]}", addr01);
+    refuses("{\"name\": \"m\", \"shards\": [{\"replicas\": [\"h:1\", \"\"]}]}", addr01);
+    refuses("{\"name\": \"m\", \"shards\": [{\"replicas\": [\"h:1\", \"host\"]}]}", addr01);
+    char long_addr[400];
+    snprintf(long_addr, sizeof long_addr,
+             "{\"name\": \"m\", \"shards\": [{\"replicas\": [\"h:1\", \"h:%0254d\"]}]}", 1);
+    refuses(long_addr, addr01);    /* 256 characters, one past CLUSTER_ADDR_MAX */
+    long_addr[strlen(long_addr) - 6] = '\0';
+    strcat(long_addr, "\"]}]}");   /* 255: accepted */
+    c = cluster_parse(long_addr, strlen(long_addr), err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(strlen(c->addr[0][1]), 255);
+    cluster_free(c);
+}
+
+static void test_cluster_load_errors(void **state)
+{
+    char err[512];
+    assert_null(cluster_load("/nonexistent/engram-map.json", err, sizeof err));
+    assert_string_equal(err, "cluster map /nonexistent/engram-map.json: unable to open "
+                             "/nonexistent/engram-map.json: No such file or directory (line -1)");
+    char path[] = "/tmp/engram-map-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    fputs("{\"name\": \"m\",\n \"placement\": \"mod\",\n \"shards\": [{\"replicas\": [\"h:1\"]}],\n}\n", f);
+    fclose(f);
+    assert_null(cluster_load(path, err, sizeof err));
+    char want[600];
+    snprintf(want, sizeof want, "cluster map %s: string or '}' expected near '}' (line 4)", path);
+    assert_string_equal(err, want);
+    f = fopen(path, "w");
+    fputs("{\"name\": \"m\", \"shards\": [{\"replicas\": [\"h:1\", \"h\"]}]}\n", f);
+    fclose(f);
+    assert_null(cluster_load(path, err, sizeof err));
+    assert_string_equal(err, "cluster map: shards[0].replicas[1] must be a \"host:port\" string");
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -67,6 +211,9 @@ int main(void)
         cmocka_unit_test(test_synthetic_rows_is_rows),
         cmocka_unit_test(test_status_names),
         cmocka_unit_test(test_dtypes),
+        cmocka_unit_test(test_cluster_parse_valid),
+        cmocka_unit_test(test_cluster_parse_refusals),
+        cmocka_unit_test(test_cluster_load_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
