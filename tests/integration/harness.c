@@ -167,6 +167,67 @@ int engramctl(const char *addr, ...)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+/* A temporary file for one captured stream; its fd, or -1. */
+static int capture_file(char *path, size_t cap)
+{
+    snprintf(path, cap, "/tmp/engram-ctl-out-XXXXXX");
+    return mkstemp(path);
+}
+
+/* Reads what fd holds from its start into buf (cap bytes with the NUL);
+ * closes and removes it. */
+static void capture_read(int fd, const char *path, char *buf, size_t cap)
+{
+    ssize_t n = pread(fd, buf, cap - 1, 0);
+    buf[n > 0 ? n : 0] = '\0';
+    close(fd);
+    unlink(path);
+}
+
+int engramctl_capture(char *out, size_t out_cap, char *err, size_t err_cap,
+                      const char *addr, ...)
+{
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = ENGRAMCTL_BIN;
+    argv[n++] = "--server";
+    argv[n++] = addr;
+    va_list ap;
+    va_start(ap, addr);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) && n < 63)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    char opath[64], epath[64];
+    int ofd = capture_file(opath, sizeof opath);
+    int efd = err ? capture_file(epath, sizeof epath) : -2;
+    if (ofd < 0 || efd == -1) {
+        perror("engramctl_capture: mkstemp");
+        if (ofd >= 0)
+            capture_read(ofd, opath, out, out_cap);
+        if (efd >= 0)
+            capture_read(efd, epath, err, err_cap);
+        return -1;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(ofd, 1);
+        if (err)
+            dup2(efd, 2);
+        execv(ENGRAMCTL_BIN, (char *const *)argv);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    capture_read(ofd, opath, out, out_cap);
+    if (err)
+        capture_read(efd, epath, err, err_cap);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
 int harness_import_ct(const char *addr, const test_server *servers, size_t n)
 {
     int rc = engramctl(addr, "import-synthetic", "--table", "ct", "--rows", "30000",

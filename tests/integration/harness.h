@@ -55,4 +55,12 @@ int server_stop(test_server *s);
  * status. Output goes to the test's stdout/stderr. */
 int engramctl(const char *addr, ...);
 
+/* As engramctl, but what it writes is captured: stdout into out, stderr
+ * into err (each NUL-terminated, cut at its cap - 1 bytes; err may be NULL,
+ * then stderr goes to the test's). Tests compare CLI output exactly with
+ * it. Returns the exit status, or -1 when the output could not be
+ * captured. */
+int engramctl_capture(char *out, size_t out_cap, char *err, size_t err_cap,
+                      const char *addr, ...);
+
 #endif

@@ -5,15 +5,21 @@
  * (names sort so that a restart loads them in the same order and the tiers
  * stay the same). Tables are imported with engramctl; rows are read with
  * libengram, sync and async, and compared byte for byte with the synthetic
- * rule. */
+ * rule. A wait that times out is made certain by stopping the server with
+ * SIGSTOP (a stopped process cannot answer); the reply-size limit gets a
+ * second server of its own with a small --max-message-bytes. engramctl's
+ * outputs are captured and compared exactly. */
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "engram/engram.h"
@@ -94,6 +100,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
+    kill(srv.pid, SIGCONT);   /* a failed pause test may have left it stopped */
     int rc = server_stop(&srv);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
@@ -127,6 +134,108 @@ static void test_tables_listed(void **state)
     engram_client_close(c);
 }
 
+/* Appends "ROW: HEX\n", engramctl lookup's line for a synthetic row. */
+static size_t hex_line(char *dst, uint64_t seed, uint64_t row, uint32_t rb)
+{
+    uint8_t b[256];
+    synthetic_row(seed, row, b, rb);
+    size_t n = (size_t)sprintf(dst, "%llu: ", (unsigned long long)row);
+    for (uint32_t i = 0; i < rb; i++)
+        n += (size_t)sprintf(dst + n, "%02x", b[i]);
+    dst[n++] = '\n';
+    dst[n] = '\0';
+    return n;
+}
+
+/* engramctl verify-synthetic's message for a wrong seed: edge row 0 is
+ * checked first, and the message names its first differing byte. */
+static void wrong_seed_message(char *dst, size_t cap, const char *table, uint64_t seed,
+                               uint64_t wrong, uint32_t rb)
+{
+    uint8_t got[256], want[256];
+    synthetic_row(seed, 0, got, rb);
+    synthetic_row(wrong, 0, want, rb);
+    uint32_t i = 0;
+    while (got[i] == want[i])
+        i++;
+    snprintf(dst, cap,
+             "engramctl: DATA_LOSS: row 0 of %s v1 differs from synthetic seed %llu at byte %u "
+             "(got %02x, want %02x)\n",
+             table, (unsigned long long)wrong, i, got[i], want[i]);
+}
+
+/* engramctl's outputs, exactly: tables, table, lookup (hex equal to the
+ * synthetic rule) and verify-synthetic (exit 0 with the table's seed, 1
+ * with another, and what each prints). Checksums and times come from
+ * libengram's GetTable: the CLI must print what the server reports. */
+static void test_engramctl_outputs(void **state)
+{
+    engram_client *c = connect_client();
+    engram_table_info a, b;
+    assert_int_equal(engram_table_get(c, "a_res", &a, NULL), ENGRAM_OK);
+    assert_int_equal(engram_table_get(c, "b_disk", &b, NULL), ENGRAM_OK);
+    engram_client_close(c);
+    static char out[65536], err[4096], want[65536];
+
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv.addr, "tables", NULL), 0);
+    snprintf(want, sizeof want,
+             "NAME                             ROWS ROW_BYTES    DIM DTYPE     VERSION CHECKSUM RESIDENT\n"
+             "a_res                          200000       128     64 bf16            1 %08x yes\n"
+             "b_disk                          50000       256    256 u8              1 %08x no\n",
+             a.checksum, b.checksum);
+    assert_string_equal(out, want);
+    assert_string_equal(err, "");
+
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv.addr, "table",
+                                       "b_disk", NULL), 0);
+    assert_true(b.xxh3 != 0);
+    snprintf(want, sizeof want,
+             "name: b_disk\nrows: 50000\nrow_bytes: 256\ndim: 256\ndtype: u8\nversion: 1\n"
+             "checksum: %08x\nxxh3: %016llx\nresident: no\ncreated_unix_ms: %llu\n"
+             "version 1: active, checksum %08x, xxh3 %016llx, 50000 local rows\n",
+             b.checksum, (unsigned long long)b.xxh3, (unsigned long long)b.created_unix_ms,
+             b.checksum, (unsigned long long)b.xxh3);
+    assert_string_equal(out, want);
+    assert_string_equal(err, "");
+
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv.addr, "lookup",
+                                       "--table", "a_res", "0", "1", "199999", "1", NULL), 0);
+    size_t n = (size_t)sprintf(want, "table a_res version 1 row_bytes 128\n");
+    const uint64_t rows[] = {0, 1, 199999, 1};
+    for (int i = 0; i < 4; i++)
+        n += hex_line(want + n, 7, rows[i], 128);
+    assert_string_equal(out, want);
+    assert_string_equal(err, "");
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv.addr, "lookup",
+                                       "--table", "b_disk", "49999", NULL), 0);
+    n = (size_t)sprintf(want, "table b_disk version 1 row_bytes 256\n");
+    hex_line(want + n, 8, 49999, 256);
+    assert_string_equal(out, want);
+
+    /* verify-synthetic: the two first and two last rows plus K samples */
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv.addr,
+                                       "verify-synthetic", "--table", "a_res", "--seed", "7",
+                                       "--samples", "100", NULL), 0);
+    assert_string_equal(out, "verified 104 rows of a_res v1: all match\n");
+    assert_string_equal(err, "");
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv.addr,
+                                       "verify-synthetic", "--table", "b_disk", "--seed", "8",
+                                       "--samples", "5000", NULL), 0);
+    assert_string_equal(out, "verified 5004 rows of b_disk v1: all match\n");
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv.addr,
+                                       "verify-synthetic", "--table", "a_res", "--seed", "8",
+                                       "--samples", "100", NULL), 1);
+    assert_string_equal(out, "");
+    wrong_seed_message(want, sizeof want, "a_res", 7, 8, 128);
+    assert_string_equal(err, want);
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv.addr,
+                                       "verify-synthetic", "--table", "b_disk", "--seed", "7",
+                                       "--samples", "10", NULL), 1);
+    assert_string_equal(out, "");
+    wrong_seed_message(want, sizeof want, "b_disk", 8, 7, 256);
+    assert_string_equal(err, want);
+}
+
 static void test_sync_lookups_1_to_65536_rows(void **state)
 {
     engram_client *c = connect_client();
@@ -138,18 +247,22 @@ static void test_sync_lookups_1_to_65536_rows(void **state)
     engram_client_close(c);
 }
 
-static void test_async_8_in_flight(void **state)
+/* K async lookups of n rows each in flight at once over one client, waited
+ * for out of order (odd ones polled to done first), every byte checked. */
+static void async_in_flight(engram_client *c, const char *table, uint64_t nrows, uint32_t rb,
+                            uint64_t seed, size_t n, int rounds)
 {
-    engram_client *c = connect_client();
-    enum { K = 8, N = 4096, ROUNDS = 6 };
-    uint64_t *rows = malloc(K * N * sizeof *rows);
-    uint8_t *out = malloc((size_t)K * N * 128);
-    for (int round = 0; round < ROUNDS; round++) {
+    enum { K = 8 };
+    uint64_t *rows = malloc(K * n * sizeof *rows);
+    uint8_t *out = malloc(K * n * rb);
+    assert_non_null(rows);
+    assert_non_null(out);
+    for (int round = 0; round < rounds; round++) {
         engram_lookup *h[K];
         for (int k = 0; k < K; k++) {
-            make_rows(rows + k * N, N, RES_ROWS, (uint64_t)(round * K + k));
-            assert_int_equal(engram_lookup_start(c, "a_res", rows + k * N, N,
-                                                 out + (size_t)k * N * 128, N * 128, &h[k], NULL),
+            make_rows(rows + k * n, n, nrows, n * 1000 + (uint64_t)(round * K + k));
+            assert_int_equal(engram_lookup_start(c, table, rows + k * n, n, out + k * n * rb,
+                                                 n * rb, &h[k], NULL),
                              ENGRAM_OK);
         }
         for (int k = K - 1; k >= 0; k--) {   /* out of order on purpose */
@@ -159,23 +272,114 @@ static void test_async_8_in_flight(void **state)
             engram_error err;
             int rc = engram_lookup_wait(h[k], -1, &err);
             if (rc != ENGRAM_OK)
-                fail_msg("async %d: %s %s", k, engram_status_name(rc), err.message);
-            uint32_t rb;
+                fail_msg("async %s x%zu #%d: %s %s", table, n, k, engram_status_name(rc),
+                         err.message);
+            uint32_t got_rb;
             uint64_t ver;
-            engram_lookup_result(h[k], &rb, &ver);
-            assert_int_equal(rb, 128);
+            engram_lookup_result(h[k], &got_rb, &ver);
+            assert_int_equal(got_rb, rb);
             assert_int_equal(ver, 1);
-            check_bytes(out + (size_t)k * N * 128, rows + k * N, N, 128, 7);
+            check_bytes(out + k * n * rb, rows + k * n, n, rb, seed);
             engram_lookup_free(h[k]);
         }
     }
     free(rows);
     free(out);
+}
+
+/* The same sizes as the sync test, on both tiers, 8 in flight. */
+static void test_async_8_in_flight_1_to_65536_rows(void **state)
+{
+    engram_client *c = connect_client();
+    const size_t sizes[] = {1, 2, 3, 100, 4096, 65536};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        int rounds = sizes[i] > 4096 ? 1 : 3;
+        async_in_flight(c, "a_res", RES_ROWS, 128, 7, sizes[i], rounds);
+        async_in_flight(c, "b_disk", DISK_ROWS, 256, 8, sizes[i], rounds);
+    }
     engram_client_close(c);
 }
 
-static void expect_error(engram_client *c, const char *table, const uint64_t *rows, size_t n,
-                         size_t cap, int code, const char *message)
+/* SIGSTOP, then waits until the whole process is stopped (every thread):
+ * from then on no reply can come, so a finite wait must time out. */
+static void pause_server(void)
+{
+    int st;
+    assert_int_equal(kill(srv.pid, SIGSTOP), 0);
+    assert_int_equal(waitpid(srv.pid, &st, WUNTRACED), srv.pid);
+    assert_true(WIFSTOPPED(st));
+}
+
+static void resume_server(void)
+{
+    int st;
+    assert_int_equal(kill(srv.pid, SIGCONT), 0);
+    assert_int_equal(waitpid(srv.pid, &st, WCONTINUED), srv.pid);
+    assert_true(WIFCONTINUED(st));
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A finite wait on a lookup the stopped server cannot answer returns
+ * ENGRAM_TIMEOUT after at least the timeout, and the lookup goes on: once
+ * the server runs again it completes with the right bytes; another one is
+ * freed while in flight (cancelled) and the client still works. */
+static void test_wait_times_out_then_completes_or_frees(void **state)
+{
+    engram_client *c = connect_client();
+    lookup_and_check(c, "a_res", RES_ROWS, 128, 7, 16);   /* channel connected */
+    enum { N = 4096 };
+    static uint64_t rows_a[N], rows_b[N];
+    static uint8_t out_a[N * 128], out_b[N * 256];
+    make_rows(rows_a, N, RES_ROWS, 501);
+    make_rows(rows_b, N, DISK_ROWS, 502);
+
+    pause_server();
+    engram_lookup *a, *b;
+    assert_int_equal(engram_lookup_start(c, "a_res", rows_a, N, out_a, sizeof out_a, &a, NULL),
+                     ENGRAM_OK);
+    assert_int_equal(engram_lookup_start(c, "b_disk", rows_b, N, out_b, sizeof out_b, &b, NULL),
+                     ENGRAM_OK);
+    engram_error err;
+    assert_int_equal(engram_lookup_wait(a, 0, &err), ENGRAM_TIMEOUT);
+    assert_int_equal(err.code, ENGRAM_TIMEOUT);
+    assert_string_equal(err.message, "not finished after 0 ms");
+    int64_t t0 = mono_ms();
+    assert_int_equal(engram_lookup_wait(a, 50, &err), ENGRAM_TIMEOUT);
+    assert_true(mono_ms() - t0 >= 50);
+    assert_int_equal(err.code, ENGRAM_TIMEOUT);
+    assert_string_equal(err.message, "not finished after 50 ms");
+    assert_string_equal(engram_status_name(ENGRAM_TIMEOUT), "TIMEOUT");
+    assert_int_equal(engram_lookup_poll(a), 0);
+    assert_int_equal(engram_lookup_wait(b, 1, &err), ENGRAM_TIMEOUT);
+    engram_lookup_free(b);   /* cancels; returns while the server is stopped */
+    resume_server();
+
+    int rc = engram_lookup_wait(a, -1, &err);
+    if (rc != ENGRAM_OK)
+        fail_msg("after resume: %s %s", engram_status_name(rc), err.message);
+    assert_int_equal(engram_lookup_poll(a), 1);
+    assert_int_equal(engram_lookup_wait(a, 0, &err), ENGRAM_OK);   /* the same every time */
+    uint32_t rb;
+    uint64_t ver;
+    engram_lookup_result(a, &rb, &ver);
+    assert_int_equal(rb, 128);
+    assert_int_equal(ver, 1);
+    check_bytes(out_a, rows_a, N, 128, 7);
+    engram_lookup_free(a);
+    lookup_and_check(c, "b_disk", DISK_ROWS, 256, 8, N);
+    engram_client_close(c);
+}
+
+/* The lookup fails with `code` and a message holding `message` (exactly
+ * `message` when exact); then the server still answers. */
+static void expect_status(engram_client *c, const char *table, const uint64_t *rows, size_t n,
+                          size_t cap, int code, const char *message, int exact)
 {
     static uint8_t out[65537 * 128];
     engram_error err;
@@ -183,10 +387,15 @@ static void expect_error(engram_client *c, const char *table, const uint64_t *ro
     if (rc != code)
         fail_msg("want %s got %s: %s", engram_status_name(code), engram_status_name(rc), err.message);
     assert_int_equal(err.code, code);
-    if (!strstr(err.message, message))
-        fail_msg("message \"%s\" lacks \"%s\"", err.message, message);
-    /* the server still answers */
+    if (exact ? strcmp(err.message, message) != 0 : !strstr(err.message, message))
+        fail_msg("message \"%s\" %s \"%s\"", err.message, exact ? "is not" : "lacks", message);
     lookup_and_check(c, "a_res", RES_ROWS, 128, 7, 16);
+}
+
+static void expect_error(engram_client *c, const char *table, const uint64_t *rows, size_t n,
+                         size_t cap, int code, const char *message)
+{
+    expect_status(c, table, rows, n, cap, code, message, 0);
 }
 
 static void test_bad_lookups(void **state)
@@ -204,6 +413,74 @@ static void test_bad_lookups(void **state)
     expect_error(c, "", rows, 1, 128, ENGRAM_INVALID_ARGUMENT, "table name is empty");
     expect_error(c, "a_res", rows, 4, 3 * 128, ENGRAM_INVALID_ARGUMENT, "does not fit");
     engram_client_close(c);
+}
+
+/* Several rows out of range in one request: the message names the first
+ * (by position in the request, not the smallest or largest). */
+static void test_out_of_range_names_the_first_bad_row(void **state)
+{
+    engram_client *c = connect_client();
+    const uint64_t res[] = {5, 199999, 200001, 3, 200000, UINT64_MAX, 0};
+    expect_status(c, "a_res", res, 7, 7 * 128, ENGRAM_OUT_OF_RANGE,
+                  "row 200001 (index 2 in the request) is out of range: table \"a_res\" has 200000 rows",
+                  1);
+    const uint64_t disk[] = {49999, UINT64_MAX, 50000, 7};
+    expect_status(c, "b_disk", disk, 4, 4 * 256, ENGRAM_OUT_OF_RANGE,
+                  "row 18446744073709551615 (index 1 in the request) is out of range: "
+                  "table \"b_disk\" has 50000 rows",
+                  1);
+    engram_client_close(c);
+}
+
+/* A reply over the server's message limit is refused before any row is
+ * read, with the message the README promises. The limit needs a server of
+ * its own (--max-message-bytes 65536); its table is imported through
+ * libengram with a client limit as small, so the chunks fit. With 128-byte
+ * rows and 32 bytes of framing allowed for, 511 rows fit and 512 do not. */
+static void test_reply_over_message_limit(void **state)
+{
+    char dir[256];
+    test_server small;
+    harness_tmpdir(dir, sizeof dir);
+    const char *const args[] = {"--max-message-bytes", "65536", "--threads", "1", NULL};
+    assert_int_equal(server_start(&small, dir, args), 0);
+    enum { ROWS = 2000, RB = 128 };
+    static uint8_t table[ROWS * RB];
+    synthetic_rows(21, 0, ROWS, table, RB);
+    engram_client_options o;
+    engram_client_options_init(&o);
+    o.max_message_bytes = 65536;
+    engram_client *c = NULL;
+    engram_import *imp = NULL;
+    engram_error err;
+    assert_int_equal(engram_client_open(small.addr, &o, &c, &err), ENGRAM_OK);
+    assert_int_equal(engram_import_begin(c, "m", ROWS, RB, "u8", &imp, &err), ENGRAM_OK);
+    assert_int_equal(engram_import_write(imp, 0, table, sizeof table, &err), ENGRAM_OK);
+    if (engram_import_finish(imp, NULL, &err) != ENGRAM_OK)
+        fail_msg("import: %s", err.message);
+    engram_client_close(c);
+
+    assert_int_equal(engram_client_open(small.addr, NULL, &c, &err), ENGRAM_OK);   /* 64 MiB */
+    static uint64_t rows[512];
+    static uint8_t out[512 * RB];
+    make_rows(rows, 512, ROWS, 99);
+    uint32_t rb = 0;
+    assert_int_equal(engram_lookup_sync(c, "m", rows, 511, out, sizeof out, &rb, NULL, &err),
+                     ENGRAM_OK);
+    assert_int_equal(rb, RB);
+    check_bytes(out, rows, 511, RB, 21);
+    assert_int_equal(engram_lookup_sync(c, "m", rows, 512, out, sizeof out, NULL, NULL, &err),
+                     ENGRAM_INVALID_ARGUMENT);
+    assert_string_equal(err.message, "reply would be 65536 bytes (512 rows x 128 bytes); "
+                                     "the maximum message is 65536 bytes");
+    assert_int_equal(engram_lookup_sync(c, "m", rows, 3, out, sizeof out, NULL, NULL, &err),
+                     ENGRAM_OK);   /* still answers */
+    check_bytes(out, rows, 3, RB, 21);
+    engram_client_close(c);
+    assert_int_equal(server_stop(&small), 0);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
 }
 
 /* Readers hammer a table while a new version is imported: every reply must
@@ -297,9 +574,13 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tables_listed),
+        cmocka_unit_test(test_engramctl_outputs),
         cmocka_unit_test(test_sync_lookups_1_to_65536_rows),
-        cmocka_unit_test(test_async_8_in_flight),
+        cmocka_unit_test(test_async_8_in_flight_1_to_65536_rows),
+        cmocka_unit_test(test_wait_times_out_then_completes_or_frees),
         cmocka_unit_test(test_bad_lookups),
+        cmocka_unit_test(test_out_of_range_names_the_first_bad_row),
+        cmocka_unit_test(test_reply_over_message_limit),
         cmocka_unit_test(test_new_version_is_atomic),
         cmocka_unit_test(test_restart_keeps_everything),
     };
