@@ -14,8 +14,16 @@
  *    lookup is finished (wait returned non-TIMEOUT, poll returned done, or
  *    it was freed).
  *  - Thread safety: an engram_client may be used from any number of threads
- *    at once. An engram_lookup (async handle) and an engram_import belong to
- *    one thread at a time.
+ *    at once. An engram_lookup (async handle), an engram_import and an
+ *    engram_prefetch belong to one thread at a time. Each function below
+ *    says so in its own "Thread-safe:" line, and its "Owns:" line says who
+ *    frees what it hands out.
+ *  - Cancelling from another thread: not allowed. Neither
+ *    engram_lookup_free (the only way to cancel a lookup) nor
+ *    engram_prefetch_cancel / _free may run while another thread is inside
+ *    a wait, poll or result call on the same handle: they free what that
+ *    call blocks on. To stop waiting early, wait with a finite timeout in a
+ *    loop and cancel or free from that same thread.
  *
  * The library calls grpc_init() in engram_client_open and grpc_shutdown()
  * in engram_client_close; it keeps no other global state. */
@@ -116,13 +124,16 @@ typedef struct engram_client_options {
     int32_t prefetch_chunk_rows;
 } engram_client_options;
 
-/* Fills `opts` with the defaults. */
+/* Fills `opts` with the defaults.
+ * Thread-safe: yes (touches only opts). */
 void engram_client_options_init(engram_client_options *opts);
 
 /* Opens a client to `address` ("host:port"). No network traffic happens
  * until the first call; a server that is down shows as ENGRAM_UNAVAILABLE
- * then. `opts` may be NULL (defaults). On success *out owns a client the
- * caller frees with engram_client_close. */
+ * then. `opts` may be NULL (defaults).
+ * Owns: on success the caller owns *out; free with engram_client_close.
+ * opts and the strings it names are copied (PEM files read) before return.
+ * Thread-safe: yes, any thread (grpc_init is reference-counted). */
 int engram_client_open(const char *address, const engram_client_options *opts,
                        engram_client **out, engram_error *err);
 
@@ -157,12 +168,16 @@ typedef struct engram_client_counters {
     uint64_t version_resolves; /* GetTable calls that pinned a version */
 } engram_client_counters;
 
-/* Copies the counters (each read atomically). Thread-safe. */
+/* Copies the counters (each read atomically).
+ * Thread-safe: yes, any thread, also while lookups run. */
 void engram_client_get_counters(engram_client *client, engram_client_counters *out);
 
 /* Closes the client. Asynchronous lookups still in flight are cancelled and
  * must still be freed with engram_lookup_free (before or after this call).
- * Not to be called while another thread uses the client. */
+ * Imports, verifies and warms are not cancelled: finish or abort them
+ * first; close every engram_model of the client first too.
+ * Owns: frees the client; NULL is a no-op.
+ * Thread-safe: no; not while any other thread uses the client. */
 void engram_client_close(engram_client *client);
 
 /* ---- tables ------------------------------------------------------------ */
@@ -199,31 +214,40 @@ typedef struct engram_table_info {
 #define ENGRAM_VERSION_STAGED 3    /* imported, not activated yet */
 
 /* Makes `version` of `table` the active one on the server the client talks
- * to (the previous one is retained). Idempotent. info may be NULL. */
+ * to (the previous one is retained). Idempotent. info may be NULL.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_table_activate(engram_client *client, const char *table, uint64_t version,
                           engram_table_info *info, engram_error *err);
 
 /* Drops a version that is not active; its rows are deleted once no lookup
- * uses them. */
+ * uses them.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_table_drop_version(engram_client *client, const char *table, uint64_t version,
                               engram_error *err);
 
 /* The cluster map of the server the client talks to (JSON, see
  * common/cluster.h; a single server reports a one-shard map) and that
- * server's shard. *json is freed with engram_free. */
+ * server's shard.
+ * Owns: the caller owns *json; free with engram_free.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_cluster_map_get(engram_client *client, char **json, uint32_t *shard_count,
                            uint32_t *shard_index, engram_error *err);
 
-/* Info of one table: ENGRAM_NOT_FOUND when it does not exist. */
+/* Info of one table: ENGRAM_NOT_FOUND when it does not exist.
+ * Owns: *out is the caller's struct, filled in; nothing to free.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_table_get(engram_client *client, const char *name,
                      engram_table_info *out, engram_error *err);
 
 /* All tables, sorted by name. On success *out is an array of *count
- * entries the caller frees with engram_free (NULL when count is 0). */
+ * entries (NULL when count is 0).
+ * Owns: the caller owns *out; free with engram_free.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_table_list(engram_client *client, engram_table_info **out,
                       size_t *count, engram_error *err);
 
-/* Frees memory the library handed to the caller. NULL is a no-op. */
+/* Frees memory the library handed to the caller. NULL is a no-op.
+ * Thread-safe: yes, any thread (it is free()). */
 void engram_free(void *p);
 
 /* ---- operations: statistics and log level -------------------------------- */
@@ -235,13 +259,16 @@ void engram_free(void *p);
  * objects with count, p50_ms, ..., max_ms). Nested messages are objects,
  * repeated fields arrays (empty when none), counters JSON integers, every
  * field present even at its default. On success *json is a NUL-terminated
- * string the caller frees with engram_free. Thread-safe. */
+ * string.
+ * Owns: the caller owns *json; free with engram_free.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_stats_json(engram_client *client, char **json, engram_error *err);
 
 /* Sets the server's log level: "debug", "info", "warn" or "error" (another
  * name is the server's ENGRAM_INVALID_ARGUMENT naming it). On success the
  * level it replaced is copied into previous (prev_cap bytes, truncated and
- * NUL-terminated; previous may be NULL when prev_cap is 0). Thread-safe. */
+ * NUL-terminated; previous may be NULL when prev_cap is 0).
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_set_log_level(engram_client *client, const char *level, char *previous,
                          size_t prev_cap, engram_error *err);
 
@@ -252,7 +279,9 @@ int engram_set_log_level(engram_client *client, const char *level, char *previou
  * bytes; the reply must fit (n * row_bytes) or the call fails with
  * ENGRAM_INVALID_ARGUMENT and out is left unspecified. *row_bytes and
  * *version (either may be NULL) receive the reply's row size and the table
- * version all rows came from. */
+ * version all rows came from.
+ * Owns: rows and out stay the caller's; nothing is kept after return.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_lookup_sync(engram_client *client, const char *table,
                        const uint64_t *rows, size_t n, void *out,
                        size_t out_cap, uint32_t *row_bytes, uint64_t *version,
@@ -264,27 +293,39 @@ int engram_lookup_sync(engram_client *client, const char *table,
  * start returns; `out` must stay valid until the lookup is finished. */
 typedef struct engram_lookup engram_lookup;
 
+/* Owns: on success the caller owns *handle (NULL on failure); free it with
+ * engram_lookup_free, whatever the outcome. out is borrowed until then.
+ * Thread-safe: yes, any number of threads on one client; the handle then
+ * belongs to one thread at a time. */
 int engram_lookup_start(engram_client *client, const char *table,
                         const uint64_t *rows, size_t n, void *out,
                         size_t out_cap, engram_lookup **handle,
                         engram_error *err);
 
 /* Waits up to timeout_ms (< 0: forever) for the lookup to finish. Returns
- * ENGRAM_TIMEOUT if it has not, else the lookup's final status (the same
- * on every later call). */
+ * ENGRAM_TIMEOUT if it has not (the lookup goes on), else the lookup's
+ * final status (the same on every later call).
+ * Thread-safe: one thread at a time per handle; engram_lookup_free must
+ * not run on the handle from another thread meanwhile. */
 int engram_lookup_wait(engram_lookup *handle, int64_t timeout_ms,
                        engram_error *err);
 
 /* Non-blocking: 0 while in flight, 1 when finished (then wait(…, 0) gives
- * the status). */
+ * the status).
+ * Thread-safe: one thread at a time per handle, as wait. */
 int engram_lookup_poll(engram_lookup *handle);
 
-/* After the lookup finished OK: the reply's row size and version. */
+/* After the lookup finished OK: the reply's row size and version.
+ * Thread-safe: one thread at a time per handle, as wait. */
 void engram_lookup_result(const engram_lookup *handle, uint32_t *row_bytes,
                           uint64_t *version);
 
 /* Frees the handle. A lookup still in flight is cancelled first and this
- * call waits for gRPC to let go of `out`. NULL is a no-op. */
+ * call waits for gRPC to let go of `out`. NULL is a no-op. This is the
+ * only way to cancel a lookup. Allowed before or after engram_client_close.
+ * Owns: frees the handle; out is the caller's again on return.
+ * Thread-safe: only by the thread that owns the handle; never while another
+ * thread is in wait, poll or result on it (the handle is destroyed). */
 void engram_lookup_free(engram_lookup *handle);
 
 /* ---- import ------------------------------------------------------------ */
@@ -295,6 +336,11 @@ void engram_lookup_free(engram_lookup *handle);
  * finish, or any error) changes nothing on the server. */
 typedef struct engram_import engram_import;
 
+/* Owns: on success the caller owns *out; engram_import_finish or
+ * engram_import_abort frees it, and one of them must run before
+ * engram_client_close (close does not cancel imports).
+ * Thread-safe: yes, any number of threads on one client (each import has
+ * its own stream); the import then belongs to one thread at a time. */
 int engram_import_begin(engram_client *client, const char *table,
                         uint64_t rows, uint32_t dim, const char *dtype,
                         engram_import **out, engram_error *err);
@@ -311,7 +357,8 @@ typedef struct engram_import_target {
 /* As engram_import_begin, for a target. With shard_count > 0 the writes
  * carry the shard's rows in local order (local row i is global row
  * i * shard_count + shard_index), and there are
- * ceil((rows - shard_index) / shard_count) of them. */
+ * ceil((rows - shard_index) / shard_count) of them.
+ * Owns and thread-safe: as engram_import_begin. */
 int engram_import_begin_target(engram_client *client, const char *table,
                                uint64_t rows, uint32_t dim, const char *dtype,
                                const engram_import_target *target,
@@ -321,16 +368,22 @@ int engram_import_begin_target(engram_client *client, const char *table,
  * number of rows; large writes are split into messages by the library,
  * which hashes them (XXH3-64) on the way: finish sends that checksum, and
  * the server refuses the import with ENGRAM_DATA_LOSS, naming both values,
- * when the rows it received hash otherwise. */
+ * when the rows it received hash otherwise.
+ * Owns: data stays the caller's; it is sent before return.
+ * Thread-safe: one thread at a time per import. */
 int engram_import_write(engram_import *imp, uint64_t start_row,
                         const void *data, size_t len, engram_error *err);
 
 /* Ends the stream and waits for the server's verdict. On success `info`
- * (may be NULL) receives the table as activated. Frees imp. */
+ * (may be NULL) receives the table as activated.
+ * Owns: frees imp, whatever the outcome.
+ * Thread-safe: one thread at a time per import. */
 int engram_import_finish(engram_import *imp, engram_table_info *info,
                          engram_error *err);
 
-/* Cancels the stream; the server discards everything. Frees imp. */
+/* Cancels the stream; the server discards everything. NULL is a no-op.
+ * Owns: frees imp.
+ * Thread-safe: one thread at a time per import. */
 void engram_import_abort(engram_import *imp);
 
 /* ---- verify -------------------------------------------------------------- */
@@ -372,8 +425,11 @@ typedef void (*engram_verify_progress_fn)(void *ctx, uint64_t done, uint64_t tot
  * out->match. Errors: unknown table or version ENGRAM_NOT_FOUND, admin
  * credentials missing ENGRAM_UNAUTHENTICATED. `progress` (may be NULL)
  * runs on the calling thread. No deadline, like an import: reading a big
- * table takes long and the progress shows it is alive. Thread-safe (each
- * call has its own stream). */
+ * table takes long and the progress shows it is alive. Not cancelled by
+ * engram_client_close: let it return first.
+ * Owns: *out is the caller's struct, filled in; nothing to free.
+ * Thread-safe: yes, any number of threads on one client (each call has its
+ * own stream); the progress callback runs on the calling thread. */
 int engram_table_verify(engram_client *client, const char *table, uint64_t version,
                         engram_verify_progress_fn progress, void *ctx,
                         engram_verify_result *out, engram_error *err);
@@ -397,16 +453,22 @@ typedef struct engram_manifest_info {
 /* Stores (or replaces) a manifest. The server refuses an invalid document
  * (ENGRAM_INVALID_ARGUMENT) or one naming an existing table of the wrong
  * shape (ENGRAM_FAILED_PRECONDITION); tables not imported yet are allowed
- * and listed in info->missing_tables. info may be NULL. */
+ * and listed in info->missing_tables. info may be NULL.
+ * Owns: json stays the caller's; nothing is kept after return.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_manifest_put(engram_client *client, const char *json, size_t len,
                         engram_manifest_info *info, engram_error *err);
 
-/* The stored document of model `name`: *json is a NUL-terminated copy the
- * caller frees with engram_free; *version (may be NULL) its version. */
+/* The stored document of model `name`: *json is a NUL-terminated copy;
+ * *version (may be NULL) its version.
+ * Owns: the caller owns *json; free with engram_free.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_manifest_get(engram_client *client, const char *name, char **json,
                         uint64_t *version, engram_error *err);
 
-/* All manifests, sorted by name; free *out with engram_free. */
+/* All manifests, sorted by name.
+ * Owns: the caller owns *out (*count entries); free with engram_free.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_manifest_list(engram_client *client, engram_manifest_info **out,
                          size_t *count, engram_error *err);
 
@@ -435,11 +497,20 @@ typedef struct engram_model_info {
 
 /* Opens model `name`: ENGRAM_NOT_FOUND without a manifest of that name,
  * ENGRAM_FAILED_PRECONDITION when a layer's table is missing or of the
- * wrong shape (the message names it). */
+ * wrong shape (the message names it).
+ * Owns: on success the caller owns *out; free with engram_model_close,
+ * before engram_client_close.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_model_open(engram_client *client, const char *name,
                       engram_model **out, engram_error *err);
+/* Copies the model's info into *out.
+ * Thread-safe: yes, any thread (the model is immutable). */
 void engram_model_get_info(const engram_model *model, engram_model_info *out);
-/* Waits for the model's background hashing (if any was used) to finish. */
+/* Waits for the model's background hashing (if any was used) to finish,
+ * then frees the model. NULL is a no-op. Free every prefetch of the model
+ * first: a prefetch handle reads the model until it is freed.
+ * Owns: frees the model.
+ * Thread-safe: no; not while any other thread uses the model. */
 void engram_model_close(engram_model *model);
 
 /* Hashes tokens [batch, seq_len] (raw token ids) for one layer into
@@ -473,7 +544,8 @@ typedef struct engram_prefetch_request {
 
 typedef struct engram_prefetch engram_prefetch;
 
-/* Bytes the output of `req` takes (0 when req is invalid). */
+/* Bytes the output of `req` takes (0 when req is invalid).
+ * Thread-safe: yes, any thread; no server call. */
 size_t engram_prefetch_out_bytes(const engram_model *model,
                                  const engram_prefetch_request *req);
 
@@ -484,7 +556,11 @@ size_t engram_prefetch_out_bytes(const engram_model *model,
  * prefetch is finished or freed; everything else in req is read (or copied)
  * before start returns. Many prefetches may be in flight at once. Errors in
  * the request are returned here; errors found while hashing in the
- * background, or from the server, come from wait. */
+ * background, or from the server, come from wait.
+ * Owns: on success the caller owns *handle; free with engram_prefetch_free
+ * (before engram_model_close). req->out is borrowed until then.
+ * Thread-safe: yes, any number of threads on one model; the handle then
+ * belongs to one thread at a time. */
 int engram_prefetch_start(engram_model *model,
                           const engram_prefetch_request *req,
                           engram_prefetch **handle, engram_error *err);
@@ -492,7 +568,9 @@ int engram_prefetch_start(engram_model *model,
 /* Waits up to timeout_ms (< 0: forever). ENGRAM_TIMEOUT if not finished;
  * else the final status, the same on every later call. On ENGRAM_OK every
  * byte of out is written; on any error out must not be used (a row that did
- * not arrive is never left as zeros behind an OK). */
+ * not arrive is never left as zeros behind an OK).
+ * Thread-safe: one thread at a time per handle (with wait_layer, poll,
+ * cancel and free); see engram_prefetch_cancel. */
 int engram_prefetch_wait(engram_prefetch *handle, int64_t timeout_ms,
                          engram_error *err);
 
@@ -504,19 +582,29 @@ int engram_prefetch_wait(engram_prefetch *handle, int64_t timeout_ms,
  * ENGRAM_INVALID_ARGUMENT when layer_id was not asked for; ENGRAM_TIMEOUT
  * if not there yet; any other error fails the whole prefetch, as wait
  * would report it. Call engram_prefetch_wait (or free) afterwards as usual;
- * layers already waited for are not copied again. One thread at a time per
- * handle, like wait. */
+ * layers already waited for are not copied again.
+ * Thread-safe: one thread at a time per handle, like wait. */
 int engram_prefetch_wait_layer(engram_prefetch *handle, int64_t layer_id, int64_t timeout_ms,
                                engram_error *err);
 
 /* Non-blocking: 1 when every row has arrived or the prefetch failed (wait
- * then returns at once), else 0. */
+ * then returns at once), else 0.
+ * Thread-safe: one thread at a time per handle, like wait. */
 int engram_prefetch_poll(engram_prefetch *handle);
 
-/* Cancels what is still in flight; wait then gives ENGRAM_CANCELLED. */
+/* Cancels what is still in flight; wait then gives ENGRAM_CANCELLED (or
+ * the error that had already failed the prefetch). A prefetch that already
+ * finished (wait returned its final status) stays as it was. With ENGRAM_PREFETCH_HASH_ASYNC this first waits until the
+ * model's worker has hashed and sent this prefetch, so it may block. NULL
+ * is a no-op.
+ * Thread-safe: only by the thread that owns the handle. Calling it from
+ * another thread while wait, wait_layer or poll runs on the handle is not
+ * allowed: it frees the lookups they wait on. */
 void engram_prefetch_cancel(engram_prefetch *handle);
 
-/* Frees the handle, cancelling first if still in flight. NULL is a no-op. */
+/* Frees the handle, cancelling first if still in flight. NULL is a no-op.
+ * Owns: frees the handle; req->out is the caller's again on return.
+ * Thread-safe: as engram_prefetch_cancel. */
 void engram_prefetch_free(engram_prefetch *handle);
 
 /* ---- operations (ops.c) -------------------------------------------------- */
@@ -529,7 +617,8 @@ void engram_prefetch_free(engram_prefetch *handle);
 /* grpc.health.v1 Check of `service` ("" or NULL: the server; or
  * "engram.v1.Lookup", "engram.v1.Admin"). *serving is ENGRAM_HEALTH_SERVING
  * or ENGRAM_HEALTH_NOT_SERVING (drained, shutting down). An unknown service
- * is ENGRAM_NOT_FOUND. */
+ * is ENGRAM_NOT_FOUND.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_health_check(engram_client *client, const char *service, int *serving,
                         engram_error *err);
 
@@ -537,11 +626,13 @@ int engram_health_check(engram_client *client, const char *service, int *serving
  * cluster client fails over to another replica) and health turns
  * NOT_SERVING; then waits up to timeout_ms for lookups in flight. *drained
  * is 1 when none is left, and *in_flight says how many are (either may be
- * NULL). The call's deadline is the client's plus timeout_ms. */
+ * NULL). The call's deadline is the client's plus timeout_ms.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_drain(engram_client *client, uint32_t timeout_ms, int *drained,
                  uint64_t *in_flight, engram_error *err);
 
-/* Ends a drain: lookups are served again, health turns SERVING. */
+/* Ends a drain: lookups are served again, health turns SERVING.
+ * Thread-safe: yes, any number of threads on one client. */
 int engram_undrain(engram_client *client, engram_error *err);
 
 /* Progress of engram_warm: after each batch, the table's rows done of
@@ -559,7 +650,11 @@ typedef void (*engram_warm_progress_fn)(void *ctx, const char *table, uint64_t d
  * deadline: a warm runs until done (like an import). Errors: unknown table
  * or model ENGRAM_NOT_FOUND, a row outside the table ENGRAM_OUT_OF_RANGE, a
  * token outside the model's vocabulary ENGRAM_INVALID_ARGUMENT (the
- * message names it). */
+ * message names it). Not cancelled by engram_client_close: let it return
+ * first.
+ * Owns: rows, tokens and layer_ids stay the caller's; nothing is kept.
+ * Thread-safe: yes, any number of threads on one client (each call has its
+ * own stream); the progress callback runs on the calling thread. */
 int engram_warm(engram_client *client, const char *table, const uint64_t *rows, size_t n,
                 const char *model, const int64_t *tokens, size_t ntokens,
                 const int64_t *layer_ids, size_t nlayers, engram_warm_progress_fn progress,
