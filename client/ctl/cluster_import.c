@@ -4,13 +4,27 @@
  * The map is read from the server engramctl was pointed at. Every replica
  * of every shard gets its shard's rows (local row i = global row i*S + I)
  * as version V, staged, all streams in parallel (one thread and one client
- * per replica). Only when every stream succeeded is V activated on every
- * replica; until then, and if anything fails, the previous version keeps
- * serving everywhere. V is one past the highest active version in the
- * cluster, so re-running a failed import targets the same V: a replica that
- * already holds V with the checksums of exactly the rows it should hold is
- * skipped, one that holds a different V gets it dropped and rewritten, and
- * the activation completes. */
+ * per replica). A stream that fails fails the import before anything is
+ * activated: the previous version keeps serving everywhere, V stays staged
+ * on the replicas that finished.
+ *
+ * Then V is activated on every replica, one after another. Activation is
+ * idempotent, and a failure on one replica does not stop the others: the
+ * import exits non-zero naming each replica that failed, and for a while
+ * some replicas serve V as their active version while others still serve
+ * V-1. That window is safe: every lookup carries the version its client
+ * pinned, and every replica serves both by number (V staged or active, V-1
+ * active or retained, with the servers' default --keep-versions 2), so no
+ * batch mixes the two. The streams all succeeded before any activation, so
+ * every replica holds V.
+ *
+ * Re-running the same import converges on V. V is one past the highest
+ * active version A in the cluster, except when A is not yet active on every
+ * replica and every replica where it is active holds exactly the rows this
+ * import would write (same CRC-32, XXH3-64, row count): that is the earlier
+ * run's half-done activation, and V = A. Either way a replica that already
+ * holds V with the right rows is skipped, one that holds a different V gets
+ * it dropped and rewritten, and the activation completes. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +42,10 @@ typedef struct job {
     uint32_t shard;
     engram_table_info before;    /* the replica's table, if any */
     int has_table;
-    int skip;                    /* V already there with the right rows */
+    int sums_ok;                 /* crc and xxh computed */
+    uint32_t crc;                /* of the rows this replica should hold */
+    uint64_t xxh;
+    int held;                    /* holds() of V: 1 skip, -1 drop and rewrite */
     int rc;
     char msg[600];
 } job;
@@ -108,26 +125,46 @@ static int stream_shard(job *j, engram_client *cl)
     return 0;
 }
 
-/* What the replica holds of version V: 0 nothing, 1 the right rows, -1 other rows. */
-static int holds_version(job *j)
+/* Index of `version` in the replica's table info, or -1. */
+static int version_index(const job *j, uint64_t version)
 {
-    const engram_table_info *t = &j->before;
-    for (uint32_t i = 0; j->has_table && i < t->n_versions; i++) {
-        if (t->versions[i].version != j->ci->version)
-            continue;
-        uint32_t crc;
-        uint64_t xxh;
-        if (expected_sums(j->ci, j->shard, &crc, &xxh, j->msg, sizeof j->msg))
-            return -1;
-        /* xxh3 0: a version recorded before xxh3; its CRC-32 decides. */
-        return t->versions[i].checksum == crc &&
-                       (!t->versions[i].xxh3 || t->versions[i].xxh3 == xxh) &&
-                       t->versions[i].local_rows ==
-                           cluster_local_rows(j->ci->rows, j->ci->shards, j->shard)
-                   ? 1
-                   : -1;
-    }
-    return 0;
+    for (uint32_t i = 0; j->has_table && i < j->before.n_versions; i++)
+        if (j->before.versions[i].version == version)
+            return (int)i;
+    return -1;
+}
+
+/* Checksums of the rows the job's shard should hold, computed once and
+ * shared with the other jobs of the same shard (they run later, in
+ * parallel, so this runs before the threads start). */
+static int job_sums(job *jobs, size_t n, size_t k)
+{
+    job *j = &jobs[k];
+    for (size_t i = 0; i < n && !j->sums_ok; i++)
+        if (jobs[i].sums_ok && jobs[i].shard == j->shard)
+            j->crc = jobs[i].crc, j->xxh = jobs[i].xxh, j->sums_ok = 1;
+    if (!j->sums_ok && !expected_sums(j->ci, j->shard, &j->crc, &j->xxh, j->msg, sizeof j->msg))
+        j->sums_ok = 1;
+    return j->sums_ok ? 0 : -1;
+}
+
+/* What the replica holds of `version`: 0 nothing, 1 the right rows, -1
+ * other rows (or the rows could not be read to tell). */
+static int holds(job *jobs, size_t n, size_t k, uint64_t version)
+{
+    job *j = &jobs[k];
+    int i = version_index(j, version);
+    if (i < 0)
+        return 0;
+    if (job_sums(jobs, n, k))
+        return -1;
+    uint32_t crc = j->before.versions[i].checksum;
+    uint64_t xxh = j->before.versions[i].xxh3, local = j->before.versions[i].local_rows;
+    /* xxh3 0: a version recorded before xxh3; its CRC-32 decides. */
+    return crc == j->crc && (!xxh || xxh == j->xxh) &&
+                   local == cluster_local_rows(j->ci->rows, j->ci->shards, j->shard)
+               ? 1
+               : -1;
 }
 
 static void *run_job(void *arg)
@@ -142,11 +179,8 @@ static void *run_job(void *arg)
         snprintf(j->msg, sizeof j->msg, "%s", e.message);
         return NULL;
     }
-    int held = holds_version(j);
-    if (held == 1) {
-        j->skip = 1;
-    } else {
-        if (held == -1 && engram_table_drop_version(cl, j->ci->table, j->ci->version, &e) &&
+    if (j->held != 1) {
+        if (j->held == -1 && engram_table_drop_version(cl, j->ci->table, j->ci->version, &e) &&
             e.code != ENGRAM_NOT_FOUND) {
             j->rc = e.code;
             snprintf(j->msg, sizeof j->msg, "dropping a different version %llu: %s",
@@ -159,9 +193,31 @@ static void *run_job(void *arg)
     return NULL;
 }
 
-static uint64_t active_version(const engram_table_info *t);
+static uint64_t active_version(const engram_table_info *t)
+{
+    for (uint32_t i = 0; i < t->n_versions; i++)
+        if (t->versions[i].state == ENGRAM_VERSION_ACTIVE)
+            return t->versions[i].version;
+    return 0;
+}
 
-/* Reads every replica's table info; picks V. */
+/* 1 when the newest active version `a` is this very import, activated on
+ * some replicas only (an earlier run's activation failed partway): some
+ * replica does not have it active, and each one that does holds exactly
+ * the rows this import writes. */
+static int resumes(job *jobs, size_t n, uint64_t a)
+{
+    int partial = 0;
+    for (size_t i = 0; i < n; i++)
+        partial |= !jobs[i].has_table || active_version(&jobs[i].before) != a;
+    for (size_t i = 0; i < n && partial; i++)
+        if (jobs[i].has_table && active_version(&jobs[i].before) == a && holds(jobs, n, i, a) != 1)
+            return 0;
+    return partial;
+}
+
+/* Reads every replica's table info; picks V (see the top of the file) and
+ * what each replica already holds of it. */
 static int survey(cluster_import *ci, job *jobs, size_t n)
 {
     uint64_t newest_active = 0;
@@ -178,21 +234,19 @@ static int survey(cluster_import *ci, job *jobs, size_t n)
         if (!rc && active_version(&jobs[i].before) > newest_active)
             newest_active = active_version(&jobs[i].before);
     }
-    ci->version = newest_active + 1;
+    ci->version = newest_active && resumes(jobs, n, newest_active) ? newest_active
+                                                                   : newest_active + 1;
+    for (size_t i = 0; i < n; i++)
+        jobs[i].held = holds(jobs, n, i, ci->version);
     return 0;
 }
 
-static uint64_t active_version(const engram_table_info *t)
-{
-    for (uint32_t i = 0; i < t->n_versions; i++)
-        if (t->versions[i].state == ENGRAM_VERSION_ACTIVE)
-            return t->versions[i].version;
-    return 0;
-}
-
+/* Activates V on every replica (idempotent), carrying on past a failure so
+ * that as many replicas as possible move on; names each one that failed. */
 static int activate_all(const cluster_import *ci, job *jobs, size_t n)
 {
     int rc = 0;
+    size_t failed = 0;
     for (size_t i = 0; i < n; i++) {
         engram_client *cl;
         engram_error e;
@@ -201,10 +255,17 @@ static int activate_all(const cluster_import *ci, job *jobs, size_t n)
             r = engram_table_activate(cl, ci->table, ci->version, NULL, &e);
             engram_client_close(cl);
         }
-        if (r)
+        if (r) {
+            failed++;
             rc = fail(r, "activating version %llu on replica %s of shard %u: %s",
                       (unsigned long long)ci->version, jobs[i].addr, jobs[i].shard, e.message);
+        }
     }
+    if (failed)
+        fprintf(stderr,
+                "engramctl: version %llu is active on %zu of %zu replicas; the others serve their "
+                "previous version until re-running the import activates it on them\n",
+                (unsigned long long)ci->version, n - failed, n);
     return rc;
 }
 
@@ -234,10 +295,18 @@ static int run_all(const cluster_import *ci, job *jobs, size_t n)
                       jobs[i].msg);
     }
     free(th);
-    if (rc)
+    size_t active = 0;           /* an earlier run's half-done activation */
+    for (size_t i = 0; i < n; i++)
+        active += jobs[i].has_table && active_version(&jobs[i].before) == ci->version;
+    if (rc && !active)
         fprintf(stderr, "engramctl: nothing was activated; version %llu stays staged where it was "
                         "written, and re-running the import completes it\n",
                 (unsigned long long)ci->version);
+    else if (rc)
+        fprintf(stderr, "engramctl: nothing more was activated; version %llu stays active on the %zu "
+                        "replicas an earlier run activated and staged where it was written, and "
+                        "re-running the import completes it\n",
+                (unsigned long long)ci->version, active);
     return rc;
 }
 
@@ -258,7 +327,7 @@ int cluster_import_run(cluster_import *ci, const engram_cluster *map)
     if (!rc) {
         size_t skipped = 0;
         for (size_t i = 0; i < n; i++)
-            skipped += (size_t)jobs[i].skip;
+            skipped += jobs[i].held == 1;
         double s = (double)(now_ns() - t0) / 1e9;
         printf("imported %s into cluster %s: %llu rows of %u bytes, version %llu, %u shards x %zu "
                "streams (%zu already held it), %.0f rows/s, %.3f s\n",

@@ -261,8 +261,9 @@ int harness_free_port(void)
     return port;
 }
 
-static int raw_call(grpc_channel *ch, grpc_completion_queue *cq, grpc_byte_buffer *req,
-                    char *msg, size_t msglen)
+/* One Lookup call; the reply message, if any, goes to *keep (NULL: dropped). */
+static int raw_call_keep(grpc_channel *ch, grpc_completion_queue *cq, grpc_byte_buffer *req,
+                         char *msg, size_t msglen, grpc_byte_buffer **keep)
 {
     grpc_call *call = grpc_channel_create_call(
         ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, grpc_slice_from_static_string("/engram.v1.Lookup/Lookup"),
@@ -291,12 +292,20 @@ static int raw_call(grpc_channel *ch, grpc_completion_queue *cq, grpc_byte_buffe
     grpc_completion_queue_pluck(cq, (void *)1, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     snprintf(msg, msglen, "%.*s", (int)GRPC_SLICE_LENGTH(details), (const char *)GRPC_SLICE_START_PTR(details));
     grpc_slice_unref(details);
-    if (resp)
+    if (keep)
+        *keep = resp;
+    else if (resp)
         grpc_byte_buffer_destroy(resp);
     grpc_metadata_array_destroy(&md0);
     grpc_metadata_array_destroy(&md1);
     grpc_call_unref(call);
     return (int)status;
+}
+
+static int raw_call(grpc_channel *ch, grpc_completion_queue *cq, grpc_byte_buffer *req,
+                    char *msg, size_t msglen)
+{
+    return raw_call_keep(ch, cq, req, msg, msglen, NULL);
 }
 
 int raw_lookup(const char *addr, const char *table, const uint64_t *rows, size_t n,
@@ -315,6 +324,49 @@ int raw_lookup(const char *addr, const char *table, const uint64_t *rows, size_t
     grpc_byte_buffer *req = pb_to_byte_buffer(&rq.base);
     int status = raw_call(ch, cq, req, msg, msglen);
     grpc_byte_buffer_destroy(req);
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(cq);
+    grpc_channel_destroy(ch);
+    grpc_shutdown();
+    return status;
+}
+
+int raw_lookup_data(const char *addr, const char *table, const uint64_t *rows, size_t n,
+                    uint64_t version, uint8_t *out, size_t out_cap, uint64_t *served,
+                    char *msg, size_t msglen)
+{
+    grpc_init();
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel *ch = grpc_channel_create(addr, creds, NULL);
+    grpc_channel_credentials_release(creds);
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    Engram__V1__LookupRequest rq = ENGRAM__V1__LOOKUP_REQUEST__INIT;
+    rq.table = (char *)table;
+    rq.rows = (uint64_t *)rows;
+    rq.n_rows = n;
+    rq.version = version;
+    grpc_byte_buffer *req = pb_to_byte_buffer(&rq.base), *resp = NULL;
+    int status = raw_call_keep(ch, cq, req, msg, msglen, &resp);
+    grpc_byte_buffer_destroy(req);
+    if (status == 0) {
+        Engram__V1__LookupResponse *r = resp ? (Engram__V1__LookupResponse *)pb_from_byte_buffer(
+                                                   &engram__v1__lookup_response__descriptor, resp)
+                                             : NULL;
+        if (!r || r->data.len > out_cap) {
+            snprintf(msg, msglen, "%s", r ? "reply larger than out_cap" : "no reply message");
+            status = -1;
+        } else {
+            memcpy(out, r->data.data, r->data.len);
+            *served = r->version;
+        }
+        if (r)
+            protobuf_c_message_free_unpacked(&r->base, NULL);
+    }
+    if (resp)
+        grpc_byte_buffer_destroy(resp);
     grpc_completion_queue_shutdown(cq);
     while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
            GRPC_QUEUE_SHUTDOWN)

@@ -48,6 +48,13 @@ void server_kill(test_server *s);
 int raw_lookup(const char *addr, const char *table, const uint64_t *rows, size_t n,
                uint64_t version, char *msg, size_t msglen);
 
+/* As raw_lookup, and on OK copies the reply's rows into out (at most
+ * out_cap bytes; more is an error, -1) and the version they came from into
+ * *served: what one server itself answers, with no routing or failover. */
+int raw_lookup_data(const char *addr, const char *table, const uint64_t *rows, size_t n,
+                    uint64_t version, uint8_t *out, size_t out_cap, uint64_t *served,
+                    char *msg, size_t msglen);
+
 /* SIGTERM, then waits; returns the exit status (0 = clean), or -1. */
 int server_stop(test_server *s);
 

@@ -3,10 +3,14 @@
  *
  * Covers: import into the cluster from one address and byte-exact lookups
  * and prefetches through the client's routing; kill -9 of one replica per
- * shard under steady load with zero failed lookups and zero wrong bytes;
- * a version cutover under load where every batch is all-v1 or all-v2; a
- * shard with every replica down reported by name within the deadline; and
- * a server refusing rows of another shard. */
+ * shard under steady load with zero failed lookups and zero wrong bytes,
+ * p99 printed for the whole load and for the kill-to-restart intervals; a
+ * version cutover under load where every batch is all-v1 or all-v2; a
+ * shard with every replica down reported by name within the deadline; a
+ * server refusing rows of another shard; an import whose replica dies
+ * mid-stream activating nothing, and its re-run (after a half-done
+ * activation) converging on the new version; and the server's start-up
+ * refusals of --cluster/--shard mistakes (exit 2, exact message). */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,8 +18,10 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -282,6 +288,7 @@ typedef struct load {
     uint64_t calls, failures, wrong;
     int saw[13];                 /* seeds seen */
     uint64_t lat_ns[200000];
+    uint64_t at_ns[200000];      /* when each of those lookups started */
     size_t nlat;
     char first_error[600];
 } load;
@@ -298,8 +305,10 @@ static void *load_main(void *p)
         engram_error e;
         uint64_t t0 = now_ns();
         int rc = engram_lookup_sync(c, "ct", rows, N, out, sizeof out, NULL, NULL, &e);
-        if (L->nlat < sizeof L->lat_ns / sizeof L->lat_ns[0])
+        if (L->nlat < sizeof L->lat_ns / sizeof L->lat_ns[0]) {
+            L->at_ns[L->nlat] = t0;
             L->lat_ns[L->nlat++] = now_ns() - t0;
+        }
         L->calls++;
         if (rc) {
             if (!L->failures++)
@@ -322,7 +331,22 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static void report_p99(const char *what, load *L, int n)
+/* A time interval [from, to] in now_ns() time. */
+typedef struct span {
+    uint64_t from, to;
+} span;
+
+/* 1 when the lookup [at, at + lat] overlaps one of the spans (none: all count). */
+static int in_spans(uint64_t at, uint64_t lat, const span *sp, int nsp)
+{
+    for (int i = 0; i < nsp; i++)
+        if (at <= sp[i].to && at + lat >= sp[i].from)
+            return 1;
+    return nsp == 0;
+}
+
+/* Prints p50/p99/max of the lookups that overlap the spans (nsp 0: all). */
+static void report_p99_in(const char *what, load *L, int n, const span *sp, int nsp)
 {
     size_t total = 0;
     for (int i = 0; i < n; i++)
@@ -331,12 +355,18 @@ static void report_p99(const char *what, load *L, int n)
     size_t k = 0;
     for (int i = 0; i < n; i++)
         for (size_t j = 0; j < L[i].nlat; j++)
-            all[k++] = L[i].lat_ns[j];
+            if (in_spans(L[i].at_ns[j], L[i].lat_ns[j], sp, nsp))
+                all[k++] = L[i].lat_ns[j];
     qsort(all, k, sizeof *all, cmp_u64);
     if (k)
         printf("%s: %zu lookups of 512 rows, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", what, k,
                all[k / 2] / 1e6, all[k * 99 / 100] / 1e6, all[k - 1] / 1e6);
     free(all);
+}
+
+static void report_p99(const char *what, load *L, int n)
+{
+    report_p99_in(what, L, n, NULL, 0);
 }
 
 enum { THREADS = 3 };
@@ -362,17 +392,27 @@ static void test_kill_one_replica_per_shard_under_load(void **state)
 {
     static load L[THREADS];
     pthread_t th[THREADS];
+    span down[S];                /* each replica's kill to its restart serving */
     start_load(L, th);
     usleep(300000);
     for (int s = 0; s < S; s++) {
+        down[s].from = now_ns();
         server_kill(&srv[s][1]);
         usleep(400000);
         assert_int_equal(start(s, 1), 0);
+        down[s].to = now_ns();
         usleep(200000);
     }
     usleep(300000);
     stop_load(L, th);
-    report_p99("kill -9 of one replica per shard", L, THREADS);
+    double down_ms = 0;
+    for (int s = 0; s < S; s++)
+        down_ms += (double)(down[s].to - down[s].from) / 1e6;
+    report_p99("kill -9 of one replica per shard, whole load window", L, THREADS);
+    char what[160];
+    snprintf(what, sizeof what, "kill -9 of one replica per shard, kill to restart only (%d spans, %.0f ms)",
+             S, down_ms);
+    report_p99_in(what, L, THREADS, down, S);
     for (int i = 0; i < THREADS; i++) {
         if (L[i].failures)
             fail_msg("thread %d: %llu of %llu lookups failed; first: %s", i,
@@ -429,6 +469,269 @@ static void test_shard_down_is_named(void **state)
     assert_int_equal(start(2, 1), 0);
 }
 
+/* ---- a failed import and its re-run --------------------------------------------- */
+
+#define FROWS 300000             /* table "cf": 6.4 MB per shard, two chunks */
+
+/* 1 when out holds rows[0..n) of the synthetic table `seed`. */
+static int rows_are(uint64_t seed, const uint8_t *out, const uint64_t *rows, size_t n)
+{
+    uint8_t want[RB];
+    for (size_t i = 0; i < n; i++) {
+        synthetic_row(seed, rows[i], want, RB);
+        if (memcmp(out + i * RB, want, RB))
+            return 0;
+    }
+    return 1;
+}
+
+/* Asks replica (s, r) itself, no routing: its active version of "cf" must
+ * be `active`, its version `staged` (0: none) staged, and a lookup naming
+ * version `ask` (0: the active one) must return `seed`'s bytes from
+ * version `served`. */
+static void expect_replica(int s, int r, uint64_t active, uint64_t staged, uint64_t ask,
+                           uint64_t served, uint64_t seed)
+{
+    engram_client *c = connect_to(srv[s][r].addr, 10000, 0);
+    engram_table_info ti;
+    engram_error e;
+    if (engram_table_get(c, "cf", &ti, &e))
+        fail_msg("replica %d/%d: %s", s, r, e.message);
+    engram_client_close(c);
+    uint64_t got_active = 0;
+    int has_staged = 0;
+    for (uint32_t i = 0; i < ti.n_versions; i++) {
+        if (ti.versions[i].state == ENGRAM_VERSION_ACTIVE)
+            got_active = ti.versions[i].version;
+        has_staged |= ti.versions[i].state == ENGRAM_VERSION_STAGED && ti.versions[i].version == staged;
+    }
+    if (got_active != active || (staged && !has_staged))
+        fail_msg("replica %d/%d: active version %llu (want %llu), version %llu staged: %d", s, r,
+                 (unsigned long long)got_active, (unsigned long long)active,
+                 (unsigned long long)staged, has_staged);
+    const uint64_t rows[4] = {(uint64_t)s, (uint64_t)s + 3, (uint64_t)s + 3 * 4321, FROWS - 3 + (uint64_t)s};
+    uint8_t out[4 * RB];
+    uint64_t v = 0;
+    char msg[512];
+    int rc = raw_lookup_data(srv[s][r].addr, "cf", rows, 4, ask, out, sizeof out, &v, msg, sizeof msg);
+    if (rc)
+        fail_msg("replica %d/%d, lookup of version %llu: %d %s", s, r, (unsigned long long)ask, rc, msg);
+    assert_int_equal(v, served);
+    if (!rows_are(seed, out, rows, 4))
+        fail_msg("replica %d/%d: version %llu does not hold seed %llu's bytes", s, r,
+                 (unsigned long long)served, (unsigned long long)seed);
+}
+
+/* 1 when the file contains `needle`. */
+static int file_has(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f))
+        found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
+}
+
+typedef struct ctl_run {
+    const char *seed;
+    int rc, done;
+    char out[2048], err[4096];
+} ctl_run;
+
+static void *import_cf(void *p)
+{
+    ctl_run *x = p;
+    x->rc = engramctl_capture(x->out, sizeof x->out, x->err, sizeof x->err, srv[0][0].addr,
+                              "import-synthetic", "--table", "cf", "--rows", "300000", "--row-bytes",
+                              "64", "--seed", x->seed, NULL);
+    __atomic_store_n(&x->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static void test_failed_import_activates_nothing_and_rerun_completes(void **state)
+{
+    static ctl_run first = {.seed = "21"}, failing = {.seed = "22"}, rerun = {.seed = "22"};
+    pthread_t th;
+    import_cf(&first);
+    if (first.rc)
+        fail_msg("import of cf v1: %d %s", first.rc, first.err);
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++)
+            expect_replica(s, r, 1, 0, 0, 1, 21);
+
+    /* Version 2: replica 1/1 is frozen once its stream has begun; the other
+     * five finish theirs and hold v2 staged, nothing is active. */
+    char log[400];
+    snprintf(log, sizeof log, "%s/server.log", dirs[1][1]);
+    pthread_create(&th, NULL, import_cf, &failing);
+    int seen = 0;
+    for (int i = 0; i < 30000 && !seen && !__atomic_load_n(&failing.done, __ATOMIC_ACQUIRE); i++) {
+        seen = file_has(log, "event=import_started table=cf version=2 ");
+        if (!seen)
+            usleep(1000);
+    }
+    if (!seen)
+        fail_msg("replica 1/1 never logged the start of the v2 import; engramctl: %d %s", failing.rc,
+                 failing.err);
+    kill(srv[1][1].pid, SIGSTOP);
+    assert_false(file_has(log, "event=import_done table=cf version=2 "));
+    int staged = 0;
+    for (int i = 0; i < 600 && staged < S * R - 1; i++) {
+        usleep(50000);
+        staged = 0;
+        for (int s = 0; s < S; s++)
+            for (int r = 0; r < R; r++) {
+                if (s == 1 && r == 1)
+                    continue;
+                engram_client *c = connect_to(srv[s][r].addr, 10000, 0);
+                engram_table_info ti;
+                assert_int_equal(engram_table_get(c, "cf", &ti, NULL), ENGRAM_OK);
+                engram_client_close(c);
+                for (uint32_t k = 0; k < ti.n_versions; k++)
+                    staged += ti.versions[k].version == 2;
+            }
+    }
+    assert_int_equal(staged, S * R - 1);
+    assert_false(__atomic_load_n(&failing.done, __ATOMIC_ACQUIRE));   /* waits on 1/1 */
+    server_kill(&srv[1][1]);                                          /* dies mid-stream */
+    pthread_join(th, NULL);
+    printf("import with replica 1/1 killed mid-stream: exit %d\n%s", failing.rc, failing.err);
+    assert_int_equal(failing.rc, 1);
+    assert_string_equal(failing.out, "");
+    char want[400];
+    snprintf(want, sizeof want, "engramctl: UNAVAILABLE: replica %s of shard 1: ", srv[1][1].addr);
+    if (strncmp(failing.err, want, strlen(want)))
+        fail_msg("stderr does not start with \"%s\": %s", want, failing.err);
+    const char *tail = "\nengramctl: nothing was activated; version 2 stays staged where it was written, "
+                       "and re-running the import completes it\n";
+    char *nl = strchr(failing.err, '\n');
+    assert_non_null(nl);
+    assert_string_equal(nl, tail);
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++)
+            if (s != 1 || r != 1) {
+                expect_replica(s, r, 1, 2, 0, 1, 21);   /* v1 still serves, ... */
+                expect_replica(s, r, 1, 2, 2, 2, 22);   /* ... v2 is staged, not active */
+            }
+
+    /* The replica comes back with v1 only (a partial stream leaves nothing).
+     * Then what a failed activation leaves: v2 active on 0/0 alone. Lookups
+     * that name v1 still get v1 there, so no batch mixes versions. */
+    assert_int_equal(start(1, 1), 0);
+    expect_replica(1, 1, 1, 0, 0, 1, 21);
+    assert_int_equal(raw_lookup(srv[1][1].addr, "cf", (const uint64_t[]){1}, 1, 2, log, sizeof log),
+                     ENGRAM_NOT_FOUND);
+    engram_client *c = connect_to(srv[0][0].addr, 10000, 0);
+    assert_int_equal(engram_table_activate(c, "cf", 2, NULL, NULL), ENGRAM_OK);
+    engram_client_close(c);
+    expect_replica(0, 0, 2, 0, 0, 2, 22);
+    expect_replica(0, 0, 2, 0, 1, 1, 21);
+    expect_replica(0, 1, 1, 2, 0, 1, 21);
+
+    /* The re-run converges on v2: five replicas already hold it, 1/1 gets
+     * its stream, every replica activates it. */
+    import_cf(&rerun);
+    printf("re-run: exit %d\n%s%s", rerun.rc, rerun.out, rerun.err);
+    assert_int_equal(rerun.rc, 0);
+    assert_string_equal(rerun.err, "");
+    const char *head = "imported cf into cluster it3x2: 300000 rows of 64 bytes, version 2, 3 shards x 6 "
+                       "streams (5 already held it), ";
+    if (strncmp(rerun.out, head, strlen(head)))
+        fail_msg("stdout does not start with \"%s\": %s", head, rerun.out);
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++) {
+            expect_replica(s, r, 2, 0, 0, 2, 22);
+            expect_replica(s, r, 2, 0, 1, 1, 21);   /* v1 retained */
+        }
+    c = connect_to(srv[2][1].addr, 10000, 0);
+    uint64_t rows[300], v = 0;
+    uint8_t out[300 * RB];
+    for (size_t i = 0; i < 300; i++)
+        rows[i] = splitmix64(77 + i) % FROWS;
+    engram_error e;
+    if (engram_lookup_sync(c, "cf", rows, 300, out, sizeof out, NULL, &v, &e))
+        fail_msg("%s", e.message);
+    assert_int_equal(v, 2);
+    assert_true(rows_are(22, out, rows, 300));
+    engram_client_close(c);
+}
+
+/* ---- start-up refusals -------------------------------------------------------------- */
+
+/* Runs engram-server with args (NULL-terminated) and a log file, so that
+ * stderr holds only what it refuses with; returns the exit status. */
+static int server_refuses(char *err, size_t cap, ...)
+{
+    const char *argv[24];
+    int n = 0;
+    char data[320], logf[320];
+    snprintf(data, sizeof data, "%s/refused-data", tmp);
+    snprintf(logf, sizeof logf, "%s/refused.log", tmp);
+    argv[n++] = ENGRAM_SERVER_BIN;
+    argv[n++] = "--data";
+    argv[n++] = data;
+    argv[n++] = "--listen";
+    argv[n++] = "127.0.0.1:0";
+    argv[n++] = "--log-file";
+    argv[n++] = logf;
+    va_list ap;
+    va_start(ap, cap);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) && n < 23)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    char path[] = "/tmp/engram-refusal-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fd, 2);
+        execv(ENGRAM_SERVER_BIN, (char *const *)argv);
+        _exit(127);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    ssize_t k = pread(fd, err, cap - 1, 0);
+    err[k > 0 ? k : 0] = '\0';
+    close(fd);
+    unlink(path);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void test_startup_refusals(void **state)
+{
+    char err[1024], want[1024], bad[320];
+    assert_int_equal(server_refuses(err, sizeof err, "--cluster", mapfile, NULL), 2);
+    assert_string_equal(err, "engram-server: --cluster and --shard go together\n");
+    assert_int_equal(server_refuses(err, sizeof err, "--shard", "1", NULL), 2);
+    assert_string_equal(err, "engram-server: --cluster and --shard go together\n");
+    assert_int_equal(server_refuses(err, sizeof err, "--cluster", mapfile, "--shard", "3", NULL), 2);
+    assert_string_equal(err, "engram-server: --shard 3 is outside the map's 3 shards\n");
+    assert_int_equal(server_refuses(err, sizeof err, "--cluster", mapfile, "--shard", "256", NULL), 2);
+    assert_string_equal(err, "engram-server: invalid value \"256\" for --shard\n");
+    assert_int_equal(server_refuses(err, sizeof err, "--cluster", mapfile, "--shard", "-1", NULL), 2);
+    assert_string_equal(err, "engram-server: invalid value \"-1\" for --shard\n");
+    snprintf(bad, sizeof bad, "%s/missing.json", tmp);
+    assert_int_equal(server_refuses(err, sizeof err, "--cluster", bad, "--shard", "0", NULL), 2);
+    snprintf(want, sizeof want,
+             "engram-server: cluster map %s: unable to open %s: No such file or directory (line -1)\n", bad,
+             bad);
+    assert_string_equal(err, want);
+    snprintf(bad, sizeof bad, "%s/hash-map.json", tmp);
+    FILE *f = fopen(bad, "w");
+    fprintf(f, "{\"name\": \"x\", \"placement\": \"hash\", \"shards\": [{\"replicas\": [\"127.0.0.1:1\"]}]}\n");
+    fclose(f);
+    assert_int_equal(server_refuses(err, sizeof err, "--cluster", bad, "--shard", "0", NULL), 2);
+    assert_string_equal(err, "engram-server: cluster map: \"placement\" must be \"mod\" (row r on shard r mod S)\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -439,6 +742,8 @@ int main(void)
         cmocka_unit_test(test_kill_one_replica_per_shard_under_load),
         cmocka_unit_test(test_cutover_never_mixes_versions),
         cmocka_unit_test(test_shard_down_is_named),
+        cmocka_unit_test(test_failed_import_activates_nothing_and_rerun_completes),
+        cmocka_unit_test(test_startup_refusals),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
