@@ -1,7 +1,8 @@
 /* test_client_cluster.c: libengram's cluster client against 3 shards x 2
  * replicas of real engram-server processes on loopback: routed lookups,
- * failover after kill -9, hedging around a SIGSTOPped replica, a shard
- * fully down, and re-pinning after the pinned version is dropped. Data is
+ * failover after kill -9 and the killed replica's re-admission within the
+ * back-off bound once it is back, hedging around a SIGSTOPped replica, a
+ * shard fully down, and re-pinning after the pinned version is dropped. Data is
  * imported per shard with engram_import_begin_target (no engramctl).
  * ENGRAM_SERVER_BIN is set by the build. */
 #include <stdarg.h>
@@ -20,6 +21,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <jansson.h>
 
 #include "engram/engram.h"
 #include "synthetic.h"
@@ -309,25 +311,94 @@ static void test_routed_lookups(void **state)
     engram_client_close(c);
 }
 
+/* Lookup calls replica (s, r) has served since it started, from its own
+ * Admin.Stats: the client's counters are not kept per replica. */
+static uint64_t lookups_served(int s, int r)
+{
+    engram_client *c;
+    engram_error e;
+    char *json;
+    assert_int_equal(engram_client_open(addrs[s][r], NULL, &c, &e), ENGRAM_OK);
+    if (engram_stats_json(c, &json, &e))
+        fail_msg("stats of %d/%d: %s", s, r, e.message);
+    engram_client_close(c);
+    json_t *root = json_loads(json, 0, NULL), *rpc;
+    engram_free(json);
+    assert_non_null(root);
+    size_t i;
+    uint64_t calls = 0;
+    json_array_foreach(json_object_get(root, "rpcs"), i, rpc)
+        if (!strcmp(json_string_value(json_object_get(rpc, "method")), "/engram.v1.Lookup/Lookup"))
+            calls = (uint64_t)json_integer_value(json_object_get(rpc, "calls"));
+    json_decref(root);
+    return calls;
+}
+
+#define BACKOFF_MS 200
+
 static void test_kill_one_replica(void **state)
 {
     (void)state;
-    engram_client *c = connect_opts(addrs[0][0], 10000, 0);
+    engram_client_options o;
+    engram_client_options_init(&o);
+    o.eject_backoff_ms = BACKOFF_MS;
+    engram_client *c;
+    assert_int_equal(engram_client_open(addrs[0][0], &o, &c, NULL), ENGRAM_OK);
     engram_error e;
     for (int i = 0; i < 20; i++)
         assert_int_equal(lookup_check(c, 11, NULL, &e), 0);
+    double killed = now_ms();
     stop(1, 0, SIGKILL);
-    double ms[300];
-    for (int i = 0; i < 300; i++)
-        if (lookup_check(c, 11, &ms[i], &e))
+    /* 1.5 s of lookups while it is down: its ejections (200, 400, 800 ms)
+     * end in probes that fail and eject it again for twice as long. */
+    static double ms[20000];
+    int done = 0;
+    while (done < 300 || (now_ms() - killed < 1500 && done < 20000))
+        if (lookup_check(c, 11, &ms[done++], &e))
             fail_msg("after kill: %s", e.message);
     engram_client_counters k;
     engram_client_get_counters(c, &k);
-    report("kill -9 of shard 1 replica 0", ms, 300, c);
+    report("kill -9 of shard 1 replica 0", ms, done, c);
     assert_true(k.retries > 0);
-    assert_true(k.ejections > 0);
-    engram_client_close(c);
+    assert_true(k.ejections >= 3);
+
+    /* Back: ejection i lasts BACKOFF_MS * 2^i and starts at least
+     * BACKOFF_MS * (2^i - 1) after the first, so the one running when the
+     * replica returns ends within 2 * down + BACKOFF_MS (capped at 30 s);
+     * the next lookup then probes it, and its success re-admits it. */
     assert_int_equal(start(1, 0), 0);
+    double back = now_ms(), down = back - killed;
+    assert_int_equal(lookups_served(1, 0), 0);
+    double bound = 2 * down + BACKOFF_MS;
+    bound = (bound < 30000 ? bound : 30000) + 1000;   /* + scheduling on a loaded host */
+    uint64_t served = 0;
+    int n = 0;
+    while (!served && now_ms() - back < bound) {
+        if (lookup_check(c, 11, NULL, &e))
+            fail_msg("after restart: %s", e.message);
+        n++;
+        served = lookups_served(1, 0);
+    }
+    double readmitted = now_ms() - back;
+    printf("replica 1/0 down %.0f ms; served again %.0f ms after its restart (bound %.0f ms), %d lookups\n",
+           down, readmitted, bound, n);
+    assert_true(served > 0);
+    /* Re-admitted, not just probed: it takes its round-robin share of
+     * shard 1 again (100 lookups: one sub-request each to shard 1, about
+     * half to each replica) and is not ejected again. */
+    engram_client_counters k2, k3;
+    engram_client_get_counters(c, &k2);
+    for (int i = 0; i < 100; i++)
+        if (lookup_check(c, 11, NULL, &e))
+            fail_msg("after re-admission: %s", e.message);
+    engram_client_get_counters(c, &k3);
+    uint64_t share = lookups_served(1, 0) - served;
+    printf("replica 1/0 served %llu of the next 100 lookups' shard-1 sub-requests\n",
+           (unsigned long long)share);
+    assert_true(share >= 30 && share <= 70);
+    assert_int_equal(k3.ejections, k2.ejections);
+    assert_int_equal(k3.retries, k2.retries);
+    engram_client_close(c);
 }
 
 static void test_hedge_around_stopped_replica(void **state)
