@@ -9,7 +9,8 @@
  * .npy file or one tensor of a .safetensors checkpoint (streamed in chunks,
  * never read whole), look rows up and verify a synthetic table against the
  * rule in common/synthetic.h, or re-read every stored row and check its
- * checksums (verify).
+ * checksums (verify), print the cluster map and drop a version on every
+ * replica (versions.c).
  *
  * Exit codes: 0 ok; 1 an RPC failed or verification found a mismatch;
  * 2 usage error. verify alone exits 2 when an RPC failed, so that its 1
@@ -68,6 +69,11 @@ static const char usage_text[] =
     "  log-level LEVEL                      set the server's log level\n"
     "                                       (debug, info, warn, error)\n"
     "\n"
+    "cluster:\n"
+    "  cluster-map                          the cluster map the server serves, as JSON\n"
+    "  drop-version --table T --version V   drop version V of T on every replica\n"
+    "                                       (not the active one; exit 1 if any failed)\n"
+    "\n"
     "models:\n"
     "  put-manifest FILE.json               store a model manifest\n"
     "  manifests                            list manifests\n"
@@ -92,6 +98,10 @@ static const char usage_text[] =
 
 /* ---- main ------------------------------------------------------------------- */
 
+/* The cluster map and version commands (versions.c). */
+int cmd_cluster_map(engram_client *cl, int argc, char **argv);
+int cmd_drop_version(engram_client *cl, int argc, char **argv);
+
 /* Local commands run without a client (they get NULL). */
 static ctl_cmd find_cmd(const char *name, int *local)
 {
@@ -113,6 +123,8 @@ static ctl_cmd find_cmd(const char *name, int *local)
         {"verify", cmd_verify, 0},
         {"stats", cmd_stats, 0},
         {"log-level", cmd_log_level, 0},
+        {"cluster-map", cmd_cluster_map, 0},
+        {"drop-version", cmd_drop_version, 0},
         {"hash", cmd_hash, 1},
         {"compress-vocab", cmd_compress_vocab, 1},
     };

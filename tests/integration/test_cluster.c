@@ -9,8 +9,9 @@
  * shard with every replica down reported by name within the deadline; a
  * server refusing rows of another shard; an import whose replica dies
  * mid-stream activating nothing, and its re-run (after a half-done
- * activation) converging on the new version; and the server's start-up
- * refusals of --cluster/--shard mistakes (exit 2, exact message). */
+ * activation) converging on the new version; the server's start-up
+ * refusals of --cluster/--shard mistakes (exit 2, exact message); and
+ * engramctl cluster-map and drop-version across the cluster. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -732,6 +733,69 @@ static void test_startup_refusals(void **state)
     assert_string_equal(err, "engram-server: cluster map: \"placement\" must be \"mod\" (row r on shard r mod S)\n");
 }
 
+/* ---- engramctl cluster-map and drop-version ----------------------------------- */
+
+static void test_ctl_cluster_map_and_drop_version(void **state)
+{
+    char out[4096], err[4096], want[4096], *p = want;
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv[1][0].addr, "cluster-map", NULL), 0);
+    p += sprintf(p, "{\n  \"name\": \"it3x2\",\n  \"placement\": \"mod\",\n  \"shards\": [\n");
+    for (int s = 0; s < S; s++)
+        p += sprintf(p, "    {\n      \"replicas\": [\n        \"127.0.0.1:%d\",\n        \"127.0.0.1:%d\"\n"
+                        "      ]\n    }%s\n", ports[s][0], ports[s][1], s < S - 1 ? "," : "");
+    sprintf(p, "  ]\n}\n");
+    assert_string_equal(out, want);
+    assert_string_equal(err, "");
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv[1][0].addr, "cluster-map", "x", NULL), 2);
+    assert_string_equal(err, "engramctl: INVALID_ARGUMENT: cluster-map: unexpected argument 'x' (see engramctl --help)\n");
+
+    /* "cf" has v2 active and v1 retained everywhere (the import test). */
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv[2][0].addr, "drop-version", "--table",
+                                       "cf", "--version", "1", NULL), 0);
+    p = want;
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++)
+            p += sprintf(p, "127.0.0.1:%d (shard %d): dropped version 1 of table \"cf\"\n", ports[s][r], s);
+    assert_string_equal(out, want);
+    assert_string_equal(err, "");
+    char msg[512];
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++) {
+            expect_replica(s, r, 2, 0, 0, 2, 22);
+            assert_int_equal(raw_lookup(srv[s][r].addr, "cf", (const uint64_t[]){(uint64_t)s}, 1, 1, msg,
+                                        sizeof msg),
+                             ENGRAM_NOT_FOUND);
+        }
+    /* again: no replica holds it */
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv[2][0].addr, "drop-version", "--table",
+                                       "cf", "--version", "1", NULL), 1);
+    p = want;
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++)
+            p += sprintf(p, "127.0.0.1:%d (shard %d): table \"cf\" has no version 1 on this server\n", ports[s][r], s);
+    assert_string_equal(out, want);
+    assert_string_equal(err, "engramctl: NOT_FOUND: no replica of the 6 holds version 1 of table \"cf\"\n");
+    /* the active version: every replica refuses */
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv[2][0].addr, "drop-version", "--table",
+                                       "cf", "--version", "2", NULL), 1);
+    assert_string_equal(out, "");
+    p = want;
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++)
+            p += sprintf(p, "engramctl: FAILED_PRECONDITION: 127.0.0.1:%d (shard %d): version 2 of table \"cf\" is "
+                            "active; activate another version first\n", ports[s][r], s);
+    sprintf(p, "engramctl: version 2 of table \"cf\" dropped on 0 of 6 replicas, failed on 6 (above); re-running "
+               "the command finishes it\n");
+    assert_string_equal(err, want);
+    /* usage */
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv[2][0].addr, "drop-version", "--table",
+                                       "cf", NULL), 2);
+    assert_string_equal(err, "engramctl: INVALID_ARGUMENT: drop-version: --version is required (see engramctl --help)\n");
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, srv[2][0].addr, "drop-version", "--table",
+                                       "cf", "--version", "0", NULL), 2);
+    assert_string_equal(err, "engramctl: INVALID_ARGUMENT: drop-version: --version must be 1 or more (see engramctl --help)\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -744,6 +808,7 @@ int main(void)
         cmocka_unit_test(test_shard_down_is_named),
         cmocka_unit_test(test_failed_import_activates_nothing_and_rerun_completes),
         cmocka_unit_test(test_startup_refusals),
+        cmocka_unit_test(test_ctl_cluster_map_and_drop_version),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
