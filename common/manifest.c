@@ -2,7 +2,8 @@
  * manifest.h), then derives the hashing state with eh_model_create.
  *
  * Every error names the key and, where there is one, the bad value, since
- * the person reading it is editing a JSON file by hand. */
+ * the person reading it is editing a JSON file by hand. Optional "primes"
+ * and "offsets" are checked against the derived values, never used. */
 #include "manifest.h"
 
 #include <errno.h>
@@ -247,6 +248,129 @@ static int parse_tables(parse_ctx *p)
     return 0;
 }
 
+/* ---- primes and offsets: derived, and checked when given ------------------ */
+
+/* A manifest may carry the derived primes and head offsets (as the
+ * reference vectors list them). They follow from engram_vocab_size,
+ * n_head_per_ngram and layer_ids and cannot be set: a manifest that gives
+ * them must give exactly the derived values, so it can never be used with
+ * other primes than the ones it was written for. */
+#define DERIVED_WHY "(primes and offsets follow from engram_vocab_size, n_head_per_ngram and " \
+                    "layer_ids; they cannot be set)"
+
+/* A non-negative integer or a decimal string; `what` names it in errors. */
+static int parse_u64_value(parse_ctx *p, json_t *x, const char *what, uint64_t *out)
+{
+    if (json_is_integer(x) && json_integer_value(x) >= 0) {
+        *out = (uint64_t)json_integer_value(x);
+        return 0;
+    }
+    if (json_is_string(x)) {
+        const char *s = json_string_value(x);
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (!errno && end != s && !*end && *s != '-' && *s != '+' && *s != ' ') {
+            *out = v;
+            return 0;
+        }
+    }
+    return perr(p, "manifest: %s must be a non-negative integer or a decimal string", what);
+}
+
+/* Maps the keys of an object keyed by layer id to layer indexes: by_li[li]
+ * is that layer's value (NULL when not given), keys[li] its key. */
+static int by_layer(parse_ctx *p, json_t *o, const char *what, json_t **by_li, const char **keys)
+{
+    if (!json_is_object(o))
+        return perr(p, "manifest: \"%s\" must be an object keyed by layer id", what);
+    const char *key;
+    json_t *v;
+    json_object_foreach(o, key, v) {
+        int li = layer_index_of_key(p, key, what);
+        if (li < 0)
+            return -1;
+        if (by_li[li])
+            return perr(p, "manifest: %s names layer %lld twice (\"%s\" and \"%s\")", what,
+                        (long long)p->cfg.layer_ids[li], keys[li], key);
+        by_li[li] = v;
+        keys[li] = key;
+    }
+    return 0;
+}
+
+/* One layer's given values against the derived ones, head by head. */
+static int check_values(parse_ctx *p, json_t *a, size_t n, const uint64_t *derived,
+                        const char *what, const char *noun)
+{
+    char item[96];
+    if (!json_is_array(a) || json_array_size(a) != n)
+        return perr(p, "manifest: %s must be an array of %zu values", what, n);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v = 0;
+        snprintf(item, sizeof item, "%s[%zu]", what, i);
+        if (parse_u64_value(p, json_array_get(a, i), item, &v))
+            return -1;
+        if (v != derived[i])
+            return perr(p, "manifest: %s = %llu differs from the derived %s %llu " DERIVED_WHY,
+                        item, (unsigned long long)v, noun, (unsigned long long)derived[i]);
+    }
+    return 0;
+}
+
+/* "primes": {"<layer id>": {"2": [one per head of order 2], ..., "<max_ngram_size>": [...]}} */
+static int check_layer_primes(parse_ctx *p, json_t *o, const char *key, const eh_layer *l)
+{
+    char what[96];
+    snprintf(what, sizeof what, "primes[\"%s\"]", key);
+    int nmax = p->cfg.max_ngram, nh = p->cfg.n_head_per_ngram;
+    if (!json_is_object(o))
+        return perr(p, "manifest: %s must be an object keyed by N-gram order 2..%d", what, nmax);
+    const char *ok;
+    json_t *v;
+    json_object_foreach(o, ok, v) {
+        char canon[16];
+        long n = strtol(ok, NULL, 10);
+        snprintf(canon, sizeof canon, "%ld", n);
+        if (n < 2 || n > nmax || strcmp(canon, ok) != 0)
+            return perr(p, "manifest: %s key \"%s\" is not an N-gram order 2..%d", what, ok, nmax);
+    }
+    for (int n = 2; n <= nmax; n++) {
+        char order[16], item[112];
+        snprintf(order, sizeof order, "%d", n);
+        snprintf(item, sizeof item, "%s[\"%d\"]", what, n);
+        json_t *a = json_object_get(o, order);
+        if (!a)
+            return perr(p, "manifest: %s lacks order \"%d\"", what, n);
+        if (check_values(p, a, (size_t)nh, l->primes + (size_t)(n - 2) * nh, item, "prime"))
+            return -1;
+    }
+    return 0;
+}
+
+static int check_derived(parse_ctx *p)
+{
+    const eh_model *m = p->m->model;
+    json_t *primes = json_object_get(p->root, "primes"), *offsets = json_object_get(p->root, "offsets");
+    json_t *pl[EH_MAX_LAYERS] = {0}, *ol[EH_MAX_LAYERS] = {0};
+    const char *pk[EH_MAX_LAYERS], *okeys[EH_MAX_LAYERS];
+    if ((primes && by_layer(p, primes, "primes", pl, pk)) ||
+        (offsets && by_layer(p, offsets, "offsets", ol, okeys)))
+        return -1;
+    for (int li = 0; li < m->n_layers; li++)
+        if (pl[li] && check_layer_primes(p, pl[li], pk[li], &m->layers[li]))
+            return -1;
+    for (int li = 0; li < m->n_layers; li++) {
+        char what[96];
+        if (!ol[li])
+            continue;
+        snprintf(what, sizeof what, "offsets[\"%s\"]", okeys[li]);
+        if (check_values(p, ol[li], (size_t)m->heads, m->layers[li].offsets, what, "offset"))
+            return -1;
+    }
+    return 0;
+}
+
 static int parse_identity(parse_ctx *p)
 {
     const char *name = get_str(p, p->root, "name");
@@ -275,7 +399,7 @@ static int parse_all(parse_ctx *p)
     p->m->model = eh_model_create(&p->cfg, why, sizeof why);
     if (!p->m->model)
         return perr(p, "manifest: %s", why);
-    return 0;
+    return check_derived(p);
 }
 
 engram_manifest *manifest_parse(const char *json, size_t len, char *err, size_t errlen)

@@ -11,7 +11,10 @@
  *     "multipliers": { "1": ["...", "...", "..."] },    optional, decimal strings
  *     "tables": { "1": "demo.l1", "15": "demo.l15" } }
  *
- * Multipliers, primes and offsets are derived (engram_hash.h) unless given.
+ * Multipliers, primes and offsets are derived (engram_hash.h); multipliers
+ * may be overridden. Optional "primes" ({"<layer>": {"<order>": [per
+ * head]}}) and "offsets" ({"<layer>": [per head]}) must equal the derived
+ * values (README "Models").
  * Each layer's table has sum(primes) rows of D = n_embed_per_ngram /
  * n_head_per_ngram elements of `dtype`. Parsed with jansson. */
 #ifndef ENGRAM_COMMON_MANIFEST_H

@@ -467,6 +467,11 @@ static void test_bad_manifests(void **state)
 {
     expect_put_error(json_pack("{s:{s:[s,s,s]}}", "multipliers", "3", "7", "8", "9"),
                      ENGRAM_INVALID_ARGUMENT, "multipliers[\"3\"][1] = 8 is not odd");
+    /* primes given (as the vectors list them) must be the derived ones */
+    json_t *primes = json_pack("{s:{s:[i,i,i,i],s:[i,i,i,i]}}", "3", "2", 1031, 1033, 1039,
+                               1049, "3", 2029, 2039, 2053, 2069);
+    expect_put_error(json_pack("{s:o}", "primes", primes), ENGRAM_INVALID_ARGUMENT,
+                     "manifest: primes[\"3\"][\"3\"][3] = 2069 differs from the derived prime 2063");
     expect_put_error(json_pack("{s:s}", "dtype", "bf17"), ENGRAM_INVALID_ARGUMENT,
                      "unknown dtype \"bf17\"");
     expect_put_error(json_pack("{s:{s:s}}", "tables", "0", "x"), ENGRAM_INVALID_ARGUMENT,
