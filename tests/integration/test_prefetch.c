@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <sys/wait.h>
 
 #include "engram/engram.h"
 #include "harness.h"
@@ -631,7 +632,19 @@ static void assert_untouched(const uint8_t *out, size_t bytes, const char *what)
             fail_msg("%s: byte %zu of out was written (0x%02x)", what, i, out[i]);
 }
 
-/* Tests that SIGSTOP the server resume it even when they fail. */
+/* SIGSTOP, then waits until the server has stopped: a group stop takes
+ * effect only once one of its threads runs, and on a loaded machine
+ * another thread could serve a request in between. waitpid(WUNTRACED)
+ * reports the stop only when every thread has stopped. */
+static void pause_server(void)
+{
+    int st;
+    assert_int_equal(kill(srv.pid, SIGSTOP), 0);
+    assert_int_equal(waitpid(srv.pid, &st, WUNTRACED), srv.pid);
+    assert_true(WIFSTOPPED(st));
+}
+
+/* Tests that stop the server resume it even when they fail. */
 static int resume_server(void **state)
 {
     return kill(srv.pid, SIGCONT);
@@ -648,7 +661,7 @@ static engram_prefetch_request poisoned_request(const batch *b, uint8_t **out, s
                                      .out = *out, .out_cap = *bytes, .flags = flags};
 }
 
-/* With the server stopped (SIGSTOP) no reply can come, so: a short wait
+/* With the server stopped (SIGSTOP, all threads) no reply can come, so: a short wait
  * (and a short wait for one layer) is ENGRAM_TIMEOUT and writes nothing;
  * cancel then makes every wait ENGRAM_CANCELLED at once, out untouched, and
  * the handle frees (the lookups still queued at the stopped server are
@@ -663,7 +676,7 @@ static void test_timeout_then_cancel(void **state)
     engram_prefetch_request r = poisoned_request(b, &out, &bytes, 0);
     engram_prefetch *h;
     engram_error e;
-    assert_int_equal(kill(srv.pid, SIGSTOP), 0);
+    pause_server();
     assert_int_equal(engram_prefetch_start(model, &r, &h, &e), ENGRAM_OK);
     assert_int_equal(engram_prefetch_wait(h, 50, &e), ENGRAM_TIMEOUT);
     assert_string_equal(e.message, "prefetch still in flight");
@@ -721,7 +734,7 @@ static void test_server_error_through_wait(void **state)
         assert_int_equal(engram_prefetch_wait(h, -1, &e), ENGRAM_OK);
         engram_prefetch_free(h);
         memset(out, POISON, bytes);
-        assert_int_equal(kill(srv.pid, SIGSTOP), 0);
+        pause_server();
         assert_int_equal(engram_prefetch_start(m, &r, &h, &e), ENGRAM_OK);
         const char *want = async ? "table cfg2.l0: Deadline Exceeded"
                                  : "table cfg2.l3: Deadline Exceeded";
