@@ -3,11 +3,12 @@
  * Reference vectors (shared/testdata/engram-hash, produced by DeepSeek's
  * engram_demo_v1.py with numpy 1.24): numpy default_rng().integers with its
  * SeedSequence/PCG64 traces, and config2_small (multipliers, primes,
- * offsets, mixes, hash ids and global row ids of every batch, negative-id
- * edge batches included). Then a second config checked against a naive
- * re-implementation written here (trial-division primes, a plain list for
- * `seen`, __int128 % for the floor-mod), history equivalence, the
- * division-free floor-mod against %, and the exact error messages. */
+ * offsets, compressed ids, mixes, hash ids and global row ids of every
+ * batch, negative-id edge batches included). Then a second config checked
+ * against a naive re-implementation written here (trial-division primes, a
+ * plain list for `seen`, __int128 % for the floor-mod), history
+ * equivalence, the division-free floor-mod against %, and the exact error
+ * messages. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -319,6 +320,65 @@ static void test_config2_batches(void **state)
 }
 
 /* Multipliers given in the config instead of derived give the same rows. */
+/* The batches' compressed_ids, through the code's own compression: a
+ * 2-gram model on the same table with multipliers [1, 1] mixes
+ * c[t] XOR c[t-1] (c[-1] the compressed pad), so the compressed ids unfold
+ * from eh_mixes in one pass along each sequence. Negative ids of the edge
+ * batches must pass through unchanged. */
+static void test_config2_compressed_ids(void **state)
+{
+    c2 c;
+    c2_load(&c);
+    eh_config cfg = c.cfg;
+    cfg.max_ngram = 2;
+    cfg.n_layers = 1;
+    cfg.has_multipliers[0] = 1;
+    cfg.multipliers[0][0] = cfg.multipliers[0][1] = 1;
+    char err[256] = "";
+    eh_model *m = eh_model_create(&cfg, err, sizeof err);
+    if (!m)
+        fail_msg("eh_model_create: %s", err);
+    json_t *sets[2] = {get(c.root, "batches"),
+                       get(get(c.root, "edge_batches_negative_ids"), "batches")}, *batch;
+    size_t i, checked = 0, negative = 0;
+    for (int s = 0; s < 2; s++)
+        json_array_foreach(sets[s], i, batch) {
+            const char *name = json_string_value(get(batch, "name"));
+            size_t B = (size_t)json_integer_value(get(batch, "B"));
+            size_t T = (size_t)json_integer_value(get(batch, "T"));
+            json_t *in = json_object_get(batch, "input_ids_str");
+            json_t *want = json_object_get(batch, "compressed_ids_str");
+            if (!in)
+                in = get(batch, "input_ids");
+            if (!want)
+                want = get(batch, "compressed_ids");
+            int64_t *tok = malloc(B * T * sizeof *tok), *mix = malloc(B * T * sizeof *mix);
+            for (size_t b = 0; b < B; b++)
+                for (size_t t = 0; t < T; t++)
+                    tok[b * T + t] = jint(json_array_get(json_array_get(in, b), t));
+            assert_int_equal(eh_mixes(m, 0, tok, B, T, NULL, mix, err, sizeof err), 0);
+            for (size_t b = 0; b < B; b++) {
+                int64_t prev = m->compressed_pad;
+                for (size_t t = 0; t < T; t++) {
+                    int64_t got = mix[b * T + t] ^ prev;
+                    int64_t w = jint(json_array_get(json_array_get(want, b), t));
+                    if (got != w)
+                        fail_msg("%s [%zu, %zu]: id %lld compressed to %lld, want %lld", name, b, t,
+                                 (long long)tok[b * T + t], (long long)got, (long long)w);
+                    negative += got < 0;
+                    checked++;
+                    prev = got;
+                }
+            }
+            free(tok);
+            free(mix);
+        }
+    assert_int_equal(checked, 1046); /* sum of B * T over the 23 batches */
+    assert_true(negative > 0); /* the pass-through of negative ids was exercised */
+    eh_model_free(m);
+    c2_free(&c);
+}
+
 static void test_config2_given_multipliers(void **state)
 {
     c2 c;
@@ -857,6 +917,7 @@ int main(void)
         cmocka_unit_test(test_np_default_rng_vectors),
         cmocka_unit_test(test_config2_derived),
         cmocka_unit_test(test_config2_batches),
+        cmocka_unit_test(test_config2_compressed_ids),
         cmocka_unit_test(test_config2_given_multipliers),
         cmocka_unit_test(test_history_equivalence),
         cmocka_unit_test(test_other_config_naive),
