@@ -29,6 +29,7 @@
 #include "dtype.h"
 #include "engram/v1/engram.pb-c.h"
 #include "grpc_util.h"
+#include "hooks.h"
 #include "log.h"
 #include "status.h"
 
@@ -161,6 +162,7 @@ static int check_size(const Engram__V1__ImportHeader *h, uint64_t local_rows, ch
     uint64_t bytes = local_rows * row_bytes;   /* check_header ruled out overflow */
     if (!I.o.max_import_bytes || bytes <= I.o.max_import_bytes)
         return ES_OK;
+    hooks_refused(REFUSAL_MAX_IMPORT_BYTES);
     snprintf(msg, msglen, "import of table \"%s\" is %llu bytes (%llu rows of %llu bytes); "
              "the limit is %llu bytes (--max-import-bytes)", h->table, (unsigned long long)bytes,
              (unsigned long long)local_rows, (unsigned long long)row_bytes,

@@ -23,6 +23,7 @@
 #include "stats.h"
 #include "status.h"
 #include "grpc_util.h"
+#include "hooks.h"
 #include "wire.h"
 
 static struct {
@@ -108,6 +109,7 @@ static int validate(request *rq, const table_version *tv,
                     char *msg, size_t msglen)
 {
     if (rq->n_rows > L.o.max_rows) {
+        hooks_refused(REFUSAL_MAX_ROWS);
         snprintf(msg, msglen, "request has %zu rows; the maximum per request is %llu",
                  rq->n_rows, (unsigned long long)L.o.max_rows);
         return ES_INVALID_ARGUMENT;

@@ -228,11 +228,13 @@ static void process_families(sbuf *b, const stats_process *p)
     gauge(b, "engram_draining", "1 while the server is draining.", (uint64_t)p->draining);
     gauge(b, "engram_shard_index", "This server's shard.", p->shard_index);
     gauge(b, "engram_shard_count", "Shards of the cluster.", p->shard_count);
-    family(b, "engram_refusals_total", "counter", "Calls refused at admission, by status code.");
-    for (int c = 1; c < STATS_CODES; c++)
-        if (p->refusals[c])
-            sb_printf(b, "engram_refusals_total{code=\"%s\"} %llu\n", es_code_name(c),
-                      (unsigned long long)p->refusals[c]);
+    family(b, "engram_refusals_total", "counter",
+           "Calls refused, by reason and the status they got (every reason, 0 included).");
+    for (int r = 0; r < REFUSAL_REASONS; r++)
+        sb_printf(b, "engram_refusals_total{reason=\"%s\",code=\"%s\"} %llu\n",
+                  hooks_refusal_name((refusal_reason)r),
+                  es_code_name(hooks_refusal_code((refusal_reason)r)),
+                  (unsigned long long)p->refusals_by_reason[r]);
     const store_rocksdb_stats *r = &p->rocksdb;
     gauge(b, "engram_rocksdb_block_cache_usage_bytes", "Bytes in RocksDB's block cache.",
           r->block_cache_usage);

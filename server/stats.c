@@ -373,6 +373,8 @@ void stats_process_read(stats_process *out)
     }
     for (int c = 1; c < STATS_CODES; c++)
         out->refusals[c] = hooks_refusals(c);
+    for (int r = 0; r < REFUSAL_REASONS; r++)
+        out->refusals_by_reason[r] = hooks_refusals_by_reason((refusal_reason)r);
 }
 
 /* ---- setup ---------------------------------------------------------------- */
@@ -402,6 +404,8 @@ typedef struct reply_buf {
     Engram__V1__MemoryStats mem;
     Engram__V1__RpcStats **rpcs;
     Engram__V1__TableStats **tables;
+    Engram__V1__RefusalCount reasons[REFUSAL_REASONS];
+    Engram__V1__RefusalCount *reason_ptrs[REFUSAL_REASONS];
     size_t cap_rpcs, cap_tables;
     int oom;
 } reply_buf;
@@ -542,6 +546,15 @@ static void fill_process(reply_buf *b, const stats_process *p)
     r->memory = &b->mem;
     Engram__V1__StatusCount **refusals = status_counts(p->refusals, &r->n_refusals);
     r->refusals = refusals;
+    for (int i = 0; i < REFUSAL_REASONS; i++) {
+        engram__v1__refusal_count__init(&b->reasons[i]);
+        b->reasons[i].reason = (char *)hooks_refusal_name((refusal_reason)i);
+        b->reasons[i].code = (char *)es_code_name(hooks_refusal_code((refusal_reason)i));
+        b->reasons[i].count = p->refusals_by_reason[i];
+        b->reason_ptrs[i] = &b->reasons[i];
+    }
+    r->n_refusals_by_reason = REFUSAL_REASONS;
+    r->refusals_by_reason = b->reason_ptrs;
 }
 
 static void reply_free(reply_buf *b)

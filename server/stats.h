@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hooks.h"
 #include "server.h"
 #include "store.h"
 
@@ -87,6 +88,7 @@ typedef struct stats_process {
     uint64_t mem_allocated, mem_resident, mem_mapped;  /* 0 without jemalloc */
     uint64_t resident_tier_bytes, resident_tier_budget;
     uint64_t refusals[STATS_CODES];    /* admission refusals by code */
+    uint64_t refusals_by_reason[REFUSAL_REASONS];   /* every refusal (hooks.h) */
 } stats_process;
 
 void stats_process_read(stats_process *out);

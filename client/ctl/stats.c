@@ -64,6 +64,25 @@ static void status_list(const json_t *arr, char *buf, size_t cap)
         snprintf(buf, cap, "-");
 }
 
+/* "max_rows=2 (INVALID_ARGUMENT) draining=1 (UNAVAILABLE)": the reasons
+ * with a count, or "none". */
+static void refusal_list(const json_t *arr, char *buf, size_t cap)
+{
+    size_t i, off = 0;
+    json_t *e;
+    json_array_foreach(arr, i, e) {
+        if (!u(e, "count"))
+            continue;
+        int n = snprintf(buf + off, cap - off, "%s%s=%llu (%s)", off ? " " : "", s(e, "reason"),
+                         (unsigned long long)u(e, "count"), s(e, "code"));
+        if (n < 0 || (size_t)n >= cap - off)
+            break;
+        off += (size_t)n;
+    }
+    if (!off)
+        snprintf(buf, cap, "none");
+}
+
 static uint64_t status_total(const json_t *arr)
 {
     size_t i;
@@ -186,9 +205,9 @@ static void print_process(const json_t *r)
     fmt_bytes(u(m, "resident_tier_bytes"), a, sizeof a);
     fmt_bytes(u(m, "resident_tier_budget"), b, sizeof b);
     printf("; resident tier %s of %s\n", a, b);
-    char refusals[256];
-    status_list(json_object_get(r, "refusals"), refusals, sizeof refusals);
-    printf("refusals: %s\n", strcmp(refusals, "-") ? refusals : "none");
+    char refusals[512];
+    refusal_list(json_object_get(r, "refusals_by_reason"), refusals, sizeof refusals);
+    printf("refusals: %s\n", refusals);
 }
 
 static int print_readable(const char *doc)

@@ -18,7 +18,13 @@ strictly: every sample line `name{labels} value`, every family declared by
 HELP and TYPE before its samples and its samples contiguous, histogram
 buckets cumulative and ending with le="+Inf" equal to _count. Also: the
 readable `stats`, `stats --watch`, `log-level` round trips and a bad level,
-usage errors, and a metrics address already taken (exit 2).
+usage errors, a metrics address already taken (exit 2), and jemalloc's
+figures (allocated > 0, resident >= allocated) when the server links it.
+
+A second server (RefusalsTest) with --max-rows 4 and --max-import-bytes 1K
+gets over-limit lookups and imports, and lookups while draining: Stats,
+the readable `stats` and /metrics count each refusal under its reason,
+exactly, and every other reason stays 0.
 
 usage: stats_test.py --server-bin PATH --engramctl PATH --pydir DIR --version V
 """
@@ -128,6 +134,20 @@ def check_histogram(name, samples):
         assert s["sum"] is not None and s["sum"] >= 0, "%s%s: no _sum" % (name, key)
 
 
+# Admin.Stats' refusal reasons, in its order, and the status of each.
+REASONS = [("unauthenticated", "UNAUTHENTICATED"), ("permission_denied", "PERMISSION_DENIED"),
+           ("draining", "UNAVAILABLE"), ("max_calls", "RESOURCE_EXHAUSTED"),
+           ("max_rows", "INVALID_ARGUMENT"), ("max_import_bytes", "RESOURCE_EXHAUSTED"),
+           ("default_deadline", "DEADLINE_EXCEEDED")]
+
+
+def server_has_jemalloc():
+    """Whether the engram-server under test links libjemalloc (the build
+    decides: ENGRAM_SANITIZE turns it off), read from its dynamic section."""
+    out = subprocess.run(["ldd", ARGS.server_bin], capture_output=True, text=True, check=True)
+    return re.search(r"^\s*libjemalloc\.so", out.stdout, re.M) is not None
+
+
 def value(families, family, sample=None, **labels):
     matches = [v for n, l, v in families[family]["samples"]
                if (sample or family) == n and l == labels]
@@ -160,13 +180,14 @@ class StatsTest(unittest.TestCase):
         cls.workload()
 
     @classmethod
-    def start_server(cls, name, metrics_port, expect_fail=False):
+    def start_server(cls, name, metrics_port, expect_fail=False, extra=()):
         port_file = os.path.join(cls.tmp, name + ".port")
         log = open(os.path.join(cls.tmp, name + ".log"), "w")
         proc = subprocess.Popen(
             [ARGS.server_bin, "--data", os.path.join(cls.tmp, name), "--listen", "127.0.0.1:0",
              "--port-file", port_file, "--threads", "2", "--resident-budget", "64K",
-             "--block-cache", "8M", "--metrics-listen", "127.0.0.1:%d" % metrics_port],
+             "--block-cache", "8M", "--metrics-listen", "127.0.0.1:%d" % metrics_port]
+            + list(extra),
             stdout=log, stderr=subprocess.PIPE if expect_fail else log, text=True)
         log.close()  # the server holds its own descriptor
         if expect_fail:
@@ -279,6 +300,8 @@ class StatsTest(unittest.TestCase):
         self.assertIs(s["draining"], False)
         self.assertEqual((s["shard_index"], s["shard_count"]), (0, 1))
         self.assertEqual(s["refusals"], [])
+        self.assertEqual(s["refusals_by_reason"],
+                         [{"reason": r, "code": c, "count": 0} for r, c in REASONS])
         self.assertEqual(s["memory"]["resident_tier_bytes"], 100 * ROW_BYTES)
         self.assertEqual(s["memory"]["resident_tier_budget"], 64 * 1024)
         rk = s["rocksdb"]
@@ -286,6 +309,21 @@ class StatsTest(unittest.TestCase):
         self.assertEqual(rk["multiget_calls"], 3)  # one MultiGet per disk lookup
         self.assertGreater(rk["bytes_read"], 0)
         self.assertGreaterEqual(rk["block_cache_hits"] + rk["block_cache_misses"], 3)
+
+    def test_memory_figures(self):
+        if not server_has_jemalloc():
+            self.skipTest("this engram-server is not linked with jemalloc (ENGRAM_SANITIZE "
+                          "builds use ASan's allocator, and Stats reports 0)")
+        # jemalloc's stats.allocated/resident/mapped, after two imports and
+        # a workload: some bytes are allocated, and the resident pages hold
+        # at least those bytes (jemalloc documents resident >= active >=
+        # allocated). A weak mallctl without jemalloc would report 0.
+        m = self.stats_json()["memory"]
+        self.assertGreater(m["allocated"], 0, m)
+        self.assertGreaterEqual(m["resident"], m["allocated"], m)
+        self.assertGreater(m["mapped"], 0, m)
+        f = self.metrics()
+        self.assertGreater(value(f, "engram_memory_allocated_bytes"), 0)
 
     def test_json_keys_are_proto_field_names(self):
         s = self.stats_json()
@@ -336,7 +374,9 @@ class StatsTest(unittest.TestCase):
         self.assertEqual(value(f, "engram_rocksdb_multiget_calls_total"), 3)
         self.assertEqual(value(f, "engram_draining"), 0)
         self.assertEqual(value(f, "engram_shard_count"), 1)
-        self.assertEqual(f["engram_refusals_total"]["samples"], [])
+        self.assertEqual(f["engram_refusals_total"]["samples"],
+                         [("engram_refusals_total", {"reason": r, "code": c}, 0.0)
+                          for r, c in REASONS])
         self.assertGreaterEqual(value(f, "engram_calls_in_flight"), 0)
 
     def test_metrics_families(self):
@@ -438,10 +478,95 @@ class StatsTest(unittest.TestCase):
         proc, _ = self.start_server("second", self.metrics_port, expect_fail=True)
         _, err = proc.communicate(timeout=30)
         self.assertEqual(proc.returncode, 2)
-        # The message first; the usual stop log lines follow on stderr.
-        self.assertEqual(err.splitlines()[0],
-                         "engram-server: --metrics-listen: cannot listen on 127.0.0.1:%d: "
-                         "Address already in use" % self.metrics_port)
+        # The message is one line of its own; start-up (info) and stop log
+        # lines may surround it on stderr.
+        self.assertIn("engram-server: --metrics-listen: cannot listen on 127.0.0.1:%d: "
+                      "Address already in use" % self.metrics_port, err.splitlines())
+
+
+class RefusalsTest(unittest.TestCase):
+    """Refusals by reason, on a second server with --max-rows 4 and
+    --max-import-bytes 1K: 3 lookups of 5 rows (max_rows), one import of
+    17 x 64 = 1088 bytes (max_import_bytes) and 2 lookups while draining
+    (draining) must show as exactly those counts, every other reason 0, in
+    Stats JSON, the readable `stats` and /metrics."""
+    start_server = classmethod(StatsTest.start_server.__func__)
+    ctl = classmethod(StatsTest.ctl.__func__)
+    stats_json = classmethod(StatsTest.stats_json.__func__)
+    metrics = StatsTest.metrics
+
+    @classmethod
+    def setUpClass(cls):
+        sys.path.insert(0, ARGS.pydir)
+        from engram.v1 import engram_pb2
+        cls.pb = engram_pb2
+        cls.tmp = tempfile.mkdtemp(prefix="engram-refusals-")
+        cls.metrics_port = free_port()
+        cls.proc, cls.port = cls.start_server(
+            "limits", cls.metrics_port, extra=["--max-rows", "4", "--max-import-bytes", "1K"])
+        cls.addr = "127.0.0.1:%d" % cls.port
+        cls.before = cls.stats_json()
+        cls.ctl("import-synthetic", "--table", "res", "--rows", "16", "--row-bytes", "64",
+                "--seed", "1")   # 1024 bytes: at the limit, taken
+        cls.channel = grpc.insecure_channel(cls.addr)
+        lookup = cls.channel.unary_unary(
+            LOOKUP, request_serializer=cls.pb.LookupRequest.SerializeToString,
+            response_deserializer=cls.pb.LookupResponse.FromString)
+        cls.errors = []
+
+        def refused(rows):
+            try:
+                lookup(cls.pb.LookupRequest(table="res", rows=rows), timeout=10)
+                cls.errors.append(("OK", ""))
+            except grpc.RpcError as e:
+                cls.errors.append((e.code().name, e.details()))
+        for _ in range(3):
+            refused([0, 1, 2, 3, 4])
+        refused([0, 1, 2, 3])     # at the limit: served
+        cls.big = cls.ctl("import-synthetic", "--table", "big", "--rows", "17", "--row-bytes",
+                          "64", "--seed", "1", rc=1)
+        cls.ctl("drain", "--timeout-ms", "100")
+        for _ in range(2):
+            refused([1])
+        cls.ctl("undrain")
+        refused([1])
+
+    @classmethod
+    def tearDownClass(cls):
+        StatsTest.tearDownClass.__func__(cls)
+
+    def test_refusal_statuses(self):
+        five = ("INVALID_ARGUMENT", "request has 5 rows; the maximum per request is 4")
+        drained = ("UNAVAILABLE", "server is draining; retry on another replica")
+        self.assertEqual(self.errors, [five] * 3 + [("OK", "")] + [drained] * 2 + [("OK", "")])
+        self.assertEqual(self.big.stderr,
+                         'engramctl: RESOURCE_EXHAUSTED: import of table "big" is 1088 bytes '
+                         "(17 rows of 64 bytes); the limit is 1024 bytes (--max-import-bytes)\n")
+
+    def want(self):
+        counts = {"draining": 2, "max_rows": 3, "max_import_bytes": 1}
+        return [(r, c, counts.get(r, 0)) for r, c in REASONS]
+
+    def test_stats_json(self):
+        self.assertEqual([x["count"] for x in self.before["refusals_by_reason"]], [0] * 7)
+        s = self.stats_json()
+        self.assertEqual([(x["reason"], x["code"], x["count"]) for x in s["refusals_by_reason"]],
+                         self.want())
+        # The admission refusals by code: only draining's.
+        self.assertEqual(s["refusals"], [{"code": "UNAVAILABLE", "count": 2}])
+        lk = {r["method"]: r for r in s["rpcs"]}[LOOKUP]
+        self.assertEqual(lk["errors"], [{"code": "INVALID_ARGUMENT", "count": 3},
+                                        {"code": "UNAVAILABLE", "count": 2}])
+
+    def test_stats_readable(self):
+        self.assertIn("\nrefusals: draining=2 (UNAVAILABLE) max_rows=3 (INVALID_ARGUMENT) "
+                      "max_import_bytes=1 (RESOURCE_EXHAUSTED)\n", self.ctl("stats").stdout)
+
+    def test_metrics(self):
+        f = self.metrics()
+        self.assertEqual(f["engram_refusals_total"]["samples"],
+                         [("engram_refusals_total", {"reason": r, "code": c}, float(n))
+                          for r, c, n in self.want()])
 
 
 def main():

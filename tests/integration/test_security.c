@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "engram/engram.h"
 #include "harness.h"
@@ -128,6 +129,62 @@ static int admin_call(engram_client *c, const char *table, engram_error *err)
     return engram_table_drop_version(c, table, 99, err);
 }
 
+/* ---- refusal counts (Admin.Stats refusals_by_reason) ---------------------- */
+
+/* The reasons in the order Stats lists them, and each one's status. */
+enum { R_UNAUTH, R_PERM, R_DRAINING, R_MAX_CALLS, R_MAX_ROWS, R_IMPORT_BYTES, R_DEADLINE, NREASONS };
+static const char *const reason_names[NREASONS] = {
+    "unauthenticated", "permission_denied", "draining", "max_calls",
+    "max_rows", "max_import_bytes", "default_deadline"};
+static const char *const reason_codes[NREASONS] = {
+    "UNAUTHENTICATED", "PERMISSION_DENIED", "UNAVAILABLE", "RESOURCE_EXHAUSTED",
+    "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"};
+
+/* Reads every reason's count through Admin.Stats. Under --max-calls the
+ * Stats call itself can be refused while the server still frees earlier
+ * calls; each such refusal is added to *stats_refused (a max_calls refusal
+ * the caller must expect) and the call is retried. */
+static void read_refusals(engram_client *c, uint64_t out[NREASONS], uint64_t *stats_refused)
+{
+    char *doc = NULL;
+    engram_error err;
+    int rc;
+    for (int i = 0; (rc = engram_stats_json(c, &doc, &err)) == ENGRAM_RESOURCE_EXHAUSTED && i < 50; i++) {
+        assert_non_null(stats_refused);
+        ++*stats_refused;
+        usleep(20000);
+    }
+    if (rc != ENGRAM_OK)
+        fail_msg("Stats: %s %s", engram_status_name(rc), err.message);
+    json_error_t je;
+    json_t *r = json_loads(doc, 0, &je);
+    engram_free(doc);
+    assert_non_null(r);
+    json_t *arr = json_object_get(r, "refusals_by_reason");
+    assert_int_equal(json_array_size(arr), NREASONS);
+    for (size_t i = 0; i < NREASONS; i++) {
+        json_t *e = json_array_get(arr, i);
+        assert_string_equal(json_string_value(json_object_get(e, "reason")), reason_names[i]);
+        assert_string_equal(json_string_value(json_object_get(e, "code")), reason_codes[i]);
+        out[i] = (uint64_t)json_integer_value(json_object_get(e, "count"));
+    }
+    json_decref(r);
+}
+
+/* Asserts the counts are exactly want[] (0 where not set), plus, for
+ * max_calls, *stats_refused: every Stats call refused so far. */
+static void expect_refusals(engram_client *c, const uint64_t want[NREASONS], uint64_t *stats_refused)
+{
+    uint64_t got[NREASONS];
+    read_refusals(c, got, stats_refused);
+    for (int i = 0; i < NREASONS; i++) {
+        uint64_t w = want[i] + (i == R_MAX_CALLS && stats_refused ? *stats_refused : 0);
+        if (got[i] != w)
+            fail_msg("refusals %s: %llu, expected %llu", reason_names[i],
+                     (unsigned long long)got[i], (unsigned long long)w);
+    }
+}
+
 #define NO_CREDENTIALS "admin call without credentials: send authorization: Bearer <token> " \
                        "or a client certificate on the admin list"
 
@@ -192,6 +249,13 @@ static void test_tls_token(void **state)
                                cert("wrong-token"), "undrain", NULL), 1);
     assert_int_equal(engramctl(s.addr, "--tls-ca", cert("ca.pem"), "--token-file", cert("token"),
                                "lookup", "--table", "t", "1", NULL), 0);
+
+    /* Stats counted each refusal above: DropVersion and Verify without a
+     * token, DropVersion and engramctl undrain with the wrong one. */
+    client_sec admin2 = {.ca = cert("ca.pem"), .token = TOKEN};   /* cert()'s ring moved on */
+    a = open_client(s.addr, &admin2);
+    expect_refusals(a, (uint64_t[NREASONS]){[R_UNAUTH] = 4}, NULL);
+    engram_client_close(a);
     assert_int_equal(server_stop(&s), 0);
 }
 
@@ -243,6 +307,75 @@ static void test_mtls_names(void **state)
                                "--tls-key", cert("worker.key"), "undrain", NULL), 1);
     assert_int_equal(engramctl(s.addr, "--tls-ca", cert("ca.pem"), "--tls-cert", cert("worker.pem"),
                                "--tls-key", cert("worker.key"), "table", "t", NULL), 0);
+
+    /* The lookup-only certificate cannot drain, through the library or
+     * engramctl, and the server keeps serving its lookups. */
+    client_sec wk2 = {.ca = cert("ca.pem"), .cert = cert("worker.pem"), .key = cert("worker.key")};
+    w = open_client(s.addr, &wk2);      /* cert()'s ring of paths moved on: fresh ones */
+    int drained = -1;
+    uint64_t in_flight = 99;
+    assert_int_equal(engram_drain(w, 100, &drained, &in_flight, &err), ENGRAM_PERMISSION_DENIED);
+    assert_string_equal(err.message,
+                        "client certificate \"worker\" is not on the admin list (--admin-names)");
+    assert_int_equal(engramctl(s.addr, "--tls-ca", cert("ca.pem"), "--tls-cert", cert("worker.pem"),
+                               "--tls-key", cert("worker.key"), "drain", "--timeout-ms", "100",
+                               NULL), 1);
+    assert_int_equal(lookup(w, "t", &err), ENGRAM_OK);
+    engram_client_close(w);
+
+    /* Refusals by reason: the worker's DropVersion, undrain and two drains. */
+    client_sec op2 = {.ca = cert("ca.pem"), .cert = cert("operator.pem"), .key = cert("operator.key")};
+    a = open_client(s.addr, &op2);
+    expect_refusals(a, (uint64_t[NREASONS]){[R_PERM] = 4}, NULL);
+    engram_client_close(a);
+    assert_int_equal(server_stop(&s), 0);
+}
+
+/* --admin-listen with TLS and a token: the admin listener speaks TLS too;
+ * there the token admits admin calls, its absence is UNAUTHENTICATED, and a
+ * plaintext client cannot connect. */
+static void test_admin_listen_tls(void **state)
+{
+    test_server s;
+    char admin_addr[64];
+    snprintf(admin_addr, sizeof admin_addr, "127.0.0.1:%d", harness_free_port());
+    const char *args[] = {"--tls-cert", cert("server.pem"), "--tls-key", cert("server.key"),
+                          "--admin-token-file", cert("token"), "--admin-listen", admin_addr, NULL};
+    start(&s, args);
+    engram_error err;
+
+    client_sec admin = {.ca = cert("ca.pem"), .token = TOKEN};
+    engram_client *a = open_client(admin_addr, &admin);
+    import_table(a, "t");
+    assert_int_equal(admin_call(a, "t", &err), ENGRAM_NOT_FOUND);
+    engram_client_close(a);
+
+    client_sec tls = {.ca = cert("ca.pem")};
+    engram_client *w = open_client(admin_addr, &tls);
+    assert_int_equal(admin_call(w, "t", &err), ENGRAM_UNAUTHENTICATED);
+    assert_string_equal(err.message, NO_CREDENTIALS);
+    engram_client_close(w);
+
+    w = open_client(admin_addr, NULL);    /* plaintext to the TLS admin port */
+    assert_int_equal(admin_call(w, "t", &err), ENGRAM_UNAVAILABLE);
+    engram_client_close(w);
+
+    /* The data plane on the main listener, over TLS. */
+    w = open_client(s.addr, &tls);
+    assert_int_equal(lookup(w, "t", &err), ENGRAM_OK);
+    engram_client_close(w);
+
+    assert_int_equal(engramctl(admin_addr, "--tls-ca", cert("ca.pem"), "--token-file",
+                               cert("token"), "drain", "--timeout-ms", "100", NULL), 0);
+    assert_int_equal(engramctl(admin_addr, "--tls-ca", cert("ca.pem"), "undrain", NULL), 1);
+    assert_int_equal(engramctl(admin_addr, "--tls-ca", cert("ca.pem"), "--token-file",
+                               cert("token"), "undrain", NULL), 0);
+    assert_int_equal(engramctl(admin_addr, "--token-file", cert("token"), "undrain", NULL), 1);
+
+    client_sec admin2 = {.ca = cert("ca.pem"), .token = TOKEN};   /* cert()'s ring moved on */
+    a = open_client(admin_addr, &admin2);
+    expect_refusals(a, (uint64_t[NREASONS]){[R_UNAUTH] = 2}, NULL);
+    engram_client_close(a);
     assert_int_equal(server_stop(&s), 0);
 }
 
@@ -303,18 +436,24 @@ static void on_alarm(int sig)
     _exit(2);
 }
 
-/* --max-calls, --max-import-bytes and --default-deadline-ms. */
+/* --max-calls, --max-rows, --max-import-bytes, --default-deadline-ms and
+ * draining: each refusal's exact status and message, and Stats counting
+ * each reason exactly as often as the test caused it (`want`, checked
+ * after every step, so a refusal counted under another reason fails). */
 static void test_limits(void **state)
 {
     signal(SIGALRM, on_alarm);
     alarm(60);
     test_server s;
-    const char *args[] = {"--max-calls", "2", "--max-import-bytes", "1K",
+    const char *args[] = {"--max-calls", "2", "--max-rows", "4", "--max-import-bytes", "1K",
                           "--default-deadline-ms", "1500", NULL};
     start(&s, args);
     limits_server = s.pid;
     engram_error err;
     engram_client *c = open_client(s.addr, NULL);
+    uint64_t want[NREASONS] = {0}, stats_refused = 0;
+    phase = "refusals all 0";
+    expect_refusals(c, want, &stats_refused);
 
     /* 65 rows of 16 bytes = 1040 > 1024. */
     phase = "import over the size limit";
@@ -329,8 +468,25 @@ static void test_limits(void **state)
     assert_int_equal(rc, ENGRAM_RESOURCE_EXHAUSTED);
     assert_string_equal(err.message, "import of table \"big\" is 1040 bytes (65 rows of 16 bytes); "
                         "the limit is 1024 bytes (--max-import-bytes)");
+    want[R_IMPORT_BYTES] = 1;
     phase = "import at the size limit";
     import_table(c, "t");   /* 64 x 16 = 1024: at the limit, taken */
+    phase = "refusals after the imports";
+    expect_refusals(c, want, &stats_refused);
+
+    /* --max-rows 4: 4 rows are served, 5 refused (twice, counted twice). */
+    phase = "max rows";
+    uint64_t rows5[5] = {0, 1, 2, 3, 4};
+    uint8_t out5[5 * ROW_BYTES];
+    assert_int_equal(engram_lookup_sync(c, "t", rows5, 4, out5, sizeof out5, NULL, NULL, &err),
+                     ENGRAM_OK);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(engram_lookup_sync(c, "t", rows5, 5, out5, sizeof out5, NULL, NULL, &err),
+                         ENGRAM_INVALID_ARGUMENT);
+        assert_string_equal(err.message, "request has 5 rows; the maximum per request is 4");
+    }
+    want[R_MAX_ROWS] = 2;
+    expect_refusals(c, want, &stats_refused);
 
     /* Two calls held open (import streams): a third is refused. The server
      * frees finished calls asynchronously, so let the earlier ones go first
@@ -347,12 +503,28 @@ static void test_limits(void **state)
     engram_import_abort(i1);
     engram_import_abort(i2);
     phase = "calls admitted again";
+    want[R_MAX_CALLS] = 2;
     rc = ENGRAM_RESOURCE_EXHAUSTED;
     for (int i = 0; i < 50 && rc == ENGRAM_RESOURCE_EXHAUSTED; i++) {
         usleep(20000);   /* the server frees the aborted calls asynchronously */
         rc = table_get(c, "t", &err);
+        want[R_MAX_CALLS] += rc == ENGRAM_RESOURCE_EXHAUSTED;
     }
     assert_int_equal(rc, ENGRAM_OK);
+    phase = "refusals after max calls";
+    expect_refusals(c, want, &stats_refused);
+
+    /* Draining: a lookup is refused with UNAVAILABLE, once. */
+    phase = "draining";
+    int drained = 0;
+    uint64_t in_flight = 99;
+    assert_int_equal(engram_drain(c, 1000, &drained, &in_flight, &err), ENGRAM_OK);
+    assert_int_equal(lookup(c, "t", &err), ENGRAM_UNAVAILABLE);
+    assert_string_equal(err.message, "server is draining; retry on another replica");
+    assert_int_equal(engram_undrain(c, &err), ENGRAM_OK);
+    assert_int_equal(lookup(c, "t", &err), ENGRAM_OK);
+    want[R_DRAINING] = 1;
+    expect_refusals(c, want, &stats_refused);
 
     /* An import stream sent without a deadline gets the default one: a
      * message that arrives after it ends the stream. */
@@ -369,6 +541,12 @@ static void test_limits(void **state)
     assert_string_equal(err.message,
                         "import stream passed its deadline after row 1; nothing was activated");
     assert_int_equal(table_get(c, "slow", &err), ENGRAM_NOT_FOUND);
+    /* Cut off by the server's default deadline: counted as such. The
+     * server finishes the stream before its reply reaches the client, so
+     * the count is there by now. */
+    phase = "refusals after the deadline";
+    want[R_DEADLINE] = 1;
+    expect_refusals(c, want, &stats_refused);
     phase = "closing";
     engram_client_close(c);
     assert_int_equal(server_stop(&s), 0);
@@ -441,6 +619,7 @@ int main(void)
         cmocka_unit_test(test_tls_token),
         cmocka_unit_test(test_mtls_names),
         cmocka_unit_test(test_admin_listen),
+        cmocka_unit_test(test_admin_listen_tls),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_startup),
     };
