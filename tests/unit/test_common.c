@@ -1,7 +1,9 @@
-/* test_common.c: the synthetic row rule, status names, dtypes, and the
- * cluster map's parser with each of its refusals (exact messages). The expected
+/* test_common.c: the synthetic row rule, status names, dtypes, the
+ * cluster map's parser with each of its refusals (exact messages), and the
+ * event log: log_allow's rate limit (with threads) and the key=value line. The expected
  * synthetic bytes were computed independently (Python, arbitrary-precision
  * integers masked to 64 bits) from the rule's text. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,11 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
 #include "cluster.h"
 #include "dtype.h"
+#include "log.h"
 #include "status.h"
 #include "synthetic.h"
 
@@ -203,6 +207,147 @@ static void test_cluster_load_errors(void **state)
     unlink(path);
 }
 
+/* ---- the event log (common/log.c) ---------------------------------------------- */
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The hot-path limiter: the first call of a slot passes, then nothing
+ * until interval_ns has gone by, then one call again. */
+static void test_log_allow_limits(void **state)
+{
+    uint64_t slot = 0;
+    assert_int_equal(log_allow(&slot, 10000000000ull), 1);
+    int passed = 0;
+    for (int i = 0; i < 100000; i++)     /* a storm inside one 10 s interval */
+        passed += log_allow(&slot, 10000000000ull);
+    assert_int_equal(passed, 0);
+    /* The slot holds when the last line went out: 2 s ago passes a 1 s
+     * interval (once), not a 3 s one. */
+    slot = mono_ns() - 2000000000ull;
+    assert_int_equal(log_allow(&slot, 3000000000ull), 0);
+    assert_int_equal(log_allow(&slot, 1000000000ull), 1);
+    assert_int_equal(log_allow(&slot, 1000000000ull), 0);
+    /* A short interval, really waited out. */
+    slot = 0;
+    assert_int_equal(log_allow(&slot, 20000000ull), 1);
+    assert_int_equal(log_allow(&slot, 20000000ull), 0);
+    usleep(30000);
+    assert_int_equal(log_allow(&slot, 20000000ull), 1);
+    assert_int_equal(log_allow(&slot, 20000000ull), 0);
+}
+
+typedef struct allow_race {
+    uint64_t *slot;
+    int passed;
+} allow_race;
+
+static void *allow_main(void *arg)
+{
+    allow_race *r = arg;
+    for (int i = 0; i < 20000; i++)
+        r->passed += log_allow(r->slot, 10000000000ull);
+    return NULL;
+}
+
+/* Threads hammering one slot: exactly one line among them all. */
+static void test_log_allow_threads(void **state)
+{
+    uint64_t slot = 0;
+    enum { N = 4 };
+    allow_race r[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        r[i] = (allow_race){&slot, 0};
+        pthread_create(&th[i], NULL, allow_main, &r[i]);
+    }
+    int passed = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        passed += r[i].passed;
+    }
+    assert_int_equal(passed, 1);
+}
+
+/* Logs into a memory stream; returns what was written (static buffer). */
+static const char *logged(void (*emit)(void))
+{
+    static char buf[4096];
+    char *mem = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&mem, &len);
+    assert_non_null(f);
+    log_setup(f, LOG_INFO);
+    emit();
+    fclose(f);
+    log_setup(NULL, LOG_INFO);
+    snprintf(buf, sizeof buf, "%s", mem);
+    free(mem);
+    return buf;
+}
+
+static void emit_lines(void)
+{
+    log_error("lookup_read_failed", "table=%s status=DATA_LOSS error=\"%s\"", "t1", "bad block");
+    log_debug("hidden", "n=%d", 1);          /* below the level: nothing */
+    log_info("bare", NULL);
+    log_set_level(LOG_ERROR);
+    log_warn("hidden_too", "n=%d", 2);
+    log_error("shown", "n=%d", 3);
+}
+
+static void emit_long(void)
+{
+    char v[2000];
+    memset(v, 'x', sizeof v - 1);
+    v[sizeof v - 1] = '\0';
+    log_warn("long", "v=%s", v);
+}
+
+/* "ts=YYYY-MM-DDTHH:MM:SS.mmmZ " at p; returns what follows. */
+static const char *after_ts(const char *p)
+{
+    const char *shape = "ts=0000-00-00T00:00:00.000Z ";
+    for (size_t i = 0; shape[i]; i++, p++) {
+        if (shape[i] == '0')
+            assert_true(*p >= '0' && *p <= '9');
+        else
+            assert_int_equal(*p, shape[i]);
+    }
+    return p;
+}
+
+/* One key=value line per event: ts first, then level, event and the
+ * caller's pairs; levels below the minimum write nothing; a line is cut
+ * at 1023 bytes and still ends with a newline. */
+static void test_log_line_format(void **state)
+{
+    const char *out = logged(emit_lines);
+    const char *p = after_ts(out);
+    const char *want1 = "level=error event=lookup_read_failed table=t1 status=DATA_LOSS "
+                        "error=\"bad block\"\n";
+    assert_memory_equal(p, want1, strlen(want1));
+    p = after_ts(p + strlen(want1));
+    const char *want2 = "level=info event=bare\n";
+    assert_memory_equal(p, want2, strlen(want2));
+    p = after_ts(p + strlen(want2));
+    assert_string_equal(p, "level=error event=shown n=3\n");
+
+    out = logged(emit_long);
+    assert_int_equal(strlen(out), 1023);
+    assert_int_equal(out[1022], '\n');
+    assert_int_equal(out[1021], 'x');
+    p = after_ts(out);
+    assert_memory_equal(p, "level=warn event=long v=xxx", 27);
+
+    assert_int_equal(log_level_parse("warn"), LOG_WARN);
+    assert_int_equal(log_level_parse("verbose"), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -214,6 +359,9 @@ int main(void)
         cmocka_unit_test(test_cluster_parse_valid),
         cmocka_unit_test(test_cluster_parse_refusals),
         cmocka_unit_test(test_cluster_load_errors),
+        cmocka_unit_test(test_log_allow_limits),
+        cmocka_unit_test(test_log_allow_threads),
+        cmocka_unit_test(test_log_line_format),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
