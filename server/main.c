@@ -87,7 +87,9 @@ static void usage(FILE *f)
 "  --max-message-bytes B    max gRPC message size, default 64M\n"
 "  --grace-ms MS            shutdown wait for in-flight calls, default 5000\n"
 "  --cluster FILE --shard I this server is shard I of the cluster map FILE\n"
-"                           (JSON; it stores only rows r with r %% S == I)\n"
+"                           (JSON; it stores only rows r with r %% S == I);\n"
+"                           the data directory keeps the I and S it was\n"
+"                           first started with and refuses others (exit 2)\n"
 "  --keep-versions N        activated versions kept per table, default 2\n"
 "  --port-file FILE         write the bound port to FILE once serving\n"
 "security (plaintext and an open admin plane by default, for local use):\n"
@@ -276,6 +278,19 @@ static engram_cluster *load_cluster(const options *o)
     return c;
 }
 
+/* The data directory holds another shard than the flags ask for: a
+ * configuration mistake, named in the flags' own terms. */
+static void refuse_placement(const options *o, const engram_cluster *cl, const store_placement *held)
+{
+    char asked[96];
+    if (o->cluster)
+        snprintf(asked, sizeof asked, "with --shard %lld of %u", (long long)o->shard, cl->shards);
+    else
+        snprintf(asked, sizeof asked, "without --cluster (shard 0 of 1)");
+    fprintf(stderr, "engram-server: data dir %s holds shard %u of %u; started %s\n", o->data,
+            held->index, held->count, asked);
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -314,12 +329,18 @@ int main(int argc, char **argv)
     store_options so = {o.data, o.resident_budget, o.block_cache, cl->shards,
                         o.shard < 0 ? 0 : (uint32_t)o.shard, (uint32_t)o.keep_versions,
                         o.hot_cache};
-    store *st = store_setup(&so, &sm, &err);
+    store_placement held;
+    store *st = store_setup_placed(&so, &sm, &held, &err);
     if (!st) {
-        log_error("store_open_failed", "data=%s error=\"%s\"", o.data, err);
+        if (held.count)
+            refuse_placement(&o, cl, &held);
+        else
+            log_error("store_open_failed", "data=%s error=\"%s\"", o.data, err);
         free(err);
         grpc_shutdown();
-        return 1;
+        free(cluster_json);
+        cluster_free(cl);
+        return held.count ? 2 : 1;
     }
     static lookup_metrics lm;
     static import_metrics im;

@@ -317,7 +317,58 @@ static void clear_import_tmp(store *s)
         log_warn("import_tmp_clear_failed", "dir=%s entries=%u", s->tmp_dir, failed);
 }
 
-int store_open_db(store *s, const store_options *o, char **err)
+/* ---- placement ---------------------------------------------------------- */
+
+/* 'p' -> u32 BE shard index, u32 BE shard count. Checked right after the
+ * open, before anything is read or changed: a directory of another shard
+ * would otherwise serve its rows as this shard's local rows (wrong bytes),
+ * and no table's metadata can tell every such mix-up apart (a table whose
+ * rows divide evenly has the same local row count on every shard). */
+static int check_placement(store *s, store_placement *held, char **err)
+{
+    size_t vl;
+    char *rerr = NULL;
+    char *v = rocksdb_get_cf(s->db, s->ropts, s->cf[CF_META], "p", 1, &vl, &rerr);
+    if (rerr) {
+        set_err(err, "cannot read the data directory's placement", rerr);
+        free(rerr);
+        return -1;
+    }
+    if (!v) {
+        /* A new directory, or one written before placements were recorded:
+         * it takes this start's (see store.h). */
+        uint8_t w[8];
+        put_be32(w, s->shard_index);
+        put_be32(w + 4, s->shard_count);
+        rocksdb_put_cf(s->db, s->wopts_sync, s->cf[CF_META], "p", 1, (char *)w, sizeof w, &rerr);
+        if (rerr) {
+            set_err(err, "cannot record the data directory's placement", rerr);
+            free(rerr);
+            return -1;
+        }
+        log_info("placement_recorded", "data=%s shard=%u shards=%u", s->dir, s->shard_index,
+                 s->shard_count);
+        return 0;
+    }
+    uint32_t index = vl == 8 ? get_be32((uint8_t *)v) : 0;
+    uint32_t count = vl == 8 ? get_be32((uint8_t *)v + 4) : 0;
+    free(v);
+    if (index >= count) {
+        set_err(err, "corrupt placement record in the data directory", NULL);
+        return -1;
+    }
+    if (index == s->shard_index && count == s->shard_count)
+        return 0;
+    held->index = index;
+    held->count = count;
+    size_t n = strlen(s->dir) + 96;
+    *err = malloc(n);
+    snprintf(*err, n, "data dir %s holds shard %u of %u; opened as shard %u of %u", s->dir, index,
+             count, s->shard_index, s->shard_count);
+    return -1;
+}
+
+int store_open_db(store *s, const store_options *o, store_placement *held, char **err)
 {
     s->dir = strdup(o->dir);
     size_t tl = strlen(o->dir) + 16;
@@ -328,7 +379,7 @@ int store_open_db(store *s, const store_options *o, char **err)
         return -1;
     }
     make_options(s, o);
-    if (open_db(s, err) < 0)
+    if (open_db(s, err) < 0 || check_placement(s, held, err) < 0)
         return -1;
     clear_import_tmp(s);
     return 0;

@@ -6,6 +6,8 @@
  *                                               packed TableInfo
  *              'n'                          -> u32 BE next table id
  *              'M' name                     -> a manifest document
+ *              'p'                          -> u32 BE shard index, u32 BE
+ *                                              shard count (the placement)
  *   "rows":    id(u32 BE) version(u64 BE) local row(u64 BE) -> row bytes
  * Rows live in their own column family so their options differ from the
  * metadata's: no compression (embeddings do not compress and decompression
@@ -14,7 +16,14 @@
  * what SstFileWriter needs and what a resident load scans.
  *
  * Sharding: a server of shard I of S holds rows r with r % S == I, densely,
- * as local rows r / S. `rows` of a table is always the global count.
+ * as local rows r / S. `rows` of a table is always the global count. The
+ * directory records its placement (I, S) at its first open, and an open
+ * as any other shard, or with another shard count, is refused: its local
+ * rows would be served as another shard's. An unclustered store is shard
+ * 0 of 1, the same layout as a one-shard cluster's, so those two may take
+ * each other's directories. A directory written before placements were
+ * recorded takes the placement of its first open since (nothing in it
+ * tells which it was).
  *
  * Versions: a table has one ACTIVE version (served when a lookup names
  * none), RETAINED previous ones (served by explicit version, so a cluster
@@ -86,6 +95,18 @@ typedef struct store_metrics {
  * loading active versions that fit the budget into RAM. On failure returns
  * NULL and *err (malloc'd) says why. */
 store *store_setup(const store_options *opts, store_metrics *metrics, char **err);
+
+/* Which rows a data directory holds: those of shard `index` of `count`. */
+typedef struct store_placement {
+    uint32_t index, count;
+} store_placement;
+
+/* store_setup, telling a refused placement apart from other failures: when
+ * the directory holds another placement than opts asks for, *held gets it
+ * and *err reads "data dir DIR holds shard I of S; opened as shard J of
+ * T". Otherwise held->count is 0. */
+store *store_setup_placed(const store_options *opts, store_metrics *metrics,
+                          store_placement *held, char **err);
 void store_teardown(store *s);
 
 void store_shard(const store *s, uint32_t *count, uint32_t *index);

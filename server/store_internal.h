@@ -67,7 +67,9 @@ struct store {
 };
 
 /* store.c */
-int store_open_db(store *s, const store_options *o, char **err);
+/* Opens RocksDB and checks (or, the first time, records) the directory's
+ * placement; a different one fills *held and fails. */
+int store_open_db(store *s, const store_options *o, store_placement *held, char **err);
 void store_close_db(store *s);
 /* Iterates every version's metadata; cb gets a new object (refs 1, no vr,
  * no resident) it owns. Returns 0 or -1 with *err. */

@@ -229,7 +229,15 @@ static void collect_orphans(store *s)
 
 store *store_setup(const store_options *o, store_metrics *metrics, char **err)
 {
+    store_placement held;
+    return store_setup_placed(o, metrics, &held, err);
+}
+
+store *store_setup_placed(const store_options *o, store_metrics *metrics, store_placement *held,
+                          char **err)
+{
     static store_metrics none;
+    held->index = held->count = 0;
     store *s = calloc(1, sizeof *s);
     s->m = metrics ? metrics : &none;
     memset(s->m, 0, sizeof *s->m);
@@ -242,7 +250,7 @@ store *store_setup(const store_options *o, store_metrics *metrics, char **err)
     pthread_mutex_init(&s->change_lock, NULL);
     pthread_mutex_init(&s->claim_lock, NULL);
     resident_setup(o->resident_budget, &s->m->resident);
-    if (store_open_db(s, o, err) < 0 || store_scan_meta(s, on_loaded, err) < 0 ||
+    if (store_open_db(s, o, held, err) < 0 || store_scan_meta(s, on_loaded, err) < 0 ||
         store_read_next_id(s, &s->next_id, err) < 0) {
         store_teardown(s);
         return NULL;

@@ -10,7 +10,9 @@
  * server refusing rows of another shard; an import whose replica dies
  * mid-stream activating nothing, and its re-run (after a half-done
  * activation) converging on the new version; the server's start-up
- * refusals of --cluster/--shard mistakes (exit 2, exact message); and
+ * refusals of --cluster/--shard mistakes (exit 2, exact message); a data
+ * directory refusing to start as another shard, with another shard count
+ * or unclustered, and serving its old rows when started as itself; and
  * engramctl cluster-map and drop-version across the cluster. */
 #include <pthread.h>
 #include <setjmp.h>
@@ -663,14 +665,14 @@ static void test_failed_import_activates_nothing_and_rerun_completes(void **stat
 
 /* ---- start-up refusals -------------------------------------------------------------- */
 
-/* Runs engram-server with args (NULL-terminated) and a log file, so that
- * stderr holds only what it refuses with; returns the exit status. */
-static int server_refuses(char *err, size_t cap, ...)
+/* Runs engram-server on data directory `data` with args (NULL-terminated)
+ * and a log file, so that stderr holds only what it refuses with; returns
+ * the exit status, or -1 if it did not exit within 30 s. */
+static int server_refuses_va(const char *data, char *err, size_t cap, va_list ap)
 {
     const char *argv[24];
     int n = 0;
-    char data[320], logf[320];
-    snprintf(data, sizeof data, "%s/refused-data", tmp);
+    char logf[320];
     snprintf(logf, sizeof logf, "%s/refused.log", tmp);
     argv[n++] = ENGRAM_SERVER_BIN;
     argv[n++] = "--data";
@@ -679,12 +681,9 @@ static int server_refuses(char *err, size_t cap, ...)
     argv[n++] = "127.0.0.1:0";
     argv[n++] = "--log-file";
     argv[n++] = logf;
-    va_list ap;
-    va_start(ap, cap);
     const char *a;
     while ((a = va_arg(ap, const char *)) && n < 23)
         argv[n++] = a;
-    va_end(ap);
     argv[n] = NULL;
     char path[] = "/tmp/engram-refusal-XXXXXX";
     int fd = mkstemp(path);
@@ -697,13 +696,46 @@ static int server_refuses(char *err, size_t cap, ...)
         execv(ENGRAM_SERVER_BIN, (char *const *)argv);
         _exit(127);
     }
-    int st = 0;
-    waitpid(pid, &st, 0);
+    /* A server that does not refuse would serve until stopped: after 30 s
+     * it is killed and the refusal counts as missing (-1). */
+    int st = 0, waited = 0;
+    while (waitpid(pid, &st, WNOHANG) == 0) {
+        if (++waited > 3000) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            close(fd);
+            unlink(path);
+            return -1;
+        }
+        usleep(10000);
+    }
     ssize_t k = pread(fd, err, cap - 1, 0);
     err[k > 0 ? k : 0] = '\0';
     close(fd);
     unlink(path);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* server_refuses_va on a data directory of its own. */
+static int server_refuses(char *err, size_t cap, ...)
+{
+    char data[320];
+    snprintf(data, sizeof data, "%s/refused-data", tmp);
+    va_list ap;
+    va_start(ap, cap);
+    int rc = server_refuses_va(data, err, cap, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* server_refuses_va on `data`. */
+static int server_refuses_on(const char *data, char *err, size_t cap, ...)
+{
+    va_list ap;
+    va_start(ap, cap);
+    int rc = server_refuses_va(data, err, cap, ap);
+    va_end(ap);
+    return rc;
 }
 
 static void test_startup_refusals(void **state)
@@ -731,6 +763,65 @@ static void test_startup_refusals(void **state)
     fclose(f);
     assert_int_equal(server_refuses(err, sizeof err, "--cluster", bad, "--shard", "0", NULL), 2);
     assert_string_equal(err, "engram-server: cluster map: \"placement\" must be \"mod\" (row r on shard r mod S)\n");
+}
+
+/* ---- a data directory keeps its shard ----------------------------------------- */
+
+/* Replica 0/1's directory was started as shard 0 of 3. Restarted as shard
+ * 1, with a 2-shard map, or unclustered, the server exits 2 naming both
+ * placements (its rows would be served as another shard's); restarted as
+ * itself it serves the rows it served before, byte for byte. */
+static void test_data_dir_keeps_its_shard(void **state)
+{
+    enum { N = 64 };
+    uint64_t rows[N];
+    for (size_t i = 0; i < N; i++)
+        rows[i] = (uint64_t)(i * 467 % (ROWS / S)) * S;     /* shard 0's */
+    uint8_t before[N * RB], after[N * RB];
+    uint64_t vb = 0, va = 0;
+    char msg[512], err[1024], want[1024], map2[320];
+    assert_int_equal(raw_lookup_data(srv[0][1].addr, "ct", rows, N, 0, before, sizeof before, &vb, msg,
+                                     sizeof msg), ENGRAM_OK);
+    assert_true(seed_of(before, rows, N) > 0);
+    assert_int_equal(server_stop(&srv[0][1]), 0);
+
+    char d[320];
+    snprintf(d, sizeof d, "%s/data", dirs[0][1]);      /* the harness's --data */
+    assert_int_equal(server_refuses_on(d, err, sizeof err, "--cluster", mapfile, "--shard", "1", NULL), 2);
+    snprintf(want, sizeof want, "engram-server: data dir %s holds shard 0 of 3; started with --shard 1 of 3\n", d);
+    assert_string_equal(err, want);
+    snprintf(map2, sizeof map2, "%s/two-shards.json", tmp);
+    FILE *f = fopen(map2, "w");
+    fprintf(f, "{\"name\": \"two\", \"placement\": \"mod\", \"shards\": [{\"replicas\": [\"127.0.0.1:%d\"]}, "
+               "{\"replicas\": [\"127.0.0.1:%d\"]}]}\n", ports[0][1], ports[1][1]);
+    fclose(f);
+    assert_int_equal(server_refuses_on(d, err, sizeof err, "--cluster", map2, "--shard", "0", NULL), 2);
+    snprintf(want, sizeof want, "engram-server: data dir %s holds shard 0 of 3; started with --shard 0 of 2\n", d);
+    assert_string_equal(err, want);
+    assert_int_equal(server_refuses_on(d, err, sizeof err, NULL), 2);
+    snprintf(want, sizeof want,
+             "engram-server: data dir %s holds shard 0 of 3; started without --cluster (shard 0 of 1)\n", d);
+    assert_string_equal(err, want);
+
+    assert_int_equal(start(0, 1), 0);
+    assert_int_equal(raw_lookup_data(srv[0][1].addr, "ct", rows, N, 0, after, sizeof after, &va, msg,
+                                     sizeof msg), ENGRAM_OK);
+    assert_int_equal(va, vb);
+    assert_memory_equal(after, before, sizeof before);
+    expect_replica(0, 1, 2, 0, 0, 2, 22);
+
+    /* a fresh directory started unclustered refuses the cluster's shard 0 */
+    char fresh[320];
+    snprintf(fresh, sizeof fresh, "%s/unclustered", tmp);
+    mkdir(fresh, 0755);
+    test_server u;
+    assert_int_equal(server_start(&u, fresh, NULL), 0);
+    assert_int_equal(server_stop(&u), 0);
+    strcat(fresh, "/data");
+    assert_int_equal(server_refuses_on(fresh, err, sizeof err, "--cluster", mapfile, "--shard", "0", NULL), 2);
+    snprintf(want, sizeof want, "engram-server: data dir %s holds shard 0 of 1; started with --shard 0 of 3\n",
+             fresh);
+    assert_string_equal(err, want);
 }
 
 /* ---- engramctl cluster-map and drop-version ----------------------------------- */
@@ -808,6 +899,7 @@ int main(void)
         cmocka_unit_test(test_shard_down_is_named),
         cmocka_unit_test(test_failed_import_activates_nothing_and_rerun_completes),
         cmocka_unit_test(test_startup_refusals),
+        cmocka_unit_test(test_data_dir_keeps_its_shard),
         cmocka_unit_test(test_ctl_cluster_map_and_drop_version),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

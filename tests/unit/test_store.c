@@ -1,5 +1,6 @@
 /* test_store.c: the table store, the resident tier, and the Lookup error
- * mapping, on real RocksDB directories (no gRPC server).
+ * mapping, on real RocksDB directories (no gRPC server), and the refusal
+ * of a directory opened as another shard than it holds.
  *
  * Tables are written the way import.c writes them: SstFileWriter files with
  * the rows family's options, then store_activate. */
@@ -316,6 +317,106 @@ static void test_cold_duplicates(void **state)
     store_teardown(s);
 }
 
+/* ---- placement ---------------------------------------------------------- */
+
+static store *open_placed(const char *d, uint32_t count, uint32_t index, store_placement *held,
+                          char **err)
+{
+    store_options o = {d, 1 << 20, 8 << 20, count, index, 2, 0};
+    *err = NULL;
+    return store_setup_placed(&o, NULL, held, err);
+}
+
+/* Refuses an open of `d` as shard `index` of `count`, with exactly `want`
+ * and the held placement. */
+static void expect_refused(const char *d, uint32_t count, uint32_t index, uint32_t held_index,
+                           uint32_t held_count, const char *want)
+{
+    store_placement held = {99, 99};
+    char *err;
+    assert_null(open_placed(d, count, index, &held, &err));
+    assert_string_equal(err, want);
+    assert_int_equal(held.index, held_index);
+    assert_int_equal(held.count, held_count);
+    free(err);
+}
+
+/* Replaces (len > 0) or deletes (val NULL) the placement record of `d`
+ * with RocksDB directly: a directory from before the record, or a
+ * damaged one. */
+static void poke_placement(const char *d, const char *val, size_t len)
+{
+    const char *names[2] = {"default", "rows"};
+    rocksdb_options_t *opt = rocksdb_options_create();
+    const rocksdb_options_t *cfo[2] = {opt, opt};
+    rocksdb_column_family_handle_t *cf[2];
+    char *err = NULL;
+    rocksdb_t *db = rocksdb_open_column_families(opt, d, 2, names, cfo, cf, &err);
+    assert_null(err);
+    rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
+    if (val)
+        rocksdb_put_cf(db, wo, cf[0], "p", 1, val, len, &err);
+    else
+        rocksdb_delete_cf(db, wo, cf[0], "p", 1, &err);
+    assert_null(err);
+    rocksdb_writeoptions_destroy(wo);
+    rocksdb_column_family_handle_destroy(cf[0]);
+    rocksdb_column_family_handle_destroy(cf[1]);
+    rocksdb_close(db);
+    rocksdb_options_destroy(opt);
+}
+
+/* A directory keeps the placement of its first open: any other shard or
+ * shard count is refused with both named, and nothing in it changes (the
+ * right open still reads its rows). One without the record takes the
+ * next open's; a damaged record is refused. */
+static void test_placement(void **state)
+{
+    char d[300], want[512];
+    snprintf(d, sizeof d, "%s/placed", dir);
+    store_placement held = {99, 99};
+    char *err;
+    store *s = open_placed(d, 3, 0, &held, &err);
+    assert_non_null(s);
+    assert_int_equal(held.count, 0);
+    import_table(s, "p", 1000, 32, 51);
+    store_teardown(s);
+
+    snprintf(want, sizeof want, "data dir %s holds shard 0 of 3; opened as shard 1 of 3", d);
+    expect_refused(d, 3, 1, 0, 3, want);
+    snprintf(want, sizeof want, "data dir %s holds shard 0 of 3; opened as shard 0 of 2", d);
+    expect_refused(d, 2, 0, 0, 3, want);
+    /* unclustered: shard 0 of 1, through store_setup as well */
+    snprintf(want, sizeof want, "data dir %s holds shard 0 of 3; opened as shard 0 of 1", d);
+    expect_refused(d, 1, 0, 0, 3, want);
+    store_options o = {d, 1 << 20, 8 << 20, 1, 0, 2, 0};
+    assert_null(store_setup(&o, NULL, &err));
+    assert_string_equal(err, want);
+    free(err);
+
+    s = open_placed(d, 3, 0, &held, &err);
+    assert_non_null(s);
+    assert_int_equal(held.count, 0);
+    check_rows(s, "p", 51, probe, 7);
+    store_teardown(s);
+
+    /* no record (written before placements were): adopted, then kept */
+    poke_placement(d, NULL, 0);
+    s = open_placed(d, 4, 2, &held, &err);
+    assert_non_null(s);
+    assert_int_equal(held.count, 0);
+    check_rows(s, "p", 51, probe, 7);
+    store_teardown(s);
+    snprintf(want, sizeof want, "data dir %s holds shard 2 of 4; opened as shard 0 of 3", d);
+    expect_refused(d, 3, 0, 2, 4, want);
+
+    /* damaged: the wrong length, or a shard outside its count */
+    poke_placement(d, "\0\0\0\0\0", 5);
+    expect_refused(d, 4, 2, 0, 0, "corrupt placement record in the data directory");
+    poke_placement(d, "\0\0\0\3\0\0\0\3", 8);
+    expect_refused(d, 3, 0, 0, 0, "corrupt placement record in the data directory");
+}
+
 /* ---- Lookup status mapping ---------------------------------------------- */
 
 static int call_lookup(const char *table, const uint64_t *rows, size_t n,
@@ -392,6 +493,7 @@ int main(void)
         cmocka_unit_test(test_lookup_statuses),
         cmocka_unit_test(test_hot_tier),
         cmocka_unit_test(test_cold_duplicates),
+        cmocka_unit_test(test_placement),
     };
     int rc = cmocka_run_group_tests(tests, setup_dir, remove_dir);
     grpc_shutdown();
