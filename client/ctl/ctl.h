@@ -77,6 +77,9 @@ int cmd_verify(engram_client *cl, int argc, char **argv);
 /* Statistics and log level (stats.c). */
 int cmd_stats(engram_client *cl, int argc, char **argv);
 int cmd_log_level(engram_client *cl, int argc, char **argv);
+/* The cluster map and dropping a version on every replica (versions.c). */
+int cmd_cluster_map(engram_client *cl, int argc, char **argv);
+int cmd_drop_version(engram_client *cl, int argc, char **argv);
 
 /* Commands that need no server (cl is NULL). */
 int cmd_hash(engram_client *cl, int argc, char **argv);

@@ -98,10 +98,6 @@ static const char usage_text[] =
 
 /* ---- main ------------------------------------------------------------------- */
 
-/* The cluster map and version commands (versions.c). */
-int cmd_cluster_map(engram_client *cl, int argc, char **argv);
-int cmd_drop_version(engram_client *cl, int argc, char **argv);
-
 /* Local commands run without a client (they get NULL). */
 static ctl_cmd find_cmd(const char *name, int *local)
 {
