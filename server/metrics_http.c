@@ -216,6 +216,33 @@ static void counter(sbuf *b, const char *name, const char *help, uint64_t v)
     sample_u64(b, name, v);
 }
 
+/* The hot-row cache: made at the first RocksDB-tier lookup, so its row
+ * size and capacity read 0 until then. */
+static void hot_cache_families(sbuf *b, const store_hot_stats *h)
+{
+    gauge(b, "engram_hot_cache_budget_bytes",
+          "The hot-row cache's budget (--hot-cache-bytes); 0: off.", h->budget_bytes);
+    gauge(b, "engram_hot_cache_row_bytes",
+          "The row size the hot-row cache was made for (0 until made).", h->row_bytes);
+    gauge(b, "engram_hot_cache_capacity_rows", "Rows the hot-row cache can hold.",
+          h->capacity_rows);
+    gauge(b, "engram_hot_cache_rows", "Rows the hot-row cache holds now.", h->rows_held);
+    counter(b, "engram_hot_cache_hits_total", "Hot-row cache lookups that found the row.",
+            h->counters.hits);
+    counter(b, "engram_hot_cache_misses_total", "Hot-row cache lookups that did not.",
+            h->counters.misses);
+    counter(b, "engram_hot_cache_inserts_total", "Rows put into the hot-row cache.",
+            h->counters.inserts);
+    counter(b, "engram_hot_cache_evictions_total", "Rows evicted from the hot-row cache.",
+            h->counters.evictions);
+    counter(b, "engram_hot_cache_promotions_total",
+            "Rows moved from the hot-row cache's small FIFO to its main one.",
+            h->counters.promotions);
+    counter(b, "engram_hot_cache_ghost_hits_total",
+            "Misses on rows recently evicted from the small FIFO (inserted into main).",
+            h->counters.ghost_hits);
+}
+
 static void process_families(sbuf *b, const stats_process *p)
 {
     family(b, "engram_build_info", "gauge", "The running build; always 1.");
@@ -260,6 +287,7 @@ static void process_families(sbuf *b, const stats_process *p)
           p->resident_tier_bytes);
     gauge(b, "engram_resident_budget_bytes", "The resident tier's budget (--resident-budget).",
           p->resident_tier_budget);
+    hot_cache_families(b, &p->hot);
 }
 
 char *metrics_render(size_t *len)

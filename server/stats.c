@@ -364,6 +364,7 @@ void stats_process_read(stats_process *out)
     if (T.o.store) {
         store_shard(T.o.store, &out->shard_count, &out->shard_index);
         store_rocksdb_stats_read(T.o.store, &out->rocksdb);
+        store_hot_stats_read(T.o.store, &out->hot);
     }
     read_memory(out);
     if (T.o.store_metrics) {
@@ -402,6 +403,7 @@ typedef struct reply_buf {
     Engram__V1__StatsResponse r;
     Engram__V1__RocksdbStats rocks;
     Engram__V1__MemoryStats mem;
+    Engram__V1__HotCacheStats hot;
     Engram__V1__RpcStats **rpcs;
     Engram__V1__TableStats **tables;
     Engram__V1__RefusalCount reasons[REFUSAL_REASONS];
@@ -519,6 +521,21 @@ static void lookup_totals(reply_buf *b)
     }
 }
 
+static void fill_hot(Engram__V1__HotCacheStats *m, const store_hot_stats *h)
+{
+    engram__v1__hot_cache_stats__init(m);
+    m->budget_bytes = h->budget_bytes;
+    m->row_bytes = h->row_bytes;
+    m->capacity_rows = h->capacity_rows;
+    m->rows_held = h->rows_held;
+    m->hits = h->counters.hits;
+    m->misses = h->counters.misses;
+    m->inserts = h->counters.inserts;
+    m->evictions = h->counters.evictions;
+    m->promotions = h->counters.promotions;
+    m->ghost_hits = h->counters.ghost_hits;
+}
+
 static void fill_process(reply_buf *b, const stats_process *p)
 {
     Engram__V1__StatsResponse *r = &b->r;
@@ -544,6 +561,8 @@ static void fill_process(reply_buf *b, const stats_process *p)
     b->mem.resident_tier_bytes = p->resident_tier_bytes;
     b->mem.resident_tier_budget = p->resident_tier_budget;
     r->memory = &b->mem;
+    fill_hot(&b->hot, &p->hot);
+    r->hot_cache = &b->hot;
     Engram__V1__StatusCount **refusals = status_counts(p->refusals, &r->n_refusals);
     r->refusals = refusals;
     for (int i = 0; i < REFUSAL_REASONS; i++) {

@@ -26,8 +26,8 @@
 
 #define STATS_CODES 17               /* gRPC codes 0..16; [0] is OK */
 
-/* The tier a lookup's rows came from. HOT is the hot-row cache, which does
- * not exist yet: its count stays 0 until it does. */
+/* The tier a lookup's rows came from. HOT is the hot-row cache in front of
+ * RocksDB (its own figures are stats_process.hot). */
 typedef enum { STATS_TIER_RESIDENT, STATS_TIER_HOT, STATS_TIER_ROCKSDB, STATS_TIERS } stats_tier;
 
 /* Prometheus buckets of every latency histogram, upper bounds in seconds
@@ -87,6 +87,7 @@ typedef struct stats_process {
     store_rocksdb_stats rocksdb;
     uint64_t mem_allocated, mem_resident, mem_mapped;  /* 0 without jemalloc */
     uint64_t resident_tier_bytes, resident_tier_budget;
+    store_hot_stats hot;               /* the hot-row cache (zero without a store) */
     uint64_t refusals[STATS_CODES];    /* admission refusals by code */
     uint64_t refusals_by_reason[REFUSAL_REASONS];   /* every refusal (hooks.h) */
 } stats_process;

@@ -583,6 +583,31 @@ static hotcache *hot_for(store *s, uint32_t row_bytes)
     return hc && hotcache_row_bytes(hc) == row_bytes ? hc : NULL;
 }
 
+/* Under hot_lock, which hot_for holds while it makes the cache and turns a
+ * too-small budget off: budget and cache are then read as one state. The
+ * lookup path never waits on this (it takes hot_lock only before the
+ * cache exists). */
+void store_hot_stats_read(store *s, store_hot_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&s->hot_lock);
+    out->budget_bytes = s->hot_budget;
+    hotcache *hc = __atomic_load_n(&s->hot, __ATOMIC_ACQUIRE);
+    pthread_mutex_unlock(&s->hot_lock);
+    if (hc) {
+        out->row_bytes = hotcache_row_bytes(hc);
+        out->capacity_rows = hotcache_capacity(hc);
+        out->rows_held = hotcache_count(hc);
+    }
+    const hotcache_metrics *m = &s->m->hot;
+    out->counters.hits = __atomic_load_n(&m->hits, __ATOMIC_RELAXED);
+    out->counters.misses = __atomic_load_n(&m->misses, __ATOMIC_RELAXED);
+    out->counters.inserts = __atomic_load_n(&m->inserts, __ATOMIC_RELAXED);
+    out->counters.evictions = __atomic_load_n(&m->evictions, __ATOMIC_RELAXED);
+    out->counters.promotions = __atomic_load_n(&m->promotions, __ATOMIC_RELAXED);
+    out->counters.ghost_hits = __atomic_load_n(&m->ghost_hits, __ATOMIC_RELAXED);
+}
+
 typedef struct miss {
     uint64_t row;
     uint32_t at;                 /* position in the request */

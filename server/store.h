@@ -159,6 +159,19 @@ typedef struct store_rocksdb_stats {
 } store_rocksdb_stats;
 void store_rocksdb_stats_read(store *s, store_rocksdb_stats *out);
 
+/* The hot-row tier's figures, for Stats and /metrics. The cache is made
+ * at the first RocksDB-tier read: before that row_bytes, capacity_rows and
+ * rows_held are 0 and budget_bytes is the configured budget (0: off, or
+ * too small to hold any rows). rows_held takes every segment's lock, so
+ * this is for when figures are asked for, never for the lookup path. */
+typedef struct store_hot_stats {
+    uint64_t budget_bytes;
+    uint32_t row_bytes;
+    uint64_t capacity_rows, rows_held;
+    hotcache_metrics counters;   /* since start */
+} store_hot_stats;
+void store_hot_stats_read(store *s, store_hot_stats *out);
+
 /* ---- documents ---------------------------------------------------------- */
 
 /* Small named documents kept in the metadata family under a one-byte kind

@@ -184,6 +184,33 @@ static void print_tables(const json_t *r)
     }
 }
 
+/* One line: "hot cache: off", "hot cache: not made yet, budget 1.0 MiB"
+ * (it is made at the first lookup served by RocksDB), or its rows and
+ * counters. */
+static void print_hot_cache(const json_t *h)
+{
+    char budget[32];
+    fmt_bytes(u(h, "budget_bytes"), budget, sizeof budget);
+    if (!u(h, "budget_bytes")) {
+        printf("hot cache: off\n");
+        return;
+    }
+    if (!u(h, "capacity_rows")) {
+        printf("hot cache: not made yet, budget %s\n", budget);
+        return;
+    }
+    uint64_t hits = u(h, "hits"), misses = u(h, "misses");
+    printf("hot cache: %llu of %llu rows of %llu B, budget %s; %llu hits, %llu misses",
+           (unsigned long long)u(h, "rows_held"), (unsigned long long)u(h, "capacity_rows"),
+           (unsigned long long)u(h, "row_bytes"), budget, (unsigned long long)hits,
+           (unsigned long long)misses);
+    if (hits + misses)
+        printf(" (%.1f%% hits)", 100.0 * (double)hits / (double)(hits + misses));
+    printf("; %llu inserts, %llu evictions, %llu promotions, %llu ghost hits\n",
+           (unsigned long long)u(h, "inserts"), (unsigned long long)u(h, "evictions"),
+           (unsigned long long)u(h, "promotions"), (unsigned long long)u(h, "ghost_hits"));
+}
+
 static void print_process(const json_t *r)
 {
     const json_t *k = json_object_get(r, "rocksdb"), *m = json_object_get(r, "memory");
@@ -205,6 +232,7 @@ static void print_process(const json_t *r)
     fmt_bytes(u(m, "resident_tier_bytes"), a, sizeof a);
     fmt_bytes(u(m, "resident_tier_budget"), b, sizeof b);
     printf("; resident tier %s of %s\n", a, b);
+    print_hot_cache(json_object_get(r, "hot_cache"));
     char refusals[512];
     refusal_list(json_object_get(r, "refusals_by_reason"), refusals, sizeof refusals);
     printf("refusals: %s\n", refusals);

@@ -21,10 +21,19 @@ readable `stats`, `stats --watch`, `log-level` round trips and a bad level,
 usage errors, a metrics address already taken (exit 2), and jemalloc's
 figures (allocated > 0, resident >= allocated) when the server links it.
 
+The hot-row cache's figures (hot_cache in Stats, engram_hot_cache_* in
+/metrics): on this server (the default 256 MiB cache) it is not made
+before the first RocksDB-tier lookup, then holds disk's 30 rows. A third
+server (HotCacheTest) serves a table from RocksDB only (--resident-budget
+0) through a 64 KiB cache, and a scripted sequence of lookups must give
+exact rows held, hits, misses, inserts, evictions and promotions, and a
+capacity computed here with hotcache_create's own formula.
+
 A second server (RefusalsTest) with --max-rows 4 and --max-import-bytes 1K
 gets over-limit lookups and imports, and lookups while draining: Stats,
 the readable `stats` and /metrics count each refusal under its reason,
-exactly, and every other reason stays 0.
+exactly, and every other reason stays 0. Its hot cache is off
+(--hot-cache-bytes 0), and says so.
 
 usage: stats_test.py --server-bin PATH --engramctl PATH --pydir DIR --version V
 """
@@ -148,6 +157,63 @@ def server_has_jemalloc():
     return re.search(r"^\s*libjemalloc\.so", out.stdout, re.M) is not None
 
 
+def hot_capacity(budget, row_bytes):
+    """Rows a hot cache of `budget` bytes holds for rows of row_bytes:
+    server/hotcache.c's hotcache_create, step by step (16 segments; the most
+    slots per segment whose segment_bytes fit budget / 16; 0 below 64 rows,
+    where it makes no cache)."""
+    segments = 16
+
+    def map_cap(entries):
+        cap = 16
+        while cap < entries + entries // 3:
+            cap <<= 1
+        return cap
+
+    def segment_bytes(n):
+        small = n // 10 or 1
+        return (n * (row_bytes + 8 + 1 + 1 + 4) + (n + n + (n - small)) * 8
+                + 2 * map_cap(n) * (8 + 4))
+
+    seg_budget = budget // segments
+    lo, hi = 0, min((2**32 - 1) // 4, seg_budget // row_bytes)
+    while lo < hi:
+        mid = lo + (hi - lo + 1) // 2
+        if segment_bytes(mid) <= seg_budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * segments if lo * segments >= 64 else 0
+
+
+HOT_FIELDS = ["budget_bytes", "row_bytes", "capacity_rows", "rows_held", "hits", "misses",
+              "inserts", "evictions", "promotions", "ghost_hits"]
+# HotCacheStats field -> its /metrics family.
+HOT_METRICS = {"budget_bytes": "engram_hot_cache_budget_bytes",
+               "row_bytes": "engram_hot_cache_row_bytes",
+               "capacity_rows": "engram_hot_cache_capacity_rows",
+               "rows_held": "engram_hot_cache_rows",
+               "hits": "engram_hot_cache_hits_total",
+               "misses": "engram_hot_cache_misses_total",
+               "inserts": "engram_hot_cache_inserts_total",
+               "evictions": "engram_hot_cache_evictions_total",
+               "promotions": "engram_hot_cache_promotions_total",
+               "ghost_hits": "engram_hot_cache_ghost_hits_total"}
+
+
+def hot(**fields):
+    """A whole HotCacheStats document: the fields given, the others 0."""
+    assert set(fields) <= set(HOT_FIELDS), fields
+    return {f: fields.get(f, 0) for f in HOT_FIELDS}
+
+
+def scrape(port):
+    url = "http://127.0.0.1:%d/metrics" % port
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200, r.status
+        return parse_exposition(r.read().decode("utf-8"))
+
+
 def value(families, family, sample=None, **labels):
     matches = [v for n, l, v in families[family]["samples"]
                if (sample or family) == n and l == labels]
@@ -258,6 +324,18 @@ class StatsTest(unittest.TestCase):
         self.assertNotIn(LOOKUP, [r["method"] for r in b["rpcs"]])
         self.assertEqual(b["memory"]["resident_tier_bytes"], 100 * ROW_BYTES)
         self.assertEqual(b["memory"]["resident_tier_budget"], 64 * 1024)
+        # No lookup has reached RocksDB yet: the cache is not made, only
+        # the default budget is known.
+        self.assertEqual(b["hot_cache"], hot(budget_bytes=256 << 20))
+
+    def test_stats_hot_cache(self):
+        # disk's 3 x 10 distinct rows: each missed, read from RocksDB and
+        # inserted; res is resident and never reaches the cache.
+        self.assertEqual(self.stats_json()["hot_cache"],
+                         hot(budget_bytes=256 << 20, row_bytes=ROW_BYTES,
+                             capacity_rows=hot_capacity(256 << 20, ROW_BYTES),
+                             rows_held=30, misses=30, inserts=30))
+        self.assertEqual(hot_capacity(256 << 20, ROW_BYTES), 1657824)
 
     def test_stats_tables(self):
         s = self.stats_json()
@@ -333,6 +411,8 @@ class StatsTest(unittest.TestCase):
         self.assertEqual(set(s), names(pb.StatsResponse))
         self.assertEqual(set(s["rocksdb"]), names(pb.RocksdbStats))
         self.assertEqual(set(s["memory"]), names(pb.MemoryStats))
+        self.assertEqual(list(s["hot_cache"]), HOT_FIELDS)
+        self.assertEqual(set(HOT_FIELDS), names(pb.HotCacheStats))
         self.assertEqual(set(s["tables"][0]), names(pb.TableStats))
         self.assertEqual(set(s["rpcs"][0]), names(pb.RpcStats))
         self.assertEqual(set(s["rpcs"][0]["window"]), names(pb.LatencySummary))
@@ -340,6 +420,7 @@ class StatsTest(unittest.TestCase):
         r = self.stats_rpc(pb.StatsRequest(), timeout=10)
         res = [t for t in r.tables if t.table == "res"][0]
         self.assertEqual((res.calls, res.rows, res.rows_resident), (7, 35, 35))
+        self.assertEqual((r.hot_cache.rows_held, r.hot_cache.inserts), (30, 30))
 
     # ---- /metrics ----------------------------------------------------------
 
@@ -390,7 +471,14 @@ class StatsTest(unittest.TestCase):
             "engram_rocksdb_block_cache_usage_bytes": "gauge",
             "engram_rocksdb_block_cache_hits_total": "counter",
             "engram_memory_allocated_bytes": "gauge", "engram_resident_bytes": "gauge",
-            "engram_resident_budget_bytes": "gauge", "engram_draining": "gauge"}
+            "engram_resident_budget_bytes": "gauge", "engram_draining": "gauge",
+            "engram_hot_cache_budget_bytes": "gauge", "engram_hot_cache_row_bytes": "gauge",
+            "engram_hot_cache_capacity_rows": "gauge", "engram_hot_cache_rows": "gauge",
+            "engram_hot_cache_hits_total": "counter", "engram_hot_cache_misses_total": "counter",
+            "engram_hot_cache_inserts_total": "counter",
+            "engram_hot_cache_evictions_total": "counter",
+            "engram_hot_cache_promotions_total": "counter",
+            "engram_hot_cache_ghost_hits_total": "counter"}
         for name, t in want.items():
             self.assertEqual(f[name]["type"], t, name)
         for name, fam in f.items():
@@ -406,6 +494,8 @@ class StatsTest(unittest.TestCase):
             self.assertEqual(value(f, "engram_lookup_duration_seconds",
                                    "engram_lookup_duration_seconds_count", table=t["table"]),
                              t["total"]["count"])
+        for field, family in HOT_METRICS.items():
+            self.assertEqual(value(f, family), s["hot_cache"][field], family)
 
     def test_metrics_other_paths(self):
         base = "http://127.0.0.1:%d" % self.metrics_port
@@ -442,6 +532,9 @@ class StatsTest(unittest.TestCase):
         self.assertIn("NOT_FOUND=1 OUT_OF_RANGE=1", out)
         self.assertIn("refusals: none", out)
         self.assertRegex(out, r"rocksdb: block cache .* of 8\.0 MiB")
+        self.assertIn("\nhot cache: 30 of 1657824 rows of 64 B, budget 256.0 MiB; 0 hits, "
+                      "30 misses (0.0% hits); 30 inserts, 0 evictions, 0 promotions, "
+                      "0 ghost hits\n", out)
 
     def test_stats_watch(self):
         p = subprocess.Popen([ARGS.engramctl, "--server", self.addr, "stats", "--watch", "1"],
@@ -484,12 +577,117 @@ class StatsTest(unittest.TestCase):
                       "Address already in use" % self.metrics_port, err.splitlines())
 
 
+class HotCacheTest(unittest.TestCase):
+    """The hot-row cache's figures, exactly, on a server whose table "cold"
+    (4000 rows of 64 bytes) is served by RocksDB only (--resident-budget 0)
+    through a 64 KiB cache: 400 rows, 25 in each of 16 segments. The
+    lookups, in order:
+
+        A  rows 0..39                   40 misses, 40 inserts
+        B  rows 0..19 and 40..49        20 hits, 10 misses, 10 inserts
+        C  row 5 three times            3 hits (each position is a lookup)
+        -- snapshot: 50 rows held, below capacity: nothing evicted
+        D  rows 1000..2199, 400 a call  1200 misses, 1200 inserts
+        E  rows 0..19                   20 hits
+
+    D overflows every segment (1250 rows inserted into 400 slots), so the
+    cache is full and evictions = inserts - rows held. What S3-FIFO makes
+    of D and E is exact too: the 20 rows hit in B and C while in the small
+    FIFO move to main as D pushes them out of it (20 promotions); every
+    row of D, seen once, leaves through the small FIFO and main keeps the
+    20 (E hits them all); no row is asked again after its eviction (no
+    ghost hits)."""
+    start_server = classmethod(StatsTest.start_server.__func__)
+    ctl = classmethod(StatsTest.ctl.__func__)
+    stats_json = classmethod(StatsTest.stats_json.__func__)
+    lookup = classmethod(StatsTest.lookup.__func__)
+    BUDGET = 64 * 1024
+
+    @classmethod
+    def setUpClass(cls):
+        sys.path.insert(0, ARGS.pydir)
+        from engram.v1 import engram_pb2
+        cls.pb = engram_pb2
+        cls.tmp = tempfile.mkdtemp(prefix="engram-hot-")
+        cls.metrics_port = free_port()
+        # The later --resident-budget overrides start_server's 64K.
+        cls.proc, cls.port = cls.start_server(
+            "hot", cls.metrics_port, extra=["--resident-budget", "0", "--hot-cache-bytes", "64K"])
+        cls.addr = "127.0.0.1:%d" % cls.port
+        cls.ctl("import-synthetic", "--table", "cold", "--rows", "4000", "--row-bytes", "64",
+                "--seed", "3")
+        cls.channel = grpc.insecure_channel(cls.addr)
+        cls.lookup_rpc = cls.channel.unary_unary(
+            LOOKUP, request_serializer=cls.pb.LookupRequest.SerializeToString,
+            response_deserializer=cls.pb.LookupResponse.FromString)
+        cls.before = cls.stats_json()
+        cls.before_text = cls.ctl("stats").stdout
+        cls.lookup("cold", list(range(40)))
+        cls.lookup("cold", list(range(20)) + list(range(40, 50)))
+        cls.lookup("cold", [5, 5, 5])
+        # Nothing runs between these two reads: the gauges cannot move.
+        cls.below = cls.stats_json()
+        cls.below_metrics = scrape(cls.metrics_port)
+        for start in range(1000, 2200, 400):
+            cls.lookup("cold", list(range(start, start + 400)))
+        cls.lookup("cold", list(range(20)))
+        cls.full = cls.stats_json()
+        cls.full_metrics = scrape(cls.metrics_port)
+        cls.full_text = cls.ctl("stats").stdout
+
+    @classmethod
+    def tearDownClass(cls):
+        StatsTest.tearDownClass.__func__(cls)
+
+    def test_capacity_formula(self):
+        # The formula against figures worked out by hand from segment_bytes:
+        # 25 slots a segment cost 25 * 78 + (25 + 25 + 23) * 8 + 2 * 64 * 12
+        # = 4070 <= 65536 / 16 = 4096 bytes; 26 would cost 4172.
+        self.assertEqual(hot_capacity(self.BUDGET, ROW_BYTES), 400)
+        self.assertEqual(hot_capacity(1023, ROW_BYTES), 0)  # too small: no cache
+
+    def test_before_any_lookup(self):
+        self.assertEqual(self.before["hot_cache"], hot(budget_bytes=self.BUDGET))
+        self.assertEqual(self.before["memory"]["resident_tier_budget"], 0)
+        self.assertIn("\nhot cache: not made yet, budget 64.0 KiB\n", self.before_text)
+
+    def test_below_capacity(self):
+        self.assertEqual(self.below["hot_cache"],
+                         hot(budget_bytes=self.BUDGET, row_bytes=ROW_BYTES, capacity_rows=400,
+                             rows_held=50, hits=23, misses=50, inserts=50))
+        cold = self.below["tables"][0]
+        self.assertEqual((cold["table"], cold["rows"], cold["rows_resident"], cold["rows_hot"],
+                          cold["rows_rocksdb"]), ("cold", 73, 0, 23, 50))
+
+    def test_full(self):
+        h = self.full["hot_cache"]
+        self.assertEqual(h, hot(budget_bytes=self.BUDGET, row_bytes=ROW_BYTES, capacity_rows=400,
+                                rows_held=400, hits=43, misses=1250, inserts=1250,
+                                evictions=850, promotions=20))
+        self.assertEqual(h["evictions"], h["inserts"] - h["rows_held"])
+        cold = self.full["tables"][0]
+        self.assertEqual((cold["rows"], cold["rows_hot"], cold["rows_rocksdb"]), (1293, 43, 1250))
+        self.assertEqual(cold["rows_hot"], h["hits"])
+        self.assertEqual(cold["rows_rocksdb"], h["misses"])
+
+    def test_metrics_agree(self):
+        for doc, fams in ((self.below, self.below_metrics), (self.full, self.full_metrics)):
+            for field, family in HOT_METRICS.items():
+                self.assertEqual(value(fams, family), doc["hot_cache"][field], family)
+
+    def test_readable(self):
+        self.assertIn("\nhot cache: 400 of 400 rows of 64 B, budget 64.0 KiB; 43 hits, "
+                      "1250 misses (3.3% hits); 1250 inserts, 850 evictions, 20 promotions, "
+                      "0 ghost hits\n", self.full_text)
+
+
 class RefusalsTest(unittest.TestCase):
     """Refusals by reason, on a second server with --max-rows 4 and
     --max-import-bytes 1K: 3 lookups of 5 rows (max_rows), one import of
     17 x 64 = 1088 bytes (max_import_bytes) and 2 lookups while draining
     (draining) must show as exactly those counts, every other reason 0, in
-    Stats JSON, the readable `stats` and /metrics."""
+    Stats JSON, the readable `stats` and /metrics. Its hot cache is off
+    (--hot-cache-bytes 0)."""
     start_server = classmethod(StatsTest.start_server.__func__)
     ctl = classmethod(StatsTest.ctl.__func__)
     stats_json = classmethod(StatsTest.stats_json.__func__)
@@ -503,7 +701,8 @@ class RefusalsTest(unittest.TestCase):
         cls.tmp = tempfile.mkdtemp(prefix="engram-refusals-")
         cls.metrics_port = free_port()
         cls.proc, cls.port = cls.start_server(
-            "limits", cls.metrics_port, extra=["--max-rows", "4", "--max-import-bytes", "1K"])
+            "limits", cls.metrics_port,
+            extra=["--max-rows", "4", "--max-import-bytes", "1K", "--hot-cache-bytes", "0"])
         cls.addr = "127.0.0.1:%d" % cls.port
         cls.before = cls.stats_json()
         cls.ctl("import-synthetic", "--table", "res", "--rows", "16", "--row-bytes", "64",
@@ -557,6 +756,11 @@ class RefusalsTest(unittest.TestCase):
         lk = {r["method"]: r for r in s["rpcs"]}[LOOKUP]
         self.assertEqual(lk["errors"], [{"code": "INVALID_ARGUMENT", "count": 3},
                                         {"code": "UNAVAILABLE", "count": 2}])
+
+    def test_hot_cache_off(self):
+        self.assertEqual(self.stats_json()["hot_cache"], hot())
+        self.assertIn("\nhot cache: off\n", self.ctl("stats").stdout)
+        self.assertEqual(value(self.metrics(), "engram_hot_cache_budget_bytes"), 0)
 
     def test_stats_readable(self):
         self.assertIn("\nrefusals: draining=2 (UNAVAILABLE) max_rows=3 (INVALID_ARGUMENT) "
