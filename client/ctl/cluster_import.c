@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <xxhash.h>
 #include <zlib.h>
 
@@ -167,29 +168,55 @@ static int holds(job *jobs, size_t n, size_t k, uint64_t version)
                : -1;
 }
 
-static void *run_job(void *arg)
+/* A stream whose connection was never made reached no server, so it is
+ * tried again on a new channel (a failed channel waits out its reconnect
+ * back-off before it tries again). gRPC core 1.51 has been seen to fail a
+ * first connect to a loopback replica that was accepting ("failed to
+ * connect to all addresses ... No such file or directory") on a loaded
+ * machine; the replica's log showed no call. */
+static int never_connected(int rc, const char *msg)
 {
-    job *j = arg;
+    return rc == ENGRAM_UNAVAILABLE && strstr(msg, "failed to connect") != NULL;
+}
+
+static int run_job_once(job *j)
+{
     engram_client_options o = *ctl_client_options();
     o.deadline_ms = 0;
     engram_client *cl;
     engram_error e;
     if (engram_client_open(j->addr, &o, &cl, &e)) {
-        j->rc = e.code;
         snprintf(j->msg, sizeof j->msg, "%s", e.message);
-        return NULL;
+        return e.code;
     }
-    if (j->held != 1) {
-        if (j->held == -1 && engram_table_drop_version(cl, j->ci->table, j->ci->version, &e) &&
-            e.code != ENGRAM_NOT_FOUND) {
-            j->rc = e.code;
-            snprintf(j->msg, sizeof j->msg, "dropping a different version %llu: %s",
-                     (unsigned long long)j->ci->version, e.message);
-        } else {
-            j->rc = stream_shard(j, cl);
-        }
+    int rc = 0;
+    if (j->held == -1 && engram_table_drop_version(cl, j->ci->table, j->ci->version, &e) &&
+        e.code != ENGRAM_NOT_FOUND) {
+        rc = e.code;
+        snprintf(j->msg, sizeof j->msg, "dropping a different version %llu: %s",
+                 (unsigned long long)j->ci->version, e.message);
+    } else {
+        rc = stream_shard(j, cl);
     }
     engram_client_close(cl);
+    return rc;
+}
+
+static void *run_job(void *arg)
+{
+    job *j = arg;
+    static const unsigned wait_ms[] = {250, 1000};
+    if (j->held == 1)
+        return NULL;
+    j->rc = run_job_once(j);
+    for (size_t a = 0; a < 2 && never_connected(j->rc, j->msg); a++) {
+        fprintf(stderr, "engramctl: replica %s of shard %u: %s; trying again in %u ms\n", j->addr,
+                j->shard, j->msg, wait_ms[a]);
+        struct timespec ts = {0, (long)wait_ms[a] % 1000 * 1000000L};
+        ts.tv_sec = wait_ms[a] / 1000;
+        nanosleep(&ts, NULL);
+        j->rc = run_job_once(j);
+    }
     return NULL;
 }
 
