@@ -565,12 +565,14 @@ static int multiget_batch(table_version *tv, const uint64_t *rows, size_t n,
 static hotcache *hot_for(store *s, uint32_t row_bytes)
 {
     hotcache *hc = __atomic_load_n(&s->hot, __ATOMIC_ACQUIRE);
-    if (!hc && s->hot_budget) {
+    /* hot_budget is read outside the lock only to skip it once the cache
+     * is off; it is written (turned off) only under hot_lock. */
+    if (!hc && __atomic_load_n(&s->hot_budget, __ATOMIC_RELAXED)) {
         pthread_mutex_lock(&s->hot_lock);
         if (!s->hot && s->hot_budget) {
             hc = hotcache_create(s->hot_budget, row_bytes, &s->m->hot);
             if (!hc)
-                s->hot_budget = 0;   /* too small to hold anything: off */
+                __atomic_store_n(&s->hot_budget, 0, __ATOMIC_RELAXED); /* too small: off */
             else
                 log_info("hot_cache_created", "budget=%llu row_bytes=%u rows=%llu",
                          (unsigned long long)s->hot_budget, row_bytes,
