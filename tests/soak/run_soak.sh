@@ -22,7 +22,7 @@
 #   - a scrape of every server's /metrics and `engramctl stats --json`;
 #   - VmRSS and jemalloc's allocated bytes of every server (--samples FILE
 #     keeps every sample with jemalloc's resident/mapped and the block
-#     cache's usage);
+#     cache's usage and the hot cache's rows held and capacity);
 # and every 60 s a re-import of soak.t (same seed: a new version with the
 # same bytes, so the checks stay valid across the switch).
 #
@@ -140,7 +140,7 @@ while [ $(( $(date +%s) - START )) -lt $(( MINUTES * 60 )) ]; do
     a+=("$(jq -r '(.memory.allocated // 0) / 1024 | floor' "$TMP/stats$i.json" 2>/dev/null || echo 0)")
   done
   echo "$t ${r[*]} ${a[*]}" >> "$TMP/samples"
-  echo "$t ${r[*]} ${a[*]} $(for i in 0 1 2 3; do jq -c '[.memory.resident, .memory.mapped, .rocksdb.block_cache_usage]' "$TMP/stats$i.json" 2>/dev/null; done | tr '\n' ' ')" >> "$SAMPLES_OUT"
+  echo "$t ${r[*]} ${a[*]} $(for i in 0 1 2 3; do jq -c '[.memory.resident, .memory.mapped, .rocksdb.block_cache_usage, .hot_cache.rows_held, .hot_cache.capacity_rows]' "$TMP/stats$i.json" 2>/dev/null; done | tr '\n' ' ')" >> "$SAMPLES_OUT"
   printf "%6d %9.1f %9.1f %9.1f %9.1f %10s %9s %6d %8d\n" "$t" \
     "$(echo "${r[0]}/1024" | bc -l)" "$(echo "${r[1]}/1024" | bc -l)" \
     "$(echo "${r[2]}/1024" | bc -l)" "$(echo "${r[3]}/1024" | bc -l)" "$rps" "$p99" "$WRONG" "$REIMPORTS"
