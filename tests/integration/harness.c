@@ -142,29 +142,42 @@ int server_stop(test_server *s)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-int engramctl(const char *addr, ...)
+/* Runs engramctl --server addr ARGS... with stdout and stderr on ofd and
+ * efd (-1: the test's own); returns its exit status. */
+static int ctl_run(const char *addr, va_list ap, int ofd, int efd)
 {
     const char *argv[64];
     int n = 0;
     argv[n++] = ENGRAMCTL_BIN;
     argv[n++] = "--server";
     argv[n++] = addr;
-    va_list ap;
-    va_start(ap, addr);
     const char *a;
     while ((a = va_arg(ap, const char *)) && n < 63)
         argv[n++] = a;
-    va_end(ap);
     argv[n] = NULL;
     fflush(stdout);
+    fflush(stderr);
     pid_t pid = fork();
     if (pid == 0) {
+        if (ofd >= 0)
+            dup2(ofd, 1);
+        if (efd >= 0)
+            dup2(efd, 2);
         execv(ENGRAMCTL_BIN, (char *const *)argv);
         _exit(127);
     }
     int st;
     waitpid(pid, &st, 0);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int engramctl(const char *addr, ...)
+{
+    va_list ap;
+    va_start(ap, addr);
+    int rc = ctl_run(addr, ap, -1, -1);
+    va_end(ap);
+    return rc;
 }
 
 /* A temporary file for one captured stream; its fd, or -1. */
@@ -187,18 +200,6 @@ static void capture_read(int fd, const char *path, char *buf, size_t cap)
 int engramctl_capture(char *out, size_t out_cap, char *err, size_t err_cap,
                       const char *addr, ...)
 {
-    const char *argv[64];
-    int n = 0;
-    argv[n++] = ENGRAMCTL_BIN;
-    argv[n++] = "--server";
-    argv[n++] = addr;
-    va_list ap;
-    va_start(ap, addr);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) && n < 63)
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
     char opath[64], epath[64];
     int ofd = capture_file(opath, sizeof opath);
     int efd = err ? capture_file(epath, sizeof epath) : -2;
@@ -210,22 +211,22 @@ int engramctl_capture(char *out, size_t out_cap, char *err, size_t err_cap,
             capture_read(efd, epath, err, err_cap);
         return -1;
     }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(ofd, 1);
-        if (err)
-            dup2(efd, 2);
-        execv(ENGRAMCTL_BIN, (char *const *)argv);
-        _exit(127);
-    }
-    int st;
-    waitpid(pid, &st, 0);
+    va_list ap;
+    va_start(ap, addr);
+    int rc = ctl_run(addr, ap, ofd, err ? efd : -1);
+    va_end(ap);
     capture_read(ofd, opath, out, out_cap);
     if (err)
         capture_read(efd, epath, err, err_cap);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return rc;
+}
+
+int server_pause(test_server *s)
+{
+    int st;
+    if (kill(s->pid, SIGSTOP) < 0 || waitpid(s->pid, &st, WUNTRACED) != s->pid)
+        return -1;
+    return WIFSTOPPED(st) ? 0 : -1;
 }
 
 int harness_import_ct(const char *addr, const test_server *servers, size_t n)

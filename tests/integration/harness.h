@@ -58,6 +58,13 @@ int raw_lookup_data(const char *addr, const char *table, const uint64_t *rows, s
 /* SIGTERM, then waits; returns the exit status (0 = clean), or -1. */
 int server_stop(test_server *s);
 
+/* SIGSTOP, then waits until the whole process has stopped: a group stop
+ * takes effect only once one of its threads runs, so on a loaded machine
+ * another thread could still serve a request after kill() returns;
+ * waitpid(WUNTRACED) reports the stop only when every thread has stopped.
+ * From then on the server answers nothing. 0, or -1. */
+int server_pause(test_server *s);
+
 /* Runs engramctl --server addr ARGS... (NULL-terminated); returns its exit
  * status. Output goes to the test's stdout/stderr. */
 int engramctl(const char *addr, ...);

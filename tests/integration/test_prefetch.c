@@ -632,16 +632,10 @@ static void assert_untouched(const uint8_t *out, size_t bytes, const char *what)
             fail_msg("%s: byte %zu of out was written (0x%02x)", what, i, out[i]);
 }
 
-/* SIGSTOP, then waits until the server has stopped: a group stop takes
- * effect only once one of its threads runs, and on a loaded machine
- * another thread could serve a request in between. waitpid(WUNTRACED)
- * reports the stop only when every thread has stopped. */
+/* From here on no reply can come (see server_pause). */
 static void pause_server(void)
 {
-    int st;
-    assert_int_equal(kill(srv.pid, SIGSTOP), 0);
-    assert_int_equal(waitpid(srv.pid, &st, WUNTRACED), srv.pid);
-    assert_true(WIFSTOPPED(st));
+    assert_int_equal(server_pause(&srv), 0);
 }
 
 /* Tests that stop the server resume it even when they fail. */

@@ -300,14 +300,10 @@ static void test_async_8_in_flight_1_to_65536_rows(void **state)
     engram_client_close(c);
 }
 
-/* SIGSTOP, then waits until the whole process is stopped (every thread):
- * from then on no reply can come, so a finite wait must time out. */
+/* From here on no reply can come (see server_pause). */
 static void pause_server(void)
 {
-    int st;
-    assert_int_equal(kill(srv.pid, SIGSTOP), 0);
-    assert_int_equal(waitpid(srv.pid, &st, WUNTRACED), srv.pid);
-    assert_true(WIFSTOPPED(st));
+    assert_int_equal(server_pause(&srv), 0);
 }
 
 static void resume_server(void)
