@@ -18,6 +18,11 @@
 #define IMPORT_BATCH_BYTES (4u << 20)
 #define VERIFY_BATCH_ROWS 4096
 
+/* Rows per lookup whose reply fits --max-message-bytes (and at most
+ * VERIFY_BATCH_ROWS; at least 1): a server with a small limit refuses a
+ * larger reply, and it should not take the operator a retry to learn it. */
+size_t ctl_rows_per_reply(uint32_t row_bytes);
+
 /* Prints `engramctl: INVALID_ARGUMENT: ...`; returns EXIT_USAGE. */
 int die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints `engramctl: STATUS: message`; returns EXIT_RPC. */
@@ -27,6 +32,9 @@ int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Strict decimal parsing; a message naming `what` on failure. */
 int parse_u64(const char *s, const char *what, uint64_t *out);
 int parse_u32(const char *s, const char *what, uint32_t *out);
+/* As parse_u64, with an optional K, M, G or T suffix (powers of 1024), the
+ * form engram-server's size options take. */
+int parse_size(const char *s, const char *what, uint64_t *out);
 
 /* A command's `--name value` options (also `--name=value`) and its
  * positional arguments. Every option takes a value. */

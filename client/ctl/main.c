@@ -1,7 +1,8 @@
 /* main.c: engramctl, the operator's command line for engram-store, on
  * libengram: global options and command dispatch.
  *
- *   engramctl [--server HOST:PORT] [--deadline-ms N] [--tls-ca FILE
+ *   engramctl [--server HOST:PORT] [--deadline-ms N] [--max-message-bytes B]
+ *             [--tls-ca FILE
  *             [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME]]
  *             [--token-file FILE] COMMAND ...
  *
@@ -32,6 +33,9 @@ static const char usage_text[] =
     "127.0.0.1:7070)\n"
     "  --deadline-ms N      deadline of each call in ms, 0 = none "
     "(default 10000)\n"
+    "  --max-message-bytes B  largest gRPC message sent or received, with an\n"
+    "                       optional K, M or G suffix (default 64M); imports\n"
+    "                       send chunks under it, so match a server's limit\n"
     "  --tls-ca FILE        use TLS; FILE is the PEM CA of the servers\n"
     "  --tls-cert FILE --tls-key FILE   PEM client certificate and key (mTLS)\n"
     "  --tls-server-name NAME  the name the server certificate carries, when\n"
@@ -137,6 +141,7 @@ static ctl_cmd find_cmd(const char *name, int *local)
 typedef struct globals {
     const char *server;
     const char *deadline;
+    const char *max_message;
     const char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
     const char *token_file;
 } globals;
@@ -146,6 +151,7 @@ static const char **global_slot(globals *g, const char *name)
     static const struct { const char *name; size_t off; } table[] = {
         {"--server", offsetof(globals, server)},
         {"--deadline-ms", offsetof(globals, deadline)},
+        {"--max-message-bytes", offsetof(globals, max_message)},
         {"--tls-ca", offsetof(globals, tls_ca)},
         {"--tls-cert", offsetof(globals, tls_cert)},
         {"--tls-key", offsetof(globals, tls_key)},
@@ -226,6 +232,14 @@ const engram_client_options *ctl_client_options(void)
     return &client_opts;
 }
 
+size_t ctl_rows_per_reply(uint32_t row_bytes)
+{
+    /* 64 bytes for the reply's fields and framing; the server allows 32. */
+    size_t room = (size_t)client_opts.max_message_bytes - 64;
+    size_t n = row_bytes ? room / row_bytes : VERIFY_BATCH_ROWS;
+    return n < 1 ? 1 : n > VERIFY_BATCH_ROWS ? VERIFY_BATCH_ROWS : n;
+}
+
 const char *ctl_server_address(void)
 {
     return server_address;
@@ -241,6 +255,16 @@ static int fill_client_options(const globals *g)
         if (parse_u64(g->deadline, "--deadline-ms", &v) || v > INT64_MAX)
             return EXIT_USAGE;
         client_opts.deadline_ms = (int64_t)v;
+    }
+    if (g->max_message) {
+        /* The server's bounds, so one value fits both sides. */
+        uint64_t v;
+        if (parse_size(g->max_message, "--max-message-bytes", &v))
+            return EXIT_USAGE;
+        if (v < 4096 || v > 2000000000u)
+            return die_usage("--max-message-bytes: '%s' is outside 4096..2000000000",
+                             g->max_message);
+        client_opts.max_message_bytes = (int32_t)v;
     }
     if ((g->tls_cert || g->tls_key || g->tls_server_name) && !g->tls_ca)
         return die_usage("--tls-cert, --tls-key and --tls-server-name need --tls-ca");

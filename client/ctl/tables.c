@@ -182,17 +182,18 @@ static int verify_batches(engram_client *cl, const engram_table_info *t,
                           uint64_t *ver)
 {
     uint32_t rb = t->row_bytes;
-    uint8_t *out = malloc((size_t)VERIFY_BATCH_ROWS * rb + 1);
+    size_t per = ctl_rows_per_reply(rb);
+    uint8_t *out = malloc(per * rb + 1);
     uint8_t *want = malloc((size_t)rb + 1);
     int rc = 0;
     if (!out || !want)
         rc = fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
-    for (size_t i = 0; i < n && !rc; i += VERIFY_BATCH_ROWS) {
-        size_t k = n - i < VERIFY_BATCH_ROWS ? n - i : VERIFY_BATCH_ROWS;
+    for (size_t i = 0; i < n && !rc; i += per) {
+        size_t k = n - i < per ? n - i : per;
         uint32_t got_rb;
         engram_error e;
         if (engram_lookup_sync(cl, t->name, rows + i, k, out,
-                               (size_t)VERIFY_BATCH_ROWS * rb, &got_rb, ver,
+                               per * rb, &got_rb, ver,
                                &e)) {
             rc = report(&e);
         } else if (got_rb != rb) {

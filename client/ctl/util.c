@@ -27,8 +27,13 @@ int die_usage(const char *fmt, ...)
 
 int report(const engram_error *e)
 {
-    fprintf(stderr, "engramctl: %s: %s\n", engram_status_name(e->code),
-            e->message);
+    /* gRPC's own words name two sizes but not the option that fixes it. */
+    const char *hint = e->code == ENGRAM_RESOURCE_EXHAUSTED &&
+                               strstr(e->message, "message larger than max")
+                           ? " (set --max-message-bytes to the server's limit)"
+                           : "";
+    fprintf(stderr, "engramctl: %s: %s%s\n", engram_status_name(e->code),
+            e->message, hint);
     return EXIT_RPC;
 }
 
@@ -66,6 +71,28 @@ int parse_u64(const char *s, const char *what, uint64_t *out)
         return -1;
     }
     *out = v;
+    return 0;
+}
+
+int parse_size(const char *s, const char *what, uint64_t *out)
+{
+    const char *units = "KMGT";
+    size_t n = s ? strlen(s) : 0;
+    size_t digits = s ? strspn(s, "0123456789") : 0;
+    const char *u = n == digits + 1 ? strchr(units, s[digits]) : NULL;
+    if (!digits || (n != digits && !u)) {
+        die_usage("%s: '%s' is not a size (digits, then optionally K, M, G or T)", what,
+                  s ? s : "");
+        return -1;
+    }
+    errno = 0;
+    unsigned long long v = strtoull(s, NULL, 10);
+    unsigned shift = u ? 10u * (unsigned)(u - units + 1) : 0;
+    if (errno == ERANGE || v > (UINT64_MAX >> shift)) {
+        die_usage("%s: '%s' is out of range", what, s);
+        return -1;
+    }
+    *out = (uint64_t)v << shift;
     return 0;
 }
 

@@ -7,8 +7,9 @@
  * libengram, sync and async, and compared byte for byte with the synthetic
  * rule. A wait that times out is made certain by stopping the server with
  * SIGSTOP (a stopped process cannot answer); the reply-size limit gets a
- * second server of its own with a small --max-message-bytes. engramctl's
- * outputs are captured and compared exactly. */
+ * second server of its own with a small --max-message-bytes, which
+ * engramctl is also run against. engramctl's outputs are captured and
+ * compared exactly. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -473,6 +474,36 @@ static void test_reply_over_message_limit(void **state)
                      ENGRAM_OK);   /* still answers */
     check_bytes(out, rows, 3, RB, 21);
     engram_client_close(c);
+
+    /* engramctl: its import chunk (the whole 250 KiB table) is refused, with the option
+     * named; --max-message-bytes makes the chunks fit, and verify-synthetic
+     * sizes its lookups to the limit (511 rows of 128 B per reply). */
+    char sout[512], errs[512];
+    assert_int_equal(engramctl_capture(sout, sizeof sout, errs, sizeof errs, small.addr,
+                                       "import-synthetic", "--table", "m2", "--rows", "2000",
+                                       "--row-bytes", "128", "--seed", "22", NULL), 1);
+    assert_string_equal(sout, "");
+    assert_string_equal(errs, "engramctl: RESOURCE_EXHAUSTED: Received message larger than max "
+                              "(256008 vs. 65536) (set --max-message-bytes to the server's "
+                              "limit)\n");
+    assert_int_equal(engramctl(small.addr, "--max-message-bytes", "64K", "import-synthetic",
+                               "--table", "m2", "--rows", "2000", "--row-bytes", "128",
+                               "--seed", "22", NULL), 0);
+    assert_int_equal(engramctl_capture(sout, sizeof sout, errs, sizeof errs, small.addr,
+                                       "--max-message-bytes", "65536", "verify-synthetic",
+                                       "--table", "m2", "--seed", "22", "--samples", "2000",
+                                       NULL), 0);
+    assert_string_equal(sout, "verified 2004 rows of m2 v1: all match\n");
+    assert_string_equal(errs, "");
+    assert_int_equal(engramctl_capture(sout, sizeof sout, errs, sizeof errs, small.addr,
+                                       "--max-message-bytes", "4000", "tables", NULL), 2);
+    assert_string_equal(errs, "engramctl: INVALID_ARGUMENT: --max-message-bytes: '4000' is "
+                              "outside 4096..2000000000 (see engramctl --help)\n");
+    assert_int_equal(engramctl_capture(sout, sizeof sout, errs, sizeof errs, small.addr,
+                                       "--max-message-bytes", "64X", "tables", NULL), 2);
+    assert_string_equal(errs, "engramctl: INVALID_ARGUMENT: --max-message-bytes: '64X' is not "
+                              "a size (digits, then optionally K, M, G or T) (see engramctl "
+                              "--help)\n");
     assert_int_equal(server_stop(&small), 0);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
