@@ -8,7 +8,7 @@ PKGS=(
   build-essential cmake pkg-config
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler
   librocksdb-dev libjemalloc-dev libcmocka-dev libjansson-dev libutf8proc-dev
-  libmicrohttpd-dev libxxhash-dev
+  libmicrohttpd-dev libxxhash-dev libssl-dev
   redis-server libhiredis-dev
   protobuf-compiler python3 python3-grpcio python3-protobuf python3-numpy python3-yaml python3-xxhash
   openssl ca-certificates

@@ -2,7 +2,8 @@
  * order, signal handling, and teardown in reverse order.
  *
  * Signals are blocked in every thread and taken synchronously by main with
- * sigwait, so shutdown runs as ordinary code rather than in a handler. */
+ * sigwait, so shutdown (SIGINT, SIGTERM) and the reload of secrets (SIGHUP)
+ * run as ordinary code rather than in a handler. */
 #include <errno.h>
 #include <getopt.h>
 #include <grpc/grpc.h>
@@ -111,7 +112,8 @@ static void usage(FILE *f)
 "  --log-file FILE          append logs to FILE instead of stderr\n"
 "  --help                   this text\n"
 "BYTES accept K, M, G, T suffixes (powers of 1024).\n"
-"SIGINT or SIGTERM stops the server gracefully.\n");
+"SIGINT or SIGTERM stops the server gracefully; SIGHUP re-reads the TLS\n"
+"and admin token files (nothing changes unless all of them are good).\n");
 }
 
 static int parse_u64(const char *s, uint64_t *out, int suffixes)
@@ -306,6 +308,7 @@ int main(int argc, char **argv)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -408,7 +411,9 @@ int main(int argc, char **argv)
         if (o.port_file)
             write_port_file(o.port_file, port);
         int sig = 0;
-        sigwait(&sigs, &sig);
+        /* SIGHUP re-reads the secrets; anything else stops. */
+        while (sigwait(&sigs, &sig) == 0 && sig == SIGHUP)
+            security_reload();
         log_info("server_stopping", "signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
     } else {
         rc = 1;

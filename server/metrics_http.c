@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "security.h"
 #include "stats.h"
 #include "status.h"
 
@@ -243,6 +244,22 @@ static void hot_cache_families(sbuf *b, const store_hot_stats *h)
             h->counters.ghost_hits);
 }
 
+/* Reloads (SIGHUP) and the certificate's expiry, for alerts on both: a
+ * rotation that keeps failing, or a certificate about to run out. */
+static void security_families(sbuf *b)
+{
+    uint64_t ok, failed;
+    security_reload_counts(&ok, &failed);
+    family(b, "engram_reloads_total", "counter",
+           "SIGHUP reloads of the TLS and token files, by result.");
+    sb_printf(b, "engram_reloads_total{result=\"ok\"} %llu\n", (unsigned long long)ok);
+    sb_printf(b, "engram_reloads_total{result=\"failed\"} %llu\n", (unsigned long long)failed);
+    int64_t na = security_cert_not_after();
+    if (na)
+        gauge(b, "engram_tls_cert_not_after_seconds",
+              "When the serving TLS certificate expires (Unix time).", (uint64_t)na);
+}
+
 static void process_families(sbuf *b, const stats_process *p)
 {
     family(b, "engram_build_info", "gauge", "The running build; always 1.");
@@ -288,6 +305,7 @@ static void process_families(sbuf *b, const stats_process *p)
     gauge(b, "engram_resident_budget_bytes", "The resident tier's budget (--resident-budget).",
           p->resident_tier_budget);
     hot_cache_families(b, &p->hot);
+    security_families(b);
 }
 
 char *metrics_render(size_t *len)

@@ -1,10 +1,11 @@
-/* security.c: TLS credentials, the admin auth check and the call limits
- * (see security.h).
+/* security.c: the admin auth check, the call limits, and the reload of
+ * the secrets on SIGHUP (see security.h); the TLS files are tls.c's.
  *
- * Files are read once at start-up: a certificate rotation is a restart
- * (the servers of a cluster restart one by one anyway). The PEM text is
- * kept until teardown because each listener needs its own credentials
- * object (gRPC takes ownership of the one bound to a port).
+ * A reload reads and checks every file first and replaces nothing unless
+ * all of them are good, so a half-written rotation never leaves the server
+ * with a certificate from one rotation and a token from another, or with
+ * none. The token is swapped under a mutex: admin calls are rare, so the
+ * lock costs nothing a reader would notice.
  *
  * The token is compared in constant time over equal lengths, with the
  * length compared separately: a timing difference may reveal the token's
@@ -14,20 +15,23 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "grpc_util.h"
 #include "hooks.h"
 #include "log.h"
 #include "status.h"
+#include "tls.h"
 
 #define MAX_ADMIN_NAMES 32
-#define MAX_PEM_BYTES (1u << 20)
 
 static struct {
-    char *cert_pem, *key_pem, *ca_pem;
+    security_options o;          /* the paths, for reloads */
+    pthread_mutex_t mu;          /* guards token and token_len */
     char *token;
     size_t token_len;
     char *names_buf;                   /* the list, split in place */
@@ -36,69 +40,63 @@ static struct {
     const server_metrics *m;
     uint64_t max_calls;
     int64_t default_deadline_ms;
-} S;
+    uint64_t reloads[2];         /* ok, failed */
+} S = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-/* ---- files -------------------------------------------------------------- */
+/* ---- the token ---------------------------------------------------------- */
 
-/* The whole file as a string; NULL with err naming the file. */
-static char *read_file(const char *path, const char *what, char *err, size_t errlen)
+/* The token file's first line, trimmed: a fresh string, or NULL with err
+ * naming the file. The line read from disk is scrubbed before it is freed. */
+static char *read_token(const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = fopen(path, "r");
     if (!f) {
-        snprintf(err, errlen, "cannot read %s file %s: %s", what, path, strerror(errno));
+        snprintf(err, errlen, "cannot read admin token file %s: %s", path, strerror(errno));
         return NULL;
     }
-    char *buf = malloc(MAX_PEM_BYTES + 1);
-    size_t n = buf ? fread(buf, 1, MAX_PEM_BYTES + 1, f) : 0;
-    int bad = !buf || ferror(f);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, f);
+    int bad = n < 0 && ferror(f);
     fclose(f);
-    if (bad || n > MAX_PEM_BYTES) {
-        snprintf(err, errlen, "cannot read %s file %s: %s", what, path,
-                 bad ? "read error" : "larger than 1 MiB");
-        free(buf);
+    if (bad) {
+        snprintf(err, errlen, "cannot read admin token file %s: read error", path);
+        free(line);
         return NULL;
     }
-    buf[n] = '\0';
-    return buf;
-}
-
-/* A PEM file: also checked for a PEM block, so a swapped or empty file is
- * named here rather than as an opaque TLS failure at bind time. */
-static char *read_pem(const char *path, const char *what, char *err, size_t errlen)
-{
-    char *pem = read_file(path, what, err, errlen);
-    if (pem && !strstr(pem, "-----BEGIN ")) {
-        snprintf(err, errlen, "%s file %s holds no PEM block (-----BEGIN ...)", what, path);
-        free(pem);
-        return NULL;
-    }
-    return pem;
-}
-
-static int read_token(const char *path, char *err, size_t errlen)
-{
-    char *text = read_file(path, "admin token", err, errlen);
-    if (!text)
-        return -1;
-    size_t end = strcspn(text, "\r\n");
-    text[end] = '\0';
-    char *s = text;
+    char *s = line ? line : "";
     while (isspace((unsigned char)*s))
         s++;
     size_t len = strlen(s);
     while (len && isspace((unsigned char)s[len - 1]))
-        s[--len] = '\0';
-    if (len == 0) {
-        snprintf(err, errlen, "admin token file %s has an empty first line", path);
-        free(text);
-        return -1;
+        len--;
+    char *token = len ? strndup(s, len) : NULL;
+    if (line) {
+        explicit_bzero(line, cap);
+        free(line);
     }
-    S.token = strdup(s);
-    S.token_len = len;
-    /* Scrub the copy read from disk before freeing it. */
-    explicit_bzero(text, strlen(text));
-    free(text);
-    return 0;
+    if (!len)
+        snprintf(err, errlen, "admin token file %s has an empty first line", path);
+    return token;
+}
+
+static void free_secret(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+/* Installs a token read by read_token; the old one is scrubbed. */
+static void set_token(char *token)
+{
+    pthread_mutex_lock(&S.mu);
+    char *old = S.token;
+    S.token = token;
+    S.token_len = token ? strlen(token) : 0;
+    pthread_mutex_unlock(&S.mu);
+    free_secret(old);
 }
 
 static int parse_names(const char *list, char *err, size_t errlen)
@@ -147,9 +145,12 @@ static int token_matches(const grpc_slice *v)
 {
     size_t len = GRPC_SLICE_LENGTH(*v);
     const char *p = (const char *)GRPC_SLICE_START_PTR(*v);
-    if (!S.token || len < 7 || strncasecmp(p, "Bearer ", 7) != 0)
+    if (len < 7 || strncasecmp(p, "Bearer ", 7) != 0)
         return 0;
-    return security_equal_ct(p + 7, len - 7, S.token, S.token_len);
+    pthread_mutex_lock(&S.mu);
+    int ok = S.token && security_equal_ct(p + 7, len - 7, S.token, S.token_len);
+    pthread_mutex_unlock(&S.mu);
+    return ok;
 }
 
 static int on_admin_list(const char *name, size_t len)
@@ -192,7 +193,7 @@ static int check_peer(server_call *c, char *who, size_t wholen)
  * because it is free of secrets. */
 static int auth_admit(server_call *c, const method_def *m, char *msg, size_t msglen)
 {
-    if (m->plane != PLANE_ADMIN || (!S.token && S.nnames == 0))
+    if (m->plane != PLANE_ADMIN || (!S.o.admin_token_file && S.nnames == 0))
         return ES_OK;
     char who[132] = "";
     int peer = S.nnames ? check_peer(c, who, sizeof who) : -1;
@@ -264,23 +265,41 @@ static int check_combination(const security_options *o, char *err, size_t errlen
     return 0;
 }
 
+/* Clears everything but the mutex (setup may run again in unit tests). */
+static void reset(void)
+{
+    free_secret(S.token);
+    free(S.names_buf);
+    pthread_mutex_t mu = S.mu;
+    memset(&S, 0, sizeof S);
+    S.mu = mu;
+}
+
 int security_setup(const security_options *o, const server_metrics *m, char *err, size_t errlen)
 {
-    memset(&S, 0, sizeof S);
+    reset();
+    S.o = *o;
     S.m = m;
     S.max_calls = o->max_calls;
     S.default_deadline_ms = o->default_deadline_ms;
     if (check_combination(o, err, errlen))
         return -1;
-    if (o->tls_cert && (!(S.cert_pem = read_pem(o->tls_cert, "TLS certificate", err, errlen)) ||
-                        !(S.key_pem = read_pem(o->tls_key, "TLS key", err, errlen))))
+    tls_files *f = NULL;
+    if (o->tls_cert && !(f = tls_load(o->tls_cert, o->tls_key, o->tls_client_ca, err, errlen)))
         return -1;
-    if (o->tls_client_ca && !(S.ca_pem = read_pem(o->tls_client_ca, "TLS client CA", err, errlen)))
+    char *token = NULL;
+    if (o->admin_token_file && !(token = read_token(o->admin_token_file, err, errlen))) {
+        tls_files_free(f);
         return -1;
-    if (o->admin_token_file && read_token(o->admin_token_file, err, errlen))
+    }
+    if (o->admin_names && parse_names(o->admin_names, err, errlen)) {
+        tls_files_free(f);
+        free_secret(token);
         return -1;
-    if (o->admin_names && parse_names(o->admin_names, err, errlen))
-        return -1;
+    }
+    if (f)
+        tls_commit(f);
+    set_token(token);
     /* Authentication first: a refused caller learns nothing about load. */
     hooks_add_admit(auth_admit);
     hooks_add_admit(limits_admit);
@@ -290,50 +309,95 @@ int security_setup(const security_options *o, const server_metrics *m, char *err
 
 grpc_server_credentials *security_server_creds(void)
 {
-    if (!S.cert_pem)
-        return NULL;
-    grpc_ssl_pem_key_cert_pair pair = {S.key_pem, S.cert_pem};
-    return grpc_ssl_server_credentials_create_ex(
-        S.ca_pem, &pair, 1,
-        S.ca_pem ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                 : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
-        NULL);
+    return tls_server_creds();
 }
 
 const char *security_transport_name(void)
 {
-    return !S.cert_pem ? "insecure" : S.ca_pem ? "mtls" : "tls";
+    return !tls_enabled() ? "insecure" : tls_mutual() ? "mtls" : "tls";
+}
+
+/* The certificate's subject and expiry, at start-up and after a reload. */
+static void log_certificate(const char *event)
+{
+    char subject[256];
+    int64_t not_after;
+    tls_cert_info(subject, sizeof subject, &not_after);
+    time_t t = (time_t)not_after;
+    struct tm tm;
+    char when[32] = "unknown";
+    if (not_after && gmtime_r(&t, &tm))
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    int64_t left = not_after - (int64_t)time(NULL);
+    if (not_after && left < 0)
+        log_warn(event, "subject=\"%s\" not_after=%s detail=\"the certificate has expired\"",
+                 subject, when);
+    else
+        log_info(event, "subject=\"%s\" not_after=%s days_left=%lld", subject, when,
+                 (long long)(left / 86400));
 }
 
 void security_log_startup(void)
 {
-    if (!S.cert_pem)
+    if (!tls_enabled())
         log_warn("transport_insecure", "transport=insecure detail=\"plaintext gRPC: use "
                  "--tls-cert/--tls-key beyond local use\"");
-    if (!S.token && S.nnames == 0)
+    else
+        log_certificate("tls_certificate");
+    if (!S.o.admin_token_file && S.nnames == 0)
         log_warn("admin_open", "detail=\"the admin plane is open to every client: use "
                  "--admin-token-file or --admin-names beyond local use\"");
     else
-        log_info("admin_auth", "token=%s names=%d", S.token ? "set" : "none", S.nnames);
+        log_info("admin_auth", "token=%s names=%d", S.o.admin_token_file ? "set" : "none",
+                 S.nnames);
     if (S.max_calls || S.default_deadline_ms)
         log_info("call_limits", "max_calls=%llu default_deadline_ms=%lld",
                  (unsigned long long)S.max_calls, (long long)S.default_deadline_ms);
 }
 
-static void free_secret(char *s)
+/* ---- reload ------------------------------------------------------------------ */
+
+int security_reload(void)
 {
-    if (s) {
-        explicit_bzero(s, strlen(s));
-        free(s);
+    const security_options *o = &S.o;
+    char err[600] = "";
+    tls_files *f = NULL;
+    char *token = NULL;
+    int ok = (!o->tls_cert || (f = tls_load(o->tls_cert, o->tls_key, o->tls_client_ca, err,
+                                            sizeof err))) &&
+             (!o->admin_token_file || (token = read_token(o->admin_token_file, err, sizeof err)));
+    if (!ok) {
+        tls_files_free(f);
+        __atomic_add_fetch(&S.reloads[1], 1, __ATOMIC_RELAXED);
+        log_error("reload_failed", "detail=\"%s; nothing was changed\"", err);
+        return -1;
     }
+    if (f)
+        tls_commit(f);
+    if (token)
+        set_token(token);
+    __atomic_add_fetch(&S.reloads[0], 1, __ATOMIC_RELAXED);
+    log_info("reloaded", "tls=%s token=%s", f ? "reloaded" : "off", token ? "reloaded" : "off");
+    if (f)
+        log_certificate("tls_certificate");
+    return 0;
+}
+
+void security_reload_counts(uint64_t *ok, uint64_t *failed)
+{
+    *ok = __atomic_load_n(&S.reloads[0], __ATOMIC_RELAXED);
+    *failed = __atomic_load_n(&S.reloads[1], __ATOMIC_RELAXED);
+}
+
+int64_t security_cert_not_after(void)
+{
+    int64_t t;
+    tls_cert_info(NULL, 0, &t);
+    return t;
 }
 
 void security_teardown(void)
 {
-    free(S.cert_pem);
-    free_secret(S.key_pem);
-    free(S.ca_pem);
-    free_secret(S.token);
-    free(S.names_buf);
-    memset(&S, 0, sizeof S);
+    reset();
+    tls_teardown();
 }

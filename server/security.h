@@ -4,6 +4,8 @@
  * TLS: one certificate/key pair (PEM) serves every listener; with a client
  * CA, clients must present a certificate signed by it (mTLS). Without
  * --tls-cert the transport is plaintext, which start-up says in a warn line.
+ * SIGHUP re-reads the TLS files and the token file (security_reload), so
+ * a rotation needs no restart.
  *
  * Admin auth is an admission hook on PLANE_ADMIN methods only (Lookup and
  * health never need it): a call is admitted by `authorization: Bearer
@@ -37,7 +39,7 @@ typedef struct security_options {
     int64_t default_deadline_ms; /* for calls without a deadline; 0: none */
 } security_options;
 
-/* Reads every file, checks the combination, registers the admission hooks
+/* Reads every file (the TLS pair must match, see tls.h), checks the combination, registers the admission hooks
  * (auth first, then limits). `m` is the server's metrics (calls in flight).
  * Returns 0, or -1 with a message naming the file or option in err (the
  * caller exits 2). */
@@ -54,6 +56,20 @@ void security_log_startup(void);
 /* "tls", "mtls" or "insecure", for the start-up line. */
 const char *security_transport_name(void);
 
+/* SIGHUP: reads the TLS files and the token file again (the paths given
+ * at start-up) and checks them; only when every one is good are they put
+ * in place, so new connections get the new certificate and the next admin
+ * call is checked against the new token. On any error nothing changes and
+ * an error line names the file. 0 or -1. Main thread only. */
+int security_reload(void);
+
+/* Reloads done and refused so far (for /metrics). Any thread. */
+void security_reload_counts(uint64_t *ok, uint64_t *failed);
+
+/* The serving certificate's notAfter in Unix seconds; 0 without TLS. */
+int64_t security_cert_not_after(void);
+
+/* After the servers are destroyed (gRPC may fetch certificates until then). */
 void security_teardown(void);
 
 /* Constant-time equality of two byte strings: the time depends only on the

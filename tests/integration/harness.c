@@ -134,6 +134,32 @@ int server_start_port(test_server *s, const char *dir, int port, const char *con
     return -1;
 }
 
+static int log_count(const test_server *s, const char *needle)
+{
+    char path[300], line[4096];
+    snprintf(path, sizeof path, "%s/server.log", s->dir);
+    FILE *f = fopen(path, "r");
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+int server_log_wait(const test_server *s, const char *needle, int count, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 20) {
+        if (log_count(s, needle) >= count)
+            return 0;
+        usleep(20000);
+    }
+    fprintf(stderr, "no %d lines with \"%s\" in the log after %d ms\n", count, needle,
+            timeout_ms);
+    server_report(s);
+    return -1;
+}
+
 int server_stop(test_server *s)
 {
     int st;

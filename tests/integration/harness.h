@@ -10,7 +10,7 @@
 
 typedef struct test_server {
     pid_t pid;
-    char dir[256];       /* data dir; the log is dir/../server.log */
+    char dir[256];       /* the server's: data in dir/data, log in dir/server.log */
     char addr[64];       /* 127.0.0.1:PORT */
     int port;
 } test_server;
@@ -39,6 +39,11 @@ void server_report(const test_server *s);
  * recovery), so on a failure this reports the n servers and runs it once
  * more, saying so. Returns engramctl's exit status. */
 int harness_import_ct(const char *addr, const test_server *servers, size_t n);
+
+/* Waits until `needle` occurs in at least `count` lines of the server's
+ * log (for events the server only logs, such as a SIGHUP reload).
+ * 0, or -1 after timeout_ms with the log's tail on stderr. */
+int server_log_wait(const test_server *s, const char *needle, int count, int timeout_ms);
 
 /* SIGKILL, then waits (a crash, not a shutdown). */
 void server_kill(test_server *s);

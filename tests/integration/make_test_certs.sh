@@ -7,6 +7,8 @@
 #                          server must match the common name)
 #   worker.pem/.key        client certificate CN=worker, SAN DNS:worker
 #   rogue-ca.pem, rogue.pem/.key   CN=operator signed by another CA
+#   rotated.pem/.key       CN=localhost as server.pem, signed by rogue-ca:
+#                          the certificate a reload (SIGHUP) rotates to
 # P-256 keys: fast to make, and every TLS stack takes them. Valid 2 days.
 set -eu
 d=$1
@@ -33,3 +35,5 @@ leaf server ca /CN=localhost \
 leaf operator ca /CN=operator 'extendedKeyUsage=clientAuth\n'
 leaf worker ca /CN=worker 'subjectAltName=DNS:worker\nextendedKeyUsage=clientAuth\n'
 leaf rogue rogue-ca /CN=operator 'extendedKeyUsage=clientAuth\n'
+leaf rotated rogue-ca /CN=localhost \
+    'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n'

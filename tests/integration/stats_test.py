@@ -478,7 +478,8 @@ class StatsTest(unittest.TestCase):
             "engram_hot_cache_inserts_total": "counter",
             "engram_hot_cache_evictions_total": "counter",
             "engram_hot_cache_promotions_total": "counter",
-            "engram_hot_cache_ghost_hits_total": "counter"}
+            "engram_hot_cache_ghost_hits_total": "counter",
+            "engram_reloads_total": "counter"}
         for name, t in want.items():
             self.assertEqual(f[name]["type"], t, name)
         for name, fam in f.items():
@@ -496,6 +497,23 @@ class StatsTest(unittest.TestCase):
                              t["total"]["count"])
         for field, family in HOT_METRICS.items():
             self.assertEqual(value(f, family), s["hot_cache"][field], family)
+
+    def test_sighup_reload_counted(self):
+        # A plaintext server without a token file has nothing to re-read:
+        # the reload succeeds, is counted, and there is no certificate gauge.
+        f = self.metrics()
+        ok = value(f, "engram_reloads_total", result="ok")
+        self.assertEqual(value(f, "engram_reloads_total", result="failed"), 0)
+        self.assertNotIn("engram_tls_cert_not_after_seconds", f)
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while value(self.metrics(), "engram_reloads_total", result="ok") == ok:
+            self.assertLess(time.monotonic(), deadline, "SIGHUP not counted")
+            time.sleep(0.02)
+        f = self.metrics()
+        self.assertEqual(value(f, "engram_reloads_total", result="ok"), ok + 1)
+        self.assertEqual(value(f, "engram_reloads_total", result="failed"), 0)
+        self.assertIsNone(self.proc.poll())          # still serving
 
     def test_metrics_other_paths(self):
         base = "http://127.0.0.1:%d" % self.metrics_port

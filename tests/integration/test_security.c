@@ -553,6 +553,112 @@ static void test_limits(void **state)
     alarm(0);
 }
 
+static void copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    assert_non_null(in);
+    assert_non_null(out);
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* A fresh client's admin call: its status (NOT_FOUND once admitted). */
+static int admin_call_as(const char *addr, const char *ca, const char *token, engram_error *err)
+{
+    client_sec sec = {.ca = ca, .token = token};
+    engram_client *c = open_client(addr, &sec);
+    int rc = admin_call(c, "t", err);
+    engram_client_close(c);
+    return rc;
+}
+
+/* SIGHUP rotates the certificate and the token without a restart: new
+ * connections get the new certificate, every admin call is checked
+ * against the new token, open connections keep working. A reload with a
+ * bad file changes nothing, the good files included, and names the file. */
+static void test_reload(void **state)
+{
+    char live[256], crt[300], key[300], tok[300];
+    harness_tmpdir(live, sizeof live);
+    snprintf(crt, sizeof crt, "%s/tls.pem", live);
+    snprintf(key, sizeof key, "%s/tls.key", live);
+    snprintf(tok, sizeof tok, "%s/token", live);
+    copy_file(cert("server.pem"), crt);
+    copy_file(cert("server.key"), key);
+    write_text(tok, TOKEN "\n");
+    test_server s;
+    const char *args[] = {"--tls-cert", crt, "--tls-key", key, "--admin-token-file", tok, NULL};
+    start(&s, args);
+    assert_int_equal(server_log_wait(&s, "event=tls_certificate subject=\"/CN=localhost\" not_after=", 1,
+                                     5000), 0);
+    char ca[300], rogue_ca[300];
+    snprintf(ca, sizeof ca, "%s", cert("ca.pem"));
+    snprintf(rogue_ca, sizeof rogue_ca, "%s", cert("rogue-ca.pem"));
+    engram_error err;
+    client_sec before = {.ca = ca, .token = TOKEN};
+    engram_client *open_before = open_client(s.addr, &before);
+    import_table(open_before, "t");
+
+    /* Rotate to a certificate of another CA and a new token. */
+    copy_file(cert("rotated.pem"), crt);
+    copy_file(cert("rotated.key"), key);
+    write_text(tok, "rotated-token\n");
+    assert_int_equal(kill(s.pid, SIGHUP), 0);
+    assert_int_equal(server_log_wait(&s, "event=reloaded tls=reloaded token=reloaded", 1, 5000), 0);
+    assert_int_equal(admin_call_as(s.addr, rogue_ca, "rotated-token", &err), ENGRAM_NOT_FOUND);
+    assert_int_equal(admin_call_as(s.addr, rogue_ca, TOKEN, &err), ENGRAM_UNAUTHENTICATED);
+    assert_string_equal(err.message, "admin token rejected");
+    assert_int_equal(admin_call_as(s.addr, ca, "rotated-token", &err), ENGRAM_UNAVAILABLE);
+    /* The connection opened before keeps its TLS session; its old token
+     * is refused from now on. */
+    assert_int_equal(lookup(open_before, "t", &err), ENGRAM_OK);
+    assert_int_equal(admin_call(open_before, "t", &err), ENGRAM_UNAUTHENTICATED);
+    engram_client_close(open_before);
+
+    /* A key that is not the certificate's: refused, nothing changed. */
+    copy_file(cert("operator.key"), key);
+    write_text(tok, "third-token\n");
+    assert_int_equal(kill(s.pid, SIGHUP), 0);
+    char want[900];
+    snprintf(want, sizeof want, "level=error event=reload_failed detail=\"TLS key file %s is not "
+             "the key of the certificate in %s; nothing was changed\"", key, crt);
+    assert_int_equal(server_log_wait(&s, want, 1, 5000), 0);
+    assert_int_equal(admin_call_as(s.addr, rogue_ca, "rotated-token", &err), ENGRAM_NOT_FOUND);
+    assert_int_equal(admin_call_as(s.addr, rogue_ca, "third-token", &err), ENGRAM_UNAUTHENTICATED);
+
+    /* Good TLS files (back to the first CA) but an empty token line: the
+     * TLS files are not taken either. */
+    copy_file(cert("server.pem"), crt);
+    copy_file(cert("server.key"), key);
+    write_text(tok, "\n");
+    assert_int_equal(kill(s.pid, SIGHUP), 0);
+    snprintf(want, sizeof want, "level=error event=reload_failed detail=\"admin token file %s has "
+             "an empty first line; nothing was changed\"", tok);
+    assert_int_equal(server_log_wait(&s, want, 1, 5000), 0);
+    assert_int_equal(admin_call_as(s.addr, rogue_ca, "rotated-token", &err), ENGRAM_NOT_FOUND);
+    assert_int_equal(admin_call_as(s.addr, ca, "rotated-token", &err), ENGRAM_UNAVAILABLE);
+
+    /* Fixed: the second good reload takes both. */
+    write_text(tok, "fourth-token\n");
+    assert_int_equal(kill(s.pid, SIGHUP), 0);
+    assert_int_equal(server_log_wait(&s, "event=reloaded tls=reloaded token=reloaded", 2, 5000), 0);
+    assert_int_equal(admin_call_as(s.addr, ca, "fourth-token", &err), ENGRAM_NOT_FOUND);
+    assert_int_equal(admin_call_as(s.addr, rogue_ca, "fourth-token", &err), ENGRAM_UNAVAILABLE);
+    assert_int_equal(server_stop(&s), 0);
+}
+
 /* Runs engram-server with args; returns its exit status, stderr in out. */
 static int run_server(const char *const *args, char *out, size_t cap)
 {
@@ -592,6 +698,19 @@ static void test_startup(void **state)
     const char *notpem[] = {"--tls-cert", cert("server.pem"), "--tls-key", cert("token"), NULL};
     assert_int_equal(run_server(notpem, out, sizeof out), 2);
     assert_non_null(strstr(out, "holds no PEM block"));
+    const char *mismatch[] = {"--tls-cert", cert("server.pem"), "--tls-key", cert("operator.key"),
+                              NULL};
+    assert_int_equal(run_server(mismatch, out, sizeof out), 2);
+    char want[700];
+    snprintf(want, sizeof want, "engram-server: TLS key file %s is not the key of the "
+             "certificate in %s\n", cert("operator.key"), cert("server.pem"));
+    assert_string_equal(out, want);
+    const char *notcert[] = {"--tls-cert", cert("server.key"), "--tls-key", cert("server.key"),
+                             NULL};
+    assert_int_equal(run_server(notcert, out, sizeof out), 2);
+    snprintf(want, sizeof want, "engram-server: TLS certificate file %s: no start line\n",
+             cert("server.key"));
+    assert_string_equal(out, want);
     const char *token[] = {"--admin-token-file", "/nonexistent/token", NULL};
     assert_int_equal(run_server(token, out, sizeof out), 2);
     assert_non_null(strstr(out, "cannot read admin token file /nonexistent/token"));
@@ -621,6 +740,7 @@ int main(void)
         cmocka_unit_test(test_admin_listen),
         cmocka_unit_test(test_admin_listen_tls),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_reload),
         cmocka_unit_test(test_startup),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
