@@ -236,6 +236,7 @@ int engram_import_begin_target(engram_client *client, const char *table,
     h.stage = t->stage != 0;
     h.shard_count = t->shard_count;
     h.shard_index = t->shard_index;
+    h.trailer_follows = 1;   /* finish always sends it: a dead client's stream is never taken */
     Engram__V1__ImportRequest m = ENGRAM__V1__IMPORT_REQUEST__INIT;
     m.kind_case = ENGRAM__V1__IMPORT_REQUEST__KIND_HEADER;
     m.header = &h;

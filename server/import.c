@@ -9,7 +9,10 @@
  *
  * The trailer: a client that sends one (libengram always does) states the
  * XXH3 of what it sent; it is compared before the files are ingested, so
- * rows damaged on the way are never activated. A mismatch is DATA_LOSS, not
+ * rows damaged on the way are never activated. A header that announces it
+ * (trailer_follows) makes it required: gRPC core ends a read on a dead
+ * connection as it ends one on a half-close, so a client killed after its
+ * last chunk would otherwise look like a finished import. A mismatch is DATA_LOSS, not
  * INVALID_ARGUMENT: the request was well formed, the bytes that arrived are
  * not the bytes that were sent, and sending them again may well work. */
 #include "import.h"
@@ -43,6 +46,7 @@ struct import_state {
     uint32_t crc;
     XXH3_state_t *xxh;
     int have_trailer;
+    int trailer_promised;        /* the header's trailer_follows */
     uint64_t client_xxh3;        /* the trailer's */
     uint64_t started_ns;
     char dir[4096];
@@ -194,6 +198,7 @@ static int on_header(import_state *st, const Engram__V1__ImportHeader *h, char *
     tv->dim = h->dim;
     tv->row_bytes = (uint32_t)(h->dim * dtype_size(h->dtype));
     st->stage = h->stage;
+    st->trailer_promised = h->trailer_follows;
     st->have_header = 1;
     code = store_import_claim(I.s, tv->name, h->version, &tv->table_id, &tv->version, msg, msglen);
     if (code != ES_OK)
@@ -337,9 +342,17 @@ static int on_trailer(import_state *st, const Engram__V1__ImportTrailer *t, char
     return ES_OK;
 }
 
-/* The client's checksum against the rows received; DATA_LOSS naming both. */
+/* The trailer the header promised, and the client's checksum against the
+ * rows received (DATA_LOSS naming both). */
 static int check_trailer(import_state *st, char *msg, size_t msglen)
 {
+    if (st->trailer_promised && !st->have_trailer) {
+        /* How a client that died after its last chunk looks from here. */
+        snprintf(msg, msglen, "import of table \"%s\" ended after all %llu rows but without "
+                 "the trailer its header announced; nothing was activated", st->tv.name,
+                 (unsigned long long)st->next_row);
+        return ES_INVALID_ARGUMENT;
+    }
     if (!st->have_trailer || st->client_xxh3 == st->tv.xxh3)
         return ES_OK;
     snprintf(msg, msglen, "import of table \"%s\": the %llu rows received hash to xxh3 %016llx, "

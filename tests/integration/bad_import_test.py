@@ -152,6 +152,17 @@ class BadImportTest(unittest.TestCase):
             self.stream("t", 1000, [(0, 500)]), grpc.StatusCode.INVALID_ARGUMENT,
             'import of table "t" ended after 500 of 1000 rows; nothing was activated')
 
+    def test_announced_trailer_missing(self):
+        # Every row, but not the trailer the header announced: how a client
+        # killed after its last chunk looks to the server. Not activated.
+        head = self.pb.ImportRequest(header=self.pb.ImportHeader(
+            table="t", rows=1000, dim=64, dtype="u8", trailer_follows=True))
+        self.expect_refused(
+            [head, self.chunk(0, 600, seed=2), self.chunk(600, 400, seed=2)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            'import of table "t" ended after all 1000 rows but without the trailer its '
+            'header announced; nothing was activated')
+
     def test_chunk_before_header(self):
         self.expect_refused(
             [self.chunk(0, 10)], grpc.StatusCode.INVALID_ARGUMENT,
