@@ -98,6 +98,7 @@ void engram_client_options_init(engram_client_options *opts)
     opts->eject_backoff_ms = 1000;
     opts->hedge_percentile = 0;
     opts->hedge_min_ms = 2;
+    opts->eject_after_hedge_losses = 5;
     opts->tls_ca_file = NULL;
     opts->tls_cert_file = NULL;
     opts->tls_key_file = NULL;
@@ -117,6 +118,7 @@ void engram_client_get_counters(engram_client *cl, engram_client_counters *out)
     out->hedges = __atomic_load_n(&cl->counters.hedges, __ATOMIC_RELAXED);
     out->hedge_wins = __atomic_load_n(&cl->counters.hedge_wins, __ATOMIC_RELAXED);
     out->ejections = __atomic_load_n(&cl->counters.ejections, __ATOMIC_RELAXED);
+    out->slow_ejections = __atomic_load_n(&cl->counters.slow_ejections, __ATOMIC_RELAXED);
     out->version_resolves = __atomic_load_n(&cl->counters.version_resolves, __ATOMIC_RELAXED);
 }
 
@@ -199,10 +201,15 @@ static int check_open_args(const char *address,
     if (o->hedge_min_ms < 0)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT, "hedge_min_ms %lld is negative",
                         (long long)o->hedge_min_ms);
+    if (o->eject_after_hedge_losses < 0)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "eject_after_hedge_losses %d is negative",
+                        (int)o->eject_after_hedge_losses);
     if (o->eject_after_failures < 0)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT, "eject_after_failures %d is negative",
                         (int)o->eject_after_failures);
-    if (o->eject_after_failures > 0 && o->eject_backoff_ms <= 0)
+    if ((o->eject_after_failures > 0 ||
+         (o->eject_after_hedge_losses > 0 && o->hedge_percentile > 0)) &&
+        o->eject_backoff_ms <= 0)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT, "eject_backoff_ms %lld is not positive",
                         (long long)o->eject_backoff_ms);
     if (!o->tls_cert_file != !o->tls_key_file)

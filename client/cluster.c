@@ -11,7 +11,8 @@
  *  - The client's completion thread (client.c), for every finished
  *    attempt: decode the reply into a scratch buffer and scatter its rows
  *    into the caller's `out` (attempt_decode), then decide (attempt_done):
- *    success (cancel the sub-request's other attempt), failover (start the
+ *    success (cancel the sub-request's other attempt, and count a lost
+ *    hedge against the replica tried first), failover (start the
  *    next replica's attempt right there, a non-blocking call), a fatal
  *    error (cancel the lookup's other attempts), or a re-pin.
  *  - The cluster thread (one per cluster client, cluster_thread): hedging
@@ -69,6 +70,7 @@ typedef struct replica {
     void *m_lookup, *m_get_table;
     /* health, under cs->mu */
     uint32_t fails;              /* consecutive */
+    uint32_t hedge_losses;       /* consecutive: tried first, a hedge answered */
     int ejected;                 /* until eject_until; then probed */
     int probing;                 /* a probe is in flight */
     int64_t eject_until, ejected_at;
@@ -193,19 +195,13 @@ static int usable(const replica *r, int64_t now)
 
 static void health_ok(ec_cluster *cs, replica *r)
 {
-    r->fails = 0;
+    r->fails = r->hedge_losses = 0;
     r->ejected = r->probing = 0;
     r->backoff_ms = cs->o->eject_backoff_ms;
 }
 
-static void health_fail(ec_cluster *cs, replica *r, int probe)
+static void eject(ec_cluster *cs, replica *r, int slow)
 {
-    r->fails++;
-    if (probe)
-        r->probing = 0;
-    int32_t after = cs->o->eject_after_failures;
-    if (after <= 0 || r->fails < (uint32_t)after)
-        return;
     int64_t now = mono_now();
     if (r->ejected && now < r->eject_until)
         return;              /* an attempt sent before the ejection */
@@ -214,6 +210,32 @@ static void health_fail(ec_cluster *cs, replica *r, int probe)
     r->eject_until = now + r->backoff_ms * MS;
     r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
     count(cs, &cs->cl->counters.ejections, 1);
+    if (slow)
+        count(cs, &cs->cl->counters.slow_ejections, 1);
+}
+
+static void health_fail(ec_cluster *cs, replica *r, int probe)
+{
+    r->fails++;
+    if (probe)
+        r->probing = 0;
+    int32_t after = cs->o->eject_after_failures;
+    if (after > 0 && r->fails >= (uint32_t)after)
+        eject(cs, r, 0);
+}
+
+/* r was tried first for a sub-request and another replica's hedge answered
+ * first. One loss says little (hedging fires at a high percentile, so a
+ * healthy replica loses now and then); a run of them means r stalls. A
+ * probe that loses ends its probe and, the run still standing, re-ejects. */
+static void health_hedge_lost(ec_cluster *cs, replica *r, int probe)
+{
+    r->hedge_losses++;
+    if (probe)
+        r->probing = 0;
+    int32_t after = cs->o->eject_after_hedge_losses;
+    if (after > 0 && r->hedge_losses >= (uint32_t)after)
+        eject(cs, r, 1);
 }
 
 /* The next replica for s: round-robin among usable ones it has not tried;
@@ -583,9 +605,13 @@ static void attempt_done(ec_call *c)
             lk->subs_left--;
             if (a->hedge)
                 count(cs, &cs->cl->counters.hedge_wins, 1);
-            for (attempt *o = lk->attempts; o; o = o->next)
-                if (o->s == s)
-                    cancel_attempt(o, "cancelled: another replica answered first");
+            for (attempt *o = lk->attempts; o; o = o->next) {
+                if (o->s != s)
+                    continue;
+                if (a->hedge && !o->hedge && !o->cancelled)
+                    health_hedge_lost(cs, o->r, o->probe);
+                cancel_attempt(o, "cancelled: another replica answered first");
+            }
         }
     } else if (a->superseded) {
         health_ok(cs, r);

@@ -25,14 +25,16 @@
  * hedge: --threads client threads issue engram_lookup_sync of
  * --rows-per-call uniform random rows of TABLE (imported with
  * import-synthetic --seed S) back to back, through one client, for
- * --seconds after --warmup. Four scenarios, each with a fresh client:
+ * --seconds after --warmup. Seven scenarios, each with a fresh client:
  * baseline with hedging off and on, then with a thread of this tool sending
  * SIGSTOP to --stall-pid (one replica) for --stall-ms every
- * --stall-every-ms (then SIGCONT), with hedging off and on
- * (hedge_percentile 0 / --hedge-percentile, hedge_min_ms --hedge-min-ms,
- * other options at their defaults). Latency is sync call to return; a call
+ * --stall-every-ms (then SIGCONT), with hedging off, on without ejection
+ * for lost hedges (eject_after_hedge_losses 0) and on; then that replica
+ * stopped for the whole timed window (after the warm-up), hedging on
+ * without and with that ejection (hedge_percentile 0 / --hedge-percentile,
+ * hedge_min_ms --hedge-min-ms, other options at their defaults). Latency is sync call to return; a call
  * counts when it started after the warm-up and returned before the end.
- * Client counters (hedges, hedge_wins, retries, ejections) are the
+ * Client counters (hedges, hedge_wins, retries, ejections, slow ones) are the
  * difference over the timed window; the count of calls over 10 ms is
  * printed too. The load is a closed loop: a thread stuck on the stopped
  * replica sends nothing else meanwhile, so a stall delays about one call
@@ -502,9 +504,13 @@ static int throughput_main(const opts *o)
 
 /* ================================= hedge ==================================== */
 
+/* stall: 0 none, STALL_PERIODIC the staller's pauses, STALL_WINDOW the
+ * replica stopped for the whole timed window (after a healthy warm-up).
+ * slow_eject: eject_after_hedge_losses, or -1 for the default. */
+enum { STALL_PERIODIC = 1, STALL_WINDOW = 2 };
 typedef struct scenario {
     const char *name;
-    int stall, hedge_pct;
+    int stall, hedge_pct, slow_eject;
 } scenario;
 
 typedef struct staller {
@@ -613,11 +619,13 @@ static void *worker_main(void *p)
     return NULL;
 }
 
-static int hedge_open(hedge_run *r, int hedge_pct)
+static int hedge_open(hedge_run *r, int hedge_pct, int slow_eject)
 {
     engram_client_options co;
     engram_client_options_init(&co);
     co.hedge_percentile = hedge_pct;
+    if (slow_eject >= 0)
+        co.eject_after_hedge_losses = slow_eject;
     co.hedge_min_ms = r->o->hedge_min_ms;
     engram_error err = {0};
     int rc = engram_client_open(r->o->server, &co, &r->client, &err);
@@ -649,6 +657,7 @@ static void counters_diff(engram_client_counters *d, const engram_client_counter
     d->hedges = b->hedges - a->hedges;
     d->hedge_wins = b->hedge_wins - a->hedge_wins;
     d->ejections = b->ejections - a->ejections;
+    d->slow_ejections = b->slow_ejections - a->slow_ejections;
     d->version_resolves = b->version_resolves - a->version_resolves;
 }
 
@@ -675,21 +684,27 @@ static void hedge_window(hedge_run *r, const scenario *sc, hedge_result *res)
     engram_client_counters c0, c1;
     r->t_start = bench_now_ns() + (uint64_t)(r->o->warmup * 1e9);
     r->t_end = r->t_start + (uint64_t)(r->o->seconds * 1e9);
-    if (sc->stall)
+    if (sc->stall == STALL_PERIODIC)
         pthread_create(&st.th, NULL, staller_main, &st);
     for (size_t i = 0; i < r->o->threads; i++) {
         w[i] = (worker){.run = r, .id = (int)i + 1};
         pthread_create(&w[i].th, NULL, worker_main, &w[i]);
     }
     sleep_until(r->t_start);
+    if (sc->stall == STALL_WINDOW && kill(r->o->stall_pid, SIGSTOP) == 0)
+        res->stalls = 1;
     engram_client_get_counters(r->client, &c0);
     sleep_until(r->t_end);
     engram_client_get_counters(r->client, &c1);
+    if (res->stalls && sc->stall == STALL_WINDOW) {
+        kill(r->o->stall_pid, SIGCONT);   /* the workers' last calls may wait on it */
+        res->stopped_ms = (double)(bench_now_ns() - r->t_start) / 1e6;
+    }
     for (size_t i = 0; i < r->o->threads; i++) {
         pthread_join(w[i].th, NULL);
         merge_worker(res, &w[i]);
     }
-    if (sc->stall) {
+    if (sc->stall == STALL_PERIODIC) {
         __atomic_store_n(&st.stop, 1, __ATOMIC_RELEASE);
         pthread_join(st.th, NULL);
         res->stalls = st.stalls;
@@ -703,28 +718,30 @@ static void hedge_print(const hedge_run *r, const scenario *sc, hedge_result *re
     const lat_log *l = &res->lat;
     const engram_client_counters *c = &res->ct;
     lat_sort(&res->lat);
-    printf("%s: hedge_percentile %d%s; stalls %" PRIu64 " (%.0f ms stopped in all)\n",
-           sc->name, sc->hedge_pct, sc->hedge_pct ? " (hedge_min_ms set)" : "",
+    printf("%s: hedge_percentile %d%s, eject_after_hedge_losses %s; stalls %" PRIu64
+           " (%.0f ms stopped in all)\n", sc->name, sc->hedge_pct,
+           sc->hedge_pct ? " (hedge_min_ms set)" : "", sc->slow_eject == 0 ? "0" : "default",
            res->stalls, res->stopped_ms);
     printf("  calls %" PRIu64 " (%.0f/s); failed lookups (warm-up included) %" PRIu64 "\n",
            res->calls, (double)res->calls / r->o->seconds, res->failures);
     printf("  latency ms p50 %.3f  p99 %.3f  p999 %.3f  max %.3f; calls over 10 ms: %zu\n",
            pct_ms(l, 50), pct_ms(l, 99), pct_ms(l, 99.9), pct_ms(l, 100), over_ms(l, 10));
     printf("  counters subrequests %" PRIu64 "  hedges %" PRIu64 "  hedge_wins %" PRIu64
-           "  retries %" PRIu64 "  ejections %" PRIu64 "\n", c->subrequests, c->hedges,
-           c->hedge_wins, c->retries, c->ejections);
+           "  retries %" PRIu64 "  ejections %" PRIu64 " (slow %" PRIu64 ")\n", c->subrequests,
+           c->hedges, c->hedge_wins, c->retries, c->ejections, c->slow_ejections);
     if (res->failures)
         printf("  first failure: %s\n", res->first_error);
     printf("bench: scenario=%s hedge_percentile=%d hedge_min_ms=%" PRId64 " threads=%zu "
            "rows_per_call=%zu seconds=%.2f calls=%" PRIu64 " failures=%" PRIu64
            " p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f subrequests=%" PRIu64
            " hedges=%" PRIu64 " hedge_wins=%" PRIu64 " retries=%" PRIu64
-           " ejections=%" PRIu64 " stalls=%" PRIu64 " verified_rows=%" PRIu64
-           " mismatches=%" PRIu64 " over_10ms=%zu\n\n", sc->name, sc->hedge_pct, r->o->hedge_min_ms,
+           " ejections=%" PRIu64 " slow_ejections=%" PRIu64 " stalls=%" PRIu64
+           " verified_rows=%" PRIu64 " mismatches=%" PRIu64 " over_10ms=%zu\n\n", sc->name,
+           sc->hedge_pct, r->o->hedge_min_ms,
            r->o->threads, r->o->rows_per_call, r->o->seconds, res->calls, res->failures,
            pct_ms(l, 50), pct_ms(l, 99), pct_ms(l, 99.9), pct_ms(l, 100), c->subrequests,
-           c->hedges, c->hedge_wins, c->retries, c->ejections, res->stalls, res->verified,
-           res->mismatches, over_ms(l, 10));
+           c->hedges, c->hedge_wins, c->retries, c->ejections, c->slow_ejections, res->stalls,
+           res->verified, res->mismatches, over_ms(l, 10));
     fflush(stdout);
 }
 
@@ -734,7 +751,7 @@ static int hedge_scenario(const opts *o, const scenario *sc, uint64_t *verified)
     hedge_run r = {.o = o};
     hedge_result res;
     memset(&res, 0, sizeof res);
-    int rc = hedge_open(&r, sc->hedge_pct);
+    int rc = hedge_open(&r, sc->hedge_pct, sc->slow_eject);
     if (!rc) {
         hedge_window(&r, sc, &res);
         hedge_print(&r, sc, &res);
@@ -749,10 +766,15 @@ static int hedge_scenario(const opts *o, const scenario *sc, uint64_t *verified)
 
 static int hedge_main(const opts *o)
 {
+    const int p = o->hedge_pct;
     const scenario all[] = {
-        {"baseline_hedge_off", 0, 0}, {"baseline_hedge_on", 0, o->hedge_pct},
-        {"stall_hedge_off", 1, 0}, {"stall_hedge_on", 1, o->hedge_pct}};
-    size_t n = o->stall_pid ? 4 : 2;
+        {"baseline_hedge_off", 0, 0, -1}, {"baseline_hedge_on", 0, p, -1},
+        {"stall_hedge_off", STALL_PERIODIC, 0, -1},
+        {"stall_hedge_on_no_slow_eject", STALL_PERIODIC, p, 0},
+        {"stall_hedge_on", STALL_PERIODIC, p, -1},
+        {"stopped_hedge_on_no_slow_eject", STALL_WINDOW, p, 0},
+        {"stopped_hedge_on", STALL_WINDOW, p, -1}};
+    size_t n = o->stall_pid ? sizeof all / sizeof all[0] : 2;
     uint64_t verified = 0;
     int rc = 0, worst = 0;
     printf("engram-cluster-bench hedge: server %s, table %s, %zu threads x sync lookups "

@@ -100,6 +100,14 @@ typedef struct engram_client_options {
      * its shard; the first answer wins. 0: off (default). */
     int32_t hedge_percentile;
     int64_t hedge_min_ms;   /* default 2 */
+    /* A replica that stalls without failing (a paused process, a saturated
+     * disk) never fails an attempt while hedges answer for it, so it would
+     * keep costing every sub-request sent to it first the hedge delay.
+     * After this many consecutive sub-requests in which it was tried first
+     * and another replica's hedge answered first, it is ejected as a failing
+     * one is (eject_backoff_ms, doubling; an answer it gives first resets
+     * the count). 0: never. Default 5. Only with hedging. */
+    int32_t eject_after_hedge_losses;
 
     /* ---- security (every channel: the bootstrap one and each replica's) */
     /* PEM file of the CA that signed the servers' certificates; set: TLS,
@@ -165,6 +173,7 @@ typedef struct engram_client_counters {
     uint64_t hedges;           /* duplicate attempts sent by hedging */
     uint64_t hedge_wins;       /* hedges that answered first */
     uint64_t ejections;        /* times a replica was ejected */
+    uint64_t slow_ejections;   /* of those, for lost hedges (a stalled replica) */
     uint64_t version_resolves; /* GetTable calls that pinned a version */
 } engram_client_counters;
 
