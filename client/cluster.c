@@ -16,7 +16,10 @@
  *    next replica's attempt right there, a non-blocking call), a fatal
  *    error (cancel the lookup's other attempts), or a re-pin.
  *  - The cluster thread (one per cluster client, cluster_thread): hedging
- *    and re-pins. It sleeps in a timed wait until the earliest moment an
+ *    and re-pins.
+ *  - A stale version pin is refreshed by an asynchronous GetTable whose
+ *    completion (refresh_done, on the completion thread) updates the pin
+ *    or sends the next replica's; lookups meanwhile use the pinned one. It sleeps in a timed wait until the earliest moment an
  *    outstanding sub-request becomes due for a hedge (or until a lookup
  *    starts or a re-pin is queued), and runs re-pins, which need a
  *    blocking GetTable the completion thread must not wait for.
@@ -90,7 +93,7 @@ typedef struct vpin {
     uint64_t version, rows;
     uint32_t row_bytes;
     int64_t at;                  /* when resolved (monotonic ns) */
-    int valid, resolving;
+    int valid, resolving;        /* resolving: a GetTable for it is out */
 } vpin;
 
 struct ec_cluster {
@@ -771,9 +774,118 @@ static int pin_fresh(const ec_cluster *cs, const vpin *p, int64_t now)
     return p->valid && (refresh < 0 || now - p->at < refresh * MS);
 }
 
-/* The version lookups of `table` use now: the cached one while fresh, else
- * one GetTable (concurrent callers use the old one meanwhile, or wait for
- * the first resolve). */
+/* ---- background refresh of a stale pin ------------------------------------------ */
+
+typedef struct refresh_call {
+    gt_call g;                   /* first: the ec_call the hooks get */
+    ec_cluster *cs;
+    vpin *p;
+    replica *order[CLUSTER_MAX_SHARDS * CLUSTER_MAX_REPLICAS];
+    size_t n, k;                 /* order[k] is being asked */
+} refresh_call;
+
+static void refresh_done(ec_call *c);
+
+/* Asks order[k], order[k+1], ... until one call starts; 0, or -1 when none
+ * did (the caller ends the refresh). cs->mu held. */
+static int refresh_send(refresh_call *rf)
+{
+    ec_cluster *cs = rf->cs;
+    for (; rf->k < rf->n && !cs->stopping; rf->k++) {
+        memset(&rf->g, 0, sizeof rf->g);
+        ec_call_init(&rf->g.c, cs->cl, gt_decode);
+        rf->g.c.on_done = refresh_done;
+        Engram__V1__GetTableRequest req = ENGRAM__V1__GET_TABLE_REQUEST__INIT;
+        req.name = rf->p->table;   /* only read by pack */
+        int64_t tmo = cs->o->attempt_timeout_ms > 0 ? cs->o->attempt_timeout_ms : 0;
+        engram_error e;
+        replica *r = rf->order[rf->k];
+        if (ec_call_start_on(&rf->g.c, r->ch, r->m_get_table, pb_to_byte_buffer(&req.base), tmo,
+                             &e) == ENGRAM_OK)
+            return 0;
+        ec_call_release(&rf->g.c);
+        if (e.code == ENGRAM_CANCELLED)   /* the client is closing */
+            break;
+    }
+    return -1;
+}
+
+/* Ends a refresh: the pin is current again (or, on failure, is kept and
+ * retried after another interval; a lookup whose version was dropped
+ * re-pins by itself). cs->mu held. */
+static void refresh_end(refresh_call *rf, const Engram__V1__TableInfo *ti)
+{
+    vpin *p = rf->p;
+    if (ti) {
+        p->version = ti->version;
+        p->rows = ti->rows;
+        p->row_bytes = ti->row_bytes;
+        count(rf->cs, &rf->cs->cl->counters.version_resolves, 1);
+    }
+    p->at = mono_now();
+    p->resolving = 0;
+    pthread_cond_broadcast(&rf->cs->vcv);
+    free(rf);
+}
+
+/* On the completion thread; owns c. */
+static void refresh_done(ec_call *c)
+{
+    refresh_call *rf = (refresh_call *)c;
+    ec_cluster *cs = rf->cs;
+    Engram__V1__TableInfo *ti = (Engram__V1__TableInfo *)rf->g.reply;
+    int code = c->code;
+    int again = code == ENGRAM_UNAVAILABLE || code == ENGRAM_DEADLINE_EXCEEDED || c->transport_failed;
+    ec_call_release(c);
+    pthread_mutex_lock(&cs->mu);
+    replica *r = rf->order[rf->k];
+    if (code == ENGRAM_OK || !again)
+        health_ok(cs, r);
+    else
+        health_fail(cs, r, 0);
+    if (code == ENGRAM_OK && ti) {
+        refresh_end(rf, ti);
+    } else {
+        rf->k++;
+        if (!again || refresh_send(rf) != 0)
+            refresh_end(rf, NULL);
+    }
+    pthread_mutex_unlock(&cs->mu);
+    if (ti)
+        protobuf_c_message_free_unpacked(&ti->base, NULL);
+}
+
+/* Starts refreshing p in the background: usable replicas first, round-robin
+ * as resolve does. cs->mu held; p->resolving set by the caller. */
+static void refresh_start(ec_cluster *cs, vpin *p)
+{
+    refresh_call *rf = calloc(1, sizeof *rf);
+    if (!rf) {
+        p->resolving = 0;        /* tried again at the next lookup */
+        return;
+    }
+    rf->cs = cs;
+    rf->p = p;
+    int64_t now = mono_now();
+    uint32_t start = cs->resolve_rr++;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t k = 0; k < cs->nreps; k++) {
+            replica *r = &cs->reps[(start + k) % cs->nreps];
+            if (usable(r, now) == !pass)
+                rf->order[rf->n++] = r;
+        }
+    if (refresh_send(rf) != 0)
+        refresh_end(rf, NULL);
+}
+
+/* The version lookups of `table` use now: the cached one while fresh.
+ * A stale one is re-resolved in the background (refresh_start) while this
+ * lookup and the next use it: a GetTable on the lookup's path would cost every
+ * refresh interval one lookup a round trip, and a whole attempt timeout
+ * when it hits a stalled replica (seen as a 1 s max in the hedge bench).
+ * Only the first resolve, and every one with version_refresh_ms 0 (the
+ * caller asked for the newest version on every lookup), is waited for;
+ * concurrent callers wait for that one. */
 static int pin_version(ec_cluster *cs, const char *table, vpin *out, int64_t deadline,
                        engram_error *err)
 {
@@ -784,7 +896,13 @@ static int pin_version(ec_cluster *cs, const char *table, vpin *out, int64_t dea
         return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
     }
     for (;;) {
-        if (pin_fresh(cs, p, mono_now()) || (p->resolving && p->valid)) {
+        int fresh = pin_fresh(cs, p, mono_now());
+        int background = !fresh && p->valid && !p->resolving && cs->o->version_refresh_ms > 0;
+        if (fresh || (p->resolving && p->valid) || background) {
+            if (background) {
+                p->resolving = 1;
+                refresh_start(cs, p);
+            }
             *out = *p;
             pthread_mutex_unlock(&cs->mu);
             return ec_ok(err);

@@ -549,6 +549,49 @@ static void test_repin_after_drop(void **state)
     engram_client_close(c);
 }
 
+/* The version a routed lookup of a few rows was served from (0 on error). */
+static uint64_t served_version(engram_client *c)
+{
+    uint64_t rows[3] = {0, 1, 2}, ver = 0;
+    uint8_t out[3 * RB];
+    engram_error e;
+    if (engram_lookup_sync(c, "cc", rows, 3, out, sizeof out, NULL, &ver, &e))
+        fail_msg("lookup: %s", e.message);
+    return ver;
+}
+
+/* A stale pin is refreshed in the background: the lookup that finds it
+ * stale is served from the pinned version without waiting for a GetTable,
+ * and a later one gets the new version. (Runs after the re-pin test: v2 is
+ * active, v1 dropped; this activates v3.) */
+static void test_refresh_in_background(void **state)
+{
+    (void)state;
+    engram_client_options o;
+    engram_client_options_init(&o);
+    o.version_refresh_ms = 100;
+    engram_client *c;
+    assert_int_equal(engram_client_open(addrs[2][1], &o, &c, NULL), 0);
+    assert_int_equal(served_version(c), 2);
+    for (int sh = 0; sh < S; sh++)
+        for (int r = 0; r < R; r++)
+            assert_int_equal(import_shard(sh, r, "cc", 3, 13), 0);
+    assert_int_equal(on_all(activate, "cc", 3), 0);
+    engram_client_counters k0, k1;
+    engram_client_get_counters(c, &k0);
+    usleep(150000);                          /* the pin is stale now */
+    assert_int_equal(served_version(c), 2);  /* served from it; refresh sent */
+    uint64_t v = 2;
+    for (int i = 0; i < 200 && v == 2; i++) {
+        usleep(10000);
+        v = served_version(c);
+    }
+    assert_int_equal(v, 3);
+    engram_client_get_counters(c, &k1);
+    assert_true(k1.version_resolves > k0.version_resolves);
+    engram_client_close(c);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -558,6 +601,7 @@ int main(void)
         cmocka_unit_test(test_hedge_around_stopped_replica),
         cmocka_unit_test(test_shard_down),
         cmocka_unit_test(test_repin_after_drop),
+        cmocka_unit_test(test_refresh_in_background),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

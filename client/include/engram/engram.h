@@ -80,8 +80,12 @@ typedef struct engram_client_options {
 
     /* ---- cluster mode (see "cluster" below); ignored for a single server */
     /* How long a table's pinned version is reused before one GetTable
-     * re-resolves it (before the next lookup of that table). 0: before
-     * every lookup; < 0: never again. Default 1000. */
+     * re-resolves it. The re-resolve runs in the background: the lookup
+     * that finds the pin stale, and those after it until the answer is
+     * in, use the pinned version (so a newly activated version is served
+     * one round trip later, and no lookup waits on a GetTable). 0: a
+     * blocking GetTable before every lookup; < 0: never again (a lookup
+     * whose version was dropped still re-pins). Default 1000. */
     int64_t version_refresh_ms;
     /* Deadline of one attempt of a sub-request (one shard's rows on one
      * replica), capped by what is left of deadline_ms; a replica that hangs
