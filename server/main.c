@@ -60,6 +60,7 @@ typedef struct options {
     uint64_t max_import_bytes;
     security_options sec;
     const char *metrics_listen;
+    int64_t reload_check_ms;
 } options;
 
 /* Long-only options of the security module: values past any letter. */
@@ -67,7 +68,7 @@ enum { OPT_TLS_CERT = 256, OPT_TLS_KEY, OPT_TLS_CLIENT_CA, OPT_ADMIN_LISTEN,
        OPT_ADMIN_TOKEN_FILE, OPT_ADMIN_NAMES, OPT_MAX_CALLS, OPT_MAX_CALLS_PER_CONN,
        OPT_MAX_IMPORT_BYTES, OPT_DEFAULT_DEADLINE_MS };
 /* --metrics-listen: long-only, numbered clear of the other modules' options. */
-enum { OPT_METRICS_LISTEN = 400 };
+enum { OPT_METRICS_LISTEN = 400, OPT_RELOAD_CHECK_MS };
 
 static void usage(FILE *f)
 {
@@ -101,6 +102,8 @@ static void usage(FILE *f)
 "  --admin-token-file FILE  admin calls need authorization: Bearer <first line>\n"
 "  --admin-names N[,N...]   client certificates (CN or SAN) admitted to admin\n"
 "                           calls (needs --tls-client-ca)\n"
+"  --reload-check-ms MS     re-read the TLS and token files when they change,\n"
+"                           checked every MS; 0: only on SIGHUP; default 60000\n"
 "limits (0 = none):\n"
 "  --max-calls N            calls in flight in total, default 0\n"
 "  --max-calls-per-conn N   concurrent calls per connection, default gRPC's\n"
@@ -163,6 +166,7 @@ static void defaults(options *o)
     o->grace_ms = 5000;
     o->shard = -1;
     o->keep_versions = 2;
+    o->reload_check_ms = 60000;
 }
 
 static void parse_args(int argc, char **argv, options *o)
@@ -182,6 +186,7 @@ static void parse_args(int argc, char **argv, options *o)
         {"max-import-bytes", 1, 0, OPT_MAX_IMPORT_BYTES},
         {"default-deadline-ms", 1, 0, OPT_DEFAULT_DEADLINE_MS},
         {"metrics-listen", 1, 0, OPT_METRICS_LISTEN},
+        {"reload-check-ms", 1, 0, OPT_RELOAD_CHECK_MS},
         {0, 0, 0, 0}};
     defaults(o);
     int ch;
@@ -222,6 +227,9 @@ static void parse_args(int argc, char **argv, options *o)
                 o->keep_versions > STORE_MAX_VERSIONS - 2) bad_value(name, optarg);
             break;
         case OPT_METRICS_LISTEN: o->metrics_listen = optarg; break;
+        case OPT_RELOAD_CHECK_MS:
+            if (parse_u64(optarg, &v, 0) || v > 86400000) bad_value(name, optarg);
+            o->reload_check_ms = (int64_t)v; break;
         case OPT_TLS_CERT: o->sec.tls_cert = optarg; break;
         case OPT_TLS_KEY: o->sec.tls_key = optarg; break;
         case OPT_TLS_CLIENT_CA: o->sec.tls_client_ca = optarg; break;
@@ -248,6 +256,31 @@ static void parse_args(int argc, char **argv, options *o)
     if (!o->cluster != (o->shard < 0)) {
         fprintf(stderr, "engram-server: --cluster and --shard go together\n");
         exit(2);
+    }
+}
+
+/* Waits for SIGINT or SIGTERM and returns it. Meanwhile SIGHUP reloads the
+ * secrets, and every check_ms (0: never) they are reloaded if their files
+ * changed: in Kubernetes a rotated Secret appears in the mounted files and
+ * nothing sends a signal. */
+static int wait_signals(const sigset_t *sigs, int64_t check_ms)
+{
+    for (;;) {
+        int sig;
+        if (check_ms > 0) {
+            struct timespec ts = {check_ms / 1000, (check_ms % 1000) * 1000000};
+            sig = sigtimedwait(sigs, NULL, &ts);
+            if (sig < 0 && errno == EAGAIN) {
+                security_reload_if_changed();
+                continue;
+            }
+        } else if (sigwait(sigs, &sig) != 0) {
+            sig = -1;
+        }
+        if (sig == SIGHUP)
+            security_reload("sighup");
+        else if (sig > 0)
+            return sig;
     }
 }
 
@@ -410,10 +443,7 @@ int main(int argc, char **argv)
         security_log_startup();
         if (o.port_file)
             write_port_file(o.port_file, port);
-        int sig = 0;
-        /* SIGHUP re-reads the secrets; anything else stops. */
-        while (sigwait(&sigs, &sig) == 0 && sig == SIGHUP)
-            security_reload();
+        int sig = wait_signals(&sigs, o.reload_check_ms);
         log_info("server_stopping", "signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
     } else {
         rc = 1;

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "grpc_util.h"
@@ -28,6 +29,17 @@
 #include "tls.h"
 
 #define MAX_ADMIN_NAMES 32
+
+/* What stat() says of one file: a change in any field is a new file (a
+ * Kubernetes Secret update swaps a symlink, so the inode changes; an edit
+ * in place changes the mtime or size). */
+typedef struct file_stamp {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    int missing;
+} file_stamp;
 
 static struct {
     security_options o;          /* the paths, for reloads */
@@ -41,6 +53,7 @@ static struct {
     uint64_t max_calls;
     int64_t default_deadline_ms;
     uint64_t reloads[2];         /* ok, failed */
+    file_stamp stamps[4];        /* the files as of the last load or attempt */
 } S = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* ---- the token ---------------------------------------------------------- */
@@ -265,6 +278,23 @@ static int check_combination(const security_options *o, char *err, size_t errlen
     return 0;
 }
 
+/* Stamps of the files reloads read (unused slots stay zero). */
+static void stamp_files(file_stamp out[4])
+{
+    const char *paths[4] = {S.o.tls_cert, S.o.tls_key, S.o.tls_client_ca, S.o.admin_token_file};
+    memset(out, 0, 4 * sizeof *out);
+    for (int i = 0; i < 4; i++) {
+        struct stat st;
+        if (!paths[i])
+            continue;
+        if (stat(paths[i], &st) != 0) {
+            out[i].missing = 1;
+            continue;
+        }
+        out[i] = (file_stamp){st.st_dev, st.st_ino, st.st_size, st.st_mtim, 0};
+    }
+}
+
 /* Clears everything but the mutex (setup may run again in unit tests). */
 static void reset(void)
 {
@@ -300,6 +330,7 @@ int security_setup(const security_options *o, const server_metrics *m, char *err
     if (f)
         tls_commit(f);
     set_token(token);
+    stamp_files(S.stamps);
     /* Authentication first: a refused caller learns nothing about load. */
     hooks_add_admit(auth_admit);
     hooks_add_admit(limits_admit);
@@ -357,8 +388,28 @@ void security_log_startup(void)
 
 /* ---- reload ------------------------------------------------------------------ */
 
-int security_reload(void)
+void security_reload_if_changed(void)
 {
+    if (!S.o.tls_cert && !S.o.admin_token_file)
+        return;
+    file_stamp now[4];
+    stamp_files(now);
+    /* Compared field by field: the struct has padding. */
+    for (int i = 0; i < 4; i++) {
+        const file_stamp *a = &now[i], *b = &S.stamps[i];
+        if (a->dev != b->dev || a->ino != b->ino || a->size != b->size ||
+            a->mtime.tv_sec != b->mtime.tv_sec || a->mtime.tv_nsec != b->mtime.tv_nsec ||
+            a->missing != b->missing) {
+            /* A failed attempt is not repeated until the files change again. */
+            security_reload("files_changed");
+            return;
+        }
+    }
+}
+
+int security_reload(const char *trigger)
+{
+    stamp_files(S.stamps);
     const security_options *o = &S.o;
     char err[600] = "";
     tls_files *f = NULL;
@@ -369,7 +420,7 @@ int security_reload(void)
     if (!ok) {
         tls_files_free(f);
         __atomic_add_fetch(&S.reloads[1], 1, __ATOMIC_RELAXED);
-        log_error("reload_failed", "detail=\"%s; nothing was changed\"", err);
+        log_error("reload_failed", "detail=\"%s; nothing was changed\" trigger=%s", err, trigger);
         return -1;
     }
     if (f)
@@ -377,7 +428,8 @@ int security_reload(void)
     if (token)
         set_token(token);
     __atomic_add_fetch(&S.reloads[0], 1, __ATOMIC_RELAXED);
-    log_info("reloaded", "tls=%s token=%s", f ? "reloaded" : "off", token ? "reloaded" : "off");
+    log_info("reloaded", "tls=%s token=%s trigger=%s", f ? "reloaded" : "off",
+             token ? "reloaded" : "off", trigger);
     if (f)
         log_certificate("tls_certificate");
     return 0;

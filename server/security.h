@@ -4,7 +4,8 @@
  * TLS: one certificate/key pair (PEM) serves every listener; with a client
  * CA, clients must present a certificate signed by it (mTLS). Without
  * --tls-cert the transport is plaintext, which start-up says in a warn line.
- * SIGHUP re-reads the TLS files and the token file (security_reload), so
+ * SIGHUP re-reads the TLS files and the token file (security_reload), as
+ * does a change to them seen by the periodic check (--reload-check-ms), so
  * a rotation needs no restart.
  *
  * Admin auth is an admission hook on PLANE_ADMIN methods only (Lookup and
@@ -60,8 +61,14 @@ const char *security_transport_name(void);
  * at start-up) and checks them; only when every one is good are they put
  * in place, so new connections get the new certificate and the next admin
  * call is checked against the new token. On any error nothing changes and
- * an error line names the file. 0 or -1. Main thread only. */
-int security_reload(void);
+ * an error line names the file. `trigger` ("sighup", "files_changed") is
+ * logged. 0 or -1. Main thread only. */
+int security_reload(const char *trigger);
+
+/* Reloads when any of those files changed (inode, size or mtime) since
+ * the last load or attempt; a failed attempt is retried only after the
+ * files change again. Main thread only. */
+void security_reload_if_changed(void);
 
 /* Reloads done and refused so far (for /metrics). Any thread. */
 void security_reload_counts(uint64_t *ok, uint64_t *failed);

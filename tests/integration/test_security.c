@@ -566,12 +566,17 @@ static void copy_file(const char *from, const char *to)
     assert_int_equal(fclose(out), 0);
 }
 
+/* Written to a temporary name and renamed, as a Secret update or a careful
+ * operator does: a reload check never sees the file half written. */
 static void write_text(const char *path, const char *text)
 {
-    FILE *f = fopen(path, "w");
+    char tmp[400];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
     assert_non_null(f);
     fputs(text, f);
     assert_int_equal(fclose(f), 0);
+    assert_int_equal(rename(tmp, path), 0);
 }
 
 /* A fresh client's admin call: its status (NOT_FOUND once admitted). */
@@ -599,7 +604,8 @@ static void test_reload(void **state)
     copy_file(cert("server.key"), key);
     write_text(tok, TOKEN "\n");
     test_server s;
-    const char *args[] = {"--tls-cert", crt, "--tls-key", key, "--admin-token-file", tok, NULL};
+    const char *args[] = {"--tls-cert", crt, "--tls-key", key, "--admin-token-file", tok,
+                          "--reload-check-ms", "0", NULL};
     start(&s, args);
     assert_int_equal(server_log_wait(&s, "event=tls_certificate subject=\"/CN=localhost\" not_after=", 1,
                                      5000), 0);
@@ -656,6 +662,71 @@ static void test_reload(void **state)
     assert_int_equal(server_log_wait(&s, "event=reloaded tls=reloaded token=reloaded", 2, 5000), 0);
     assert_int_equal(admin_call_as(s.addr, ca, "fourth-token", &err), ENGRAM_NOT_FOUND);
     assert_int_equal(admin_call_as(s.addr, rogue_ca, "fourth-token", &err), ENGRAM_UNAVAILABLE);
+    assert_int_equal(server_stop(&s), 0);
+}
+
+/* Lines of the server's log containing needle. */
+static int log_lines(const test_server *s, const char *needle)
+{
+    char path[400], line[2048];
+    snprintf(path, sizeof path, "%s/server.log", s->dir);
+    FILE *f = fopen(path, "r");
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* Without any signal, --reload-check-ms picks up changed files: a rotated
+ * certificate and key (written one after the other, so a check may see a
+ * certificate with the old key: refused, then taken once the key is there
+ * too), a new token, and a bad token file, refused once and not retried
+ * until it changes again. */
+static void test_reload_on_file_change(void **state)
+{
+    char live[256], crt[300], key[300], tok[300];
+    harness_tmpdir(live, sizeof live);
+    snprintf(crt, sizeof crt, "%s/tls.pem", live);
+    snprintf(key, sizeof key, "%s/tls.key", live);
+    snprintf(tok, sizeof tok, "%s/token", live);
+    copy_file(cert("server.pem"), crt);
+    copy_file(cert("server.key"), key);
+    write_text(tok, TOKEN "\n");
+    test_server s;
+    const char *args[] = {"--tls-cert", crt, "--tls-key", key, "--admin-token-file", tok,
+                          "--reload-check-ms", "50", NULL};
+    start(&s, args);
+    char ca[300], rogue_ca[300];
+    snprintf(ca, sizeof ca, "%s", cert("ca.pem"));
+    snprintf(rogue_ca, sizeof rogue_ca, "%s", cert("rogue-ca.pem"));
+    engram_error err;
+    assert_int_equal(admin_call_as(s.addr, ca, TOKEN, &err), ENGRAM_NOT_FOUND);
+    usleep(200000);                          /* several checks: nothing changed */
+    assert_int_equal(log_lines(&s, "event=reload"), 0);
+
+    copy_file(cert("rotated.pem"), crt);
+    copy_file(cert("rotated.key"), key);
+    assert_int_equal(server_log_wait(&s, "event=reloaded tls=reloaded token=reloaded "
+                                         "trigger=files_changed", 1, 5000), 0);
+    assert_int_equal(admin_call_as(s.addr, rogue_ca, TOKEN, &err), ENGRAM_NOT_FOUND);
+    assert_int_equal(admin_call_as(s.addr, ca, TOKEN, &err), ENGRAM_UNAVAILABLE);
+
+    write_text(tok, "\n");
+    assert_int_equal(server_log_wait(&s, "has an empty first line; nothing was changed\" "
+                                         "trigger=files_changed", 1, 5000), 0);
+    int failed = log_lines(&s, "event=reload_failed");
+    usleep(300000);                          /* six more checks, files unchanged */
+    assert_int_equal(log_lines(&s, "event=reload_failed"), failed);
+    assert_int_equal(admin_call_as(s.addr, rogue_ca, TOKEN, &err), ENGRAM_NOT_FOUND);
+
+    write_text(tok, "new-token\n");
+    assert_int_equal(server_log_wait(&s, "trigger=files_changed", failed + 2, 5000), 0);
+    assert_int_equal(server_log_wait(&s, "event=reloaded tls=reloaded token=reloaded "
+                                         "trigger=files_changed", 2, 5000), 0);
+    assert_int_equal(admin_call_as(s.addr, rogue_ca, "new-token", &err), ENGRAM_NOT_FOUND);
+    assert_int_equal(admin_call_as(s.addr, rogue_ca, TOKEN, &err), ENGRAM_UNAUTHENTICATED);
     assert_int_equal(server_stop(&s), 0);
 }
 
@@ -741,6 +812,7 @@ int main(void)
         cmocka_unit_test(test_admin_listen_tls),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_reload_on_file_change),
         cmocka_unit_test(test_startup),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
