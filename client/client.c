@@ -103,6 +103,7 @@ void engram_client_options_init(engram_client_options *opts)
     opts->tls_cert_file = NULL;
     opts->tls_key_file = NULL;
     opts->tls_server_name = NULL;
+    opts->tls_refresh_s = 60;
     opts->admin_token = NULL;
 }
 
@@ -215,6 +216,9 @@ static int check_open_args(const char *address,
     if (!o->tls_cert_file != !o->tls_key_file)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT,
                         "tls_cert_file and tls_key_file go together (one is set, the other NULL)");
+    if (o->tls_refresh_s < 0)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "tls_refresh_s %d is negative",
+                        (int)o->tls_refresh_s);
     if (o->tls_cert_file && !o->tls_ca_file)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT,
                         "tls_cert_file needs tls_ca_file: a client certificate is only sent over TLS");
@@ -260,6 +264,8 @@ static void free_secret(char *s)
 
 static void security_free(engram_client *cl)
 {
+    if (cl->tls_watch)
+        grpc_tls_certificate_provider_release(cl->tls_watch);
     free(cl->ca_pem);
     free(cl->cert_pem);
     free_secret(cl->key_pem);
@@ -278,6 +284,11 @@ static int security_load(engram_client *cl, engram_error *err)
              (!(cl->cert_pem = read_pem(o->tls_cert_file, "tls_cert_file", err)) ||
               !(cl->key_pem = read_pem(o->tls_key_file, "tls_key_file", err))))
         rc = ENGRAM_INVALID_ARGUMENT;
+    /* The files are read above either way, so a wrong path or a file that
+     * is not PEM is reported by open, not as a failed handshake later. */
+    if (!rc && o->tls_ca_file && o->tls_refresh_s > 0)
+        cl->tls_watch = grpc_tls_certificate_provider_file_watcher_create(
+            o->tls_key_file, o->tls_cert_file, o->tls_ca_file, (unsigned)o->tls_refresh_s);
     if (!rc && o->tls_server_name)
         cl->server_name = strdup(o->tls_server_name);
     if (!rc && o->admin_token) {
@@ -294,7 +305,16 @@ grpc_channel *ec_channel_create(engram_client *cl, const char *address,
                                 const grpc_channel_args *args)
 {
     grpc_channel_credentials *creds;
-    if (cl->ca_pem) {
+    if (cl->tls_watch) {
+        /* gRPC's TLS credentials read the files through the watcher; the
+         * server certificate and its name are checked as with SSL ones. */
+        grpc_tls_credentials_options *to = grpc_tls_credentials_options_create();
+        grpc_tls_credentials_options_set_certificate_provider(to, cl->tls_watch);
+        grpc_tls_credentials_options_watch_root_certs(to);
+        if (cl->cert_pem)
+            grpc_tls_credentials_options_watch_identity_key_cert_pairs(to);
+        creds = grpc_tls_credentials_create(to);
+    } else if (cl->ca_pem) {
         grpc_ssl_pem_key_cert_pair pair = {cl->key_pem, cl->cert_pem};
         creds = grpc_ssl_credentials_create(cl->ca_pem, cl->cert_pem ? &pair : NULL, NULL, NULL);
     } else {

@@ -15,6 +15,7 @@
 #include "engram/engram.h"
 
 #include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
 #include <pthread.h>
 
 #include "engram/v1/engram.pb-c.h"
@@ -64,6 +65,9 @@ struct engram_client {
     char *ca_pem, *cert_pem, *key_pem;
     char *server_name;
     char *auth_value;
+    /* With tls_refresh_s: one file watcher for every channel of the
+     * client (it has a thread of its own), released at close. */
+    grpc_tls_certificate_provider *tls_watch;
 
     /* Cluster mode: `mode` is read with an acquire load on every lookup;
      * discovery runs once under disc_mu. `cluster` is set before mode

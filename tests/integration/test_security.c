@@ -730,6 +730,66 @@ static void test_reload_on_file_change(void **state)
     assert_int_equal(server_stop(&s), 0);
 }
 
+static engram_client *open_refreshing(const char *addr, const char *crt, const char *key,
+                                      int refresh_s)
+{
+    engram_client_options o;
+    engram_client_options_init(&o);
+    o.deadline_ms = 2000;
+    o.tls_ca_file = cert("ca.pem");
+    o.tls_cert_file = crt;
+    o.tls_key_file = key;
+    o.tls_refresh_s = refresh_s;
+    engram_client *c = NULL;
+    engram_error err;
+    if (engram_client_open(addr, &o, &c, &err))
+        fail_msg("open %s: %s", addr, err.message);
+    return c;
+}
+
+/* A long-running client takes a rotated client certificate without being
+ * reopened (tls_refresh_s): its certificate starts as one the server's CA
+ * did not sign, so every handshake fails; once the files hold the
+ * operator's, a later lookup connects. A client with tls_refresh_s 0 read
+ * the files once and keeps failing. */
+static void test_client_cert_refresh(void **state)
+{
+    test_server s;
+    const char *args[] = {"--tls-cert", cert("server.pem"), "--tls-key", cert("server.key"),
+                          "--tls-client-ca", cert("ca.pem"), "--admin-names", "operator", NULL};
+    start(&s, args);
+    char live[256], crt[300], key[300];
+    harness_tmpdir(live, sizeof live);
+    snprintf(crt, sizeof crt, "%s/client.pem", live);
+    snprintf(key, sizeof key, "%s/client.key", live);
+    copy_file(cert("rogue.pem"), crt);
+    copy_file(cert("rogue.key"), key);
+    engram_client *fresh = open_refreshing(s.addr, crt, key, 1);
+    engram_client *once = open_refreshing(s.addr, crt, key, 0);
+    engram_error err;
+    assert_int_equal(table_get(fresh, "t", &err), ENGRAM_UNAVAILABLE);
+    assert_int_equal(table_get(once, "t", &err), ENGRAM_UNAVAILABLE);
+
+    /* Key first, then the certificate, each renamed into place. */
+    char tmp[320];
+    snprintf(tmp, sizeof tmp, "%s.tmp", key);
+    copy_file(cert("operator.key"), tmp);
+    assert_int_equal(rename(tmp, key), 0);
+    snprintf(tmp, sizeof tmp, "%s.tmp", crt);
+    copy_file(cert("operator.pem"), tmp);
+    assert_int_equal(rename(tmp, crt), 0);
+    int rc = ENGRAM_UNAVAILABLE;
+    for (int i = 0; i < 60 && rc == ENGRAM_UNAVAILABLE; i++) {
+        usleep(250000);          /* the watcher's second, then gRPC's reconnect back-off */
+        rc = admin_call(fresh, "t", &err);
+    }
+    assert_int_equal(rc, ENGRAM_NOT_FOUND);  /* connected, and admitted as operator */
+    assert_int_equal(table_get(once, "t", &err), ENGRAM_UNAVAILABLE);
+    engram_client_close(once);
+    engram_client_close(fresh);
+    assert_int_equal(server_stop(&s), 0);
+}
+
 /* Runs engram-server with args; returns its exit status, stderr in out. */
 static int run_server(const char *const *args, char *out, size_t cap)
 {
@@ -813,6 +873,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_reload),
         cmocka_unit_test(test_reload_on_file_change),
+        cmocka_unit_test(test_client_cert_refresh),
         cmocka_unit_test(test_startup),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);

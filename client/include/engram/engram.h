@@ -115,7 +115,8 @@ typedef struct engram_client_options {
 
     /* ---- security (every channel: the bootstrap one and each replica's) */
     /* PEM file of the CA that signed the servers' certificates; set: TLS,
-     * NULL: plaintext (default). Read once by engram_client_open. */
+     * NULL: plaintext (default). Read and checked by engram_client_open;
+     * with tls_refresh_s, re-read as it changes. */
     const char *tls_ca_file;
     /* PEM client certificate and key, for servers that require one (mTLS);
      * both or neither, and only with tls_ca_file. */
@@ -124,6 +125,12 @@ typedef struct engram_client_options {
     /* The name the server certificate must carry, when it differs from the
      * host in the address (e.g. "localhost" for 127.0.0.1). NULL: the host. */
     const char *tls_server_name;
+    /* How often (seconds) the three TLS files above are re-read, so a
+     * long-running worker takes a rotated client certificate or CA for its
+     * next connections without reopening the client (gRPC's file watcher;
+     * a file that fails to load keeps the previous contents). 0: read once
+     * at open. Default 60. */
+    int32_t tls_refresh_s;
     /* Sent as `authorization: Bearer <admin_token>` on admin calls (tables,
      * imports, manifests, versions, cluster map and other operations);
      * never on lookups. NULL: none. Copied by engram_client_open. */
