@@ -217,28 +217,30 @@ static void eject(ec_cluster *cs, replica *r, int slow)
         count(cs, &cs->cl->counters.slow_ejections, 1);
 }
 
-static void health_fail(ec_cluster *cs, replica *r, int probe)
+/* One more strike of a kind against r (a failure, or a lost hedge); at
+ * `after` consecutive ones (0: never) r is ejected. A probe that strikes
+ * ends its probe and, the run still standing, re-ejects. */
+static void health_strike(ec_cluster *cs, replica *r, int probe, uint32_t *run, int32_t after,
+                          int slow)
 {
-    r->fails++;
+    ++*run;
     if (probe)
         r->probing = 0;
-    int32_t after = cs->o->eject_after_failures;
-    if (after > 0 && r->fails >= (uint32_t)after)
-        eject(cs, r, 0);
+    if (after > 0 && *run >= (uint32_t)after)
+        eject(cs, r, slow);
+}
+
+static void health_fail(ec_cluster *cs, replica *r, int probe)
+{
+    health_strike(cs, r, probe, &r->fails, cs->o->eject_after_failures, 0);
 }
 
 /* r was tried first for a sub-request and another replica's hedge answered
  * first. One loss says little (hedging fires at a high percentile, so a
- * healthy replica loses now and then); a run of them means r stalls. A
- * probe that loses ends its probe and, the run still standing, re-ejects. */
+ * healthy replica loses now and then); a run of them means r stalls. */
 static void health_hedge_lost(ec_cluster *cs, replica *r, int probe)
 {
-    r->hedge_losses++;
-    if (probe)
-        r->probing = 0;
-    int32_t after = cs->o->eject_after_hedge_losses;
-    if (after > 0 && r->hedge_losses >= (uint32_t)after)
-        eject(cs, r, 1);
+    health_strike(cs, r, probe, &r->hedge_losses, cs->o->eject_after_hedge_losses, 1);
 }
 
 /* The next replica for s: round-robin among usable ones it has not tried;
@@ -669,6 +671,22 @@ static int gt_decode(ec_call *c, grpc_byte_buffer *reply)
     return ENGRAM_OK;
 }
 
+/* The replicas a version resolve asks, in turn: every replica of every
+ * shard, usable ones first, round-robin so resolves spread. cs->mu held. */
+static size_t resolve_order(ec_cluster *cs, replica **order)
+{
+    size_t n = 0;
+    int64_t now = mono_now();
+    uint32_t start = cs->resolve_rr++;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t k = 0; k < cs->nreps; k++) {
+            replica *r = &cs->reps[(start + k) % cs->nreps];
+            if (usable(r, now) == !pass)
+                order[n++] = r;
+        }
+    return n;
+}
+
 /* GetTable on one replica, waited for. *transport: a retryable failure. */
 static int get_table_on(ec_cluster *cs, replica *r, const char *table, int64_t tmo,
                         Engram__V1__TableInfo **out, int *again, engram_error *err)
@@ -698,16 +716,8 @@ static int resolve(ec_cluster *cs, const char *table, vpin *res, int64_t deadlin
                    engram_error *err)
 {
     replica *order[CLUSTER_MAX_SHARDS * CLUSTER_MAX_REPLICAS];
-    size_t n = 0;
     pthread_mutex_lock(&cs->mu);
-    int64_t now = mono_now();
-    uint32_t start = cs->resolve_rr++;
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t k = 0; k < cs->nreps; k++) {
-            replica *r = &cs->reps[(start + k) % cs->nreps];
-            if (usable(r, now) == !pass)
-                order[n++] = r;
-        }
+    size_t n = resolve_order(cs, order);
     pthread_mutex_unlock(&cs->mu);
 
     char last[300] = "";
@@ -835,7 +845,7 @@ static void refresh_done(ec_call *c)
     ec_cluster *cs = rf->cs;
     Engram__V1__TableInfo *ti = (Engram__V1__TableInfo *)rf->g.reply;
     int code = c->code;
-    int again = code == ENGRAM_UNAVAILABLE || code == ENGRAM_DEADLINE_EXCEEDED || c->transport_failed;
+    int again = retryable(c);
     ec_call_release(c);
     pthread_mutex_lock(&cs->mu);
     replica *r = rf->order[rf->k];
@@ -855,8 +865,8 @@ static void refresh_done(ec_call *c)
         protobuf_c_message_free_unpacked(&ti->base, NULL);
 }
 
-/* Starts refreshing p in the background: usable replicas first, round-robin
- * as resolve does. cs->mu held; p->resolving set by the caller. */
+/* Starts refreshing p in the background, asking replicas in resolve's
+ * order. cs->mu held; p->resolving set by the caller. */
 static void refresh_start(ec_cluster *cs, vpin *p)
 {
     refresh_call *rf = calloc(1, sizeof *rf);
@@ -866,14 +876,7 @@ static void refresh_start(ec_cluster *cs, vpin *p)
     }
     rf->cs = cs;
     rf->p = p;
-    int64_t now = mono_now();
-    uint32_t start = cs->resolve_rr++;
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t k = 0; k < cs->nreps; k++) {
-            replica *r = &cs->reps[(start + k) % cs->nreps];
-            if (usable(r, now) == !pass)
-                rf->order[rf->n++] = r;
-        }
+    rf->n = resolve_order(cs, rf->order);
     if (refresh_send(rf) != 0)
         refresh_end(rf, NULL);
 }

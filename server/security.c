@@ -1,5 +1,6 @@
 /* security.c: the admin auth check, the call limits, and the reload of
- * the secrets on SIGHUP (see security.h); the TLS files are tls.c's.
+ * the secrets on SIGHUP or when their files change (see security.h); the
+ * TLS files are tls.c's.
  *
  * A reload reads and checks every file first and replaces nothing unless
  * all of them are good, so a half-written rotation never leaves the server

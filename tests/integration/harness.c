@@ -134,7 +134,7 @@ int server_start_port(test_server *s, const char *dir, int port, const char *con
     return -1;
 }
 
-static int log_count(const test_server *s, const char *needle)
+int server_log_count(const test_server *s, const char *needle)
 {
     char path[300], line[4096];
     snprintf(path, sizeof path, "%s/server.log", s->dir);
@@ -150,7 +150,7 @@ static int log_count(const test_server *s, const char *needle)
 int server_log_wait(const test_server *s, const char *needle, int count, int timeout_ms)
 {
     for (int waited = 0; waited <= timeout_ms; waited += 20) {
-        if (log_count(s, needle) >= count)
+        if (server_log_count(s, needle) >= count)
             return 0;
         usleep(20000);
     }
@@ -329,38 +329,6 @@ static int raw_call_keep(grpc_channel *ch, grpc_completion_queue *cq, grpc_byte_
     return (int)status;
 }
 
-static int raw_call(grpc_channel *ch, grpc_completion_queue *cq, grpc_byte_buffer *req,
-                    char *msg, size_t msglen)
-{
-    return raw_call_keep(ch, cq, req, msg, msglen, NULL);
-}
-
-int raw_lookup(const char *addr, const char *table, const uint64_t *rows, size_t n,
-               uint64_t version, char *msg, size_t msglen)
-{
-    grpc_init();
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    grpc_channel *ch = grpc_channel_create(addr, creds, NULL);
-    grpc_channel_credentials_release(creds);
-    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
-    Engram__V1__LookupRequest rq = ENGRAM__V1__LOOKUP_REQUEST__INIT;
-    rq.table = (char *)table;
-    rq.rows = (uint64_t *)rows;
-    rq.n_rows = n;
-    rq.version = version;
-    grpc_byte_buffer *req = pb_to_byte_buffer(&rq.base);
-    int status = raw_call(ch, cq, req, msg, msglen);
-    grpc_byte_buffer_destroy(req);
-    grpc_completion_queue_shutdown(cq);
-    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-           GRPC_QUEUE_SHUTDOWN)
-        ;
-    grpc_completion_queue_destroy(cq);
-    grpc_channel_destroy(ch);
-    grpc_shutdown();
-    return status;
-}
-
 int raw_lookup_data(const char *addr, const char *table, const uint64_t *rows, size_t n,
                     uint64_t version, uint8_t *out, size_t out_cap, uint64_t *served,
                     char *msg, size_t msglen)
@@ -376,9 +344,9 @@ int raw_lookup_data(const char *addr, const char *table, const uint64_t *rows, s
     rq.n_rows = n;
     rq.version = version;
     grpc_byte_buffer *req = pb_to_byte_buffer(&rq.base), *resp = NULL;
-    int status = raw_call_keep(ch, cq, req, msg, msglen, &resp);
+    int status = raw_call_keep(ch, cq, req, msg, msglen, out ? &resp : NULL);
     grpc_byte_buffer_destroy(req);
-    if (status == 0) {
+    if (status == 0 && out) {
         Engram__V1__LookupResponse *r = resp ? (Engram__V1__LookupResponse *)pb_from_byte_buffer(
                                                    &engram__v1__lookup_response__descriptor, resp)
                                              : NULL;
@@ -402,4 +370,10 @@ int raw_lookup_data(const char *addr, const char *table, const uint64_t *rows, s
     grpc_channel_destroy(ch);
     grpc_shutdown();
     return status;
+}
+
+int raw_lookup(const char *addr, const char *table, const uint64_t *rows, size_t n,
+               uint64_t version, char *msg, size_t msglen)
+{
+    return raw_lookup_data(addr, table, rows, n, version, NULL, 0, NULL, msg, msglen);
 }

@@ -40,6 +40,9 @@ void server_report(const test_server *s);
  * more, saying so. Returns engramctl's exit status. */
 int harness_import_ct(const char *addr, const test_server *servers, size_t n);
 
+/* Lines of the server's log that contain `needle`. */
+int server_log_count(const test_server *s, const char *needle);
+
 /* Waits until `needle` occurs in at least `count` lines of the server's
  * log (for events the server only logs, such as a SIGHUP reload).
  * 0, or -1 after timeout_ms with the log's tail on stderr. */
@@ -55,7 +58,8 @@ int raw_lookup(const char *addr, const char *table, const uint64_t *rows, size_t
 
 /* As raw_lookup, and on OK copies the reply's rows into out (at most
  * out_cap bytes; more is an error, -1) and the version they came from into
- * *served: what one server itself answers, with no routing or failover. */
+ * *served: what one server itself answers, with no routing or failover.
+ * out NULL: the status only (raw_lookup). */
 int raw_lookup_data(const char *addr, const char *table, const uint64_t *rows, size_t n,
                     uint64_t version, uint8_t *out, size_t out_cap, uint64_t *served,
                     char *msg, size_t msglen);

@@ -579,6 +579,27 @@ static void write_text(const char *path, const char *text)
     assert_int_equal(rename(tmp, path), 0);
 }
 
+/* The files a reload test rotates: copies of server.pem/.key and a token
+ * file holding TOKEN, in a directory of their own, and the CA paths the
+ * clients use (cert()'s ring of buffers moves on, so they are copied). */
+typedef struct live_files {
+    char crt[300], key[300], tok[300], ca[300], rogue_ca[300];
+} live_files;
+
+static void live_files_make(live_files *l)
+{
+    char dir[256];
+    harness_tmpdir(dir, sizeof dir);
+    snprintf(l->crt, sizeof l->crt, "%s/tls.pem", dir);
+    snprintf(l->key, sizeof l->key, "%s/tls.key", dir);
+    snprintf(l->tok, sizeof l->tok, "%s/token", dir);
+    copy_file(cert("server.pem"), l->crt);
+    copy_file(cert("server.key"), l->key);
+    write_text(l->tok, TOKEN "\n");
+    snprintf(l->ca, sizeof l->ca, "%s", cert("ca.pem"));
+    snprintf(l->rogue_ca, sizeof l->rogue_ca, "%s", cert("rogue-ca.pem"));
+}
+
 /* A fresh client's admin call: its status (NOT_FOUND once admitted). */
 static int admin_call_as(const char *addr, const char *ca, const char *token, engram_error *err)
 {
@@ -595,23 +616,15 @@ static int admin_call_as(const char *addr, const char *ca, const char *token, en
  * bad file changes nothing, the good files included, and names the file. */
 static void test_reload(void **state)
 {
-    char live[256], crt[300], key[300], tok[300];
-    harness_tmpdir(live, sizeof live);
-    snprintf(crt, sizeof crt, "%s/tls.pem", live);
-    snprintf(key, sizeof key, "%s/tls.key", live);
-    snprintf(tok, sizeof tok, "%s/token", live);
-    copy_file(cert("server.pem"), crt);
-    copy_file(cert("server.key"), key);
-    write_text(tok, TOKEN "\n");
+    live_files l;
+    live_files_make(&l);
+    const char *crt = l.crt, *key = l.key, *tok = l.tok, *ca = l.ca, *rogue_ca = l.rogue_ca;
     test_server s;
     const char *args[] = {"--tls-cert", crt, "--tls-key", key, "--admin-token-file", tok,
                           "--reload-check-ms", "0", NULL};
     start(&s, args);
     assert_int_equal(server_log_wait(&s, "event=tls_certificate subject=\"/CN=localhost\" not_after=", 1,
                                      5000), 0);
-    char ca[300], rogue_ca[300];
-    snprintf(ca, sizeof ca, "%s", cert("ca.pem"));
-    snprintf(rogue_ca, sizeof rogue_ca, "%s", cert("rogue-ca.pem"));
     engram_error err;
     client_sec before = {.ca = ca, .token = TOKEN};
     engram_client *open_before = open_client(s.addr, &before);
@@ -665,20 +678,6 @@ static void test_reload(void **state)
     assert_int_equal(server_stop(&s), 0);
 }
 
-/* Lines of the server's log containing needle. */
-static int log_lines(const test_server *s, const char *needle)
-{
-    char path[400], line[2048];
-    snprintf(path, sizeof path, "%s/server.log", s->dir);
-    FILE *f = fopen(path, "r");
-    int n = 0;
-    while (f && fgets(line, sizeof line, f))
-        n += strstr(line, needle) != NULL;
-    if (f)
-        fclose(f);
-    return n;
-}
-
 /* Without any signal, --reload-check-ms picks up changed files: a rotated
  * certificate and key (written one after the other, so a check may see a
  * certificate with the old key: refused, then taken once the key is there
@@ -686,25 +685,17 @@ static int log_lines(const test_server *s, const char *needle)
  * until it changes again. */
 static void test_reload_on_file_change(void **state)
 {
-    char live[256], crt[300], key[300], tok[300];
-    harness_tmpdir(live, sizeof live);
-    snprintf(crt, sizeof crt, "%s/tls.pem", live);
-    snprintf(key, sizeof key, "%s/tls.key", live);
-    snprintf(tok, sizeof tok, "%s/token", live);
-    copy_file(cert("server.pem"), crt);
-    copy_file(cert("server.key"), key);
-    write_text(tok, TOKEN "\n");
+    live_files l;
+    live_files_make(&l);
+    const char *crt = l.crt, *key = l.key, *tok = l.tok, *ca = l.ca, *rogue_ca = l.rogue_ca;
     test_server s;
     const char *args[] = {"--tls-cert", crt, "--tls-key", key, "--admin-token-file", tok,
                           "--reload-check-ms", "50", NULL};
     start(&s, args);
-    char ca[300], rogue_ca[300];
-    snprintf(ca, sizeof ca, "%s", cert("ca.pem"));
-    snprintf(rogue_ca, sizeof rogue_ca, "%s", cert("rogue-ca.pem"));
     engram_error err;
     assert_int_equal(admin_call_as(s.addr, ca, TOKEN, &err), ENGRAM_NOT_FOUND);
     usleep(200000);                          /* several checks: nothing changed */
-    assert_int_equal(log_lines(&s, "event=reload"), 0);
+    assert_int_equal(server_log_count(&s, "event=reload"), 0);
 
     copy_file(cert("rotated.pem"), crt);
     copy_file(cert("rotated.key"), key);
@@ -716,9 +707,9 @@ static void test_reload_on_file_change(void **state)
     write_text(tok, "\n");
     assert_int_equal(server_log_wait(&s, "has an empty first line; nothing was changed\" "
                                          "trigger=files_changed", 1, 5000), 0);
-    int failed = log_lines(&s, "event=reload_failed");
+    int failed = server_log_count(&s, "event=reload_failed");
     usleep(300000);                          /* six more checks, files unchanged */
-    assert_int_equal(log_lines(&s, "event=reload_failed"), failed);
+    assert_int_equal(server_log_count(&s, "event=reload_failed"), failed);
     assert_int_equal(admin_call_as(s.addr, rogue_ca, TOKEN, &err), ENGRAM_NOT_FOUND);
 
     write_text(tok, "new-token\n");
