@@ -11,6 +11,7 @@ PKGS=(
   libmicrohttpd-dev libxxhash-dev libssl-dev
   redis-server libhiredis-dev
   protobuf-compiler python3 python3-grpcio python3-protobuf python3-numpy python3-yaml python3-xxhash
+  python3-h2                 # tests/integration/abuse_test.py: a raw HTTP/2 client
   openssl ca-certificates
   valgrind                   # tests/valgrind: the unit tests under memcheck
   clang libclang-rt-14-dev   # tests/fuzz: clang and its libFuzzer runtime

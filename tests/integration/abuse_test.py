@@ -1,0 +1,266 @@
+#!/usr/bin/python3
+"""The worst client, against a default-configured engram-server.
+
+Every probe of issue 11's outside review, each as a bounded loop against a
+real server started with no limit flags at all (only --data, --listen and
+--port-file): the exact status it must answer, that the process stays
+alive, an RSS bound (read from /proc) where memory was the finding, and
+that the stored rows still verify byte for byte afterwards.
+
+Requests are built by hand (grpcio with identity serializers, raw HTTP/2
+with python3-h2, raw sockets), so the server's own defences are tested,
+not a client library's checks. The rows are listed in tests/README.md.
+
+usage: abuse_test.py --server-bin PATH --pydir DIR [unittest args]
+"""
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import grpc
+
+from synthetic import rows_bytes, synthetic_row  # beside this file
+
+ARGS = None
+pb = None          # engram.v1 messages, generated at build time (--pydir)
+
+OK = grpc.StatusCode.OK
+IA = grpc.StatusCode.INVALID_ARGUMENT
+NF = grpc.StatusCode.NOT_FOUND
+RE = grpc.StatusCode.RESOURCE_EXHAUSTED
+L = "/engram.v1.Lookup/Lookup"
+A = "/engram.v1.Admin/"
+
+
+def varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def field_bytes(num, payload):
+    return varint(num << 3 | 2) + varint(len(payload)) + payload
+
+
+def field_varint(num, v):
+    return varint(num << 3) + varint(v)
+
+
+def lookup_req(table, rows, version=0):
+    body = field_bytes(1, table.encode()) + field_bytes(2, b"".join(varint(r) for r in rows))
+    return body + (field_varint(3, version) if version else b"")
+
+
+class Server:
+    """One engram-server process on a loopback port, with its own data
+    directory and log; started with its defaults plus `extra` flags."""
+
+    def __init__(self, data, extra=(), log=None):
+        self.data = data
+        self.tmp = tempfile.mkdtemp(prefix="engram-abuse-srv-")
+        self.port_file = os.path.join(self.tmp, "port")
+        self.log_path = log or os.path.join(self.tmp, "server.log")
+        self.extra = list(extra)
+        self.proc = None
+        self.channel = None
+
+    def start(self, timeout=20):
+        if os.path.exists(self.port_file):
+            os.unlink(self.port_file)
+        self.logf = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [ARGS.server_bin, "--data", self.data, "--listen", "127.0.0.1:0",
+             "--port-file", self.port_file] + self.extra,
+            stdout=self.logf, stderr=self.logf)
+        deadline = time.time() + timeout
+        while not os.path.exists(self.port_file):
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("engram-server did not start (rc %s): %s"
+                                   % (self.proc.poll(), self.log_tail()))
+            time.sleep(0.05)
+        with open(self.port_file) as f:
+            self.port = int(f.read().strip())
+        self.address = "127.0.0.1:%d" % self.port
+        self.channel = grpc.insecure_channel(
+            self.address, options=[("grpc.max_receive_message_length", 256 << 20),
+                                   ("grpc.max_send_message_length", 256 << 20)])
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Stops the process this object started (never any other pid) and
+        returns its exit status."""
+        if self.channel:
+            self.channel.close()
+            self.channel = None
+        rc = None
+        if self.proc is not None and self.proc.pid > 0:
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+            rc = self.proc.wait(timeout=timeout)
+            self.proc = None
+            self.logf.close()
+        return rc
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss(self):
+        """Resident set size in bytes, from /proc."""
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def fds(self):
+        return len(os.listdir("/proc/%d/fd" % self.proc.pid))
+
+    def log_tail(self, n=4000):
+        try:
+            with open(self.log_path) as f:
+                return f.read()[-n:]
+        except OSError:
+            return ""
+
+    def log_count(self, needle):
+        with open(self.log_path) as f:
+            return f.read().count(needle)
+
+    # -- calls ---------------------------------------------------------------
+    def unary(self, method, req, timeout=10):
+        """A raw unary call; returns (code, details, reply bytes)."""
+        rpc = self.channel.unary_unary(method, request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+        try:
+            reply = rpc(req, timeout=timeout)
+            return OK, "", reply
+        except grpc.RpcError as e:
+            return e.code(), e.details(), None
+
+    def stream_unary(self, method, reqs, timeout=30):
+        rpc = self.channel.stream_unary(method, request_serializer=lambda b: b,
+                                        response_deserializer=lambda b: b)
+        try:
+            reply = rpc(iter(reqs), timeout=timeout)
+            return OK, "", reply
+        except grpc.RpcError as e:
+            return e.code(), e.details(), None
+
+    def import_rows(self, table, rows, seed, row_bytes=64, stage=False, timeout=60):
+        """Imports `rows` synthetic rows (seed) as one stream; (code, details, ImportResponse)."""
+        def msgs():
+            yield pb.ImportRequest(header=pb.ImportHeader(
+                table=table, rows=rows, dim=row_bytes, dtype="u8",
+                stage_only=stage)).SerializeToString()
+            step = max(1, (1 << 20) // row_bytes)
+            for start in range(0, rows, step):
+                n = min(step, rows - start)
+                yield pb.ImportRequest(chunk=pb.ImportChunk(
+                    start_row=start, data=rows_bytes(seed, start, n, row_bytes))).SerializeToString()
+        code, details, reply = self.stream_unary(A + "Import", msgs(), timeout=timeout)
+        return code, details, pb.ImportResponse.FromString(reply) if reply is not None else None
+
+    def table_info(self, name):
+        code, details, reply = self.unary(
+            A + "GetTable", pb.GetTableRequest(name=name).SerializeToString())
+        if code != OK:
+            raise AssertionError("GetTable %s: %s %s" % (name, code, details))
+        return pb.TableInfo.FromString(reply)
+
+    def verify_rows(self, table, rows, seed, row_bytes=64):
+        """Looks `rows` up and returns True when every byte is the synthetic row."""
+        code, details, reply = self.unary(L, lookup_req(table, rows))
+        if code != OK:
+            raise AssertionError("Lookup %s: %s %s" % (table, code, details))
+        resp = pb.LookupResponse.FromString(reply)
+        return resp.data == b"".join(synthetic_row(seed, r, row_bytes) for r in rows)
+
+
+def wait_until(pred, timeout, step=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+class AbuseBase(unittest.TestCase):
+    """One default-configured server per class holding table "t" (1000 rows
+    of 64 bytes, seed 1). After the class the server must still be alive,
+    serve "t" byte for byte and stop cleanly (exit 0)."""
+    ROWS, ROW_BYTES, SEED = 1000, 64, 1
+    EXTRA = ()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="engram-abuse-")
+        cls.srv = Server(os.path.join(cls.tmp, "data"), cls.EXTRA).start()
+        code, details, _ = cls.srv.import_rows("t", cls.ROWS, cls.SEED, cls.ROW_BYTES)
+        if code != OK:
+            raise RuntimeError("import of t: %s %s" % (code, details))
+
+    @classmethod
+    def tearDownClass(cls):
+        srv = cls.srv
+        try:
+            if not srv.alive():
+                raise AssertionError("engram-server died: " + srv.log_tail())
+            rows = list(range(0, cls.ROWS, 7)) + [cls.ROWS - 1]
+            if not srv.verify_rows("t", rows, cls.SEED, cls.ROW_BYTES):
+                raise AssertionError("table t no longer verifies")
+            rc = srv.stop()
+            if rc != 0:
+                raise AssertionError("engram-server exited with %s: %s" % (rc, srv.log_tail()))
+        finally:
+            srv.cleanup()
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def assert_alive_and_intact(self):
+        self.assertTrue(self.srv.alive(), self.srv.log_tail())
+        self.assertTrue(self.srv.verify_rows("t", [0, 1, self.ROWS - 1], self.SEED, self.ROW_BYTES))
+
+# ==== Versions and a full disk (findings 1 and 4) ==========================
+
+
+# ==== Import streams and names from the wire (findings 5 and 6) ============
+
+
+# ==== Health Watch, /metrics and manifests (findings 7, 8 and 9) ===========
+
+
+# ==== Lookup requests and replies nobody reads (findings 2, 3 and 10) ======
+
+
+def main():
+    global ARGS, pb
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server-bin", required=True)
+    ap.add_argument("--pydir", required=True)
+    ARGS, rest = ap.parse_known_args()
+    sys.path.insert(0, ARGS.pydir)
+    from engram.v1 import engram_pb2
+    pb = engram_pb2
+    result = unittest.main(argv=[sys.argv[0]] + rest, exit=False, verbosity=2).result
+    failed = len(result.failures) + len(result.errors)
+    print("%d passed, %d failed" % (result.testsRun - failed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
