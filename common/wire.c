@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Protobuf field numbers are 29 bits; a larger tag must not alias a small
+ * field once cut to 32 bits (field 2^32+1 would read as field 1). */
+#define FIELD_MAX ((1u << 29) - 1)
+
 /* Inline here so the request encoder's per-row loop has no calls: ceil(bits
  * / 7) from the highest set bit, without a loop. */
 static inline size_t varint_len(uint64_t v)
@@ -96,6 +100,8 @@ static int varint_done(lookup_decoder *d, int was)
     d->acc = 0;
     d->shift = 0;
     if (was == D_TAG) {
+        if ((v >> 3) > FIELD_MAX)
+            return fail(d, "field number above 2^29-1");
         d->field = (uint32_t)(v >> 3);
         d->wiretype = (uint32_t)(v & 7);
         if (d->field == 0)
@@ -230,7 +236,11 @@ typedef struct rd {
     const uint8_t *p;
     size_t i, n;
     const char *error;
+    size_t max_rows;        /* past this many, rows are counted, not stored */
+    size_t counted;         /* rows seen in all (== n_rows until the limit) */
 } rd;
+
+
 
 static int rd_varint(rd *r, uint64_t *v)
 {
@@ -277,18 +287,41 @@ static int rows_reserve(uint64_t **buf, size_t *cap, size_t need)
     return 0;
 }
 
-/* A packed run of `len` bytes of varints: at most len rows, so one reserve
- * covers the run and the loop is a plain varint decode. */
+/* Varints in a packed run: one per byte with the high bit clear. A plain
+ * byte loop the compiler vectorises, run before anything is reserved, so a
+ * 64 MiB run of rows costs a count and a refusal, not 512 MiB of rows. */
+static size_t count_varints(const uint8_t *p, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += p[i] < 0x80;
+    return k;
+}
+
+/* A packed run of `len` bytes of varints: counted first, so rows past the
+ * limit are never stored and one exact reserve covers the run; then a
+ * plain varint decode. */
 static int rd_packed_rows(rd *r, uint64_t len, lookup_request_view *out, uint64_t **buf,
                           size_t *cap)
 {
-    if (rows_reserve(buf, cap, out->n_rows + len) < 0) {
+    size_t k = count_varints(r->p + r->i, len);
+    if (len && r->p[r->i + len - 1] >= 0x80) {
+        r->i += len;
+        r->error = "truncated varint";
+        return -1;
+    }
+    r->counted += k;
+    if (r->counted > r->max_rows) {      /* over: count on, store nothing */
+        r->i += len;
+        return 0;
+    }
+    if (rows_reserve(buf, cap, out->n_rows + k) < 0) {
         r->error = "out of memory for rows";
         return -1;
     }
-    rd sub = {r->p, r->i, r->i + len, NULL};
+    rd sub = {r->p, r->i, r->i + len, NULL, 0, 0};
     uint64_t *rows = *buf;
-    size_t k = out->n_rows;
+    k = out->n_rows;
     while (sub.i < sub.n) {
         if (rd_varint(&sub, &rows[k++]) < 0) {
             r->i = sub.i;
@@ -328,6 +361,10 @@ static int rd_skip(rd *r, uint32_t wt)
 
 static int rd_field(rd *r, uint64_t tag, lookup_request_view *out, uint64_t **buf, size_t *cap)
 {
+    if ((tag >> 3) > FIELD_MAX) {
+        r->error = "field number above 2^29-1";
+        return -1;
+    }
     uint32_t field = (uint32_t)(tag >> 3), wt = tag & 7;
     uint64_t v;
     if (field == 1 && wt == 2) {
@@ -343,6 +380,8 @@ static int rd_field(rd *r, uint64_t tag, lookup_request_view *out, uint64_t **bu
     if (field == 2 && wt == 0) {
         if (rd_varint(r, &v) < 0)
             return -1;
+        if (++r->counted > r->max_rows)
+            return 0;
         if (rows_reserve(buf, cap, out->n_rows + 1) < 0) {
             r->error = "out of memory for rows";
             return -1;
@@ -359,11 +398,11 @@ static int rd_field(rd *r, uint64_t tag, lookup_request_view *out, uint64_t **bu
     return rd_skip(r, wt);
 }
 
-int lookup_request_parse(const uint8_t *p, size_t n, lookup_request_view *out,
+int lookup_request_parse(const uint8_t *p, size_t n, size_t max_rows, lookup_request_view *out,
                          uint64_t **rows_buf, size_t *rows_cap, const char **error,
                          size_t *error_at)
 {
-    rd r = {p, 0, n, NULL};
+    rd r = {p, 0, n, NULL, max_rows, 0};
     *out = (lookup_request_view){0};
     out->table = (const uint8_t *)"";
     while (r.i < r.n) {
@@ -377,5 +416,9 @@ int lookup_request_parse(const uint8_t *p, size_t n, lookup_request_view *out,
         }
     }
     out->rows = *rows_buf;
+    if (r.counted > max_rows) {
+        out->n_rows = r.counted;
+        return 1;
+    }
     return 0;
 }

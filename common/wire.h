@@ -71,8 +71,8 @@ size_t lookup_request_put(uint8_t *p, const char *table, size_t table_len, const
  * 4096-row calls. Accepts what any protobuf peer may send: `rows` packed or
  * not (or both, concatenated), fields in any order, a repeated singular
  * field (the last wins), unknown fields of wire types 0, 1, 2 and 5
- * skipped. Rejects groups, truncated varints/lengths, over-long varints and
- * field number 0. */
+ * skipped. Rejects groups, truncated varints/lengths, over-long varints,
+ * field number 0 and field numbers past protobuf's 2^29-1. */
 typedef struct lookup_request_view {
     const uint8_t *table;   /* points into the message; not NUL-terminated */
     size_t table_len;
@@ -83,9 +83,12 @@ typedef struct lookup_request_view {
 
 /* Parses the n bytes at p. Rows are decoded into *rows_buf (capacity
  * *rows_cap entries), which is grown with realloc when needed and stays the
- * caller's to reuse and free. Returns 0, or -1 with *error set to a static
- * description and *error_at to the offending byte offset. */
-int lookup_request_parse(const uint8_t *p, size_t n, lookup_request_view *out,
+ * caller's to reuse and free; it never grows past max_rows entries (plus
+ * rounding), whatever the message claims. Returns 0; 1 when the request
+ * holds more than max_rows rows (out->n_rows is then their count and no row
+ * is decoded); or -1 with *error set to a static description and *error_at
+ * to the offending byte offset. */
+int lookup_request_parse(const uint8_t *p, size_t n, size_t max_rows, lookup_request_view *out,
                          uint64_t **rows_buf, size_t *rows_cap, const char **error,
                          size_t *error_at);
 

@@ -41,6 +41,8 @@ static const struct {
     [REFUSAL_MAX_ROWS] = {"max_rows", ES_INVALID_ARGUMENT},
     [REFUSAL_MAX_IMPORT_BYTES] = {"max_import_bytes", ES_RESOURCE_EXHAUSTED},
     [REFUSAL_DEFAULT_DEADLINE] = {"default_deadline", ES_DEADLINE_EXCEEDED},
+    [REFUSAL_REPLY_BYTES] = {"reply_bytes", ES_RESOURCE_EXHAUSTED},
+    [REFUSAL_REPLY_BYTES_PER_CONN] = {"reply_bytes_per_conn", ES_RESOURCE_EXHAUSTED},
 };
 
 /* The admission reasons, in the order their codes are looked up. */

@@ -8,7 +8,8 @@
  *
  * Refusals are also counted here by reason, for Stats and /metrics: the
  * admission ones by hooks_admit itself, the others (--max-rows,
- * --max-import-bytes) by the module that refuses, through hooks_refused. */
+ * --max-import-bytes, the reply caps) by the module that refuses, through
+ * hooks_refused. */
 #ifndef ENGRAM_SERVER_HOOKS_H
 #define ENGRAM_SERVER_HOOKS_H
 
@@ -40,6 +41,10 @@ typedef enum refusal_reason {
     /* A call that arrived without a deadline, was given --default-deadline-ms
      * and ended DEADLINE_EXCEEDED: the server, not the client, cut it off. */
     REFUSAL_DEFAULT_DEADLINE,
+    /* Replies held for clients that have not read them, in reply_budget.c
+     * (RESOURCE_EXHAUSTED): --max-reply-bytes, --max-reply-bytes-per-conn. */
+    REFUSAL_REPLY_BYTES,
+    REFUSAL_REPLY_BYTES_PER_CONN,
     REFUSAL_REASONS
 } refusal_reason;
 

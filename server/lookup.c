@@ -20,6 +20,7 @@
 
 #include "log.h"
 #include "names.h"
+#include "reply_budget.h"
 #include "stats.h"
 #include "status.h"
 #include "grpc_util.h"
@@ -36,7 +37,12 @@ static struct {
 } L;
 
 /* What one worker thread reuses from call to call: the decoded rows and the
- * table name as a C string. Freed when the thread exits. */
+ * table name as a C string. Freed when the thread exits. The rows buffer
+ * never holds more than --max-rows entries (the parser counts before it
+ * reserves), and one over SCRATCH_KEEP_ROWS is given back after its call:
+ * a rare huge request pays one malloc rather than every thread keeping its
+ * high-water mark for good. */
+#define SCRATCH_KEEP_ROWS 65536
 typedef struct scratch {
     uint64_t *rows;
     size_t cap;
@@ -103,17 +109,21 @@ static int to_local(uint64_t *rows, size_t n, char *msg, size_t msglen)
     return ES_OK;
 }
 
+/* The parser counts rows before it stores any, so this is answered before
+ * a byte is reserved for them. */
+static int refuse_max_rows(size_t n, char *msg, size_t msglen)
+{
+    hooks_refused(REFUSAL_MAX_ROWS);
+    snprintf(msg, msglen, "request has %zu rows; the maximum per request is %llu", n,
+             (unsigned long long)L.o.max_rows);
+    return ES_INVALID_ARGUMENT;
+}
+
 /* Checks everything about the request against the table before any row is
  * read; returns ES_OK or the status to answer with. */
 static int validate(request *rq, const table_version *tv,
                     char *msg, size_t msglen)
 {
-    if (rq->n_rows > L.o.max_rows) {
-        hooks_refused(REFUSAL_MAX_ROWS);
-        snprintf(msg, msglen, "request has %zu rows; the maximum per request is %llu",
-                 rq->n_rows, (unsigned long long)L.o.max_rows);
-        return ES_INVALID_ARGUMENT;
-    }
     uint64_t data = (uint64_t)rq->n_rows * tv->row_bytes;
     uint64_t total = data + 32;
     if (total > L.o.max_message_bytes) {
@@ -166,7 +176,7 @@ static int gather(const request *rq, table_version *tv,
     return ES_OK;
 }
 
-static int lookup_request(request *rq, grpc_byte_buffer **reply,
+static int lookup_request(server_call *c, request *rq, grpc_byte_buffer **reply,
                           outcome *oc, char *msg, size_t msglen)
 {
     if (!rq->table || !*rq->table) {
@@ -187,6 +197,9 @@ static int lookup_request(request *rq, grpc_byte_buffer **reply,
     }
     int code = validate(rq, tv, msg, msglen);
     uint64_t hot = 0;
+    /* Charged before the reply is built, so a refusal costs no memory. */
+    if (code == ES_OK && c)
+        code = reply_budget_take(c, (uint64_t)rq->n_rows * tv->row_bytes, msg, msglen);
     if (code == ES_OK)
         code = gather(rq, tv, reply, &hot, msg, msglen);
     oc->known = 1;
@@ -245,9 +258,12 @@ static int request_parse(grpc_byte_buffer *req, scratch *sc, request *rq, char *
         return ES_INVALID_ARGUMENT;
     }
     int code = ES_OK;
-    if (lookup_request_parse(p, n, &v, &sc->rows, &sc->cap, &err, &at) < 0) {
+    int rc = lookup_request_parse(p, n, L.o.max_rows, &v, &sc->rows, &sc->cap, &err, &at);
+    if (rc < 0) {
         snprintf(msg, msglen, "malformed LookupRequest: %s (field at byte %zu of %zu)", err, at, n);
         code = ES_INVALID_ARGUMENT;
+    } else if (rc > 0) {
+        code = refuse_max_rows(v.n_rows, msg, msglen);
     } else if (v.table_len > ENGRAM_NAME_MAX) {
         snprintf(msg, msglen, "table name of %zu bytes is longer than the maximum %d",
                  v.table_len, ENGRAM_NAME_MAX);
@@ -277,9 +293,14 @@ int lookup_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **repl
         code = ES_RESOURCE_EXHAUSTED;
     } else if ((code = request_parse(req, sc, &rq, msg, msglen)) == ES_OK) {
         outcome oc = {0};
-        code = lookup_request(&rq, reply, &oc, msg, msglen);
+        code = lookup_request(c, &rq, reply, &oc, msg, msglen);
         if (oc.known)
             stats_lookup(rq.table, code, oc.bytes, oc.tier_rows, c ? now_ns() - c->start_ns : 0);
+    }
+    if (sc && sc->cap > SCRATCH_KEEP_ROWS) {
+        free(sc->rows);
+        sc->rows = NULL;
+        sc->cap = 0;
     }
     if (code != ES_OK)
         __atomic_add_fetch(&L.m->errors, 1, __ATOMIC_RELAXED);

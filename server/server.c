@@ -90,6 +90,8 @@ typedef struct generic_call {
 
 static void call_free(server_call *c)
 {
+    if (c->release)
+        c->release(c);
     if (c->state_free && c->state)
         c->state_free(c->state);
     if (c->payload)
@@ -111,9 +113,15 @@ static int reads_payload(const method_def *d)
     return d->unary || d->server_streaming;
 }
 
+/* A slot that cannot be armed for want of memory stays unarmed: the other
+ * queues and slots keep serving, and the next arrival re-arms it. */
 static void arm(worker *w, const struct method_slot *slot)
 {
     server_call *c = calloc(1, sizeof *c);
+    if (!c) {
+        log_error("arm_failed", "method=%s error=\"out of memory\"", slot->def->path);
+        return;
+    }
     c->step = on_new_call;
     c->slot = slot;
     c->details = grpc_empty_slice();
@@ -140,6 +148,10 @@ static void details_free(void *p)
 static void arm_generic(worker *w)
 {
     generic_call *g = calloc(1, sizeof *g);
+    if (!g) {
+        log_error("arm_failed", "method=(generic) error=\"out of memory\"");
+        return;
+    }
     server_call *c = &g->c;
     c->step = on_generic_call;
     c->slot = &generic_slot[w->srv];
@@ -349,16 +361,33 @@ static int bind_port(int srv, const char *listen, grpc_server_credentials *creds
     return port;
 }
 
+static void int_arg(grpc_arg *a, const char *key, int v)
+{
+    a->type = GRPC_ARG_INTEGER;
+    a->key = (char *)key;
+    a->value.integer = v;
+}
+
+/* The transport's own limits: streams per connection (SETTINGS), and
+ * keepalive, so a connection whose peer stopped reading (and so cannot
+ * answer a PING) is closed, freeing every reply queued on it. */
 static grpc_server *create_server(const server_options *o)
 {
-    grpc_arg args[3];
+    grpc_arg args[8];
     message_size_args(args, o->max_message_bytes);
     int n = 2;
-    if (o->max_streams_per_conn > 0) {
-        args[n].type = GRPC_ARG_INTEGER;
-        args[n].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
-        args[n++].value.integer = o->max_streams_per_conn;
+    if (o->max_streams_per_conn > 0)
+        int_arg(&args[n++], GRPC_ARG_MAX_CONCURRENT_STREAMS, o->max_streams_per_conn);
+    if (o->keepalive_ms > 0) {
+        int_arg(&args[n++], GRPC_ARG_KEEPALIVE_TIME_MS, o->keepalive_ms);
+        int_arg(&args[n++], GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                o->keepalive_timeout_ms > 0 ? o->keepalive_timeout_ms : 20000);
+        /* Pings on a connection with calls in flight but nothing to send
+         * (a stalled reply is exactly that) must not be held back. */
+        int_arg(&args[n++], GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     }
+    if (o->conn_idle_ms > 0)
+        int_arg(&args[n++], GRPC_ARG_MAX_CONNECTION_IDLE_MS, o->conn_idle_ms);
     grpc_channel_args cargs = {(size_t)n, args};
     return grpc_server_create(&cargs, NULL);
 }

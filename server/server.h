@@ -55,6 +55,11 @@ struct server_call {
     uint64_t start_ns;
     void *state;                 /* per-method state of a streaming call */
     void (*state_free)(void *);  /* called when the call ends */
+    /* Called when the call is freed, after its last byte left or its
+     * stream died: reply_budget.c's release of what it charged. */
+    void (*release)(server_call *c);
+    void *charge;
+    uint64_t charged_bytes;
 };
 
 typedef struct server_options {
@@ -65,6 +70,12 @@ typedef struct server_options {
     int threads;                 /* data-plane workers */
     int max_message_bytes;
     int max_streams_per_conn;    /* concurrent calls per connection; 0: gRPC's */
+    /* HTTP/2 keepalive: ping a connection every keepalive_ms and close it
+     * when the ping is not answered within keepalive_timeout_ms (a peer
+     * that stopped reading cannot answer); 0: gRPC's default (2 h). */
+    int keepalive_ms;
+    int keepalive_timeout_ms;    /* 0: 20000 */
+    int conn_idle_ms;            /* close connections idle (no call) this long; 0: never */
     /* Transport credentials of each listener (taken); NULL: plaintext. */
     grpc_server_credentials *creds;
     grpc_server_credentials *admin_creds;

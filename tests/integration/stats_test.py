@@ -147,7 +147,8 @@ def check_histogram(name, samples):
 REASONS = [("unauthenticated", "UNAUTHENTICATED"), ("permission_denied", "PERMISSION_DENIED"),
            ("draining", "UNAVAILABLE"), ("max_calls", "RESOURCE_EXHAUSTED"),
            ("max_rows", "INVALID_ARGUMENT"), ("max_import_bytes", "RESOURCE_EXHAUSTED"),
-           ("default_deadline", "DEADLINE_EXCEEDED")]
+           ("default_deadline", "DEADLINE_EXCEEDED"), ("reply_bytes", "RESOURCE_EXHAUSTED"),
+           ("reply_bytes_per_conn", "RESOURCE_EXHAUSTED")]
 
 
 def server_has_jemalloc():
@@ -765,7 +766,7 @@ class RefusalsTest(unittest.TestCase):
         return [(r, c, counts.get(r, 0)) for r, c in REASONS]
 
     def test_stats_json(self):
-        self.assertEqual([x["count"] for x in self.before["refusals_by_reason"]], [0] * 7)
+        self.assertEqual([x["count"] for x in self.before["refusals_by_reason"]], [0] * len(REASONS))
         s = self.stats_json()
         self.assertEqual([(x["reason"], x["code"], x["count"]) for x in s["refusals_by_reason"]],
                          self.want())

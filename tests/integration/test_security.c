@@ -132,13 +132,15 @@ static int admin_call(engram_client *c, const char *table, engram_error *err)
 /* ---- refusal counts (Admin.Stats refusals_by_reason) ---------------------- */
 
 /* The reasons in the order Stats lists them, and each one's status. */
-enum { R_UNAUTH, R_PERM, R_DRAINING, R_MAX_CALLS, R_MAX_ROWS, R_IMPORT_BYTES, R_DEADLINE, NREASONS };
+enum { R_UNAUTH, R_PERM, R_DRAINING, R_MAX_CALLS, R_MAX_ROWS, R_IMPORT_BYTES, R_DEADLINE, R_REPLY_BYTES,
+       R_REPLY_BYTES_PER_CONN, NREASONS };
 static const char *const reason_names[NREASONS] = {
     "unauthenticated", "permission_denied", "draining", "max_calls",
-    "max_rows", "max_import_bytes", "default_deadline"};
+    "max_rows", "max_import_bytes", "default_deadline", "reply_bytes", "reply_bytes_per_conn"};
 static const char *const reason_codes[NREASONS] = {
     "UNAUTHENTICATED", "PERMISSION_DENIED", "UNAVAILABLE", "RESOURCE_EXHAUSTED",
-    "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"};
+    "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+    "RESOURCE_EXHAUSTED"};
 
 /* Reads every reason's count through Admin.Stats. Under --max-calls the
  * Stats call itself can be refused while the server still frees earlier

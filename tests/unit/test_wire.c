@@ -149,7 +149,79 @@ static void test_decoder_rejects_bad_input(void **state)
 static int parse(const uint8_t *p, size_t n, lookup_request_view *v, uint64_t **buf, size_t *cap,
                  const char **err, size_t *at)
 {
-    return lookup_request_parse(p, n, v, buf, cap, err, at);
+    return lookup_request_parse(p, n, SIZE_MAX, v, buf, cap, err, at);
+}
+
+/* Rows past max_rows are counted, never stored: a huge packed run costs no
+ * memory (issue 11: one 64 MiB request reserved rows x 8 bytes before the
+ * limit was checked, and the scratch never shrank). */
+static void test_request_parse_counts_past_the_limit(void **state)
+{
+    (void)state;
+    size_t n = 1 << 20;                      /* 1 Mi one-byte rows, packed */
+    size_t len = 1 + 1 + 3 + 4 + n + 2 * 3;  /* table "t", rows, then 3 unpacked */
+    uint8_t *p = malloc(len), *q = p;
+    *q++ = 0x0a; *q++ = 1; *q++ = 't';
+    *q++ = 0x12;
+    q += wire_put_varint(q, n);
+    memset(q, 0x05, n);
+    q += n;
+    for (int i = 0; i < 3; i++) {
+        *q++ = 0x10;                          /* field 2, varint: one unpacked row */
+        *q++ = 0x07;
+    }
+    uint64_t *buf = NULL;
+    size_t cap = 0, at = 0;
+    const char *err = NULL;
+    lookup_request_view v;
+    assert_int_equal(lookup_request_parse(p, (size_t)(q - p), 1000, &v, &buf, &cap, &err, &at), 1);
+    assert_int_equal(v.n_rows, n + 3);
+    assert_true(cap <= 1024);                 /* nothing past the limit was reserved */
+    /* The same request under a limit it fits decodes every row. */
+    assert_int_equal(lookup_request_parse(p, (size_t)(q - p), n + 3, &v, &buf, &cap, &err, &at), 0);
+    assert_int_equal(v.n_rows, n + 3);
+    assert_int_equal(v.rows[0], 5);
+    assert_int_equal(v.rows[n + 2], 7);
+    /* One row over the limit: refused again. */
+    assert_int_equal(lookup_request_parse(p, (size_t)(q - p), n + 2, &v, &buf, &cap, &err, &at), 1);
+    free(buf);
+    free(p);
+}
+
+/* A tag whose field number needs more than 29 bits is refused, not cut to
+ * 32 bits: field 2^32+1 (length-delimited) would otherwise read as field 1,
+ * the table name. */
+static void test_request_parse_refuses_huge_field_numbers(void **state)
+{
+    (void)state;
+    uint8_t m[32], *q = m;
+    q += wire_put_varint(q, ((1ull << 32) + 1) << 3 | 2);
+    *q++ = 1;
+    *q++ = 'x';
+    uint64_t *buf = NULL;
+    size_t cap = 0, at = 99;
+    const char *err = NULL;
+    lookup_request_view v;
+    assert_int_equal(lookup_request_parse(m, (size_t)(q - m), 10, &v, &buf, &cap, &err, &at), -1);
+    assert_string_equal(err, "field number above 2^29-1");
+    assert_int_equal(at, 0);
+    /* 2^29-1 itself is a valid (unknown) field and is skipped. */
+    q = m;
+    q += wire_put_varint(q, ((1ull << 29) - 1) << 3 | 2);
+    *q++ = 1;
+    *q++ = 'x';
+    assert_int_equal(lookup_request_parse(m, (size_t)(q - m), 10, &v, &buf, &cap, &err, &at), 0);
+    /* The client's response decoder refuses it too. */
+    q = m;
+    q += wire_put_varint(q, ((1ull << 32) + 1) << 3 | 2);
+    *q++ = 1;
+    *q++ = 'x';
+    uint8_t dst[4];
+    lookup_decoder d;
+    lookup_decoder_init(&d, dst, sizeof dst);
+    assert_int_equal(lookup_decoder_feed(&d, m, (size_t)(q - m)), -1);
+    assert_string_equal(d.error, "field number above 2^29-1");
+    free(buf);
 }
 
 /* Whatever protobuf-c packs (packed rows, as every proto3 peer sends) reads
@@ -271,6 +343,8 @@ int main(void)
         cmocka_unit_test(test_decoder_skips_unknown_fields),
         cmocka_unit_test(test_decoder_rejects_bad_input),
         cmocka_unit_test(test_request_parse_matches_protobuf_c),
+        cmocka_unit_test(test_request_parse_counts_past_the_limit),
+        cmocka_unit_test(test_request_parse_refuses_huge_field_numbers),
         cmocka_unit_test(test_request_parse_any_encoding),
         cmocka_unit_test(test_request_parse_rejects_bad_input),
     };
