@@ -24,12 +24,16 @@ struct version_rows {
     uint64_t cache_id;           /* unique per process: the hot cache's key space */
 };
 
-/* A table's live versions, sorted by version. */
+/* A table's live versions, sorted by version. v[] grows as needed: a new
+ * version is refused beyond STORE_MAX_VERSIONS (store_import_claim and
+ * store_commit_import check), but a directory written by a server without
+ * that check may hold more, and every version it holds is loaded (one left
+ * out would have its rows deleted as orphans while its metadata stays). */
 typedef struct table_entry {
     char name[TABLE_NAME_MAX + 1];
     uint32_t table_id;
-    table_version *v[STORE_MAX_VERSIONS];
-    int nv;
+    table_version **v;
+    int nv, cap;
 } table_entry;
 
 struct store {
@@ -54,6 +58,7 @@ struct store {
     char **claims;
     size_t nclaims;
     uint32_t next_id;
+    int load_failed;             /* start-up: a version could not be registered */
 
     char *dir;
     char *tmp_dir;
