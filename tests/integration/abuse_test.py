@@ -166,7 +166,7 @@ class Server:
         def msgs():
             yield pb.ImportRequest(header=pb.ImportHeader(
                 table=table, rows=rows, dim=row_bytes, dtype="u8",
-                stage_only=stage)).SerializeToString()
+                stage=stage)).SerializeToString()
             step = max(1, (1 << 20) // row_bytes)
             for start in range(0, rows, step):
                 n = min(step, rows - start)
@@ -236,6 +236,100 @@ class AbuseBase(unittest.TestCase):
         self.assertTrue(self.srv.verify_rows("t", [0, 1, self.ROWS - 1], self.SEED, self.ROW_BYTES))
 
 # ==== Versions and a full disk (findings 1 and 4) ==========================
+
+def full_msg(table, held, active, retained, staged):
+    return ('table "%s" holds %d versions (%d active, %d retained, %d staged), the most a '
+            'table can hold is 16; drop a version that is not active first (engramctl '
+            'drop-version --table %s --version V)' % (table, held, active, retained, staged, table))
+
+
+class VersionLimitBase(AbuseBase):
+    """Finding 1: staged imports are not bounded by --keep-versions, and the
+    17th version of a table was written past the server's 16 slots
+    (SIGSEGV, and again on the next import after a restart)."""
+    SMALL = 10               # rows of each staged version of "s"
+
+    def stage(self, seed):
+        return self.srv.import_rows("s", self.SMALL, seed, stage=True)
+
+    def fill_staged(self):
+        for i in range(16):
+            code, details, resp = self.stage(100 + i)
+            self.assertEqual((code, details), (OK, ""))
+            self.assertEqual(resp.table.version, i + 1)
+
+    def header_only(self, table, stage):
+        """An import that sends its header and nothing more: a refusal that
+        comes back is the header's, before any row was written."""
+        hdr = pb.ImportRequest(header=pb.ImportHeader(
+            table=table, rows=self.SMALL, dim=64, dtype="u8", stage=stage))
+        return self.srv.stream_unary(A + "Import", [hdr.SerializeToString()])
+
+    def assert_version_serves(self, version, seed):
+        rows = list(range(self.SMALL))
+        code, details, reply = self.srv.unary(L, lookup_req("s", rows, version))
+        self.assertEqual((code, details), (OK, ""))
+        self.assertEqual(pb.LookupResponse.FromString(reply).data,
+                         b"".join(synthetic_row(seed, r, 64) for r in rows))
+
+
+class StagedVersionLimitTest(VersionLimitBase):
+    def test_17th_version_refused_and_a_drop_makes_room(self):
+        self.fill_staged()
+        want = (RE, full_msg("s", 16, 0, 0, 16))
+        for stage in (True, False):
+            code, details, _ = self.stage(999) if stage else \
+                self.srv.import_rows("s", self.SMALL, 999)
+            self.assertEqual((code, details), want)
+            code, details, _ = self.header_only("s", stage)
+            self.assertEqual((code, details), want)
+        self.assert_alive_and_intact()
+        info = self.srv.table_info("s")
+        self.assertEqual([v.version for v in info.versions], list(range(1, 17)))
+        for v in (1, 9, 16):
+            self.assert_version_serves(v, 99 + v)
+        # "t" (1 active) takes 15 staged more, then is full too
+        for i in range(15):
+            self.assertEqual(self.srv.import_rows("t", 10, 7, stage=True)[0], OK)
+        self.assertEqual(self.srv.import_rows("t", 10, 7, stage=True)[:2],
+                         (RE, full_msg("t", 16, 1, 0, 15)))
+        # dropping a staged version lets the next import through
+        code, details, _ = self.srv.unary(
+            A + "DropVersion", pb.VersionRequest(table="s", version=5).SerializeToString())
+        self.assertEqual((code, details), (OK, ""))
+        code, details, resp = self.stage(500)
+        self.assertEqual((code, details), (OK, ""))
+        self.assertEqual(resp.table.version, 17)
+        self.assertEqual(len(resp.table.versions), 16)
+        self.assert_version_serves(17, 500)
+        self.assertEqual(self.stage(501)[:2], (RE, full_msg("s", 16, 0, 0, 16)))
+        self.assert_alive_and_intact()
+
+
+class FullTableRestartTest(VersionLimitBase):
+    """A data directory that holds a table at the limit restarts, serves
+    every version and refuses one more with the same message. (A directory
+    past the limit, which only the old binary could write, is
+    test_store.c's test_version_limit.)"""
+
+    def test_full_table_restarts_and_refuses_one_more(self):
+        self.fill_staged()
+        self.assertEqual(self.srv.stop(), 0)
+        self.srv.start()
+        self.assert_alive_and_intact()
+        info = self.srv.table_info("s")
+        self.assertEqual([v.version for v in info.versions], list(range(1, 17)))
+        for v in (1, 16):
+            self.assert_version_serves(v, 99 + v)
+        self.assertEqual(self.stage(999)[:2], (RE, full_msg("s", 16, 0, 0, 16)))
+        self.assertTrue(self.srv.alive(), self.srv.log_tail())
+        # and once more after a second restart (the old binary's second crash)
+        self.assertEqual(self.srv.stop(), 0)
+        self.srv.start()
+        self.assertEqual(self.stage(999)[:2], (RE, full_msg("s", 16, 0, 0, 16)))
+        self.assert_version_serves(16, 115)
+        self.assert_alive_and_intact()
+
 
 
 # ==== Import streams and names from the wire (findings 5 and 6) ============
