@@ -58,6 +58,7 @@ typedef struct options {
     const char *admin_listen;
     uint64_t max_calls_per_conn;
     uint64_t max_import_bytes;
+    uint64_t max_manifest_bytes;
     security_options sec;
     const char *metrics_listen;
     int64_t reload_check_ms;
@@ -69,6 +70,7 @@ enum { OPT_TLS_CERT = 256, OPT_TLS_KEY, OPT_TLS_CLIENT_CA, OPT_ADMIN_LISTEN,
        OPT_MAX_IMPORT_BYTES, OPT_DEFAULT_DEADLINE_MS };
 /* --metrics-listen: long-only, numbered clear of the other modules' options. */
 enum { OPT_METRICS_LISTEN = 400, OPT_RELOAD_CHECK_MS };
+enum { OPT_MAX_MANIFEST_BYTES = 420 };
 
 static void usage(FILE *f)
 {
@@ -108,6 +110,7 @@ static void usage(FILE *f)
 "  --max-calls N            calls in flight in total, default 0\n"
 "  --max-calls-per-conn N   concurrent calls per connection, default gRPC's\n"
 "  --max-import-bytes B     largest import (rows x row bytes), default 0\n"
+"  --max-manifest-bytes B   largest manifest document (PutManifest), default 8M\n"
 "  --default-deadline-ms N  deadline of calls that arrive without one, default 0\n"
 "  --metrics-listen HOST:PORT\n"
 "                           serve Prometheus metrics at http://HOST:PORT/metrics\n"
@@ -167,6 +170,7 @@ static void defaults(options *o)
     o->shard = -1;
     o->keep_versions = 2;
     o->reload_check_ms = 60000;
+    o->max_manifest_bytes = 8ull << 20;
 }
 
 static void parse_args(int argc, char **argv, options *o)
@@ -187,6 +191,7 @@ static void parse_args(int argc, char **argv, options *o)
         {"default-deadline-ms", 1, 0, OPT_DEFAULT_DEADLINE_MS},
         {"metrics-listen", 1, 0, OPT_METRICS_LISTEN},
         {"reload-check-ms", 1, 0, OPT_RELOAD_CHECK_MS},
+        {"max-manifest-bytes", 1, 0, OPT_MAX_MANIFEST_BYTES},
         {0, 0, 0, 0}};
     defaults(o);
     int ch;
@@ -242,6 +247,9 @@ static void parse_args(int argc, char **argv, options *o)
                 bad_value(name, optarg);
             break;
         case OPT_MAX_IMPORT_BYTES: if (parse_u64(optarg, &o->max_import_bytes, 1)) bad_value(name, optarg); break;
+        case OPT_MAX_MANIFEST_BYTES:
+            if (parse_u64(optarg, &o->max_manifest_bytes, 1)) bad_value(name, optarg);
+            break;
         case OPT_DEFAULT_DEADLINE_MS:
             if (parse_u64(optarg, &v, 0) || v > INT32_MAX) bad_value(name, optarg);
             o->sec.default_deadline_ms = (int64_t)v; break;
@@ -383,7 +391,7 @@ int main(int argc, char **argv)
     lookup_options lo = {o.max_rows, o.max_message};
     lookup_setup(st, &lo, &lm);
     admin_setup(st, cluster_json);
-    manifests_setup(st);
+    manifests_setup(st, o.max_manifest_bytes);
     import_options io = {(uint32_t)(o.max_message / 2 < (1u << 20) ? o.max_message / 2 : (1u << 20)),
                          256ull << 20, o.max_import_bytes};
     import_setup(st, &io, &im);
