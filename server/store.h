@@ -31,7 +31,8 @@
  * STAGED ones (imported, not yet activated). Each is an immutable,
  * reference-counted table_version; state changes swap in new objects, so a
  * lookup never sees a version change under it. A dropped version's rows are
- * deleted when the last reader lets go. */
+ * deleted when the last reader lets go, by a background thread (the
+ * reclaimer), never on the thread that let go. */
 #ifndef ENGRAM_SERVER_STORE_H
 #define ENGRAM_SERVER_STORE_H
 
@@ -129,7 +130,9 @@ size_t store_versions(store *s, const char *name, table_version ***out);
 
 /* Gathers local rows local[0..n) of tv into out (n * row_bytes bytes). The
  * rows must already be checked against tv->local_rows. Returns 0, or -1
- * with msg filled (a storage failure: the caller answers DATA_LOSS). */
+ * with msg filled (a storage failure: the caller answers DATA_LOSS), or
+ * STORE_READ_NOMEM with msg "out of memory ..." (RESOURCE_EXHAUSTED). */
+#define STORE_READ_NOMEM (-2)
 int store_read_rows(table_version *tv, const uint64_t *local, size_t n,
                     uint8_t *out, char *msg, size_t msglen);
 /* The same, telling how many rows came from the hot-row cache (the others

@@ -46,7 +46,7 @@ static void vr_release(version_rows *vr)
     if (!vr || __atomic_sub_fetch(&vr->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
     if (__atomic_load_n(&vr->drop, __ATOMIC_ACQUIRE))
-        store_delete_rows(vr->s, vr->table_id, vr->version);
+        store_delete_rows_later(vr->s, vr->table_id, vr->version);
     free(vr);
 }
 

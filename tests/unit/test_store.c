@@ -236,6 +236,7 @@ static void test_one_import_per_table(void **state)
     int files = count_sst();
     assert_int_equal(store_drop(s, "t", 1, msg, sizeof msg), ES_OK);
     assert_null(store_acquire(s, "t", 1));
+    store_reclaim_wait(s);                       /* the reclaimer deletes them */
     /* the dropped version's ingested files are gone, not just tombstoned,
      * and the active version's rows are all still there */
     assert_true(count_sst() < files);
@@ -644,6 +645,53 @@ static void test_version_limit(void **state)
     snprintf(dir, sizeof dir, "%s", saved);
 }
 
+/* Whether RocksDB holds local row `row` of (id, version), read directly. */
+static int row_on_disk(store *s, uint32_t id, uint64_t version, uint64_t row)
+{
+    uint8_t key[ROW_KEY_LEN];
+    store_row_key(key, id, version, row);
+    size_t len;
+    char *err = NULL;
+    char *v = rocksdb_get_cf(s->db, s->ropts, s->cf[CF_ROWS], (char *)key, sizeof key, &len, &err);
+    assert_null(err);
+    free(v);
+    return v != NULL;
+}
+
+/* Issue 11, finding 10: a dropped version's rows were deleted (a range
+ * delete, file deletions, a synced write) on the thread that let go of it
+ * last, often a Lookup's. The reclaimer does it now: with the reclaimer
+ * held busy, the last release returns and the rows are still on disk; once
+ * it may run they are gone, and the active version is untouched. */
+static void test_drop_reclaimed_off_the_releasing_thread(void **state)
+{
+    char saved[sizeof dir - 16];
+    snprintf(saved, sizeof saved, "%.200s", dir);
+    snprintf(dir, sizeof dir, "%s/reclaim", saved);
+    store *s = open_store(0);
+    assert_int_equal(import_table(s, "r", 600, 32, 1), 1);
+    assert_int_equal(import_table(s, "r", 600, 32, 2), 2);
+    table_version *old = store_acquire(s, "r", 1);   /* a reader of v1 */
+    assert_non_null(old);
+    uint32_t id = old->table_id;
+    char msg[256];
+    pthread_mutex_lock(&s->reclaim_busy);
+    assert_int_equal(store_drop(s, "r", 1, msg, sizeof msg), ES_OK);
+    assert_true(row_on_disk(s, id, 1, 599));          /* still read by `old` */
+    table_version_release(old);                        /* the last reference */
+    /* The release queued the work: nothing was deleted on this thread. */
+    assert_true(row_on_disk(s, id, 1, 0));
+    assert_true(row_on_disk(s, id, 1, 599));
+    pthread_mutex_unlock(&s->reclaim_busy);
+    store_reclaim_wait(s);
+    assert_false(row_on_disk(s, id, 1, 0));
+    assert_false(row_on_disk(s, id, 1, 599));
+    const uint64_t rows[] = {0, 300, 599};
+    check_rows(s, "r", 2, rows, 3);
+    store_teardown(s);
+    snprintf(dir, sizeof dir, "%s", saved);
+}
+
 int main(void)
 {
     grpc_init();
@@ -658,6 +706,7 @@ int main(void)
         cmocka_unit_test(test_cold_duplicates),
         cmocka_unit_test(test_placement),
         cmocka_unit_test(test_version_limit),
+        cmocka_unit_test(test_drop_reclaimed_off_the_releasing_thread),
     };
     int rc = cmocka_run_group_tests(tests, setup_dir, remove_dir);
     grpc_shutdown();
