@@ -36,7 +36,7 @@ static void version_fill(Engram__V1__VersionInfo *vi, const table_version *tv)
     vi->created_unix_ms = tv->created_unix_ms;
 }
 
-void table_info_fill(table_info_buf *b, store *s, const table_version *tv)
+int table_info_fill(table_info_buf *b, store *s, const table_version *tv)
 {
     Engram__V1__TableInfo *ti = &b->ti;
     engram__v1__table_info__init(ti);
@@ -53,19 +53,32 @@ void table_info_fill(table_info_buf *b, store *s, const table_version *tv)
     ti->created_unix_ms = tv->created_unix_ms;
     store_shard(s, &ti->shard_count, &ti->shard_index);
     b->nvs = store_versions(s, tv->name, &b->vs);
+    b->vi = malloc((b->nvs + 1) * sizeof *b->vi);
+    b->vp = malloc((b->nvs + 1) * sizeof *b->vp);
+    if (!b->vs || !b->vi || !b->vp) {
+        table_info_release(b);
+        b->nvs = 0;
+        b->vs = NULL;
+        b->vi = NULL;
+        b->vp = NULL;
+        return -1;
+    }
     for (size_t i = 0; i < b->nvs; i++) {
         version_fill(&b->vi[i], b->vs[i]);
         b->vp[i] = &b->vi[i];
     }
     ti->n_versions = b->nvs;
     ti->versions = b->vp;
+    return 0;
 }
 
 void table_info_release(table_info_buf *b)
 {
-    for (size_t i = 0; i < b->nvs; i++)
+    for (size_t i = 0; i < b->nvs && b->vs; i++)
         table_version_release(b->vs[i]);
     free(b->vs);
+    free(b->vi);
+    free(b->vp);
 }
 
 int admin_list_tables(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
@@ -81,22 +94,28 @@ int admin_list_tables(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **
     size_t n = store_list(A, &tvs);
     table_info_buf *bufs = calloc(n + 1, sizeof *bufs);
     Engram__V1__TableInfo **ptrs = calloc(n + 1, sizeof *ptrs);
-    for (size_t i = 0; i < n; i++) {
-        table_info_fill(&bufs[i], A, tvs[i]);
-        ptrs[i] = &bufs[i].ti;
+    int failed = !bufs || !ptrs;
+    size_t filled = 0;
+    for (; !failed && filled < n; filled++) {
+        failed = table_info_fill(&bufs[filled], A, tvs[filled]) != 0;
+        ptrs[filled] = &bufs[filled].ti;
     }
-    Engram__V1__ListTablesResponse resp = ENGRAM__V1__LIST_TABLES_RESPONSE__INIT;
-    resp.n_tables = n;
-    resp.tables = ptrs;
-    *reply = pb_to_byte_buffer(&resp.base);
-    for (size_t i = 0; i < n; i++) {
+    if (!failed) {
+        Engram__V1__ListTablesResponse resp = ENGRAM__V1__LIST_TABLES_RESPONSE__INIT;
+        resp.n_tables = n;
+        resp.tables = ptrs;
+        *reply = pb_to_byte_buffer(&resp.base);
+    } else {
+        snprintf(msg, msglen, "out of memory listing %zu tables", n);
+    }
+    for (size_t i = 0; i < filled; i++)
         table_info_release(&bufs[i]);
+    for (size_t i = 0; i < n; i++)
         table_version_release(tvs[i]);
-    }
     free(tvs);
     free(bufs);
     free(ptrs);
-    return ES_OK;
+    return failed ? ES_RESOURCE_EXHAUSTED : ES_OK;
 }
 
 static int reply_table(const char *name, uint64_t version, grpc_byte_buffer **reply,
@@ -123,11 +142,16 @@ static int reply_table(const char *name, uint64_t version, grpc_byte_buffer **re
         return ES_NOT_FOUND;
     }
     table_info_buf b;
-    table_info_fill(&b, A, tv);
-    *reply = pb_to_byte_buffer(&b.ti.base);
+    int code = ES_OK;
+    if (table_info_fill(&b, A, tv)) {
+        snprintf(msg, msglen, "out of memory listing the versions of table \"%.128s\"", name);
+        code = ES_RESOURCE_EXHAUSTED;
+    } else {
+        *reply = pb_to_byte_buffer(&b.ti.base);
+    }
     table_info_release(&b);
     table_version_release(tv);
-    return ES_OK;
+    return code;
 }
 
 int admin_get_table(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,

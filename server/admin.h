@@ -25,16 +25,20 @@ int admin_get_cluster_map(server_call *c, grpc_byte_buffer *req, grpc_byte_buffe
 
 /* A TableInfo of one version plus the list of every live version of its
  * table; strings point into the versions, which the buffer holds
- * references to until table_info_release. */
+ * references to until table_info_release. The list is allocated to the
+ * count the registry gives (a directory written before the version limit
+ * may hold more than STORE_MAX_VERSIONS). */
 typedef struct table_info_buf {
     Engram__V1__TableInfo ti;
-    Engram__V1__VersionInfo vi[STORE_MAX_VERSIONS];
-    Engram__V1__VersionInfo *vp[STORE_MAX_VERSIONS];
+    Engram__V1__VersionInfo *vi;
+    Engram__V1__VersionInfo **vp;
     table_version **vs;
     size_t nvs;
 } table_info_buf;
 
-void table_info_fill(table_info_buf *b, store *s, const table_version *tv);
+/* Returns 0, or -1 when memory ran out: the TableInfo is filled then but
+ * lists no versions (release it all the same). */
+int table_info_fill(table_info_buf *b, store *s, const table_version *tv);
 void table_info_release(table_info_buf *b);
 
 #endif

@@ -200,7 +200,10 @@ static int on_header(import_state *st, const Engram__V1__ImportHeader *h, char *
     st->stage = h->stage;
     st->trailer_promised = h->trailer_follows;
     st->have_header = 1;
-    code = store_import_claim(I.s, tv->name, h->version, &tv->table_id, &tv->version, msg, msglen);
+    /* The claim refuses a version the table has no room for, before any
+     * row is received or written. */
+    code = store_import_claim(I.s, tv->name, h->version, st->stage, &tv->table_id, &tv->version,
+                              msg, msglen);
     if (code != ES_OK)
         return code;
     st->claimed = 1;
@@ -389,15 +392,18 @@ static void on_end(server_call *c)
     int code = check_trailer(st, msg, sizeof msg);
     if (code != ES_OK)
         return fail(c, code, msg);
-    if (store_commit_import(I.s, &st->tv, st->stage, (const char *const *)st->files, st->nfiles,
-                            msg, sizeof msg) < 0) {
+    code = store_commit_import(I.s, &st->tv, st->stage, (const char *const *)st->files,
+                               st->nfiles, msg, sizeof msg);
+    if (code != ES_OK) {
         st->claimed = 0;         /* store_commit_import ended the claim */
-        return fail(c, ES_INTERNAL, msg);
+        return fail(c, code, msg);
     }
     st->activated = 1;
     table_version *tv = store_acquire(I.s, st->tv.name, st->tv.version);
     Engram__V1__ImportResponse resp = ENGRAM__V1__IMPORT_RESPONSE__INIT;
     table_info_buf tb;
+    /* Out of memory here leaves the reply without its versions list; the
+     * import itself is done and is not failed for it. */
     table_info_fill(&tb, I.s, tv ? tv : &st->tv);
     resp.table = &tb.ti;
     grpc_byte_buffer *reply = pb_to_byte_buffer(&resp.base);

@@ -70,6 +70,7 @@ typedef struct options {
     int64_t keepalive_ms;
     int64_t keepalive_timeout_ms;
     int64_t conn_idle_ms;
+    uint64_t max_manifest_bytes;
     security_options sec;
     const char *metrics_listen;
     int64_t reload_check_ms;
@@ -84,6 +85,8 @@ enum { OPT_METRICS_LISTEN = 400, OPT_RELOAD_CHECK_MS };
 /* The transport's and the replies' bounds, numbered clear of the others. */
 enum { OPT_MAX_REPLY_BYTES = 420, OPT_MAX_REPLY_BYTES_PER_CONN, OPT_KEEPALIVE_MS,
        OPT_KEEPALIVE_TIMEOUT_MS, OPT_CONN_IDLE_MS };
+/* The admin plane's document bound. */
+enum { OPT_MAX_MANIFEST_BYTES = 440 };
 
 static void usage(FILE *f)
 {
@@ -138,6 +141,7 @@ static void usage(FILE *f)
 "  --conn-idle-ms MS        close connections with no call for MS,\n"
 "                           default 3600000 (clients reconnect by themselves)\n"
 "  --max-import-bytes B     largest import (rows x row bytes), default 0\n"
+"  --max-manifest-bytes B   largest manifest document (PutManifest), default 8M\n"
 "  --default-deadline-ms N  deadline of calls that arrive without one, default 0\n"
 "  --metrics-listen HOST:PORT\n"
 "                           serve Prometheus metrics at http://HOST:PORT/metrics\n"
@@ -209,6 +213,7 @@ static void defaults(options *o)
     o->keepalive_ms = 60000;
     o->keepalive_timeout_ms = 20000;
     o->conn_idle_ms = 3600000;
+    o->max_manifest_bytes = 8ull << 20;
 }
 
 static void parse_args(int argc, char **argv, options *o)
@@ -233,6 +238,7 @@ static void parse_args(int argc, char **argv, options *o)
         {"max-reply-bytes-per-conn", 1, 0, OPT_MAX_REPLY_BYTES_PER_CONN},
         {"keepalive-ms", 1, 0, OPT_KEEPALIVE_MS}, {"conn-idle-ms", 1, 0, OPT_CONN_IDLE_MS},
         {"keepalive-timeout-ms", 1, 0, OPT_KEEPALIVE_TIMEOUT_MS},
+        {"max-manifest-bytes", 1, 0, OPT_MAX_MANIFEST_BYTES},
         {0, 0, 0, 0}};
     defaults(o);
     int ch;
@@ -303,6 +309,9 @@ static void parse_args(int argc, char **argv, options *o)
                 bad_value(name, optarg);
             break;
         case OPT_MAX_IMPORT_BYTES: if (parse_u64(optarg, &o->max_import_bytes, 1)) bad_value(name, optarg); break;
+        case OPT_MAX_MANIFEST_BYTES:
+            if (parse_u64(optarg, &o->max_manifest_bytes, 1)) bad_value(name, optarg);
+            break;
         case OPT_DEFAULT_DEADLINE_MS:
             if (parse_u64(optarg, &v, 0) || v > INT32_MAX) bad_value(name, optarg);
             o->sec.default_deadline_ms = (int64_t)v; break;
@@ -447,7 +456,7 @@ int main(int argc, char **argv)
     lookup_options lo = {o.max_rows, o.max_message};
     lookup_setup(st, &lo, &lm);
     admin_setup(st, cluster_json);
-    manifests_setup(st);
+    manifests_setup(st, o.max_manifest_bytes);
     import_options io = {(uint32_t)(o.max_message / 2 < (1u << 20) ? o.max_message / 2 : (1u << 20)),
                          256ull << 20, o.max_import_bytes};
     import_setup(st, &io, &im);

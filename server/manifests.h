@@ -5,10 +5,15 @@
 #ifndef ENGRAM_SERVER_MANIFESTS_H
 #define ENGRAM_SERVER_MANIFESTS_H
 
+#include <stdint.h>
+
 #include "server.h"
 #include "store.h"
 
-void manifests_setup(store *s);
+/* Parses every stored manifest once (ListManifests answers from what it
+ * keeps). max_manifest_bytes: the largest document PutManifest takes (0:
+ * no limit but the message size). */
+void manifests_setup(store *s, uint64_t max_manifest_bytes);
 void manifests_teardown(void);
 
 int manifests_put(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,

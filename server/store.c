@@ -1,7 +1,9 @@
 /* store.c: the RocksDB side of the table store: options, keys, version
  * metadata, row reads (resident arrays or MultiGet), documents, SST ingest,
- * resident loads and orphan collection. The registry and the version life
- * cycle built on these are in tables.c; store.h has the layout. */
+ * resident loads, orphan collection and the reclaimer thread that deletes
+ * dropped versions' rows. The registry and the version life cycle built on
+ * these are in tables.c; store.h has the layout. Allocation failures are
+ * answered (an error naming what ran out), never dereferenced. */
 #include "store_internal.h"
 #include "store_tuning.h"
 
@@ -91,6 +93,8 @@ static char *meta_encode(const table_version *tv, size_t *len)
     ti.created_unix_ms = tv->created_unix_ms;
     size_t n = engram__v1__table_info__get_packed_size(&ti);
     char *buf = malloc(5 + n);
+    if (!buf)
+        return NULL;
     put_be32((uint8_t *)buf, tv->table_id);
     buf[4] = (char)tv->state;
     engram__v1__table_info__pack(&ti, (uint8_t *)buf + 5);
@@ -98,14 +102,22 @@ static char *meta_encode(const table_version *tv, size_t *len)
     return buf;
 }
 
-static table_version *meta_decode(store *s, const char *val, size_t len)
+/* NULL with *nomem clear: corrupt metadata; set: out of memory. */
+static table_version *meta_decode(store *s, const char *val, size_t len, int *nomem)
 {
+    *nomem = 0;
     if (len < 5 || val[4] < VS_ACTIVE || val[4] > VS_STAGED)
         return NULL;
-    Engram__V1__TableInfo *ti = engram__v1__table_info__unpack(NULL, len - 5, (const uint8_t *)val + 5);
-    if (!ti)
-        return NULL;
     table_version *tv = calloc(1, sizeof *tv);
+    if (!tv) {
+        *nomem = 1;
+        return NULL;
+    }
+    Engram__V1__TableInfo *ti = engram__v1__table_info__unpack(NULL, len - 5, (const uint8_t *)val + 5);
+    if (!ti) {
+        free(tv);
+        return NULL;
+    }
     tv->refs = 1;
     tv->s = s;
     tv->table_id = get_be32((const uint8_t *)val);
@@ -132,6 +144,12 @@ int store_write_meta(store *s, table_version *const *put, size_t nput, const tab
     for (size_t i = 0; i < nput; i++) {
         size_t kl = meta_key(key, put[i]->name, put[i]->version), vl;
         char *val = meta_encode(put[i], &vl);
+        if (!val) {
+            rocksdb_writebatch_destroy(wb);
+            snprintf(msg, msglen, "out of memory encoding the metadata of version %llu of table \"%s\"",
+                     (unsigned long long)put[i]->version, put[i]->name);
+            return -1;
+        }
         rocksdb_writebatch_put_cf(wb, s->cf[CF_META], key, kl, val, vl);
         free(val);
     }
@@ -368,11 +386,17 @@ static int check_placement(store *s, store_placement *held, char **err)
     return -1;
 }
 
+static void *reclaimer_main(void *arg);
+
 int store_open_db(store *s, const store_options *o, store_placement *held, char **err)
 {
     s->dir = strdup(o->dir);
     size_t tl = strlen(o->dir) + 16;
     s->tmp_dir = malloc(tl);
+    if (!s->dir || !s->tmp_dir) {
+        set_err(err, "out of memory opening the store", NULL);
+        return -1;
+    }
     snprintf(s->tmp_dir, tl, "%s/import-tmp", o->dir);
     if (mkdir_p(s->dir) < 0 || mkdir_p(s->tmp_dir) < 0) {
         set_err(err, "cannot create data directory", strerror(errno));
@@ -382,11 +406,34 @@ int store_open_db(store *s, const store_options *o, store_placement *held, char 
     if (open_db(s, err) < 0 || check_placement(s, held, err) < 0)
         return -1;
     clear_import_tmp(s);
+    pthread_mutex_init(&s->reclaim_lock, NULL);
+    pthread_mutex_init(&s->reclaim_busy, NULL);
+    pthread_cond_init(&s->reclaim_cond, NULL);
+    int rc = pthread_create(&s->reclaimer, NULL, reclaimer_main, s);
+    if (rc) {
+        pthread_mutex_destroy(&s->reclaim_lock);
+        pthread_mutex_destroy(&s->reclaim_busy);
+        pthread_cond_destroy(&s->reclaim_cond);
+        set_err(err, "cannot start the reclaimer thread", strerror(rc));
+        return -1;
+    }
+    s->reclaimer_started = 1;
     return 0;
 }
 
 void store_close_db(store *s)
 {
+    if (s->reclaimer_started) {  /* it drains the queue before it ends */
+        pthread_mutex_lock(&s->reclaim_lock);
+        s->reclaim_stop = 1;
+        pthread_cond_broadcast(&s->reclaim_cond);
+        pthread_mutex_unlock(&s->reclaim_lock);
+        pthread_join(s->reclaimer, NULL);
+        s->reclaimer_started = 0;
+        pthread_mutex_destroy(&s->reclaim_lock);
+        pthread_mutex_destroy(&s->reclaim_busy);
+        pthread_cond_destroy(&s->reclaim_cond);
+    }
     if (s->db) {
         rocksdb_column_family_handle_destroy(s->cf[0]);
         rocksdb_column_family_handle_destroy(s->cf[1]);
@@ -415,9 +462,11 @@ int store_scan_meta(store *s, void (*cb)(store *, table_version *), char **err)
         if (kl < 1 || k[0] != 'm')
             break;
         const char *v = rocksdb_iter_value(it, &vl);
-        table_version *tv = meta_decode(s, v, vl);
+        int nomem;
+        table_version *tv = meta_decode(s, v, vl, &nomem);
         if (!tv) {
-            set_err(err, "corrupt table metadata", NULL);
+            set_err(err, nomem ? "out of memory reading table metadata" : "corrupt table metadata",
+                    NULL);
             rc = -1;
             break;
         }
@@ -514,6 +563,77 @@ void store_delete_rows(store *s, uint32_t id, uint64_t version)
                   id, (unsigned long long)version, rerr);
         free(rerr);
     }
+}
+
+/* ---- the reclaimer ---------------------------------------------------------- */
+
+struct reclaim_item {
+    struct reclaim_item *next;
+    uint32_t table_id;
+    uint64_t version;
+};
+
+static void *reclaimer_main(void *arg)
+{
+    store *s = arg;
+    pthread_mutex_lock(&s->reclaim_lock);
+    for (;;) {
+        while (!s->reclaim_head && !s->reclaim_stop)
+            pthread_cond_wait(&s->reclaim_cond, &s->reclaim_lock);
+        struct reclaim_item *it = s->reclaim_head;
+        if (!it)
+            break;               /* stopping, and nothing is left */
+        if (!(s->reclaim_head = it->next))
+            s->reclaim_tail = NULL;
+        pthread_mutex_unlock(&s->reclaim_lock);
+        pthread_mutex_lock(&s->reclaim_busy);
+        store_delete_rows(s, it->table_id, it->version);
+        pthread_mutex_unlock(&s->reclaim_busy);
+        log_info("version_rows_deleted", "table_id=%u version=%llu", it->table_id,
+                 (unsigned long long)it->version);
+        free(it);
+        pthread_mutex_lock(&s->reclaim_lock);
+        s->reclaim_pending--;
+        pthread_cond_broadcast(&s->reclaim_cond);
+    }
+    pthread_mutex_unlock(&s->reclaim_lock);
+    return NULL;
+}
+
+void store_delete_rows_later(store *s, uint32_t id, uint64_t version)
+{
+    if (!s->reclaimer_started) { /* never after setup; kept correct all the same */
+        store_delete_rows(s, id, version);
+        return;
+    }
+    struct reclaim_item *it = malloc(sizeof *it);
+    if (!it) {
+        log_error("version_delete_deferred", "table_id=%u version=%llu error=\"out of memory\" "
+                  "rows are deleted as orphans at the next start", id, (unsigned long long)version);
+        return;
+    }
+    it->next = NULL;
+    it->table_id = id;
+    it->version = version;
+    pthread_mutex_lock(&s->reclaim_lock);
+    if (s->reclaim_tail)
+        s->reclaim_tail->next = it;
+    else
+        s->reclaim_head = it;
+    s->reclaim_tail = it;
+    s->reclaim_pending++;
+    pthread_cond_broadcast(&s->reclaim_cond);
+    pthread_mutex_unlock(&s->reclaim_lock);
+}
+
+void store_reclaim_wait(store *s)
+{
+    if (!s->reclaimer_started)
+        return;
+    pthread_mutex_lock(&s->reclaim_lock);
+    while (s->reclaim_pending)
+        pthread_cond_wait(&s->reclaim_cond, &s->reclaim_lock);
+    pthread_mutex_unlock(&s->reclaim_lock);
 }
 
 /* ---- reads -------------------------------------------------------------- */
@@ -649,6 +769,11 @@ static int read_misses(table_version *tv, hotcache *hc, miss *ms, size_t nm, uin
     uint64_t rows[MULTIGET_BATCH];
     size_t first[MULTIGET_BATCH + 1];
     uint8_t *tmp = malloc((nm < MULTIGET_BATCH ? nm : MULTIGET_BATCH) * rb + 1);
+    if (!tmp) {
+        snprintf(msg, msglen, "out of memory reading %zu rows of table \"%s\" from RocksDB",
+                 nm, tv->name);
+        return STORE_READ_NOMEM;
+    }
     int rc = 0;
     for (size_t i = 0; i < nm && !rc;) {
         size_t k = next_distinct(ms, nm, &i, rows, first);
@@ -671,6 +796,10 @@ static int read_rocksdb_tier(table_version *tv, const uint64_t *rows, size_t n, 
     const size_t rb = tv->row_bytes;
     hotcache *hc = tv->vr->cache_id < HOT_ID_LIMIT ? hot_for(tv->s, tv->row_bytes) : NULL;
     miss *ms = malloc((n ? n : 1) * sizeof *ms);
+    if (!ms) {
+        snprintf(msg, msglen, "out of memory reading %zu rows of table \"%s\"", n, tv->name);
+        return STORE_READ_NOMEM;
+    }
     size_t nm = 0;
     uint64_t hits = 0;
     for (size_t i = 0; i < n; i++) {
@@ -682,6 +811,8 @@ static int read_rocksdb_tier(table_version *tv, const uint64_t *rows, size_t n, 
     }
     int rc = read_misses(tv, hc, ms, nm, out, msg, msglen);
     free(ms);
+    if (rc == STORE_READ_NOMEM)
+        return rc;
     __atomic_add_fetch(&tv->s->m->rows_hot, hits, __ATOMIC_RELAXED);
     __atomic_add_fetch(&tv->s->m->rows_rocksdb, n - hits, __ATOMIC_RELAXED);
     if (hot_hits)
@@ -792,9 +923,17 @@ size_t store_doc_list(store *s, char kind, char ***names)
         const char *k = rocksdb_iter_key(it, &kl);
         if (kl < 1 || k[0] != kind)
             break;
+        char **nv = n == cap ? realloc(v, (cap ? cap * 2 : 8) * sizeof *v) : v;
+        char *name = nv ? strndup(k + 1, kl - 1) : NULL;
+        if (!name) {             /* out of memory: the names so far */
+            log_error("document_list_failed", "kind=%c listed=%zu error=\"out of memory\"", kind, n);
+            v = nv ? nv : v;
+            break;
+        }
         if (n == cap)
-            v = realloc(v, (cap = cap ? cap * 2 : 8) * sizeof *v);
-        v[n++] = strndup(k + 1, kl - 1);
+            cap = cap ? cap * 2 : 8;
+        v = nv;
+        v[n++] = name;
     }
     rocksdb_iter_destroy(it);
     *names = v;

@@ -31,7 +31,8 @@
  * STAGED ones (imported, not yet activated). Each is an immutable,
  * reference-counted table_version; state changes swap in new objects, so a
  * lookup never sees a version change under it. A dropped version's rows are
- * deleted when the last reader lets go. */
+ * deleted when the last reader lets go, by a background thread (the
+ * reclaimer), never on the thread that let go. */
 #ifndef ENGRAM_SERVER_STORE_H
 #define ENGRAM_SERVER_STORE_H
 
@@ -44,6 +45,10 @@
 
 #define TABLE_NAME_MAX 128
 #define ROW_KEY_LEN 20
+/* The most versions (active, retained and staged together) a table may
+ * hold: an import that would make more is refused RESOURCE_EXHAUSTED at its
+ * header. Retained versions are bounded by keep_versions, staged ones only
+ * by this. */
 #define STORE_MAX_VERSIONS 16
 
 typedef struct store store;
@@ -125,7 +130,9 @@ size_t store_versions(store *s, const char *name, table_version ***out);
 
 /* Gathers local rows local[0..n) of tv into out (n * row_bytes bytes). The
  * rows must already be checked against tv->local_rows. Returns 0, or -1
- * with msg filled (a storage failure: the caller answers DATA_LOSS). */
+ * with msg filled (a storage failure: the caller answers DATA_LOSS), or
+ * STORE_READ_NOMEM with msg "out of memory ..." (RESOURCE_EXHAUSTED). */
+#define STORE_READ_NOMEM (-2)
 int store_read_rows(table_version *tv, const uint64_t *local, size_t n,
                     uint8_t *out, char *msg, size_t msglen);
 /* The same, telling how many rows came from the hot-row cache (the others
@@ -186,19 +193,23 @@ size_t store_doc_list(store *s, char kind, char ***names);
 /* ---- imports and version changes ---------------------------------------- */
 
 /* Claims `name` for an import of `version` (0: one past the newest live
- * version). Gives the table id to write keys with and the version. Returns
- * ES_OK or a status (ES_ABORTED: an import of the table is running;
- * ES_ALREADY_EXISTS: that version is live; ES_FAILED_PRECONDITION: it is
- * older than a live one) with msg. */
-int store_import_claim(store *s, const char *name, uint64_t version, uint32_t *table_id,
-                       uint64_t *out_version, char *msg, size_t msglen);
+ * version), to be staged when `stage` is set. Gives the table id to write
+ * keys with and the version. Returns ES_OK or a status (ES_ABORTED: an
+ * import of the table is running; ES_ALREADY_EXISTS: that version is live;
+ * ES_FAILED_PRECONDITION: it is older than a live one;
+ * ES_RESOURCE_EXHAUSTED: the table would hold more than STORE_MAX_VERSIONS
+ * versions) with msg. */
+int store_import_claim(store *s, const char *name, uint64_t version, int stage,
+                       uint32_t *table_id, uint64_t *out_version, char *msg, size_t msglen);
 /* Ends a claim that did not activate (abort, error). */
 void store_import_unclaim(store *s, const char *name);
 
 /* Ingests the SST files (moved into the database) and registers `tv_new`
  * (filled by the caller: name, id, version, geometry, checksum) as STAGED,
- * or as ACTIVE unless `stage`; ends the claim. Returns 0, or -1 with msg,
- * in which case nothing changed for readers. */
+ * or as ACTIVE unless `stage`; ends the claim. Returns ES_OK, or a status
+ * with msg (ES_RESOURCE_EXHAUSTED: the version does not fit, checked again
+ * before anything is ingested; ES_INTERNAL: a storage failure), in which
+ * case nothing changed for readers. */
 int store_commit_import(store *s, const table_version *tv_new, int stage,
                         const char *const *sst_files, size_t nfiles,
                         char *msg, size_t msglen);

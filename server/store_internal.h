@@ -24,12 +24,16 @@ struct version_rows {
     uint64_t cache_id;           /* unique per process: the hot cache's key space */
 };
 
-/* A table's live versions, sorted by version. */
+/* A table's live versions, sorted by version. v[] grows as needed: a new
+ * version is refused beyond STORE_MAX_VERSIONS (store_import_claim and
+ * store_commit_import check), but a directory written by a server without
+ * that check may hold more, and every version it holds is loaded (one left
+ * out would have its rows deleted as orphans while its metadata stays). */
 typedef struct table_entry {
     char name[TABLE_NAME_MAX + 1];
     uint32_t table_id;
-    table_version *v[STORE_MAX_VERSIONS];
-    int nv;
+    table_version **v;
+    int nv, cap;
 } table_entry;
 
 struct store {
@@ -54,9 +58,22 @@ struct store {
     char **claims;
     size_t nclaims;
     uint32_t next_id;
+    int load_failed;             /* start-up: a version could not be registered */
 
     char *dir;
     char *tmp_dir;
+
+    /* The reclaimer (store.c): deletes dropped versions' rows on its own
+     * thread, so the thread that lets go of a version last (a Lookup,
+     * often) never pays for a range delete and a file deletion. */
+    pthread_t reclaimer;
+    int reclaimer_started;
+    pthread_mutex_t reclaim_lock;    /* guards the queue, reclaim_pending, reclaim_stop */
+    pthread_cond_t reclaim_cond;     /* work queued, work done, stop */
+    pthread_mutex_t reclaim_busy;    /* held while one version's rows are deleted */
+    struct reclaim_item *reclaim_head, *reclaim_tail;
+    uint64_t reclaim_pending;        /* queued or being deleted */
+    int reclaim_stop;
 
     /* The hot-row tier, created at the first RocksDB read with that read's
      * row size; tables of another row size bypass it. */
@@ -79,6 +96,13 @@ int store_scan_meta(store *s, void (*cb)(store *, table_version *), char **err);
 int store_write_meta(store *s, table_version *const *put, size_t nput,
                      const table_version *del, char *msg, size_t msglen);
 void store_delete_rows(store *s, uint32_t table_id, uint64_t version);
+/* Queues the deletion of a dropped version's rows for the reclaimer and
+ * returns at once. If the queue cannot take it (out of memory) the rows
+ * stay until the next start deletes them as orphans. */
+void store_delete_rows_later(store *s, uint32_t table_id, uint64_t version);
+/* Waits until every queued deletion is done (tests; teardown drains the
+ * queue by itself). */
+void store_reclaim_wait(store *s);
 int store_ingest(store *s, const char *const *files, size_t n, char *msg, size_t msglen);
 /* Loads tv's local rows into a dense array if the budget allows. */
 void store_resident_load(store *s, table_version *tv);

@@ -31,6 +31,8 @@ static const char *state_name(int st)
 static version_rows *vr_new(store *s, uint32_t id, uint64_t version)
 {
     version_rows *vr = calloc(1, sizeof *vr);
+    if (!vr)
+        return NULL;
     vr->refs = 1;
     vr->s = s;
     vr->table_id = id;
@@ -44,7 +46,7 @@ static void vr_release(version_rows *vr)
     if (!vr || __atomic_sub_fetch(&vr->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
     if (__atomic_load_n(&vr->drop, __ATOMIC_ACQUIRE))
-        store_delete_rows(vr->s, vr->table_id, vr->version);
+        store_delete_rows_later(vr->s, vr->table_id, vr->version);
     free(vr);
 }
 
@@ -53,6 +55,8 @@ static void vr_release(version_rows *vr)
 static table_version *tv_clone(const table_version *tv, int state)
 {
     table_version *c = malloc(sizeof *c);
+    if (!c)
+        return NULL;
     *c = *tv;
     c->refs = 1;
     c->state = state;
@@ -80,19 +84,35 @@ static table_entry *entry_find(store *s, const char *name)
     return NULL;
 }
 
+/* The entry of `name`, made if missing, with room for one more version.
+ * NULL when memory runs out (nothing changed then). Called with the write
+ * lock held (or before any reader exists). */
 static table_entry *entry_get(store *s, const char *name, uint32_t id)
 {
     table_entry *e = entry_find(s, name);
-    if (e)
-        return e;
-    if (s->ntables == s->cap) {
-        s->cap = s->cap ? s->cap * 2 : 8;
-        s->tables = realloc(s->tables, s->cap * sizeof *s->tables);
+    if (!e) {
+        if (s->ntables == s->cap) {
+            size_t cap = s->cap ? s->cap * 2 : 8;
+            table_entry **t = realloc(s->tables, cap * sizeof *t);
+            if (!t)
+                return NULL;
+            s->tables = t;
+            s->cap = cap;
+        }
+        if (!(e = calloc(1, sizeof *e)))
+            return NULL;
+        snprintf(e->name, sizeof e->name, "%s", name);
+        e->table_id = id;
+        s->tables[s->ntables++] = e;
     }
-    e = calloc(1, sizeof *e);
-    snprintf(e->name, sizeof e->name, "%s", name);
-    e->table_id = id;
-    s->tables[s->ntables++] = e;
+    if (e->nv == e->cap) {
+        int cap = e->cap ? e->cap * 2 : 4;
+        table_version **v = realloc(e->v, (size_t)cap * sizeof *v);
+        if (!v)
+            return NULL;
+        e->v = v;
+        e->cap = cap;
+    }
     return e;
 }
 
@@ -112,7 +132,7 @@ static int active_slot(const table_entry *e)
     return -1;
 }
 
-/* Inserts keeping v[] sorted by version (the caller checked room). */
+/* Inserts keeping v[] sorted by version; entry_get made room. */
 static void entry_insert(table_entry *e, table_version *tv)
 {
     int i = e->nv++;
@@ -153,7 +173,7 @@ size_t store_list(store *s, table_version ***out)
     pthread_rwlock_rdlock(&s->lock);
     table_version **v = malloc((s->ntables + 1) * sizeof *v);
     size_t n = 0;
-    for (size_t i = 0; i < s->ntables; i++) {
+    for (size_t i = 0; v && i < s->ntables; i++) {
         table_entry *e = s->tables[i];
         int a = active_slot(e);
         if (e->nv == 0)
@@ -173,6 +193,8 @@ size_t store_versions(store *s, const char *name, table_version ***out)
     table_entry *e = entry_find(s, name);
     size_t n = e ? (size_t)e->nv : 0;
     table_version **v = malloc((n + 1) * sizeof *v);
+    if (!v)
+        n = 0;                   /* out of memory: *out is NULL */
     for (size_t i = 0; i < n; i++) {
         v[i] = e->v[i];
         __atomic_add_fetch(&v[i]->refs, 1, __ATOMIC_RELAXED);
@@ -187,15 +209,22 @@ size_t store_versions(store *s, const char *name, table_version ***out)
 static void on_loaded(store *s, table_version *tv)
 {
     tv->vr = vr_new(s, tv->table_id, tv->version);
-    if (tv->state == VS_ACTIVE)
-        store_resident_load(s, tv);
-    table_entry *e = entry_get(s, tv->name, tv->table_id);
-    if (e->nv == STORE_MAX_VERSIONS) {
-        log_error("too_many_versions", "table=%s version=%llu", tv->name, (unsigned long long)tv->version);
+    table_entry *e = tv->vr ? entry_get(s, tv->name, tv->table_id) : NULL;
+    if (!e) {
+        /* Start-up fails rather than go on without it: a version left out
+         * of the registry would have its rows deleted as orphans. */
+        log_error("table_load_failed", "table=%s version=%llu error=\"out of memory\"", tv->name,
+                  (unsigned long long)tv->version);
+        s->load_failed = 1;
         table_version_release(tv);
         return;
     }
+    if (tv->state == VS_ACTIVE)
+        store_resident_load(s, tv);
     entry_insert(e, tv);
+    if (e->nv == STORE_MAX_VERSIONS + 1)  /* once per table; written before the limit */
+        log_warn("too_many_versions", "table=%s max=%d: imports of it are refused until "
+                 "versions are dropped", tv->name, STORE_MAX_VERSIONS);
     log_info("table_loaded", "table=%s version=%llu state=%s rows=%llu local_rows=%llu row_bytes=%u resident=%d",
              tv->name, (unsigned long long)tv->version, state_name(tv->state),
              (unsigned long long)tv->rows, (unsigned long long)tv->local_rows, tv->row_bytes,
@@ -255,6 +284,11 @@ store *store_setup_placed(const store_options *o, store_metrics *metrics, store_
         store_teardown(s);
         return NULL;
     }
+    if (s->load_failed) {
+        *err = strdup("out of memory registering table versions");
+        store_teardown(s);
+        return NULL;
+    }
     collect_orphans(s);
     return s;
 }
@@ -266,6 +300,7 @@ void store_teardown(store *s)
     for (size_t i = 0; i < s->ntables; i++) {
         for (int j = 0; j < s->tables[i]->nv; j++)
             table_version_release(s->tables[i]->v[j]);
+        free(s->tables[i]->v);
         free(s->tables[i]);
     }
     free(s->tables);
@@ -290,6 +325,30 @@ void store_shard(const store *s, uint32_t *count, uint32_t *index)
 
 /* ---- claims --------------------------------------------------------------------- */
 
+/* Refuses one more version of e when the table would then hold more than
+ * STORE_MAX_VERSIONS. A staged version adds one; an activated one adds one
+ * and makes the active one retained, and enforce_keep then drops retained
+ * ones beyond keep_versions, so only staged versions can pile up (nothing
+ * drops them but DropVersion). Called with the lock held (read or write);
+ * e may be NULL (a new table). */
+static int check_room(const store *s, const table_entry *e, const char *name, int stage,
+                      char *msg, size_t msglen)
+{
+    int counts[4] = {0};
+    for (int i = 0; e && i < e->nv; i++)
+        counts[e->v[i]->state & 3]++;
+    int nv = e ? e->nv : 0, staged = counts[VS_STAGED];
+    int kept = nv - staged + 1;          /* active and retained, with the new one */
+    int after = stage ? nv + 1 : staged + (kept > (int)s->keep_versions ? (int)s->keep_versions : kept);
+    if (after <= STORE_MAX_VERSIONS)
+        return ES_OK;
+    snprintf(msg, msglen, "table \"%s\" holds %d versions (%d active, %d retained, %d staged), the most "
+             "a table can hold is %d; drop a version that is not active first (engramctl "
+             "drop-version --table %s --version V)", name, nv, counts[VS_ACTIVE],
+             counts[VS_RETAINED], staged, STORE_MAX_VERSIONS, name);
+    return ES_RESOURCE_EXHAUSTED;
+}
+
 static int claimed(store *s, const char *name)
 {
     for (size_t i = 0; i < s->nclaims; i++)
@@ -298,9 +357,11 @@ static int claimed(store *s, const char *name)
     return 0;
 }
 
-/* The id of the table and the newest live version (0: none). */
+/* The id of the table and the newest live version (0: none); *room is
+ * check_room's answer. */
 static int table_state(store *s, const char *name, uint32_t *id, uint64_t *newest,
-                       int *live_version, uint64_t want)
+                       int *live_version, uint64_t want, int stage, int *room,
+                       char *msg, size_t msglen)
 {
     pthread_rwlock_rdlock(&s->lock);
     table_entry *e = entry_find(s, name);
@@ -310,16 +371,20 @@ static int table_state(store *s, const char *name, uint32_t *id, uint64_t *newes
         *newest = e->nv ? e->v[e->nv - 1]->version : 0;
         *live_version = want && slot_of(e, want) >= 0;
     }
+    *room = check_room(s, e, name, stage, msg, msglen);
     pthread_rwlock_unlock(&s->lock);
     return found;
 }
 
-static int choose_version(store *s, const char *name, uint64_t want, uint32_t *id,
+static int choose_version(store *s, const char *name, uint64_t want, int stage, uint32_t *id,
                           uint64_t *version, char *msg, size_t msglen)
 {
     uint64_t newest = 0;
-    int live = 0;
-    if (!table_state(s, name, id, &newest, &live, want)) {
+    int live = 0, room;
+    int found = table_state(s, name, id, &newest, &live, want, stage, &room, msg, msglen);
+    if (room != ES_OK)
+        return room;             /* before a new id is spent */
+    if (!found) {
         /* A new table's id is persisted before any of its rows are written,
          * so two tables never share key space, even across a crash. */
         if (store_persist_next_id(s, s->next_id + 1, msg, msglen))
@@ -340,15 +405,15 @@ static int choose_version(store *s, const char *name, uint64_t want, uint32_t *i
     return ES_OK;
 }
 
-int store_import_claim(store *s, const char *name, uint64_t want, uint32_t *table_id,
-                       uint64_t *version, char *msg, size_t msglen)
+int store_import_claim(store *s, const char *name, uint64_t want, int stage,
+                       uint32_t *table_id, uint64_t *version, char *msg, size_t msglen)
 {
     pthread_mutex_lock(&s->claim_lock);
     int rc = ES_ABORTED;
     if (claimed(s, name))
         snprintf(msg, msglen, "an import of table \"%s\" is already running", name);
     else
-        rc = choose_version(s, name, want, table_id, version, msg, msglen);
+        rc = choose_version(s, name, want, stage, table_id, version, msg, msglen);
     if (rc == ES_OK) {
         s->claims = realloc(s->claims, (s->nclaims + 1) * sizeof *s->claims);
         s->claims[s->nclaims++] = strdup(name);
@@ -396,14 +461,22 @@ static void enforce_keep(store *s, const char *name)
 
 /* Swaps the registry's objects: `add` in (replacing the same version if
  * present), and the previous active one (if any, and not `add`'s version)
- * replaced by `retained`. Returns the objects taken out, to release after
- * unlocking. */
-static void registry_swap(store *s, table_version *add, table_version *retained,
-                          table_version **out1, table_version **out2)
+ * replaced by `retained`. Gives the objects taken out, to release after
+ * unlocking. A new version's room was made by reserve_slot, so this only
+ * fails (-1, nothing changed) if that was skipped and memory ran out. */
+static int registry_swap(store *s, table_version *add, table_version *retained,
+                         table_version **out1, table_version **out2)
 {
     *out1 = *out2 = NULL;
     pthread_rwlock_wrlock(&s->lock);
-    table_entry *e = entry_get(s, add->name, add->table_id);
+    table_entry *e = entry_find(s, add->name);
+    if (!e || slot_of(e, add->version) < 0)  /* a new version: needs a slot */
+        e = entry_get(s, add->name, add->table_id);
+    if (!e) {
+        pthread_rwlock_unlock(&s->lock);
+        table_version_release(retained);
+        return -1;
+    }
     int a = active_slot(e);
     if (retained && a >= 0 && e->v[a]->version != add->version) {
         *out1 = e->v[a];
@@ -420,6 +493,7 @@ static void registry_swap(store *s, table_version *add, table_version *retained,
     pthread_rwlock_unlock(&s->lock);
     if (retained)
         table_version_release(retained);
+    return 0;
 }
 
 /* Makes `tv` (a new object, ACTIVE) the active version on disk and in the
@@ -428,6 +502,12 @@ static int install_active(store *s, table_version *tv, char *msg, size_t msglen)
 {
     table_version *old = store_acquire(s, tv->name, 0);
     table_version *ret = old && old->version != tv->version ? tv_clone(old, VS_RETAINED) : NULL;
+    if (old && old->version != tv->version && !ret) {
+        snprintf(msg, msglen, "out of memory retaining version %llu of table \"%s\"",
+                 (unsigned long long)old->version, tv->name);
+        table_version_release(old);
+        return -1;
+    }
     table_version *put[2] = {tv, ret};
     int rc = store_write_meta(s, put, ret ? 2 : 1, NULL, msg, msglen);
     table_version_release(old);
@@ -436,11 +516,32 @@ static int install_active(store *s, table_version *tv, char *msg, size_t msglen)
         return -1;
     }
     table_version *o1, *o2;
-    registry_swap(s, tv, ret, &o1, &o2);
+    if (registry_swap(s, tv, ret, &o1, &o2)) {
+        snprintf(msg, msglen, "out of memory registering version %llu of table \"%s\"",
+                 (unsigned long long)tv->version, tv->name);
+        return -1;
+    }
     table_version_release(o1);
     table_version_release(o2);
     enforce_keep(s, tv->name);
     return 0;
+}
+
+/* Before anything of a new version is written: checks its room again (the
+ * claim did, but the registry is the last word) and makes the slot it will
+ * take, so registering it after the synced metadata write cannot fail.
+ * Called with change_lock held. */
+static int reserve_slot(store *s, const table_version *tv, int stage, char *msg, size_t msglen)
+{
+    pthread_rwlock_wrlock(&s->lock);
+    int rc = check_room(s, entry_find(s, tv->name), tv->name, stage, msg, msglen);
+    if (rc == ES_OK && !entry_get(s, tv->name, tv->table_id)) {
+        snprintf(msg, msglen, "out of memory registering version %llu of table \"%s\"",
+                 (unsigned long long)tv->version, tv->name);
+        rc = ES_RESOURCE_EXHAUSTED;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return rc;
 }
 
 /* Order matters for crash safety: rows are ingested first, then the
@@ -451,30 +552,47 @@ int store_commit_import(store *s, const table_version *proto, int stage, const c
                         size_t nfiles, char *msg, size_t msglen)
 {
     table_version *tv = malloc(sizeof *tv);
+    version_rows *vr = tv ? vr_new(s, proto->table_id, proto->version) : NULL;
+    if (!vr) {
+        free(tv);
+        snprintf(msg, msglen, "out of memory registering version %llu of table \"%s\"",
+                 (unsigned long long)proto->version, proto->name);
+        __atomic_add_fetch(&s->m->imports_failed, 1, __ATOMIC_RELAXED);
+        store_import_unclaim(s, proto->name);
+        return ES_RESOURCE_EXHAUSTED;
+    }
     *tv = *proto;
     tv->refs = 1;
     tv->s = s;
     tv->resident = NULL;
     tv->state = stage ? VS_STAGED : VS_ACTIVE;
     tv->created_unix_ms = store_unix_ms();
-    tv->vr = vr_new(s, tv->table_id, tv->version);
+    tv->vr = vr;
     pthread_mutex_lock(&s->change_lock);
-    int rc = nfiles ? store_ingest(s, files, nfiles, msg, msglen) : 0;
-    if (rc == 0 && !stage)
+    /* Refused here, the files are never ingested: nothing to delete. */
+    int rc = reserve_slot(s, tv, stage, msg, msglen), ingested = 0;
+    if (rc == ES_OK && nfiles) {
+        ingested = 1;
+        rc = store_ingest(s, files, nfiles, msg, msglen) ? ES_INTERNAL : ES_OK;
+    }
+    if (rc == ES_OK && !stage)
         store_resident_load(s, tv);
-    if (rc == 0 && stage) {
-        rc = store_write_meta(s, &tv, 1, NULL, msg, msglen);
-        if (rc == 0) {
-            table_version *o1, *o2;
-            registry_swap(s, tv, NULL, &o1, &o2);
+    if (rc == ES_OK && stage) {
+        rc = store_write_meta(s, &tv, 1, NULL, msg, msglen) ? ES_INTERNAL : ES_OK;
+        table_version *o1, *o2;
+        if (rc == ES_OK && registry_swap(s, tv, NULL, &o1, &o2)) {
+            snprintf(msg, msglen, "out of memory registering version %llu of table \"%s\"",
+                     (unsigned long long)tv->version, tv->name);
+            rc = ES_INTERNAL;
+        } else if (rc == ES_OK) {
             table_version_release(o1);
             table_version_release(o2);
         }
-    } else if (rc == 0) {
-        rc = install_active(s, tv, msg, msglen);
+    } else if (rc == ES_OK) {
+        rc = install_active(s, tv, msg, msglen) ? ES_INTERNAL : ES_OK;
     }
-    if (rc) {
-        __atomic_store_n(&tv->vr->drop, 1, __ATOMIC_RELEASE);
+    if (rc != ES_OK) {
+        __atomic_store_n(&tv->vr->drop, ingested, __ATOMIC_RELEASE);
         table_version_release(tv);
         __atomic_add_fetch(&s->m->imports_failed, 1, __ATOMIC_RELAXED);
     } else {
@@ -496,10 +614,16 @@ int store_activate(store *s, const char *name, uint64_t version, char *msg, size
         rc = ES_NOT_FOUND;
     } else if (cur->state != VS_ACTIVE) {
         table_version *tv = tv_clone(cur, VS_ACTIVE);
-        store_resident_load(s, tv);
-        if (install_active(s, tv, msg, msglen))
+        if (tv)
+            store_resident_load(s, tv);
+        if (!tv) {
+            snprintf(msg, msglen, "out of memory activating version %llu of table \"%s\"",
+                     (unsigned long long)version, name);
+            rc = ES_RESOURCE_EXHAUSTED;
+        } else if (install_active(s, tv, msg, msglen)) {
+            table_version_release(tv);   /* never registered; shares cur's rows */
             rc = ES_INTERNAL;
-        else
+        } else
             log_info("version_activated", "table=%s version=%llu", name, (unsigned long long)version);
     }
     table_version_release(cur);

@@ -18,11 +18,13 @@
 #include <grpc/grpc.h>
 #include <zlib.h>
 
+#include "admin.h"
 #include "engram/v1/engram.pb-c.h"
 #include "grpc_util.h"
 #include "lookup.h"
 #include "status.h"
 #include "store.h"
+#include "store_internal.h"
 #include "synthetic.h"
 
 static char dir[256];
@@ -42,20 +44,12 @@ static store *open_store(uint64_t budget)
     return open_store_hot(budget, 0);
 }
 
-/* Writes `rows` synthetic rows into SST files of at most 300 rows each and
- * activates them as the table's next version. */
-static uint64_t import_table(store *s, const char *name, uint64_t rows, uint32_t rb,
-                             uint64_t seed)
+/* Writes the rows of tv (synthetic, `seed`) into SST files of at most 300
+ * rows each, filling tv's checksum; returns the files (*nfiles of them). */
+static char **write_ssts(store *s, table_version *tv, uint64_t seed, size_t *nfiles_out)
 {
-    table_version tv = {0};
-    char msg[512];
-    snprintf(tv.name, sizeof tv.name, "%s", name);
-    snprintf(tv.dtype, sizeof tv.dtype, "u8");
-    tv.rows = rows;
-    tv.row_bytes = rb;
-    tv.dim = rb;
-    assert_int_equal(store_import_claim(s, name, 0, &tv.table_id, &tv.version, msg, sizeof msg), 0);
-    tv.local_rows = rows;
+    uint64_t rows = tv->rows;
+    uint32_t rb = tv->row_bytes;
     size_t nfiles = (rows + 299) / 300;
     char **files = calloc(nfiles, sizeof *files);
     uint8_t *row = malloc(rb);
@@ -69,9 +63,9 @@ static uint64_t import_table(store *s, const char *name, uint64_t rows, uint32_t
         assert_null(err);
         for (uint64_t r = f * 300; r < rows && r < (f + 1) * 300; r++) {
             uint8_t key[ROW_KEY_LEN];
-            store_row_key(key, tv.table_id, tv.version, r);
+            store_row_key(key, tv->table_id, tv->version, r);
             synthetic_row(seed, r, row, rb);
-            tv.checksum = (uint32_t)crc32_z(tv.checksum, row, rb);
+            tv->checksum = (uint32_t)crc32_z(tv->checksum, row, rb);
             rocksdb_sstfilewriter_put(w, (char *)key, sizeof key, (char *)row, rb, &err);
             assert_null(err);
         }
@@ -80,14 +74,46 @@ static uint64_t import_table(store *s, const char *name, uint64_t rows, uint32_t
         rocksdb_sstfilewriter_destroy(w);
     }
     rocksdb_envoptions_destroy(eo);
-    int rc = store_commit_import(s, &tv, 0, (const char *const *)files, nfiles, msg, sizeof msg);
-    if (rc != 0)
-        fail_msg("store_commit_import: %s", msg);
-    for (size_t f = 0; f < nfiles; f++)
+    free(row);
+    *nfiles_out = nfiles;
+    return files;
+}
+
+static void free_files(char **files, size_t n)
+{
+    for (size_t f = 0; f < n; f++)
         free(files[f]);
     free(files);
-    free(row);
+}
+
+/* Imports `rows` synthetic rows as the table's next version, activated or
+ * staged, the way import.c does: claim, SST files, commit. */
+static uint64_t import_version(store *s, const char *name, uint64_t rows, uint32_t rb,
+                               uint64_t seed, int stage)
+{
+    table_version tv = {0};
+    char msg[512];
+    snprintf(tv.name, sizeof tv.name, "%s", name);
+    snprintf(tv.dtype, sizeof tv.dtype, "u8");
+    tv.rows = rows;
+    tv.row_bytes = rb;
+    tv.dim = rb;
+    if (store_import_claim(s, name, 0, stage, &tv.table_id, &tv.version, msg, sizeof msg) != ES_OK)
+        fail_msg("store_import_claim: %s", msg);
+    tv.local_rows = rows;
+    size_t nfiles;
+    char **files = write_ssts(s, &tv, seed, &nfiles);
+    int rc = store_commit_import(s, &tv, stage, (const char *const *)files, nfiles, msg, sizeof msg);
+    if (rc != ES_OK)
+        fail_msg("store_commit_import: %s", msg);
+    free_files(files, nfiles);
     return tv.version;
+}
+
+static uint64_t import_table(store *s, const char *name, uint64_t rows, uint32_t rb,
+                             uint64_t seed)
+{
+    return import_version(s, name, rows, rb, seed, 0);
 }
 
 static void check_rows(store *s, const char *name, uint64_t seed, const uint64_t *rows, size_t n)
@@ -197,12 +223,12 @@ static void test_one_import_per_table(void **state)
     uint32_t id;
     uint64_t v;
     char msg[256];
-    assert_int_equal(store_import_claim(s, "t", 0, &id, &v, msg, sizeof msg), ES_OK);
+    assert_int_equal(store_import_claim(s, "t", 0, 0, &id, &v, msg, sizeof msg), ES_OK);
     assert_int_equal(v, 3);
-    assert_int_equal(store_import_claim(s, "t", 0, &id, &v, msg, sizeof msg), ES_ABORTED);
+    assert_int_equal(store_import_claim(s, "t", 0, 0, &id, &v, msg, sizeof msg), ES_ABORTED);
     assert_string_equal(msg, "an import of table \"t\" is already running");
     store_import_unclaim(s, "t");
-    assert_int_equal(store_import_claim(s, "t", 2, &id, &v, msg, sizeof msg), ES_ALREADY_EXISTS);
+    assert_int_equal(store_import_claim(s, "t", 2, 0, &id, &v, msg, sizeof msg), ES_ALREADY_EXISTS);
     assert_string_equal(msg, "version 2 of table \"t\" already exists on this server");
     /* v1 is retained (keep_versions 2); the active one cannot be dropped */
     assert_int_equal(store_drop(s, "t", 2, msg, sizeof msg), ES_FAILED_PRECONDITION);
@@ -210,6 +236,7 @@ static void test_one_import_per_table(void **state)
     int files = count_sst();
     assert_int_equal(store_drop(s, "t", 1, msg, sizeof msg), ES_OK);
     assert_null(store_acquire(s, "t", 1));
+    store_reclaim_wait(s);                       /* the reclaimer deletes them */
     /* the dropped version's ingested files are gone, not just tombstoned,
      * and the active version's rows are all still there */
     assert_true(count_sst() < files);
@@ -232,9 +259,9 @@ static void test_one_import_per_table(void **state)
     free(all);
     table_version_release(tv);
     assert_int_equal(store_drop(s, "t", 1, msg, sizeof msg), ES_NOT_FOUND);
-    assert_int_equal(store_import_claim(s, "t", 1, &id, &v, msg, sizeof msg), ES_FAILED_PRECONDITION);
+    assert_int_equal(store_import_claim(s, "t", 1, 0, &id, &v, msg, sizeof msg), ES_FAILED_PRECONDITION);
     assert_string_equal(msg, "version 1 of table \"t\" is not newer than version 2 on this server");
-    assert_int_equal(store_import_claim(s, "t", 7, &id, &v, msg, sizeof msg), ES_OK);
+    assert_int_equal(store_import_claim(s, "t", 7, 0, &id, &v, msg, sizeof msg), ES_OK);
     assert_int_equal(v, 7);
     store_import_unclaim(s, "t");
     store_teardown(s);
@@ -481,6 +508,190 @@ static void test_lookup_statuses(void **state)
     store_teardown(s);
 }
 
+static void check_version_rows(store *s, const char *name, uint64_t version, uint64_t seed)
+{
+    table_version *tv = store_acquire(s, name, version);
+    assert_non_null(tv);
+    uint64_t rows[] = {0, tv->local_rows / 2, tv->local_rows - 1};
+    uint8_t got[3 * 64], want[64];
+    char msg[256];
+    assert_true(tv->row_bytes <= 64);
+    assert_int_equal(store_read_rows(tv, rows, 3, got, msg, sizeof msg), 0);
+    for (int i = 0; i < 3; i++) {
+        synthetic_row(seed, rows[i], want, tv->row_bytes);
+        assert_memory_equal(got + i * tv->row_bytes, want, tv->row_bytes);
+    }
+    table_version_release(tv);
+}
+
+/* What a server without the version limit left behind: a staged version
+ * ingested and recorded past the limit (it then crashed registering it). */
+static void write_legacy_staged(store *s, const char *name, uint64_t version)
+{
+    table_version *cur = store_acquire(s, name, 0);
+    assert_non_null(cur);
+    table_version tv = *cur;
+    table_version_release(cur);
+    tv.version = version;
+    tv.state = VS_STAGED;
+    tv.checksum = 0;
+    tv.resident = NULL;
+    size_t nfiles;
+    char **files = write_ssts(s, &tv, version, &nfiles);
+    char msg[256];
+    if (store_ingest(s, (const char *const *)files, nfiles, msg, sizeof msg))
+        fail_msg("store_ingest: %s", msg);
+    table_version *put = &tv;
+    if (store_write_meta(s, &put, 1, NULL, msg, sizeof msg))
+        fail_msg("store_write_meta: %s", msg);
+    free_files(files, nfiles);
+}
+
+#define FULL_MSG(n, staged) "table \"many\" holds " #n " versions (1 active, 0 retained, " #staged \
+    " staged), the most a table can hold is 16; drop a version that is not active first " \
+    "(engramctl drop-version --table many --version V)"
+
+/* Issue 11, finding 1: staged versions are not bounded by keep_versions,
+ * and the 17th was written past the registry's 16 slots (SIGSEGV, and
+ * again after a restart). A version that does not fit is refused at the
+ * claim (before any row is written) and again at the commit (before
+ * anything is ingested); a directory that already holds more opens with
+ * every version, serves them, and takes imports again once versions are
+ * dropped. */
+static void test_version_limit(void **state)
+{
+    char saved[sizeof dir - 16];
+    snprintf(saved, sizeof saved, "%.200s", dir);
+    snprintf(dir, sizeof dir, "%s/limit", saved);
+    store *s = open_store(1 << 20);
+    assert_int_equal(import_version(s, "many", 50, 16, 1, 0), 1);
+    for (uint64_t v = 2; v <= STORE_MAX_VERSIONS; v++)
+        assert_int_equal(import_version(s, "many", 50, 16, v, 1), v);
+    uint32_t id;
+    uint64_t v;
+    char msg[512];
+    assert_int_equal(store_import_claim(s, "many", 0, 1, &id, &v, msg, sizeof msg),
+                     ES_RESOURCE_EXHAUSTED);
+    assert_string_equal(msg, FULL_MSG(16, 15));
+    /* Activated: the active one would be retained next to 15 staged. */
+    assert_int_equal(store_import_claim(s, "many", 0, 0, &id, &v, msg, sizeof msg),
+                     ES_RESOURCE_EXHAUSTED);
+    assert_string_equal(msg, FULL_MSG(16, 15));
+
+    /* The commit's own check: its files are never ingested. */
+    table_version tv = {0};
+    snprintf(tv.name, sizeof tv.name, "many");
+    snprintf(tv.dtype, sizeof tv.dtype, "u8");
+    tv.rows = tv.local_rows = 50;
+    tv.row_bytes = tv.dim = 16;
+    tv.table_id = id;
+    tv.version = 40;
+    size_t nfiles;
+    char **files = write_ssts(s, &tv, 40, &nfiles);
+    assert_int_equal(store_commit_import(s, &tv, 1, (const char *const *)files, nfiles, msg,
+                                         sizeof msg), ES_RESOURCE_EXHAUSTED);
+    assert_string_equal(msg, FULL_MSG(16, 15));
+    assert_int_equal(access(files[0], F_OK), 0);
+    unlink(files[0]);
+    free_files(files, nfiles);
+    assert_null(store_acquire(s, "many", 40));
+
+    /* An activated import fits when a retained version makes way. */
+    assert_int_equal(store_drop(s, "many", 2, msg, sizeof msg), ES_OK);
+    assert_int_equal(store_activate(s, "many", 3, msg, sizeof msg), ES_OK);  /* 1 retained */
+    assert_int_equal(import_version(s, "many", 50, 16, 17, 0), 17);  /* v1 dropped by keep */
+    assert_null(store_acquire(s, "many", 1));
+
+    /* A directory that holds more than the limit. */
+    write_legacy_staged(s, "many", 30);
+    write_legacy_staged(s, "many", 31);
+    store_teardown(s);
+    s = open_store(1 << 20);
+    table_version **vs;
+    size_t n = store_versions(s, "many", &vs);
+    assert_int_equal(n, 17);
+    assert_int_equal(vs[15]->version, 30);
+    assert_int_equal(vs[16]->version, 31);
+    for (size_t i = 0; i < n; i++)
+        table_version_release(vs[i]);
+    free(vs);
+    check_version_rows(s, "many", 0, 17);
+    check_version_rows(s, "many", 31, 31);
+    check_version_rows(s, "many", 5, 5);
+    table_version *act = store_acquire(s, "many", 0);
+    table_info_buf b;
+    assert_int_equal(table_info_fill(&b, s, act), 0);
+    assert_int_equal(b.ti.n_versions, 17);
+    assert_int_equal(b.ti.versions[16]->version, 31);
+    table_info_release(&b);
+    table_version_release(act);
+    assert_int_equal(store_import_claim(s, "many", 0, 1, &id, &v, msg, sizeof msg),
+                     ES_RESOURCE_EXHAUSTED);
+    /* 17 active, 3 retained, 4..16, 30 and 31 staged */
+    assert_string_equal(msg, "table \"many\" holds 17 versions (1 active, 1 retained, 15 staged), "
+                        "the most a table can hold is 16; drop a version that is not active first "
+                        "(engramctl drop-version --table many --version V)");
+    assert_int_equal(store_drop(s, "many", 30, msg, sizeof msg), ES_OK);
+    assert_int_equal(store_import_claim(s, "many", 0, 1, &id, &v, msg, sizeof msg),
+                     ES_RESOURCE_EXHAUSTED);
+    assert_string_equal(msg, "table \"many\" holds 16 versions (1 active, 1 retained, 14 staged), "
+                        "the most a table can hold is 16; drop a version that is not active first "
+                        "(engramctl drop-version --table many --version V)");
+    assert_int_equal(store_drop(s, "many", 4, msg, sizeof msg), ES_OK);
+    assert_int_equal(import_version(s, "many", 50, 16, 32, 1), 32);
+    check_version_rows(s, "many", 32, 32);
+    check_version_rows(s, "many", 31, 31);
+    store_teardown(s);
+    snprintf(dir, sizeof dir, "%s", saved);
+}
+
+/* Whether RocksDB holds local row `row` of (id, version), read directly. */
+static int row_on_disk(store *s, uint32_t id, uint64_t version, uint64_t row)
+{
+    uint8_t key[ROW_KEY_LEN];
+    store_row_key(key, id, version, row);
+    size_t len;
+    char *err = NULL;
+    char *v = rocksdb_get_cf(s->db, s->ropts, s->cf[CF_ROWS], (char *)key, sizeof key, &len, &err);
+    assert_null(err);
+    free(v);
+    return v != NULL;
+}
+
+/* Issue 11, finding 10: a dropped version's rows were deleted (a range
+ * delete, file deletions, a synced write) on the thread that let go of it
+ * last, often a Lookup's. The reclaimer does it now: with the reclaimer
+ * held busy, the last release returns and the rows are still on disk; once
+ * it may run they are gone, and the active version is untouched. */
+static void test_drop_reclaimed_off_the_releasing_thread(void **state)
+{
+    char saved[sizeof dir - 16];
+    snprintf(saved, sizeof saved, "%.200s", dir);
+    snprintf(dir, sizeof dir, "%s/reclaim", saved);
+    store *s = open_store(0);
+    assert_int_equal(import_table(s, "r", 600, 32, 1), 1);
+    assert_int_equal(import_table(s, "r", 600, 32, 2), 2);
+    table_version *old = store_acquire(s, "r", 1);   /* a reader of v1 */
+    assert_non_null(old);
+    uint32_t id = old->table_id;
+    char msg[256];
+    pthread_mutex_lock(&s->reclaim_busy);
+    assert_int_equal(store_drop(s, "r", 1, msg, sizeof msg), ES_OK);
+    assert_true(row_on_disk(s, id, 1, 599));          /* still read by `old` */
+    table_version_release(old);                        /* the last reference */
+    /* The release queued the work: nothing was deleted on this thread. */
+    assert_true(row_on_disk(s, id, 1, 0));
+    assert_true(row_on_disk(s, id, 1, 599));
+    pthread_mutex_unlock(&s->reclaim_busy);
+    store_reclaim_wait(s);
+    assert_false(row_on_disk(s, id, 1, 0));
+    assert_false(row_on_disk(s, id, 1, 599));
+    const uint64_t rows[] = {0, 300, 599};
+    check_rows(s, "r", 2, rows, 3);
+    store_teardown(s);
+    snprintf(dir, sizeof dir, "%s", saved);
+}
+
 int main(void)
 {
     grpc_init();
@@ -494,6 +705,8 @@ int main(void)
         cmocka_unit_test(test_hot_tier),
         cmocka_unit_test(test_cold_duplicates),
         cmocka_unit_test(test_placement),
+        cmocka_unit_test(test_version_limit),
+        cmocka_unit_test(test_drop_reclaimed_off_the_releasing_thread),
     };
     int rc = cmocka_run_group_tests(tests, setup_dir, remove_dir);
     grpc_shutdown();
