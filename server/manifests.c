@@ -131,8 +131,8 @@ static int put_parsed(engram_manifest *m, const char *json, grpc_byte_buffer **r
     int code = ES_OK;
     if (fill_info(&info, m, &doc, ids, tables, missing, msg, msglen))
         code = ES_FAILED_PRECONDITION;
-    else if (store_new_version(m, &doc, msg, msglen))
-        code = ES_INTERNAL;
+    else
+        code = store_new_version(m, &doc, msg, msglen);
     pthread_mutex_unlock(&put_lock);
     if (code != ES_OK)
         return code;

@@ -57,6 +57,7 @@ struct store {
 
     char *dir;
     char *tmp_dir;
+    int64_t disk_reserve;        /* store_options.disk_reserve_bytes */
 
     /* The hot-row tier, created at the first RocksDB read with that read's
      * row size; tables of another row size bypass it. */
