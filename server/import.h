@@ -5,7 +5,10 @@
  * trailer, if the client sent one, states their XXH3), the files are
  * ingested into RocksDB and the table's new version is activated
  * atomically (store_activate). Any error, cancellation or short stream
- * deletes the files and changes nothing. */
+ * deletes the files and changes nothing. Streams are bounded: at most
+ * max_imports at once, each cancelled after idle_ms without a message or at
+ * its deadline (a reaper thread), each within the free disk space above
+ * the data dir's reserve. */
 #ifndef ENGRAM_SERVER_IMPORT_H
 #define ENGRAM_SERVER_IMPORT_H
 
@@ -17,8 +20,14 @@ typedef struct import_options {
     uint32_t max_row_bytes;
     uint64_t sst_file_bytes;     /* roll to a new SST file past this size */
     /* Largest import this server takes (its rows x row bytes); 0: no
-     * limit. Checked on the header, before anything is written. */
+     * limit but the disk's. Checked on the header, before anything is
+     * written, as is free space: an import must fit above the data dir's
+     * reserve (store_disk_check), less what running imports may write. */
     uint64_t max_import_bytes;
+    /* A stream waiting longer than this for its next message is cancelled
+     * (DEADLINE_EXCEEDED), as is one past its deadline; 0: never idle. */
+    int64_t idle_ms;
+    uint32_t max_imports;        /* streams at once; 0: no limit */
 } import_options;
 
 typedef struct import_metrics {

@@ -74,6 +74,9 @@ typedef struct options {
     security_options sec;
     const char *metrics_listen;
     int64_t reload_check_ms;
+    int64_t import_idle_ms;
+    uint64_t max_imports;
+    int64_t disk_reserve;        /* < 0: max(64M, 1% of the filesystem) */
 } options;
 
 /* Long-only options of the security module: values past any letter. */
@@ -87,6 +90,8 @@ enum { OPT_MAX_REPLY_BYTES = 420, OPT_MAX_REPLY_BYTES_PER_CONN, OPT_KEEPALIVE_MS
        OPT_KEEPALIVE_TIMEOUT_MS, OPT_CONN_IDLE_MS };
 /* The admin plane's document bound. */
 enum { OPT_MAX_MANIFEST_BYTES = 440 };
+/* Import streams and the disk, numbered clear of the others. */
+enum { OPT_IMPORT_IDLE_MS = 460, OPT_MAX_IMPORTS, OPT_DISK_RESERVE_BYTES };
 
 static void usage(FILE *f)
 {
@@ -140,8 +145,15 @@ static void usage(FILE *f)
 "                           so pins its replies), default 20000\n"
 "  --conn-idle-ms MS        close connections with no call for MS,\n"
 "                           default 3600000 (clients reconnect by themselves)\n"
-"  --max-import-bytes B     largest import (rows x row bytes), default 0\n"
 "  --max-manifest-bytes B   largest manifest document (PutManifest), default 8M\n"
+"  --max-import-bytes B     largest import (rows x row bytes), default 0: as\n"
+"                           the disk allows (free space above the reserve)\n"
+"  --max-imports N          import streams at once, default 4\n"
+"  --import-idle-ms MS      cancel an import stream that sends nothing for MS,\n"
+"                           default 30000\n"
+"  --disk-reserve-bytes B   free space kept on the data dir's filesystem:\n"
+"                           imports and metadata writes stop short of it,\n"
+"                           default max(64M, 1%% of the filesystem)\n"
 "  --default-deadline-ms N  deadline of calls that arrive without one, default 0\n"
 "  --metrics-listen HOST:PORT\n"
 "                           serve Prometheus metrics at http://HOST:PORT/metrics\n"
@@ -214,6 +226,9 @@ static void defaults(options *o)
     o->keepalive_timeout_ms = 20000;
     o->conn_idle_ms = 3600000;
     o->max_manifest_bytes = 8ull << 20;
+    o->import_idle_ms = 30000;
+    o->max_imports = 4;
+    o->disk_reserve = -1;
 }
 
 static void parse_args(int argc, char **argv, options *o)
@@ -239,6 +254,8 @@ static void parse_args(int argc, char **argv, options *o)
         {"keepalive-ms", 1, 0, OPT_KEEPALIVE_MS}, {"conn-idle-ms", 1, 0, OPT_CONN_IDLE_MS},
         {"keepalive-timeout-ms", 1, 0, OPT_KEEPALIVE_TIMEOUT_MS},
         {"max-manifest-bytes", 1, 0, OPT_MAX_MANIFEST_BYTES},
+        {"import-idle-ms", 1, 0, OPT_IMPORT_IDLE_MS}, {"max-imports", 1, 0, OPT_MAX_IMPORTS},
+        {"disk-reserve-bytes", 1, 0, OPT_DISK_RESERVE_BYTES},
         {0, 0, 0, 0}};
     defaults(o);
     int ch;
@@ -315,6 +332,15 @@ static void parse_args(int argc, char **argv, options *o)
         case OPT_DEFAULT_DEADLINE_MS:
             if (parse_u64(optarg, &v, 0) || v > INT32_MAX) bad_value(name, optarg);
             o->sec.default_deadline_ms = (int64_t)v; break;
+        case OPT_IMPORT_IDLE_MS:
+            if (parse_u64(optarg, &v, 0) || v > INT32_MAX) bad_value(name, optarg);
+            o->import_idle_ms = (int64_t)v; break;
+        case OPT_MAX_IMPORTS:
+            if (parse_u64(optarg, &o->max_imports, 0) || o->max_imports > 100000) bad_value(name, optarg);
+            break;
+        case OPT_DISK_RESERVE_BYTES:
+            if (parse_u64(optarg, &v, 1) || v > INT64_MAX) bad_value(name, optarg);
+            o->disk_reserve = (int64_t)v; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -434,7 +460,7 @@ int main(int argc, char **argv)
     char *err = NULL;
     store_options so = {o.data, o.resident_budget, o.block_cache, cl->shards,
                         o.shard < 0 ? 0 : (uint32_t)o.shard, (uint32_t)o.keep_versions,
-                        o.hot_cache};
+                        o.hot_cache, o.disk_reserve};
     store_placement held;
     store *st = store_setup_placed(&so, &sm, &held, &err);
     if (!st) {
@@ -458,7 +484,8 @@ int main(int argc, char **argv)
     admin_setup(st, cluster_json);
     manifests_setup(st, o.max_manifest_bytes);
     import_options io = {(uint32_t)(o.max_message / 2 < (1u << 20) ? o.max_message / 2 : (1u << 20)),
-                         256ull << 20, o.max_import_bytes};
+                         256ull << 20, o.max_import_bytes, o.import_idle_ms,
+                         (uint32_t)o.max_imports};
     import_setup(st, &io, &im);
     health_setup();
     drain_setup(&lm);            /* after security_setup: auth refuses first */

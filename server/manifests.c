@@ -238,7 +238,7 @@ static int store_new_version(engram_manifest *m, Engram__V1__Manifest *doc,
     uint8_t *buf = malloc(len);
     if (!buf) {
         snprintf(msg, msglen, "out of memory storing manifest \"%s\" (%zu bytes)", m->name, len);
-        return -1;
+        return ES_RESOURCE_EXHAUSTED;
     }
     engram__v1__manifest__pack(doc, buf);
     int rc = store_doc_put(MS, STORE_DOC_MANIFEST, m->name, buf, len, msg, msglen);
@@ -264,8 +264,8 @@ static int put_parsed(engram_manifest *m, const char *json, grpc_byte_buffer **r
     int code = ES_OK;
     if (fill_info(&info, m, &doc, ids, tables, missing, msg, msglen))
         code = ES_FAILED_PRECONDITION;
-    else if (store_new_version(m, &doc, msg, msglen))
-        code = ES_INTERNAL;
+    else
+        code = store_new_version(m, &doc, msg, msglen);
     if (code == ES_OK) {         /* under put_lock: summaries follow puts in order */
         summary_from(sm, m->name, m, doc.version, doc.updated_unix_ms);
         if (summary_put(sm))

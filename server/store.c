@@ -1,8 +1,9 @@
 /* store.c: the RocksDB side of the table store: options, keys, version
  * metadata, row reads (resident arrays or MultiGet), documents, SST ingest,
  * resident loads, orphan collection and the reclaimer thread that deletes
- * dropped versions' rows. The registry and the version life cycle built on
- * these are in tables.c; store.h has the layout. Allocation failures are
+ * dropped versions' rows. Free space is checked (disk.c) before a document
+ * write and a row deletion. The registry and the version life cycle built
+ * on these are in tables.c; store.h has the layout. Allocation failures are
  * answered (an error naming what ran out), never dereferenced. */
 #include "store_internal.h"
 #include "store_tuning.h"
@@ -391,6 +392,7 @@ static void *reclaimer_main(void *arg);
 int store_open_db(store *s, const store_options *o, store_placement *held, char **err)
 {
     s->dir = strdup(o->dir);
+    s->disk_reserve = o->disk_reserve_bytes;
     size_t tl = strlen(o->dir) + 16;
     s->tmp_dir = malloc(tl);
     if (!s->dir || !s->tmp_dir) {
@@ -512,6 +514,13 @@ int store_persist_next_id(store *s, uint32_t next, char *msg, size_t msglen)
  * soak with a re-import a minute grew each server by ~2.6 MB per import. */
 static void delete_rows_range(store *s, const uint8_t *from, const uint8_t *to, char **err)
 {
+    /* The tombstone is a synced WAL write: not on a nearly full disk (see
+     * disk.c). The rows stay as orphans, which start-up deletes. */
+    char msg[600];
+    if (store_disk_check(s, 1, "deleting rows of a dropped version", msg, sizeof msg) != ES_OK) {
+        *err = strdup(msg);
+        return;
+    }
     rocksdb_delete_range_cf(s->db, s->wopts_sync, s->cf[CF_ROWS], (const char *)from,
                             ROW_KEY_LEN, (const char *)to, ROW_KEY_LEN, err);
     if (*err)
@@ -886,16 +895,20 @@ static size_t doc_key(char *key, char kind, const char *name)
 int store_doc_put(store *s, char kind, const char *name, const void *val, size_t len,
                   char *msg, size_t msglen)
 {
-    char key[TABLE_NAME_MAX + 2];
+    char key[TABLE_NAME_MAX + 2], what[200];
+    snprintf(what, sizeof what, "cannot store %s \"%s\"", kind == STORE_DOC_MANIFEST ? "manifest" : "document", name);
+    int code = store_disk_check(s, 0, what, msg, msglen);
+    if (code != ES_OK)
+        return code;
     size_t kl = doc_key(key, kind, name);
     char *rerr = NULL;
     rocksdb_put_cf(s->db, s->wopts_sync, s->cf[CF_META], key, kl, val, len, &rerr);
     if (rerr) {
         snprintf(msg, msglen, "writing document \"%s\" failed: %s", name, rerr);
         free(rerr);
-        return -1;
+        return ES_INTERNAL;
     }
-    return 0;
+    return ES_OK;
 }
 
 char *store_doc_get(store *s, char kind, const char *name, size_t *len)
@@ -965,4 +978,9 @@ const rocksdb_options_t *store_rows_options(store *s)
 const char *store_tmp_dir(store *s)
 {
     return s->tmp_dir;
+}
+
+const char *store_data_dir(store *s)
+{
+    return s->dir;
 }

@@ -83,6 +83,9 @@ typedef struct store_options {
     uint32_t shard_index;
     uint32_t keep_versions;      /* non-staged versions kept per table (>= 2) */
     uint64_t hot_cache_bytes;    /* hot-row tier for RocksDB-served tables; 0: off */
+    /* Free space kept on the data directory's filesystem (disk.c); below
+     * 0: max(64 MiB, 1% of the filesystem). */
+    int64_t disk_reserve_bytes;
 } store_options;
 
 typedef struct store_metrics {
@@ -182,7 +185,8 @@ void store_hot_stats_read(store *s, store_hot_stats *out);
 /* ---- documents ---------------------------------------------------------- */
 
 /* Small named documents kept in the metadata family under a one-byte kind
- * ('M': manifests), written synced. get returns a malloc'd copy or NULL;
+ * ('M': manifests), written synced: put returns ES_OK or a status with msg
+ * (ES_RESOURCE_EXHAUSTED: free space under the reserve). get returns a malloc'd copy or NULL;
  * list returns malloc'd names (sorted) the caller frees. */
 #define STORE_DOC_MANIFEST 'M'
 int store_doc_put(store *s, char kind, const char *name, const void *val, size_t len,
@@ -208,7 +212,8 @@ void store_import_unclaim(store *s, const char *name);
  * (filled by the caller: name, id, version, geometry, checksum) as STAGED,
  * or as ACTIVE unless `stage`; ends the claim. Returns ES_OK, or a status
  * with msg (ES_RESOURCE_EXHAUSTED: the version does not fit, checked again
- * before anything is ingested; ES_INTERNAL: a storage failure), in which
+ * before anything is ingested, or free space is under the reserve, checked
+ * before anything is written; ES_INTERNAL: a storage failure), in which
  * case nothing changed for readers. */
 int store_commit_import(store *s, const table_version *tv_new, int stage,
                         const char *const *sst_files, size_t nfiles,
@@ -220,6 +225,19 @@ int store_commit_import(store *s, const table_version *tv_new, int stage,
 int store_activate(store *s, const char *name, uint64_t version, char *msg, size_t msglen);
 /* Drops a version that is not active. Returns ES_OK or a status with msg. */
 int store_drop(store *s, const char *name, uint64_t version, char *msg, size_t msglen);
+
+/* ---- disk space (disk.c) ------------------------------------------------ */
+
+/* Free bytes on the data directory's filesystem (statvfs f_bavail) and the
+ * reserve kept free there. */
+void store_disk_read(store *s, uint64_t *free_bytes, uint64_t *reserve);
+/* ES_OK when free space is at least the reserve (half of it with `half`:
+ * for a drop, which frees space), else ES_RESOURCE_EXHAUSTED with msg:
+ * "<what>: data dir D has F bytes free, under its reserve of R bytes
+ * (--disk-reserve-bytes); free space and retry". */
+int store_disk_check(store *s, int half, const char *what, char *msg, size_t msglen);
+/* The data directory, as given. */
+const char *store_data_dir(store *s);
 
 /* Options SstFileWriter must be created with (those of the rows family). */
 const rocksdb_options_t *store_rows_options(store *s);

@@ -62,6 +62,7 @@ struct store {
 
     char *dir;
     char *tmp_dir;
+    int64_t disk_reserve;        /* store_options.disk_reserve_bytes */
 
     /* The reclaimer (store.c): deletes dropped versions' rows on its own
      * thread, so the thread that lets go of a version last (a Lookup,

@@ -1,6 +1,7 @@
 /* tables.c: the registry of tables and the version life cycle (see
  * store.h): acquire/release, listing, import claims, commit of an import,
- * activation and drop, and bringing everything back at start-up.
+ * activation and drop, and bringing everything back at start-up. Each
+ * change that writes metadata checks free space first (disk.c).
  *
  * The registry is a small array under a rwlock: tables are few (a model has
  * a handful), lookups take the read lock only long enough to bump a
@@ -387,6 +388,11 @@ static int choose_version(store *s, const char *name, uint64_t want, int stage, 
     if (!found) {
         /* A new table's id is persisted before any of its rows are written,
          * so two tables never share key space, even across a crash. */
+        char what[200];
+        snprintf(what, sizeof what, "cannot create table \"%s\"", name);
+        int code = store_disk_check(s, 0, what, msg, msglen);
+        if (code != ES_OK)
+            return code;
         if (store_persist_next_id(s, s->next_id + 1, msg, msglen))
             return ES_INTERNAL;
         *id = s->next_id++;
@@ -415,8 +421,16 @@ int store_import_claim(store *s, const char *name, uint64_t want, int stage,
     else
         rc = choose_version(s, name, want, stage, table_id, version, msg, msglen);
     if (rc == ES_OK) {
-        s->claims = realloc(s->claims, (s->nclaims + 1) * sizeof *s->claims);
-        s->claims[s->nclaims++] = strdup(name);
+        char **v = realloc(s->claims, (s->nclaims + 1) * sizeof *s->claims);
+        char *copy = v ? strdup(name) : NULL;
+        if (v)
+            s->claims = v;
+        if (copy) {
+            s->claims[s->nclaims++] = copy;
+        } else {
+            snprintf(msg, msglen, "out of memory claiming an import of table \"%s\"", name);
+            rc = ES_RESOURCE_EXHAUSTED;
+        }
     }
     pthread_mutex_unlock(&s->claim_lock);
     return rc;
@@ -569,8 +583,14 @@ int store_commit_import(store *s, const table_version *proto, int stage, const c
     tv->created_unix_ms = store_unix_ms();
     tv->vr = vr;
     pthread_mutex_lock(&s->change_lock);
-    /* Refused here, the files are never ingested: nothing to delete. */
+    /* Refused here, the files are never ingested: nothing to delete. An
+     * ingest edits the MANIFEST and the metadata goes through the WAL, so
+     * free space is checked before either. */
+    char what[200];
+    snprintf(what, sizeof what, "import of table \"%s\" cannot be ingested", tv->name);
     int rc = reserve_slot(s, tv, stage, msg, msglen), ingested = 0;
+    if (rc == ES_OK)
+        rc = store_disk_check(s, 0, what, msg, msglen);
     if (rc == ES_OK && nfiles) {
         ingested = 1;
         rc = store_ingest(s, files, nfiles, msg, msglen) ? ES_INTERNAL : ES_OK;
@@ -613,6 +633,12 @@ int store_activate(store *s, const char *name, uint64_t version, char *msg, size
                  (unsigned long long)version);
         rc = ES_NOT_FOUND;
     } else if (cur->state != VS_ACTIVE) {
+        char what[200];
+        snprintf(what, sizeof what, "cannot activate version %llu of table \"%s\"",
+                 (unsigned long long)version, name);
+        rc = store_disk_check(s, 0, what, msg, msglen);
+    }
+    if (rc == ES_OK && cur->state != VS_ACTIVE) {
         table_version *tv = tv_clone(cur, VS_ACTIVE);
         if (tv)
             store_resident_load(s, tv);
@@ -631,7 +657,9 @@ int store_activate(store *s, const char *name, uint64_t version, char *msg, size
     return rc;
 }
 
-/* Called with change_lock held. */
+/* Called with change_lock held. A drop frees space, so it is let through
+ * down to half the reserve: an operator whose disk filled up can still
+ * drop versions to make room. */
 int store_drop_locked(store *s, const char *name, uint64_t version, char *msg, size_t msglen)
 {
     table_version *tv = store_acquire(s, name, version);
@@ -641,10 +669,15 @@ int store_drop_locked(store *s, const char *name, uint64_t version, char *msg, s
         return ES_NOT_FOUND;
     }
     int rc = ES_OK;
+    char what[200];
+    snprintf(what, sizeof what, "cannot drop version %llu of table \"%s\"",
+             (unsigned long long)version, name);
     if (tv->state == VS_ACTIVE) {
         snprintf(msg, msglen, "version %llu of table \"%s\" is active; activate another version first",
                  (unsigned long long)version, name);
         rc = ES_FAILED_PRECONDITION;
+    } else if ((rc = store_disk_check(s, 1, what, msg, msglen)) != ES_OK) {
+        /* msg says why */
     } else if (store_write_meta(s, NULL, 0, tv, msg, msglen)) {
         rc = ES_INTERNAL;
     } else {

@@ -14,7 +14,9 @@ not a client library's checks. The rows are listed in tests/README.md.
 usage: abuse_test.py --server-bin PATH --pydir DIR [unittest args]
 """
 import argparse
+import errno
 import os
+import re
 import shutil
 import signal
 import socket
@@ -450,7 +452,404 @@ class ManifestCostTest(AbuseBase):
 
 
 
+def statvfs_free(path):
+    v = os.statvfs(path)
+    return v.f_bavail * v.f_frsize
+
+
+def import_header(table, rows, row_bytes=64, **kw):
+    return pb.ImportRequest(header=pb.ImportHeader(
+        table=table, rows=rows, dim=row_bytes, dtype="u8", **kw)).SerializeToString()
+
+
+def import_chunk(start, data):
+    return pb.ImportRequest(chunk=pb.ImportChunk(start_row=start, data=data)).SerializeToString()
+
+
+def version_req(table, version):
+    return pb.VersionRequest(table=table, version=version).SerializeToString()
+
+
+TINY_MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                             "..", "..", "deploy", "examples", "tiny-model.json")
+
+
+class DiskFullTest(AbuseBase):
+    """The data dir on a 256 MiB tmpfs mounted by the test, the server
+    with its default reserve: max(64 MiB, 1% of 256 MiB) = 64 MiB. Files
+    beside the data dir fill the filesystem (to 0 bytes free, or to a
+    chosen free space) and are removed after each test."""
+    MOUNT = "256m"
+    RESERVE = 64 << 20
+    ROWS_PER_CHUNK = 16384
+
+    @classmethod
+    def setUpClass(cls):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("disk-full probes mount a tmpfs: run as root")
+        cls.tmp = tempfile.mkdtemp(prefix="engram-abuse-")
+        cls.mnt = os.path.join(cls.tmp, "mnt")
+        os.mkdir(cls.mnt)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + cls.MOUNT, "tmpfs", cls.mnt],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            raise unittest.SkipTest("cannot mount a tmpfs for the disk-full probes: %s"
+                                    % r.stdout.decode(errors="replace").strip())
+        try:
+            cls.srv = Server(os.path.join(cls.mnt, "data")).start()
+            code, details, _ = cls.srv.import_rows("t", cls.ROWS, cls.SEED, cls.ROW_BYTES)
+            if code != OK:
+                raise RuntimeError("import of t: %s %s" % (code, details))
+        except BaseException:
+            if getattr(cls, "srv", None):
+                cls.srv.cleanup()
+            cls.unmount()
+            raise
+
+    @classmethod
+    def unmount(cls):
+        r = subprocess.run(["umount", cls.mnt])
+        if r.returncode != 0:
+            subprocess.run(["umount", "-l", cls.mnt])
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.unmount()
+
+    def tearDown(self):
+        for name in os.listdir(self.mnt):
+            if name.startswith("filler"):
+                os.unlink(os.path.join(self.mnt, name))
+
+    def free(self):
+        return statvfs_free(self.mnt)
+
+    def fill(self, name, leave=0):
+        """Writes filler until `leave` bytes are free (0: until ENOSPC)."""
+        fd = os.open(os.path.join(self.mnt, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            block = b"\0" * (1 << 20)
+            while True:
+                free = self.free()
+                if free <= leave or (leave == 0 and free == 0):
+                    break
+                n = min(len(block), free - leave) if leave else len(block)
+                try:
+                    os.write(fd, block[:n])
+                except OSError as e:
+                    if e.errno == errno.ENOSPC:
+                        break
+                    raise
+        finally:
+            os.close(fd)
+
+    def tmp_entries(self):
+        return os.listdir(os.path.join(self.srv.data, "import-tmp"))
+
+    def assert_disk_refusal(self, code, details, what, half=False):
+        """RESOURCE_EXHAUSTED naming the free bytes, the reserve and the data dir."""
+        self.assertEqual(code, RE, details)
+        m = re.fullmatch(re.escape(what) + r": data dir (.+) has (\d+) bytes free, .*", details)
+        self.assertTrue(m, details)
+        free = int(m.group(2))
+        if half:
+            want = ("%s: data dir %s has %d bytes free, under %d bytes, half its reserve of %d "
+                    "bytes (--disk-reserve-bytes); free space and retry"
+                    % (what, self.srv.data, free, self.RESERVE // 2, self.RESERVE))
+        else:
+            want = ("%s: data dir %s has %d bytes free, under its reserve of %d bytes "
+                    "(--disk-reserve-bytes); free space and retry"
+                    % (what, self.srv.data, free, self.RESERVE))
+        self.assertEqual(details, want)
+
+    def test_full_disk_refuses_metadata_writes_and_recovers(self):
+        """Finding 4: ActivateVersion, PutManifest, DropVersion and Import on
+        a full data dir are RESOURCE_EXHAUSTED (they aborted in RocksDB, or
+        left it failing every write until a restart); once space is freed
+        they work again."""
+        srv = self.srv
+        for v in (2, 3, 4):
+            code, details, _ = srv.import_rows("t", self.ROWS, self.SEED, stage=True)
+            self.assertEqual(code, OK, details)
+        with open(TINY_MANIFEST) as f:
+            manifest = pb.PutManifestRequest(json=f.read()).SerializeToString()
+
+        # 48 MiB free: under the reserve, over half of it.
+        self.fill("filler-a", leave=48 << 20)
+        code, details, _ = srv.unary(A + "ActivateVersion", version_req("t", 2))
+        self.assert_disk_refusal(code, details, 'cannot activate version 2 of table "t"')
+        code, details, _ = srv.unary(A + "DropVersion", version_req("t", 4))
+        self.assertEqual(code, OK, "a drop frees space: allowed down to half the reserve: " + details)
+
+        # Full.
+        self.fill("filler-b")
+        self.assertLess(self.free(), 1 << 20)
+        code, details, _ = srv.unary(A + "PutManifest", manifest)
+        self.assert_disk_refusal(code, details, 'cannot store manifest "tiny"')
+        code, details, _ = srv.unary(A + "ActivateVersion", version_req("t", 2))
+        self.assert_disk_refusal(code, details, 'cannot activate version 2 of table "t"')
+        code, details, _ = srv.unary(A + "DropVersion", version_req("t", 3))
+        self.assert_disk_refusal(code, details, 'cannot drop version 3 of table "t"', half=True)
+        code, details, _ = srv.import_rows("u", 1000, 5)
+        self.assertEqual(code, RE, details)
+        m = re.fullmatch(r'import of table "u" needs about 84000 bytes on disk \(1000 rows of 64 bytes '
+                         r'plus 20-byte keys\); 0 bytes are available: data dir (.+) has (\d+) bytes '
+                         r'free, less its reserve of (\d+) bytes \(--disk-reserve-bytes\)', details)
+        self.assertTrue(m, details)
+        self.assertEqual((m.group(1), int(m.group(3))), (srv.data, self.RESERVE))
+        self.assertLess(int(m.group(2)), self.RESERVE)
+        self.assert_alive_and_intact()
+        self.assertEqual(self.table_info_version("t"), 1)
+        self.assertEqual(self.tmp_entries(), [])
+
+        # Space back: everything works again, in the same process.
+        self.tearDown()
+        code, details, reply = srv.unary(A + "ActivateVersion", version_req("t", 2))
+        self.assertEqual(code, OK, details)
+        self.assertEqual(pb.TableInfo.FromString(reply).version, 2)
+        code, details, _ = srv.unary(A + "PutManifest", manifest)
+        self.assertEqual(code, OK, details)
+        code, details, _ = srv.unary(A + "DropVersion", version_req("t", 3))
+        self.assertEqual(code, OK, details)
+        code, details, _ = srv.import_rows("u", 1000, 5)
+        self.assertEqual(code, OK, details)
+        self.assertTrue(srv.verify_rows("u", [0, 1, 999], 5))
+        self.assert_alive_and_intact()
+
+    def table_info_version(self, name):
+        return self.srv.table_info(name).version
+
+    def test_header_larger_than_free_space(self):
+        """Finding 5 with the disk as the limit (--max-import-bytes 0): a
+        header whose rows do not fit above the reserve is refused at once."""
+        code, details, _ = self.srv.stream_unary(A + "Import", [import_header("big", 2000000)])
+        self.assertEqual(code, RE, details)
+        m = re.fullmatch(r'import of table "big" needs about 168000000 bytes on disk \(2000000 rows '
+                         r'of 64 bytes plus 20-byte keys\); (\d+) bytes are available: data dir (.+) '
+                         r'has (\d+) bytes free, less its reserve of (\d+) bytes '
+                         r'\(--disk-reserve-bytes\)', details)
+        self.assertTrue(m, details)
+        avail, data, free, reserve = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+        self.assertEqual((data, reserve, avail), (self.srv.data, self.RESERVE, free - reserve))
+        self.assertLess(abs(free - self.free()), 8 << 20)
+        self.assertEqual(self.tmp_entries(), [])
+        self.assert_alive_and_intact()
+
+    def test_disk_fills_mid_import(self):
+        """Finding 4: the filesystem fills while an import streams. The
+        import fails RESOURCE_EXHAUSTED, its temp files go, nothing is
+        activated, the process and table t live on; with space back the same
+        import succeeds."""
+        rows, per = 200000, self.ROWS_PER_CHUNK
+        self.fill("filler-a", leave=self.RESERVE + (24 << 20))
+
+        def msgs():
+            yield import_header("mid", rows)
+            for i, start in enumerate(range(0, rows, per)):
+                if i == 4:
+                    time.sleep(0.5)            # the server has written 4 chunks
+                    self.fill("filler-b")
+                yield import_chunk(start, rows_bytes(7, start, min(per, rows - start)))
+        code, details, _ = self.srv.stream_unary(A + "Import", msgs(), timeout=60)
+        self.assertEqual(code, RE, details)
+        m = re.fullmatch(r'import of table "mid" stopped after (\d+) of 200000 rows: (.*)', details)
+        self.assertTrue(m, details)
+        done = int(m.group(1))
+        self.assertTrue(0 < done < rows and done % per == 0, details)
+        free_m = re.search(r"has (\d+) bytes free", details)
+        free = int(free_m.group(1)) if free_m else -1
+        want = ("data dir %s has %d bytes free, too little for the next %d bytes above its reserve "
+                "of %d bytes (--disk-reserve-bytes); nothing was activated"
+                % (self.srv.data, free, per * 84, self.RESERVE))
+        self.assertEqual(m.group(2), want)
+        self.assertTrue(wait_until(lambda: self.tmp_entries() == [], 5), self.tmp_entries())
+        code, details, _ = self.srv.unary(A + "GetTable", pb.GetTableRequest(name="mid").SerializeToString())
+        self.assertEqual(code, NF, details)
+        self.assert_alive_and_intact()
+
+        os.unlink(os.path.join(self.mnt, "filler-b"))
+        code, details, _ = self.srv.import_rows("mid", rows, 7)
+        self.assertEqual(code, OK, details)
+        self.assertTrue(self.srv.verify_rows("mid", [0, 65535, 65536, rows - 1], 7))
+        self.assertEqual(self.tmp_entries(), [])
+
+
 # ==== Import streams and names from the wire (findings 5 and 6) ============
+class StalledImports:
+    """Import streams that send a header and one chunk of table `prefix`N,
+    then nothing until released; a bounded set, each with its own future."""
+
+    def __init__(self, srv, prefix, rows=1000):
+        self.srv, self.prefix, self.rows = srv, prefix, rows
+        self.release = threading.Event()
+        self.futures = []
+
+    def open(self, n):
+        rpc = self.srv.channel.stream_unary(A + "Import", request_serializer=lambda b: b,
+                                            response_deserializer=lambda b: b)
+        for i in range(len(self.futures), len(self.futures) + n):
+            def msgs(table="%s%d" % (self.prefix, i)):
+                yield import_header(table, self.rows)
+                yield import_chunk(0, rows_bytes(3, 0, 1))
+                self.release.wait(120)
+            self.futures.append(rpc.future(msgs()))
+
+    def done(self):
+        return all(f.done() for f in self.futures)
+
+    def outcomes(self):
+        """(code, details) of each finished stream."""
+        out = []
+        for f in self.futures:
+            e = f.exception(timeout=0)
+            out.append((OK, "") if e is None else (e.code(), e.details()))
+        return out
+
+    def close(self):
+        self.release.set()
+        for f in self.futures:
+            f.cancel()
+
+
+MAX_IMPORTS_MSG = ("4 imports are running, the most this server takes at once (--max-imports 4); "
+                   "retry when one has ended")
+
+
+class StalledImportTest(AbuseBase):
+    """Finding 5: import streams that go silent. The server's idle limit is
+    cut to 2 s to keep the test short (the default, 30000 ms, is checked in
+    --help and in ImportDeadlineTest's log); --max-imports is the default 4."""
+    EXTRA = ("--import-idle-ms", "2000")
+    IDLE_S = 2.0
+
+    def tmp_dirs(self):
+        return len(os.listdir(os.path.join(self.srv.data, "import-tmp")))
+
+    def idle_msg(self, table):
+        return ('import of table "%s" sent no message for 2000 ms (--import-idle-ms) after 1 of '
+                '1000 rows; nothing was activated' % table)
+
+    def test_defaults_in_help(self):
+        out = subprocess.run([ARGS.server_bin, "--help"], stdout=subprocess.PIPE).stdout.decode()
+        self.assertIn("  --max-imports N          import streams at once, default 4\n", out)
+        self.assertIn("  --import-idle-ms MS      cancel an import stream that sends nothing for MS,\n"
+                      "                           default 30000\n", out)
+        self.assertIn("  --max-import-bytes B     largest import (rows x row bytes), default 0: as\n"
+                      "                           the disk allows (free space above the reserve)\n", out)
+        self.assertIn("  --disk-reserve-bytes B   free space kept on the data dir's filesystem:\n"
+                      "                           imports and metadata writes stop short of it,\n"
+                      "                           default max(64M, 1% of the filesystem)\n", out)
+
+    def test_200_stalled_streams_are_reaped(self):
+        """200 streams, each a header and one chunk and then silence: at most
+        --max-imports of them hold anything, those are cancelled after the
+        idle limit, and fds and temp dirs come back."""
+        srv = self.srv
+        fds0 = srv.fds()
+        self.assertEqual(self.tmp_dirs(), 0)
+        st = StalledImports(srv, "stall")
+        peak_fds = peak_dirs = 0
+        try:
+            t0 = time.time()
+            for _ in range(20):
+                st.open(10)
+                peak_fds, peak_dirs = max(peak_fds, srv.fds()), max(peak_dirs, self.tmp_dirs())
+            deadline = t0 + 30
+            while not st.done() and time.time() < deadline:
+                peak_fds, peak_dirs = max(peak_fds, srv.fds()), max(peak_dirs, self.tmp_dirs())
+                time.sleep(0.05)
+            elapsed = time.time() - t0
+            self.assertTrue(st.done(), "streams still open after %.1f s" % elapsed)
+            outcomes = st.outcomes()
+        finally:
+            st.close()
+        refused = [o for o in outcomes if o == (RE, MAX_IMPORTS_MSG)]
+        reaped = [i for i, o in enumerate(outcomes)
+                  if o == (grpc.StatusCode.DEADLINE_EXCEEDED, self.idle_msg("stall%d" % i))]
+        self.assertEqual(len(refused) + len(reaped), 200,
+                         [o for o in outcomes if o != (RE, MAX_IMPORTS_MSG)][:5])
+        self.assertGreaterEqual(len(reaped), 4)
+        self.assertGreaterEqual(len(refused), 100)
+        self.assertLessEqual(peak_dirs, 4)
+        self.assertLessEqual(peak_fds, fds0 + 4 + 8)
+        self.assertTrue(wait_until(lambda: srv.fds() <= fds0 + 2 and self.tmp_dirs() == 0, 5),
+                        "fds %d (before %d), temp dirs %d" % (srv.fds(), fds0, self.tmp_dirs()))
+        print("\n  200 stalled streams: fds %d before, peak %d, %d after; temp dirs peak %d, %d after; "
+              "%d reaped, %d refused, all ended in %.1f s"
+              % (fds0, peak_fds, srv.fds(), peak_dirs, self.tmp_dirs(), len(reaped), len(refused),
+                 elapsed), file=sys.stderr)
+        code, details, _ = srv.unary(A + "GetTable", pb.GetTableRequest(name="stall0").SerializeToString())
+        self.assertEqual(code, NF, details)
+        self.assert_alive_and_intact()
+
+    def test_concurrent_import_cap(self):
+        """The fifth import while four run is RESOURCE_EXHAUSTED naming the
+        limit; once they end, imports are taken again."""
+        st = StalledImports(self.srv, "cap")
+        try:
+            st.open(4)
+            self.assertTrue(wait_until(lambda: self.tmp_dirs() == 4, 10), self.tmp_dirs())
+            code, details, _ = self.srv.import_rows("fifth", 100, 4)
+            self.assertEqual((code, details), (RE, MAX_IMPORTS_MSG))
+        finally:
+            st.close()
+        self.assertTrue(wait_until(st.done, 10))
+        self.assertTrue(wait_until(lambda: self.tmp_dirs() == 0, 5))
+        code, details, _ = self.srv.import_rows("fifth", 100, 4)
+        self.assertEqual(code, OK, details)
+        self.assertTrue(self.srv.verify_rows("fifth", [0, 99], 4))
+
+    def test_header_of_2_pow_40_rows(self):
+        """A header announcing 2^40 rows of 64 bytes (84 TiB with keys) is
+        refused at once against the disk (--max-import-bytes 0)."""
+        code, details, _ = self.srv.stream_unary(A + "Import", [import_header("huge", 1 << 40)])
+        self.assertEqual(code, RE, details)
+        m = re.fullmatch(r'import of table "huge" needs about 92358976733184 bytes on disk '
+                         r'\(1099511627776 rows of 64 bytes plus 20-byte keys\); (\d+) bytes are '
+                         r'available: data dir (.+) has (\d+) bytes free, less its reserve of (\d+) '
+                         r'bytes \(--disk-reserve-bytes\)', details)
+        self.assertTrue(m, details)
+        avail, data, free, reserve = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+        v = os.statvfs(self.srv.data)
+        self.assertEqual(data, self.srv.data)
+        self.assertEqual(reserve, max(64 << 20, v.f_blocks * v.f_frsize // 100))
+        self.assertEqual(avail, max(0, free - reserve))
+        self.assertEqual(self.tmp_dirs(), 0)
+        self.assert_alive_and_intact()
+
+
+class ImportDeadlineTest(AbuseBase):
+    """Finding 5: a call's deadline ends a silent import stream although no
+    message arrives (it was checked only as one arrived). The server gives
+    deadline-less calls 3 s (--default-deadline-ms) and keeps the default
+    idle limit, so the deadline is what fires."""
+    EXTRA = ("--default-deadline-ms", "3000")
+
+    def test_defaults_logged(self):
+        self.assertEqual(self.srv.log_count("event=import_limits idle_ms=30000 max_imports=4 "
+                                            "max_import_bytes=0 "), 1, self.srv.log_tail())
+
+    def test_deadline_without_messages(self):
+        st = StalledImports(self.srv, "late")
+        try:
+            t0 = time.time()
+            st.open(1)
+            self.assertTrue(wait_until(st.done, 15), "stream still open after 15 s")
+            elapsed = time.time() - t0
+            self.assertEqual(st.outcomes(), [(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                              "import stream passed its deadline after row 1; "
+                                              "nothing was activated")])
+        finally:
+            st.close()
+        self.assertTrue(2.5 < elapsed < 6, elapsed)
+        self.assertTrue(wait_until(
+            lambda: os.listdir(os.path.join(self.srv.data, "import-tmp")) == [], 5))
+        self.assert_alive_and_intact()
 
 
 # ==== Health Watch, /metrics and manifests (findings 7, 8 and 9) ===========
