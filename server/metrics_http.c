@@ -270,6 +270,9 @@ static void process_families(sbuf *b, const stats_process *p)
     sb_printf(b, "engram_uptime_seconds %.3f\n", (double)p->uptime_ms / 1000.0);
     gauge(b, "engram_calls_in_flight", "gRPC calls being served now.", p->in_flight);
     gauge(b, "engram_draining", "1 while the server is draining.", (uint64_t)p->draining);
+    gauge(b, "engram_health_watchers",
+          "Open grpc.health.v1 Watch calls (1024 at most, 64 per connection).",
+          p->health_watchers);
     gauge(b, "engram_shard_index", "This server's shard.", p->shard_index);
     gauge(b, "engram_shard_count", "Shards of the cluster.", p->shard_count);
     family(b, "engram_refusals_total", "counter",
