@@ -69,6 +69,8 @@ enum { OPT_TLS_CERT = 256, OPT_TLS_KEY, OPT_TLS_CLIENT_CA, OPT_ADMIN_LISTEN,
        OPT_MAX_IMPORT_BYTES, OPT_DEFAULT_DEADLINE_MS };
 /* --metrics-listen: long-only, numbered clear of the other modules' options. */
 enum { OPT_METRICS_LISTEN = 400, OPT_RELOAD_CHECK_MS };
+/* --allow-plaintext-token: long-only, clear of the ranges above. */
+enum { OPT_ALLOW_PLAINTEXT_TOKEN = 420 };
 
 static void usage(FILE *f)
 {
@@ -100,6 +102,10 @@ static void usage(FILE *f)
 "  --admin-listen HOST:PORT serve the admin plane only here; --listen then\n"
 "                           serves Lookup and health only\n"
 "  --admin-token-file FILE  admin calls need authorization: Bearer <first line>\n"
+"                           (refused over plaintext beyond loopback, exit 2)\n"
+"  --allow-plaintext-token  accept --admin-token-file over plaintext on a\n"
+"                           non-loopback admin address (the token is readable\n"
+"                           on the network)\n"
 "  --admin-names N[,N...]   client certificates (CN or SAN) admitted to admin\n"
 "                           calls (needs --tls-client-ca)\n"
 "  --reload-check-ms MS     re-read the TLS and token files when they change,\n"
@@ -187,6 +193,7 @@ static void parse_args(int argc, char **argv, options *o)
         {"default-deadline-ms", 1, 0, OPT_DEFAULT_DEADLINE_MS},
         {"metrics-listen", 1, 0, OPT_METRICS_LISTEN},
         {"reload-check-ms", 1, 0, OPT_RELOAD_CHECK_MS},
+        {"allow-plaintext-token", 0, 0, OPT_ALLOW_PLAINTEXT_TOKEN},
         {0, 0, 0, 0}};
     defaults(o);
     int ch;
@@ -230,6 +237,7 @@ static void parse_args(int argc, char **argv, options *o)
         case OPT_RELOAD_CHECK_MS:
             if (parse_u64(optarg, &v, 0) || v > 86400000) bad_value(name, optarg);
             o->reload_check_ms = (int64_t)v; break;
+        case OPT_ALLOW_PLAINTEXT_TOKEN: o->sec.allow_plaintext_token = 1; break;
         case OPT_TLS_CERT: o->sec.tls_cert = optarg; break;
         case OPT_TLS_KEY: o->sec.tls_key = optarg; break;
         case OPT_TLS_CLIENT_CA: o->sec.tls_client_ca = optarg; break;
@@ -253,6 +261,7 @@ static void parse_args(int argc, char **argv, options *o)
         fprintf(stderr, "engram-server: unexpected argument \"%s\"\n", argv[optind]);
         exit(2);
     }
+    o->sec.admin_plane_listen = o->admin_listen ? o->admin_listen : o->listen;
     if (!o->cluster != (o->shard < 0)) {
         fprintf(stderr, "engram-server: --cluster and --shard go together\n");
         exit(2);
