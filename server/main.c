@@ -322,6 +322,22 @@ static engram_cluster *load_cluster(const options *o)
     return c;
 }
 
+/* The one-shard map with the bound port, when --listen asked for port 0:
+ * the map served until then would send clients (engramctl drop-version)
+ * to HOST:0. NULL when the map already names the right port. */
+static char *bound_single_map(const options *o, int port)
+{
+    const char *colon = strrchr(o->listen, ':');
+    if (o->cluster || !colon || strcmp(colon + 1, "0") != 0)
+        return NULL;
+    char addr[CLUSTER_ADDR_MAX + 1];
+    snprintf(addr, sizeof addr, "%.*s:%d", (int)(colon - o->listen), o->listen, port);
+    engram_cluster *c = cluster_single(addr);
+    char *json = cluster_to_json(c);
+    cluster_free(c);
+    return json;
+}
+
 /* The data directory holds another shard than the flags ask for: a
  * configuration mistake, named in the flags' own terms. */
 static void refuse_placement(const options *o, const engram_cluster *cl, const store_placement *held)
@@ -442,6 +458,9 @@ int main(int argc, char **argv)
     int port = metrics_ok ? server_setup(&sopts, methods, sizeof methods / sizeof methods[0],
                                          hooks_get(), &svm) : 0;
     int rc = 0;
+    char *bound_json = port ? bound_single_map(&o, port) : NULL;
+    if (bound_json)
+        admin_set_cluster_map(bound_json);   /* before the port file tells anyone */
     if (port) {
         log_info("server_started", "listen=%s port=%d threads=%d data=%s shard=%lld shards=%u "
                  "resident_budget=%llu max_rows=%llu max_message_bytes=%llu version=%s transport=%s admin_port=%d",
@@ -476,6 +495,7 @@ int main(int argc, char **argv)
     log_info("server_stopped", "lookups=%llu rows=%llu imports=%llu", (unsigned long long)lm.calls,
              (unsigned long long)lm.rows, (unsigned long long)im.completed);
     free(cluster_json);
+    free(bound_json);
     cluster_free(cl);
     if (logf)
         fclose(logf);
