@@ -19,6 +19,12 @@ void admin_setup(store *s, const char *cluster_json)
     A_cluster = cluster_json;
 }
 
+/* Atomic: GetClusterMap may be reading it on a worker thread. */
+void admin_set_cluster_map(const char *cluster_json)
+{
+    __atomic_store_n(&A_cluster, cluster_json, __ATOMIC_RELEASE);
+}
+
 void admin_teardown(void)
 {
     A = NULL;
@@ -225,7 +231,7 @@ int admin_get_cluster_map(server_call *c, grpc_byte_buffer *req, grpc_byte_buffe
     }
     protobuf_c_message_free_unpacked(rq, NULL);
     Engram__V1__ClusterMap cm = ENGRAM__V1__CLUSTER_MAP__INIT;
-    cm.json = (char *)A_cluster;
+    cm.json = (char *)__atomic_load_n(&A_cluster, __ATOMIC_ACQUIRE);
     store_shard(A, &cm.shard_count, &cm.shard_index);
     *reply = pb_to_byte_buffer(&cm.base);
     return ES_OK;

@@ -10,6 +10,9 @@
 
 /* cluster_json: the map this server was started with (kept by reference). */
 void admin_setup(store *s, const char *cluster_json);
+/* Replaces the map (kept by reference; the old one stays valid: the
+ * caller frees both after admin_teardown). Any thread. */
+void admin_set_cluster_map(const char *cluster_json);
 void admin_teardown(void);
 
 int admin_list_tables(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,

@@ -16,12 +16,19 @@
  * inline, and freeing a watcher takes the lock.
  *
  * gRPC core reports a client that cancels an idle Watch only through
- * RECV_CLOSE_ON_SERVER, which the server core posts with the final status,
- * so such a watcher is found out by its next send (it fails, the call
- * ends) or at shutdown. HEALTH_MAX_WATCHERS bounds what abandoned watchers
- * can hold meanwhile. */
+ * RECV_CLOSE_ON_SERVER, so each Watch posts it when it starts
+ * (call_watch_close) and on_closed ends a cancelled watcher at once:
+ * otherwise it would keep its slot until the next status change, and 1,024
+ * cancelled Watches would refuse every new one until a Drain. A watcher
+ * whose send is in flight is left to that send, which fails and ends it.
+ *
+ * Bounds: HEALTH_MAX_WATCHERS in all, HEALTH_MAX_WATCHERS_PER_PEER from one
+ * connection (gRPC's peer string, "ipv4:10.0.0.5:41234", names it), so one
+ * client cannot take every slot while it keeps its Watches open; a prober
+ * or balancer needs one per service. */
 #include "health.h"
 
+#include <grpc/support/alloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +40,7 @@
 #include "status.h"
 
 #define HEALTH_MAX_WATCHERS 1024
+#define HEALTH_MAX_WATCHERS_PER_PEER 64
 #define ST_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
 #define ST_NOT_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
 #define ST_UNKNOWN_SERVICE GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN
@@ -41,6 +49,7 @@
 typedef struct watcher {
     server_call *c;
     char *service;
+    char *peer;                  /* gpr_malloc'd by grpc_call_get_peer */
     int last_sent;               /* ST_NONE before the first send completes */
     int in_send;                 /* the status of the send in flight */
     int pending;                 /* newest status not sent yet, or ST_NONE */
@@ -139,6 +148,8 @@ static void unlink_watcher(watcher *w)
     H.n--;
 }
 
+static void end_watch(watcher *w, int code, const char *msg);
+
 /* The call's state_free: runs when the server core frees the call. */
 static void watcher_free(void *p)
 {
@@ -147,7 +158,22 @@ static void watcher_free(void *p)
     unlink_watcher(w);
     pthread_mutex_unlock(&H.mu);
     free(w->service);
+    gpr_free(w->peer);
     free(w);
+}
+
+/* The client cancelled or went away (ok 0 or c->cancelled), or the call
+ * ended (then w is unlinked already and there is nothing to do). */
+static void on_closed(server_call *c, int ok)
+{
+    watcher *w = c->state;
+    pthread_mutex_lock(&H.mu);
+    int end = (!ok || c->cancelled) && w->linked && !w->sending;
+    if (end)
+        unlink_watcher(w);
+    pthread_mutex_unlock(&H.mu);
+    if (end)
+        end_watch(w, ES_CANCELLED, "the health watcher went away");
 }
 
 static void on_sent(server_call *c, int ok);
@@ -249,11 +275,19 @@ void health_watch(server_call *c)
     w->last_sent = w->pending = ST_NONE;
     c->state = w;
     c->state_free = watcher_free;
+    w->peer = grpc_call_get_peer(c->call);
     pthread_mutex_lock(&H.mu);
-    if (H.n >= HEALTH_MAX_WATCHERS) {
+    int from_peer = 0;
+    for (watcher *o = H.head; o && H.n < HEALTH_MAX_WATCHERS; o = o->next)
+        from_peer += o->peer && w->peer && !strcmp(o->peer, w->peer);
+    if (H.n >= HEALTH_MAX_WATCHERS || from_peer >= HEALTH_MAX_WATCHERS_PER_PEER) {
         pthread_mutex_unlock(&H.mu);
-        snprintf(msg, sizeof msg, "too many health watchers (the limit is %d)",
-                 HEALTH_MAX_WATCHERS);
+        if (from_peer >= HEALTH_MAX_WATCHERS_PER_PEER)
+            snprintf(msg, sizeof msg, "too many health watchers from this connection "
+                     "(the limit is %d per connection)", HEALTH_MAX_WATCHERS_PER_PEER);
+        else
+            snprintf(msg, sizeof msg, "too many health watchers (the limit is %d)",
+                     HEALTH_MAX_WATCHERS);
         call_finish(c, ES_RESOURCE_EXHAUSTED, msg, NULL);
         return;
     }
@@ -268,7 +302,19 @@ void health_watch(server_call *c)
     w->sending = 1;              /* the first message: the status now */
     w->in_send = status_of(service);
     pthread_mutex_unlock(&H.mu);
+    /* Runs on this call's queue, so not before this handler returns. If
+     * gRPC refuses it, the watcher is found out by its next send instead. */
+    if (call_watch_close(c, on_closed) != 0)
+        log_warn("health_watch_close_failed", "peer=%s", w->peer ? w->peer : "?");
     start_send(w);
+}
+
+int health_watchers(void)
+{
+    pthread_mutex_lock(&H.mu);
+    int n = H.n;
+    pthread_mutex_unlock(&H.mu);
+    return n;
 }
 
 /* ---- changes ------------------------------------------------------------- */

@@ -29,5 +29,8 @@ int health_check(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply
 /* Watch (server streaming): the status at once, then every change, until
  * the client goes away or the server shuts down. */
 void health_watch(server_call *c);
+/* Open Watch calls (each holds one of the server's 1,024 watcher slots;
+ * 64 at most from one connection). For stats and /metrics. */
+int health_watchers(void);
 
 #endif

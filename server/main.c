@@ -92,6 +92,8 @@ enum { OPT_MAX_REPLY_BYTES = 420, OPT_MAX_REPLY_BYTES_PER_CONN, OPT_KEEPALIVE_MS
 enum { OPT_MAX_MANIFEST_BYTES = 440 };
 /* Import streams and the disk, numbered clear of the others. */
 enum { OPT_IMPORT_IDLE_MS = 460, OPT_MAX_IMPORTS, OPT_DISK_RESERVE_BYTES };
+/* --allow-plaintext-token: long-only, clear of the ranges above. */
+enum { OPT_ALLOW_PLAINTEXT_TOKEN = 480 };
 
 static void usage(FILE *f)
 {
@@ -123,6 +125,10 @@ static void usage(FILE *f)
 "  --admin-listen HOST:PORT serve the admin plane only here; --listen then\n"
 "                           serves Lookup and health only\n"
 "  --admin-token-file FILE  admin calls need authorization: Bearer <first line>\n"
+"                           (refused over plaintext beyond loopback, exit 2)\n"
+"  --allow-plaintext-token  accept --admin-token-file over plaintext on a\n"
+"                           non-loopback admin address (the token is readable\n"
+"                           on the network)\n"
 "  --admin-names N[,N...]   client certificates (CN or SAN) admitted to admin\n"
 "                           calls (needs --tls-client-ca)\n"
 "  --reload-check-ms MS     re-read the TLS and token files when they change,\n"
@@ -256,6 +262,7 @@ static void parse_args(int argc, char **argv, options *o)
         {"max-manifest-bytes", 1, 0, OPT_MAX_MANIFEST_BYTES},
         {"import-idle-ms", 1, 0, OPT_IMPORT_IDLE_MS}, {"max-imports", 1, 0, OPT_MAX_IMPORTS},
         {"disk-reserve-bytes", 1, 0, OPT_DISK_RESERVE_BYTES},
+        {"allow-plaintext-token", 0, 0, OPT_ALLOW_PLAINTEXT_TOKEN},
         {0, 0, 0, 0}};
     defaults(o);
     int ch;
@@ -314,6 +321,7 @@ static void parse_args(int argc, char **argv, options *o)
         case OPT_CONN_IDLE_MS:
             if (parse_u64(optarg, &v, 0) || (v && v < 1000) || v > INT32_MAX) bad_value(name, optarg);
             o->conn_idle_ms = (int64_t)v; break;
+        case OPT_ALLOW_PLAINTEXT_TOKEN: o->sec.allow_plaintext_token = 1; break;
         case OPT_TLS_CERT: o->sec.tls_cert = optarg; break;
         case OPT_TLS_KEY: o->sec.tls_key = optarg; break;
         case OPT_TLS_CLIENT_CA: o->sec.tls_client_ca = optarg; break;
@@ -349,6 +357,7 @@ static void parse_args(int argc, char **argv, options *o)
         fprintf(stderr, "engram-server: unexpected argument \"%s\"\n", argv[optind]);
         exit(2);
     }
+    o->sec.admin_plane_listen = o->admin_listen ? o->admin_listen : o->listen;
     if (!o->cluster != (o->shard < 0)) {
         fprintf(stderr, "engram-server: --cluster and --shard go together\n");
         exit(2);
@@ -407,6 +416,22 @@ static engram_cluster *load_cluster(const options *o)
         return NULL;
     }
     return c;
+}
+
+/* The one-shard map with the bound port, when --listen asked for port 0:
+ * the map served until then would send clients (engramctl drop-version)
+ * to HOST:0. NULL when the map already names the right port. */
+static char *bound_single_map(const options *o, int port)
+{
+    const char *colon = strrchr(o->listen, ':');
+    if (o->cluster || !colon || strcmp(colon + 1, "0") != 0)
+        return NULL;
+    char addr[CLUSTER_ADDR_MAX + 1];
+    snprintf(addr, sizeof addr, "%.*s:%d", (int)(colon - o->listen), o->listen, port);
+    engram_cluster *c = cluster_single(addr);
+    char *json = cluster_to_json(c);
+    cluster_free(c);
+    return json;
 }
 
 /* The data directory holds another shard than the flags ask for: a
@@ -536,6 +561,9 @@ int main(int argc, char **argv)
     int port = metrics_ok ? server_setup(&sopts, methods, sizeof methods / sizeof methods[0],
                                          hooks_get(), &svm) : 0;
     int rc = 0;
+    char *bound_json = port ? bound_single_map(&o, port) : NULL;
+    if (bound_json)
+        admin_set_cluster_map(bound_json);   /* before the port file tells anyone */
     if (port) {
         log_info("server_started", "listen=%s port=%d threads=%d data=%s shard=%lld shards=%u "
                  "resident_budget=%llu max_rows=%llu max_message_bytes=%llu version=%s transport=%s admin_port=%d",
@@ -571,6 +599,7 @@ int main(int argc, char **argv)
     log_info("server_stopped", "lookups=%llu rows=%llu imports=%llu", (unsigned long long)lm.calls,
              (unsigned long long)lm.rows, (unsigned long long)im.completed);
     free(cluster_json);
+    free(bound_json);
     cluster_free(cl);
     if (logf)
         fclose(logf);

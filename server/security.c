@@ -14,6 +14,7 @@
  * which kind of credential failed. */
 #include "security.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
@@ -260,6 +261,29 @@ static int deadline_admit(server_call *c, const method_def *m, char *msg, size_t
 
 /* ---- setup ----------------------------------------------------------------- */
 
+int security_listen_is_local(const char *listen)
+{
+    if (!strncmp(listen, "unix:", 5) || !strncmp(listen, "unix-abstract:", 14))
+        return 1;
+    char host[256];
+    const char *end = listen[0] == '[' ? strchr(listen, ']') : strrchr(listen, ':');
+    const char *start = listen + (listen[0] == '[');
+    if (!end || end <= start || (size_t)(end - start) >= sizeof host)
+        return 0;
+    memcpy(host, start, (size_t)(end - start));
+    host[end - start] = 0;
+    if (!strcmp(host, "localhost"))
+        return 1;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) ||
+               (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    return 0;
+}
+
 static int check_combination(const security_options *o, char *err, size_t errlen)
 {
     if (!o->tls_cert != !o->tls_key) {
@@ -274,6 +298,17 @@ static int check_combination(const security_options *o, char *err, size_t errlen
     if (o->admin_names && !o->tls_client_ca) {
         snprintf(err, errlen, "--admin-names needs --tls-client-ca: without it no client "
                  "certificate is verified, so none could be admitted");
+        return -1;
+    }
+    /* A bearer token in the clear can be read off the network and replayed:
+     * refused unless it never leaves this host or the operator says so.
+     * Loopback stays allowed so local use and tests need no certificate. */
+    if (o->admin_token_file && !o->tls_cert && !o->allow_plaintext_token &&
+        o->admin_plane_listen && !security_listen_is_local(o->admin_plane_listen)) {
+        snprintf(err, errlen, "--admin-token-file on plaintext %s would send the admin token "
+                 "in the clear: add --tls-cert/--tls-key, serve the admin plane on loopback "
+                 "(--admin-listen 127.0.0.1:PORT), or pass --allow-plaintext-token",
+                 o->admin_plane_listen);
         return -1;
     }
     return 0;
@@ -376,6 +411,10 @@ void security_log_startup(void)
                  "--tls-cert/--tls-key beyond local use\"");
     else
         log_certificate("tls_certificate");
+    if (S.o.admin_token_file && !tls_enabled() && S.o.admin_plane_listen &&
+        !security_listen_is_local(S.o.admin_plane_listen))
+        log_warn("token_plaintext", "listen=%s detail=\"--allow-plaintext-token: the admin "
+                 "token crosses the network in the clear\"", S.o.admin_plane_listen);
     if (!S.o.admin_token_file && S.nnames == 0)
         log_warn("admin_open", "detail=\"the admin plane is open to every client: use "
                  "--admin-token-file or --admin-names beyond local use\"");

@@ -12,7 +12,10 @@
  * health never need it): a call is admitted by `authorization: Bearer
  * <token>` metadata matching the token file, or by an authenticated client
  * certificate whose common name or a subject alternative name is on the
- * admin list. With neither configured the admin plane is open.
+ * admin list. With neither configured the admin plane is open. A token is
+ * refused at start-up (exit 2) where it would cross a network in the
+ * clear: plaintext with the admin plane on a non-loopback address, unless
+ * --allow-plaintext-token says that is meant.
  *
  * Limits are admission hooks too: a cap on calls in flight in total, and a
  * default deadline for calls that arrive without one. The per-connection
@@ -36,6 +39,11 @@ typedef struct security_options {
     const char *tls_client_ca;   /* PEM CA bundle: require client certificates */
     const char *admin_token_file;/* first line, trimmed, is the admin token */
     const char *admin_names;     /* "NAME[,NAME...]": certificates admitted */
+    /* The address serving the admin plane (--admin-listen, else --listen):
+     * a token over plaintext is refused unless it is loopback (or a unix
+     * socket) or allow_plaintext_token is set. */
+    const char *admin_plane_listen;
+    int allow_plaintext_token;   /* --allow-plaintext-token */
     uint64_t max_calls;          /* calls in flight in total; 0: no limit */
     int64_t default_deadline_ms; /* for calls without a deadline; 0: none */
 } security_options;
@@ -78,6 +86,11 @@ int64_t security_cert_not_after(void);
 
 /* After the servers are destroyed (gRPC may fetch certificates until then). */
 void security_teardown(void);
+
+/* Whether a listen address only takes connections from this host: a
+ * loopback literal (127.0.0.0/8, ::1, [::1], ::ffff:127.x), "localhost",
+ * or a unix socket. Exposed for unit tests. */
+int security_listen_is_local(const char *listen);
 
 /* Constant-time equality of two byte strings: the time depends only on the
  * lengths, never on where they differ. Exposed for unit tests. */

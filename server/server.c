@@ -12,6 +12,12 @@
  * checking `stopping`, and teardown sets `stopping` under the same lock
  * before it shuts anything down.
  *
+ * Freeing a call: a started call holds one reference for call_finish's
+ * batch, and call_watch_close adds one for its early RECV_CLOSE_ON_SERVER;
+ * the call is freed when the last of them completes, so the close op is
+ * posted exactly once (early, or with the final status) and the call is
+ * freed exactly once, on whichever thread finishes last.
+ *
  * Unknown methods: gRPC core queues a call for a method nobody registered
  * until the application asks for generic calls, so without an answer it
  * would hang until its deadline (forever without one, holding a stream).
@@ -108,6 +114,13 @@ static void call_free(server_call *c)
     free(c);
 }
 
+/* Drops one hold on a started call; the last one frees it. */
+static void call_release(server_call *c)
+{
+    if (__atomic_sub_fetch(&c->holds, 1, __ATOMIC_ACQ_REL) == 0)
+        call_free(c);
+}
+
 static int reads_payload(const method_def *d)
 {
     return d->unary || d->server_streaming;
@@ -182,6 +195,7 @@ static void on_generic_call(server_call *c, int ok)
     __atomic_add_fetch(&S.m->calls_in_flight, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&S.m->calls_started, 1, __ATOMIC_RELAXED);
     c->start_ns = now_ns();
+    c->holds = 1;                /* call_finish's */
     const grpc_call_details *d = c->state;
     char msg[512];
     snprintf(msg, sizeof msg, "method %.*s is not served %s",
@@ -220,6 +234,7 @@ static void on_new_call(server_call *c, int ok)
     __atomic_add_fetch(&S.m->calls_in_flight, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&S.m->calls_started, 1, __ATOMIC_RELAXED);
     c->start_ns = now_ns();
+    c->holds = 1;                /* call_finish's */
     c->step = NULL;
     char msg[512] = "";
     int code = S.hooks.admit ? S.hooks.admit(c, c->slot->def, msg, sizeof msg) : ES_OK;
@@ -233,7 +248,36 @@ static void on_new_call(server_call *c, int ok)
 
 static void on_finished(server_call *c, int ok)
 {
-    call_free(c);
+    call_release(c);
+}
+
+/* The early RECV_CLOSE_ON_SERVER completed: the tag is c->close_tag. */
+static void on_close_done(server_call *tag, int ok)
+{
+    struct close_tag *t = (struct close_tag *)tag;
+    server_call *c = t->c;
+    if (t->on_close)
+        t->on_close(c, ok);
+    call_release(c);
+}
+
+int call_watch_close(server_call *c, call_step on_close)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &c->cancelled;
+    c->close_tag.step = on_close_done;
+    c->close_tag.c = c;
+    c->close_tag.on_close = on_close;
+    c->close_posted = 1;
+    __atomic_add_fetch(&c->holds, 1, __ATOMIC_ACQ_REL);
+    if (grpc_call_start_batch(c->call, &op, 1, &c->close_tag, NULL) != GRPC_CALL_OK) {
+        c->close_posted = 0;
+        __atomic_sub_fetch(&c->holds, 1, __ATOMIC_ACQ_REL);
+        return -1;
+    }
+    return 0;
 }
 
 void call_finish(server_call *c, int code, const char *msg, grpc_byte_buffer *reply)
@@ -257,14 +301,19 @@ void call_finish(server_call *c, int code, const char *msg, grpc_byte_buffer *re
     ops[n].data.send_status_from_server.status = (grpc_status_code)code;
     ops[n++].data.send_status_from_server.status_details =
         (msg && *msg) ? &c->details : NULL;
-    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[n++].data.recv_close_on_server.cancelled = &c->cancelled;
+    if (!c->close_posted) {      /* else call_watch_close posted it */
+        ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+        ops[n++].data.recv_close_on_server.cancelled = &c->cancelled;
+    }
     c->step = on_finished;
     if (S.hooks.done && c->slot->def != &unknown_method)
         S.hooks.done(c, c->slot->def, code, now_ns() - c->start_ns);
     if (grpc_call_start_batch(c->call, ops, n, c, NULL) != GRPC_CALL_OK) {
         log_error("start_batch_failed", "method=%s", c->slot->def->path);
-        call_free(c);
+        /* An early close op completes only once the call ends: end it. */
+        if (c->close_posted)
+            grpc_call_cancel(c->call, NULL);
+        call_release(c);
     }
 }
 

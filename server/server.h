@@ -50,6 +50,16 @@ struct server_call {
     grpc_byte_buffer *reply;
     grpc_slice details;
     int cancelled;               /* RECV_CLOSE_ON_SERVER's answer */
+    /* call_watch_close: RECV_CLOSE_ON_SERVER posted early, with this tag
+     * (its step first, like the call's), and the holds that keep the call
+     * alive until both it and call_finish's batch have completed. */
+    struct close_tag {
+        call_step step;
+        server_call *c;
+        call_step on_close;
+    } close_tag;
+    int close_posted;
+    int holds;
     int sent_initial_md;
     int admin_listener;          /* arrived on the admin-only listener */
     uint64_t start_ns;
@@ -110,12 +120,22 @@ void server_teardown(int64_t grace_ms);
  * (or NULL at the end of the stream) in c->payload. */
 void call_recv(server_call *c, call_step next);
 /* Sends the final status (and `reply` when code is ES_OK) in one batch and
- * frees the call when done. Takes ownership of reply. */
+ * frees the call when done (and, after call_watch_close, once on_close has
+ * run too). Takes ownership of reply. Call it exactly once per call. */
 void call_finish(server_call *c, int code, const char *msg, grpc_byte_buffer *reply);
 /* Sends one message of a server-streaming reply (initial metadata with the
  * first); `next` runs when it is sent (ok = 0: the client went away).
  * Takes ownership of msg. */
 void call_send(server_call *c, grpc_byte_buffer *msg, call_step next);
+/* Posts RECV_CLOSE_ON_SERVER now rather than with the final status, so a
+ * streaming handler hears at once of a client that cancels or goes away
+ * while it sends nothing: `on_close(c, ok)` runs on the call's queue with
+ * c->cancelled set (1: cancelled, or the connection broke), whether that
+ * happens before or after the handler's call_finish. The call stays
+ * allocated until on_close has run; the handler must still end it with
+ * call_finish exactly once. Call at most once, before call_finish. Returns
+ * 0, or -1 when gRPC refused the op (on_close will not run). */
+int call_watch_close(server_call *c, call_step on_close);
 /* The method a call is for. */
 const method_def *call_method(const server_call *c);
 /* Milliseconds left before the call's deadline. */

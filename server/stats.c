@@ -36,6 +36,8 @@ int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t ne
     __attribute__((weak));
 /* The drain module's state, when it is linked in. */
 int drain_is_draining(void) __attribute__((weak));
+/* Open health Watch calls, when health.c is linked in. */
+int health_watchers(void) __attribute__((weak));
 
 #define STATS_MAX_ENTRIES 768
 #define MAP_SLOTS 1024                 /* power of two, > STATS_MAX_ENTRIES */
@@ -360,6 +362,7 @@ void stats_process_read(stats_process *out)
     if (T.o.server_metrics)
         out->in_flight = __atomic_load_n(&T.o.server_metrics->calls_in_flight, __ATOMIC_RELAXED);
     out->draining = drain_is_draining ? drain_is_draining() != 0 : 0;
+    out->health_watchers = health_watchers ? (uint64_t)health_watchers() : 0;
     out->shard_count = 1;
     if (T.o.store) {
         store_shard(T.o.store, &out->shard_count, &out->shard_index);

@@ -83,6 +83,7 @@ typedef struct stats_process {
     uint64_t uptime_ms;
     uint64_t in_flight;
     int draining;
+    uint64_t health_watchers;          /* open grpc.health.v1 Watch calls */
     uint32_t shard_index, shard_count;
     store_rocksdb_stats rocksdb;
     uint64_t mem_allocated, mem_resident, mem_mapped;  /* 0 without jemalloc */

@@ -23,7 +23,10 @@
  * long timeout then waits for it and exits 0, and the lookup itself
  * completes. The lookup is in flight most but not all of the time, so a
  * drain that happened to fall between two lookups is undone and tried
- * again (at most 20 times). */
+ * again (at most 20 times).
+ *
+ * The lone server listens on port 0: its one-shard map (cluster-map) names
+ * the bound port, and `engramctl drop-version` drops through it. */
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
@@ -776,9 +779,55 @@ static void test_drain_replica_under_load(void **state)
     assert_true(calls_drained - calls_at_drain > 10);   /* the load went on */
 }
 
+/* ---- the one-shard map of a server on port 0 ---------------------------------- */
+
+static void import_version(engram_client *c, const char *table, uint64_t seed)
+{
+    uint8_t data[16 * RB];
+    for (uint64_t r = 0; r < 16; r++)
+        synthetic_row(seed, r, data + r * RB, RB);
+    engram_import *imp;
+    engram_error e;
+    int rc = engram_import_begin(c, table, 16, RB, "u8", &imp, &e);
+    if (!rc && !(rc = engram_import_write(imp, 0, data, sizeof data, &e)))
+        rc = engram_import_finish(imp, NULL, &e);
+    else if (imp)
+        engram_import_abort(imp);
+    if (rc)
+        fail_msg("import %s: %s %s", table, engram_status_name(rc), e.message);
+}
+
+/* The lone server listens on 127.0.0.1:0 (server_start): its map must
+ * name the bound port, or drop-version dials 127.0.0.1:0 and fails. */
+static void test_ctl_drop_version_port_zero(void **state)
+{
+    engram_client *c = connect_to(lone.addr, 10000);
+    import_version(c, "dv", 1);
+    import_version(c, "dv", 2);              /* v2 active, v1 retained */
+    engram_client_close(c);
+    char out[2048], err[2048], want[2048];
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, lone.addr, "cluster-map",
+                                       NULL), 0);
+    snprintf(want, sizeof want, "{\n  \"name\": \"single\",\n  \"placement\": \"mod\",\n"
+             "  \"shards\": [\n    {\n      \"replicas\": [\n        \"%s\"\n      ]\n    }\n"
+             "  ]\n}\n", lone.addr);
+    assert_string_equal(out, want);
+    assert_int_equal(engramctl_capture(out, sizeof out, err, sizeof err, lone.addr, "drop-version",
+                                       "--table", "dv", "--version", "1", NULL), 0);
+    snprintf(want, sizeof want, "%s (shard 0): dropped version 1 of table \"dv\"\n", lone.addr);
+    assert_string_equal(out, want);
+    assert_string_equal(err, "");
+    char msg[512];
+    assert_int_equal(raw_lookup(lone.addr, "dv", (const uint64_t[]){0}, 1, 1, msg, sizeof msg),
+                     ENGRAM_NOT_FOUND);
+    assert_int_equal(raw_lookup(lone.addr, "dv", (const uint64_t[]){0}, 1, 2, msg, sizeof msg),
+                     ENGRAM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ctl_drop_version_port_zero),
         cmocka_unit_test(test_health_follows_drain),
         cmocka_unit_test(test_health_unknown_service),
         cmocka_unit_test(test_watch_ends_at_shutdown),

@@ -841,6 +841,18 @@ static void test_startup(void **state)
     const char *names[] = {"--admin-names", "operator", NULL};
     assert_int_equal(run_server(names, out, sizeof out), 2);
     assert_non_null(strstr(out, "--admin-names needs --tls-client-ca"));
+    /* A token over plaintext beyond loopback: refused, on either listener
+     * that would carry the admin plane. */
+    const char *clear[] = {"--listen", "0.0.0.0:0", "--admin-token-file", cert("token"), NULL};
+    assert_int_equal(run_server(clear, out, sizeof out), 2);
+    assert_string_equal(out, "engram-server: --admin-token-file on plaintext 0.0.0.0:0 would "
+                        "send the admin token in the clear: add --tls-cert/--tls-key, serve the "
+                        "admin plane on loopback (--admin-listen 127.0.0.1:PORT), or pass "
+                        "--allow-plaintext-token\n");
+    const char *clear_admin[] = {"--admin-listen", "[::]:0", "--admin-token-file", cert("token"),
+                                 NULL};
+    assert_int_equal(run_server(clear_admin, out, sizeof out), 2);
+    assert_non_null(strstr(out, "--admin-token-file on plaintext [::]:0 would send"));
 
     test_server s;
     start(&s, NULL);
@@ -856,6 +868,35 @@ static void test_startup(void **state)
     assert_non_null(strstr(log, "level=warn event=admin_open"));
 }
 
+/* A token over plaintext starts where it stays on this host (the admin
+ * plane on loopback) or where --allow-plaintext-token says so (with a warn
+ * line), and the token still admits admin calls. */
+static void test_plaintext_token(void **state)
+{
+    char admin_addr[64];
+    snprintf(admin_addr, sizeof admin_addr, "127.0.0.1:%d", harness_free_port());
+    const char *loop[] = {"--listen", "0.0.0.0:0", "--admin-listen", admin_addr,
+                          "--admin-token-file", cert("token"), NULL};
+    const char *opt_in[] = {"--listen", "0.0.0.0:0", "--admin-token-file", cert("token"),
+                            "--allow-plaintext-token", NULL};
+    const char *const *cases[] = {loop, opt_in};
+    for (int i = 0; i < 2; i++) {
+        test_server s;
+        start(&s, cases[i]);
+        client_sec good = {.token = TOKEN};
+        engram_client *c = open_client(i == 0 ? admin_addr : s.addr, &good);
+        engram_client *anon = open_client(i == 0 ? admin_addr : s.addr, NULL);
+        engram_error err;
+        assert_int_equal(admin_call(c, "t", &err), ENGRAM_NOT_FOUND);
+        assert_int_equal(admin_call(anon, "t", &err), ENGRAM_UNAUTHENTICATED);
+        engram_client_close(c);
+        engram_client_close(anon);
+        assert_int_equal(server_stop(&s), 0);
+        assert_int_equal(server_log_count(&s, "level=warn event=token_plaintext listen=0.0.0.0:0"),
+                         i == 1);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -868,6 +909,7 @@ int main(void)
         cmocka_unit_test(test_reload_on_file_change),
         cmocka_unit_test(test_client_cert_refresh),
         cmocka_unit_test(test_startup),
+        cmocka_unit_test(test_plaintext_token),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }

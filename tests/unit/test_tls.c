@@ -150,9 +150,28 @@ static void test_equal_ct(void **state)
     assert_int_equal(security_equal_ct("\0a", 2, "\0b", 2), 0);
 }
 
+/* Which admin addresses may carry a bearer token over plaintext. */
+static void test_listen_is_local(void **state)
+{
+    static const char *const local[] = {"127.0.0.1:7070", "127.0.0.1:0", "127.1.2.3:1",
+                                        "localhost:7070", "[::1]:7070", "[::ffff:127.0.0.1]:1",
+                                        "unix:/run/engram.sock", "unix-abstract:engram"};
+    static const char *const remote[] = {"0.0.0.0:7070", "[::]:7070", "10.0.0.5:7070",
+                                         "128.0.0.1:7070", "engram.example:7070",
+                                         "[::ffff:10.0.0.1]:1", "localhost.evil:1", ":7070",
+                                         "127.0.0.1", "[::1:7070", ""};
+    for (size_t i = 0; i < sizeof local / sizeof local[0]; i++)
+        if (!security_listen_is_local(local[i]))
+            fail_msg("%s should be local", local[i]);
+    for (size_t i = 0; i < sizeof remote / sizeof remote[0]; i++)
+        if (security_listen_is_local(remote[i]))
+            fail_msg("%s should not be local", remote[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_listen_is_local),
         cmocka_unit_test(test_good_files),
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_commit_and_info),
