@@ -11,8 +11,14 @@
 /* Packs a protobuf-c message into a new byte buffer (one slice). */
 grpc_byte_buffer *pb_to_byte_buffer(const ProtobufCMessage *msg);
 
-/* Unpacks a received byte buffer; NULL when malformed. Free with
+/* Unpacks a received byte buffer. NULL when it is malformed or when a
+ * string field (at any depth) holds a NUL byte, which the unpacked C string
+ * would silently cut; then `why` (if not NULL) says which, e.g. "string
+ * field ImportHeader.table contains a NUL byte at offset 1". Free with
  * protobuf_c_message_free_unpacked. The buffer is not consumed. */
+ProtobufCMessage *pb_unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
+                            char *why, size_t whylen);
+/* pb_unpack without the reason. */
 ProtobufCMessage *pb_from_byte_buffer(const ProtobufCMessageDescriptor *desc,
                                       grpc_byte_buffer *bb);
 

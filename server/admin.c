@@ -90,9 +90,10 @@ void table_info_release(table_info_buf *b)
 int admin_list_tables(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                       char *msg, size_t msglen)
 {
-    ProtobufCMessage *rq = pb_from_byte_buffer(&engram__v1__list_tables_request__descriptor, req);
+    char why[160] = "no message";
+    ProtobufCMessage *rq = pb_unpack(&engram__v1__list_tables_request__descriptor, req, why, sizeof why);
     if (!rq) {
-        snprintf(msg, msglen, "malformed ListTablesRequest");
+        snprintf(msg, msglen, "malformed ListTablesRequest: %s", why);
         return ES_INVALID_ARGUMENT;
     }
     protobuf_c_message_free_unpacked(rq, NULL);
@@ -163,10 +164,11 @@ static int reply_table(const char *name, uint64_t version, grpc_byte_buffer **re
 int admin_get_table(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                     char *msg, size_t msglen)
 {
-    Engram__V1__GetTableRequest *rq = (Engram__V1__GetTableRequest *)pb_from_byte_buffer(
-        &engram__v1__get_table_request__descriptor, req);
+    char why[160] = "no message";
+    Engram__V1__GetTableRequest *rq = (Engram__V1__GetTableRequest *)pb_unpack(
+        &engram__v1__get_table_request__descriptor, req, why, sizeof why);
     if (!rq) {
-        snprintf(msg, msglen, "malformed GetTableRequest");
+        snprintf(msg, msglen, "malformed GetTableRequest: %s", why);
         return ES_INVALID_ARGUMENT;
     }
     int code;
@@ -185,10 +187,11 @@ typedef int (*version_op)(store *s, const char *name, uint64_t version, char *ms
 static int version_call(grpc_byte_buffer *req, grpc_byte_buffer **reply, char *msg, size_t msglen,
                         version_op op, int reply_version)
 {
-    Engram__V1__VersionRequest *rq = (Engram__V1__VersionRequest *)pb_from_byte_buffer(
-        &engram__v1__version_request__descriptor, req);
+    char why[160] = "no message";
+    Engram__V1__VersionRequest *rq = (Engram__V1__VersionRequest *)pb_unpack(
+        &engram__v1__version_request__descriptor, req, why, sizeof why);
     if (!rq) {
-        snprintf(msg, msglen, "malformed VersionRequest");
+        snprintf(msg, msglen, "malformed VersionRequest: %s", why);
         return ES_INVALID_ARGUMENT;
     }
     int code = ES_INVALID_ARGUMENT;
@@ -224,9 +227,10 @@ int admin_drop_version(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer *
 int admin_get_cluster_map(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                           char *msg, size_t msglen)
 {
-    ProtobufCMessage *rq = pb_from_byte_buffer(&engram__v1__get_cluster_map_request__descriptor, req);
+    char why[160] = "no message";
+    ProtobufCMessage *rq = pb_unpack(&engram__v1__get_cluster_map_request__descriptor, req, why, sizeof why);
     if (!rq) {
-        snprintf(msg, msglen, "malformed GetClusterMapRequest");
+        snprintf(msg, msglen, "malformed GetClusterMapRequest: %s", why);
         return ES_INVALID_ARGUMENT;
     }
     protobuf_c_message_free_unpacked(rq, NULL);

@@ -103,10 +103,11 @@ static grpc_byte_buffer *drain_reply(int is_draining, int drained, uint64_t in_f
 int drain_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                  char *msg, size_t msglen)
 {
-    Engram__V1__DrainRequest *rq = (Engram__V1__DrainRequest *)pb_from_byte_buffer(
-        &engram__v1__drain_request__descriptor, req);
+    char why[160] = "no message";
+    Engram__V1__DrainRequest *rq = (Engram__V1__DrainRequest *)pb_unpack(
+        &engram__v1__drain_request__descriptor, req, why, sizeof why);
     if (!rq) {
-        snprintf(msg, msglen, "malformed DrainRequest");
+        snprintf(msg, msglen, "malformed DrainRequest: %s", why);
         return ES_INVALID_ARGUMENT;
     }
     uint32_t timeout_ms = rq->timeout_ms;
@@ -125,9 +126,10 @@ int drain_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply
 int undrain_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                    char *msg, size_t msglen)
 {
-    ProtobufCMessage *rq = pb_from_byte_buffer(&engram__v1__undrain_request__descriptor, req);
+    char why[160] = "no message";
+    ProtobufCMessage *rq = pb_unpack(&engram__v1__undrain_request__descriptor, req, why, sizeof why);
     if (!rq) {
-        snprintf(msg, msglen, "malformed UndrainRequest");
+        snprintf(msg, msglen, "malformed UndrainRequest: %s", why);
         return ES_INVALID_ARGUMENT;
     }
     protobuf_c_message_free_unpacked(rq, NULL);

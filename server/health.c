@@ -98,10 +98,11 @@ static grpc_byte_buffer *response(int status)
 /* The service named by a request; NULL (with msg) when it is malformed. */
 static char *parse_service(grpc_byte_buffer *req, char *msg, size_t msglen)
 {
+    char why[160] = "no message";
     Grpc__Health__V1__HealthCheckRequest *rq = req ? (Grpc__Health__V1__HealthCheckRequest *)
-        pb_from_byte_buffer(&grpc__health__v1__health_check_request__descriptor, req) : NULL;
+        pb_unpack(&grpc__health__v1__health_check_request__descriptor, req, why, sizeof why) : NULL;
     if (!rq) {
-        snprintf(msg, msglen, "malformed HealthCheckRequest");
+        snprintf(msg, msglen, "malformed HealthCheckRequest: %s", why);
         return NULL;
     }
     char *s = strdup(rq->service ? rq->service : "");

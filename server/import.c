@@ -755,9 +755,15 @@ static void on_message(server_call *c, int ok)
     }
     if (!c->payload)
         return on_end(c);
-    Engram__V1__ImportRequest *rq = (Engram__V1__ImportRequest *)pb_from_byte_buffer(
-        &engram__v1__import_request__descriptor, c->payload);
-    int code = import_message(st, rq, msg, sizeof msg);
+    char why[160] = "no message";
+    Engram__V1__ImportRequest *rq = (Engram__V1__ImportRequest *)pb_unpack(
+        &engram__v1__import_request__descriptor, c->payload, why, sizeof why);
+    int code = ES_INVALID_ARGUMENT;
+    if (rq)
+        code = import_message(st, rq, msg, sizeof msg);
+    else
+        snprintf(msg, sizeof msg, "malformed ImportRequest after row %llu: %s",
+                 (unsigned long long)st->next_row, why);
     if (rq)
         protobuf_c_message_free_unpacked(&rq->base, NULL);
     if (code != ES_OK)

@@ -287,10 +287,11 @@ static int put_parsed(engram_manifest *m, const char *json, grpc_byte_buffer **r
 int manifests_put(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                   char *msg, size_t msglen)
 {
-    Engram__V1__PutManifestRequest *rq = (Engram__V1__PutManifestRequest *)pb_from_byte_buffer(
-        &engram__v1__put_manifest_request__descriptor, req);
+    char why[160] = "no message";
+    Engram__V1__PutManifestRequest *rq = (Engram__V1__PutManifestRequest *)pb_unpack(
+        &engram__v1__put_manifest_request__descriptor, req, why, sizeof why);
     if (!rq) {
-        snprintf(msg, msglen, "malformed PutManifestRequest");
+        snprintf(msg, msglen, "malformed PutManifestRequest: %s", why);
         return ES_INVALID_ARGUMENT;
     }
     int code = ES_INVALID_ARGUMENT;
@@ -311,10 +312,11 @@ int manifests_put(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **repl
 int manifests_get(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                   char *msg, size_t msglen)
 {
-    Engram__V1__GetManifestRequest *rq = (Engram__V1__GetManifestRequest *)pb_from_byte_buffer(
-        &engram__v1__get_manifest_request__descriptor, req);
+    char why[160] = "no message";
+    Engram__V1__GetManifestRequest *rq = (Engram__V1__GetManifestRequest *)pb_unpack(
+        &engram__v1__get_manifest_request__descriptor, req, why, sizeof why);
     if (!rq) {
-        snprintf(msg, msglen, "malformed GetManifestRequest");
+        snprintf(msg, msglen, "malformed GetManifestRequest: %s", why);
         return ES_INVALID_ARGUMENT;
     }
     int code = ES_OK;

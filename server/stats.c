@@ -603,9 +603,10 @@ static void reply_free(reply_buf *b)
 int stats_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                  char *msg, size_t msglen)
 {
-    ProtobufCMessage *rq = pb_from_byte_buffer(&engram__v1__stats_request__descriptor, req);
+    char why[160] = "no message";
+    ProtobufCMessage *rq = pb_unpack(&engram__v1__stats_request__descriptor, req, why, sizeof why);
     if (!rq) {
-        snprintf(msg, msglen, "malformed StatsRequest: not a valid engram.v1.StatsRequest message");
+        snprintf(msg, msglen, "malformed StatsRequest: %s", why);
         return ES_INVALID_ARGUMENT;
     }
     protobuf_c_message_free_unpacked(rq, NULL);
@@ -647,11 +648,12 @@ static int current_level(void)
 int stats_set_log_level(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                         char *msg, size_t msglen)
 {
-    Engram__V1__SetLogLevelRequest *rq = (Engram__V1__SetLogLevelRequest *)pb_from_byte_buffer(
-        &engram__v1__set_log_level_request__descriptor, req);
+    char why[160] = "no message";
+    Engram__V1__SetLogLevelRequest *rq = (Engram__V1__SetLogLevelRequest *)pb_unpack(
+        &engram__v1__set_log_level_request__descriptor, req, why, sizeof why);
     if (!rq) {
         snprintf(msg, msglen,
-                 "malformed SetLogLevelRequest: not a valid engram.v1.SetLogLevelRequest message");
+                 "malformed SetLogLevelRequest: %s", why);
         return ES_INVALID_ARGUMENT;
     }
     int level = log_level_parse(rq->level);

@@ -211,10 +211,12 @@ static void step(server_call *c, int ok)
 void verify_stream(server_call *c)
 {
     char msg[512] = "";
-    Engram__V1__VerifyRequest *rq = c->payload ? (Engram__V1__VerifyRequest *)pb_from_byte_buffer(
-        &engram__v1__verify_request__descriptor, c->payload) : NULL;
+    char why[160] = "no message";
+    Engram__V1__VerifyRequest *rq = c->payload ? (Engram__V1__VerifyRequest *)pb_unpack(
+        &engram__v1__verify_request__descriptor, c->payload, why, sizeof why) : NULL;
     if (!rq) {
-        call_finish(c, ES_INVALID_ARGUMENT, "malformed VerifyRequest", NULL);
+        snprintf(msg, sizeof msg, "malformed VerifyRequest: %s", why);
+        call_finish(c, ES_INVALID_ARGUMENT, msg, NULL);
         return;
     }
     int code;

@@ -305,10 +305,12 @@ static void step(server_call *c, int ok)
 void warm_stream(server_call *c)
 {
     char msg[512] = "";
-    Engram__V1__WarmRequest *rq = c->payload ? (Engram__V1__WarmRequest *)pb_from_byte_buffer(
-        &engram__v1__warm_request__descriptor, c->payload) : NULL;
+    char why[160] = "no message";
+    Engram__V1__WarmRequest *rq = c->payload ? (Engram__V1__WarmRequest *)pb_unpack(
+        &engram__v1__warm_request__descriptor, c->payload, why, sizeof why) : NULL;
     if (!rq) {
-        call_finish(c, ES_INVALID_ARGUMENT, "malformed WarmRequest", NULL);
+        snprintf(msg, sizeof msg, "malformed WarmRequest: %s", why);
+        call_finish(c, ES_INVALID_ARGUMENT, msg, NULL);
         return;
     }
     warm_job *j = calloc(1, sizeof *j);

@@ -852,6 +852,36 @@ class ImportDeadlineTest(AbuseBase):
         self.assert_alive_and_intact()
 
 
+class NulInWireNames(AbuseBase):
+    """Finding 6: protobuf-c ends every string at its first NUL, so an
+    Import of table "t\\0evil" was read as "t" and replaced table t. Every
+    string from the wire is checked against its wire length now."""
+
+    def nul_msg(self, field, offset, row=0):
+        return ("malformed ImportRequest after row %d: string field ImportHeader.%s contains a "
+                "NUL byte at offset %d" % (row, field, offset))
+
+    def test_import_with_nul_in_the_name_replaces_nothing(self):
+        before = self.srv.table_info("t")
+        for i in range(20):
+            code, details, _ = self.srv.import_rows("t\0evil%d" % i, self.ROWS, 666)
+            self.assertEqual((code, details), (IA, self.nul_msg("table", 1)))
+        after = self.srv.table_info("t")
+        self.assertEqual((after.version, after.checksum, after.xxh3, list(after.versions)),
+                         (before.version, before.checksum, before.xxh3, list(before.versions)))
+        self.assertEqual(self.srv.log_count("event=import_done"), 1, self.srv.log_tail())
+        self.assert_alive_and_intact()
+
+    def test_nul_in_other_header_strings(self):
+        hdr = pb.ImportHeader(table="u", rows=10, dim=64, dtype="u8\0", stage=True)
+        code, details, _ = self.srv.stream_unary(
+            A + "Import", [pb.ImportRequest(header=hdr).SerializeToString()])
+        self.assertEqual((code, details), (IA, self.nul_msg("dtype", 2)))
+        code, details, _ = self.srv.unary(A + "GetTable", pb.GetTableRequest(name="u").SerializeToString())
+        self.assertEqual((code, details), (NF, 'table "u" not found'))
+        self.assert_alive_and_intact()
+
+
 # ==== Health Watch, /metrics and manifests (findings 7, 8 and 9) ===========
 
 HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
