@@ -88,6 +88,8 @@ int ec_status_to_error(grpc_status_code status, grpc_slice details,
 
 void engram_client_options_init(engram_client_options *opts)
 {
+    memset(opts, 0, sizeof *opts);
+    opts->struct_size = sizeof *opts;
     opts->deadline_ms = 10000;
     opts->max_message_bytes = 64 << 20;
     opts->max_prefetch_tokens = 1 << 20;
@@ -351,11 +353,13 @@ int engram_client_open(const char *address, const engram_client_options *opts,
                        engram_client **out, engram_error *err)
 {
     engram_client_options o;
-    if (opts)
-        o = *opts;
-    else
-        engram_client_options_init(&o);
-    int rc = check_open_args(address, &o, out, err);
+    engram_client_options_init(&o);
+    if (out)
+        *out = NULL;
+    int rc = opts ? ec_struct_read(&o, sizeof o, ec_client_options_v1, opts,
+                                   "engram_client_options", err) : ENGRAM_OK;
+    if (!rc)
+        rc = check_open_args(address, &o, out, err);
     if (rc)
         return rc;
     *out = NULL;

@@ -180,6 +180,15 @@ int ec_error(engram_error *err, int code, const char *fmt, ...)
 /* Clears err to OK with an empty message; returns ENGRAM_OK. */
 int ec_ok(engram_error *err);
 
+/* structs.c: reads the caller's growing struct `src` (struct_size first)
+ * over dst, which holds the defaults and is dst_size bytes; v1_size is what
+ * struct_size 0 means. Returns ENGRAM_OK or ENGRAM_INVALID_ARGUMENT naming
+ * the struct. */
+int ec_struct_read(void *dst, size_t dst_size, size_t v1_size, const void *src, const char *name,
+                   engram_error *err);
+extern const size_t ec_client_options_v1, ec_import_target_v1, ec_prefetch_request_v1,
+    ec_warm_request_v1;
+
 /* Copies a protobuf TableInfo into the public struct, truncating strings
  * safely. Defined in admin.c, also used by import.c. */
 void ec_table_info_from_pb(engram_table_info *out,

@@ -202,16 +202,26 @@ int engram_import_begin(engram_client *client, const char *table,
                         uint64_t rows, uint32_t dim, const char *dtype,
                         engram_import **out, engram_error *err)
 {
-    engram_import_target t = {0};
-    return engram_import_begin_target(client, table, rows, dim, dtype, &t, out, err);
+    return engram_import_begin_target(client, table, rows, dim, dtype, NULL, out, err);
+}
+
+void engram_import_target_init(engram_import_target *target)
+{
+    memset(target, 0, sizeof *target);
+    target->struct_size = sizeof *target;
 }
 
 int engram_import_begin_target(engram_client *client, const char *table,
                                uint64_t rows, uint32_t dim, const char *dtype,
-                               const engram_import_target *t,
+                               const engram_import_target *target,
                                engram_import **out, engram_error *err)
 {
-    int rc = check_begin_args(client, table, dim, dtype, out, err);
+    engram_import_target tg, *t = &tg;
+    engram_import_target_init(&tg);
+    int rc = target ? ec_struct_read(&tg, sizeof tg, ec_import_target_v1, target,
+                                     "engram_import_target", err) : ENGRAM_OK;
+    if (!rc)
+        rc = check_begin_args(client, table, dim, dtype, out, err);
     if (rc)
         return rc;
     if (t->shard_count && t->shard_index >= t->shard_count)

@@ -286,13 +286,28 @@ static int check_warm_args(engram_client *client, const char *table, const uint6
     return ENGRAM_OK;
 }
 
-int engram_warm(engram_client *client, const char *table, const uint64_t *rows, size_t n,
-                const char *model, const int64_t *tokens, size_t ntokens,
-                const int64_t *layer_ids, size_t nlayers, engram_warm_progress_fn progress,
-                void *ctx, engram_error *err)
+void engram_warm_request_init(engram_warm_request *req)
 {
-    int rc = check_warm_args(client, table, rows, n, model, tokens, ntokens, layer_ids, nlayers,
-                             err);
+    memset(req, 0, sizeof *req);
+    req->struct_size = sizeof *req;
+}
+
+int engram_warm(engram_client *client, const engram_warm_request *request, engram_error *err)
+{
+    if (!request)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT, "the warm request is NULL");
+    engram_warm_request wr;
+    engram_warm_request_init(&wr);
+    int rc = ec_struct_read(&wr, sizeof wr, ec_warm_request_v1, request, "engram_warm_request", err);
+    if (rc)
+        return rc;
+    const char *table = wr.table, *model = wr.model;
+    const uint64_t *rows = wr.rows;
+    const int64_t *tokens = wr.tokens, *layer_ids = wr.layer_ids;
+    size_t n = wr.n_rows, ntokens = wr.n_tokens, nlayers = wr.n_layers;
+    engram_warm_progress_fn progress = wr.progress;
+    void *ctx = wr.progress_ctx;
+    rc = check_warm_args(client, table, rows, n, model, tokens, ntokens, layer_ids, nlayers, err);
     if (rc)
         return rc;
     Engram__V1__WarmRequest req = ENGRAM__V1__WARM_REQUEST__INIT;

@@ -215,9 +215,25 @@ static int check_request(const engram_model *m, const engram_prefetch_request *r
     return ENGRAM_OK;
 }
 
-size_t engram_prefetch_out_bytes(const engram_model *m, const engram_prefetch_request *r)
+void engram_prefetch_request_init(engram_prefetch_request *req)
 {
-    if (!m || !r)
+    memset(req, 0, sizeof *req);
+    req->struct_size = sizeof *req;
+}
+
+/* The caller's request as this library lays it out (see structs.c). */
+static int read_request(engram_prefetch_request *dst, const engram_prefetch_request *req,
+                        engram_error *err)
+{
+    engram_prefetch_request_init(dst);
+    return ec_struct_read(dst, sizeof *dst, ec_prefetch_request_v1, req, "engram_prefetch_request",
+                          err);
+}
+
+size_t engram_prefetch_out_bytes(const engram_model *m, const engram_prefetch_request *req)
+{
+    engram_prefetch_request rq, *r = &rq;
+    if (!m || !req || read_request(&rq, req, NULL))
         return 0;
     size_t heads = r->heads ? r->n_heads : (size_t)m->man->model->heads;
     return r->n_layers * r->batch * r->seq_len * heads * m->man->row_bytes;
@@ -256,12 +272,15 @@ static void copy_tokens(engram_prefetch *p, const engram_prefetch_request *r)
     }
 }
 
-int engram_prefetch_start(engram_model *m, const engram_prefetch_request *r,
+int engram_prefetch_start(engram_model *m, const engram_prefetch_request *req,
                           engram_prefetch **handle, engram_error *err)
 {
-    if (!m || !r || !handle)
+    if (!m || !req || !handle)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT, "model, request or handle is NULL");
-    int rc = check_request(m, r, err);
+    engram_prefetch_request rq, *r = &rq;
+    int rc = read_request(&rq, req, err);
+    if (!rc)
+        rc = check_request(m, r, err);
     if (rc)
         return rc;
     engram_prefetch *p = prefetch_new(m, r);

@@ -100,7 +100,12 @@ static int expected_sums(const cluster_import *ci, uint32_t shard, uint32_t *crc
 static int stream_shard(job *j, engram_client *cl)
 {
     const cluster_import *ci = j->ci;
-    engram_import_target t = {ci->version, 1, ci->shards, j->shard};
+    engram_import_target t;
+    engram_import_target_init(&t);
+    t.version = ci->version;
+    t.stage = 1;
+    t.shard_count = ci->shards;
+    t.shard_index = j->shard;
     engram_import *imp;
     engram_error e;
     if (engram_import_begin_target(cl, ci->table, ci->rows, ci->dim, ci->dtype, &t, &imp, &e))

@@ -169,9 +169,18 @@ static int parse_warm(int argc, char **argv, warm_args *w)
 
 static int warm_one(engram_client *cl, const warm_args *w, engram_error *e)
 {
-    return engram_warm(cl, w->table, w->nrows ? w->rows : NULL, w->nrows, w->model, w->tokens,
-                       w->ntokens, w->nlayers ? w->layers : NULL, w->nlayers, print_progress,
-                       NULL, e);
+    engram_warm_request rq;
+    engram_warm_request_init(&rq);
+    rq.table = w->table;
+    rq.rows = w->nrows ? w->rows : NULL;
+    rq.n_rows = w->nrows;
+    rq.model = w->model;
+    rq.tokens = w->tokens;
+    rq.n_tokens = w->ntokens;
+    rq.layer_ids = w->nlayers ? w->layers : NULL;
+    rq.n_layers = w->nlayers;
+    rq.progress = print_progress;
+    return engram_warm(cl, &rq, e);
 }
 
 /* Warms every replica of every shard, one after another. */

@@ -56,6 +56,11 @@
 #define R 2
 #define RB 64
 
+
+/* engram_warm with designated fields: struct_size stays 0, the request's
+ * first layout, as a caller that never calls engram_warm_request_init. */
+#define WARM(c, e, ...) engram_warm((c), &(engram_warm_request){__VA_ARGS__}, (e))
+
 static test_server lone;
 static char lone_dir[300];
 static test_server srv[S][R];
@@ -462,7 +467,8 @@ static void test_warm_tokens_through_manifest(void **state)
     Engram__V1__RocksdbStats before, after, looked;
     rocksdb_stats(lone.addr, &before);
     progress_log p = {0};
-    assert_int_equal(engram_warm(c, NULL, NULL, 0, "tiny", tok, T, NULL, 0, on_progress, &p, &e),
+    assert_int_equal(WARM(c, &e, .model = "tiny", .tokens = tok, .n_tokens = T,
+                          .progress = on_progress, .progress_ctx = &p),
                      ENGRAM_OK);
     /* One batch per table (under 4096 rows), then the totals. */
     assert_int_equal(p.n, 3);
@@ -522,30 +528,57 @@ static void test_warm_refusals(void **state)
     engram_client *c = connect_to(lone.addr, 5000);
     engram_error e;
     const uint64_t bad_rows[] = {0, 16242};
-    assert_int_equal(engram_warm(c, "tiny.l1", bad_rows, 2, NULL, NULL, 0, NULL, 0, NULL, NULL, &e),
+    assert_int_equal(WARM(c, &e, .table = "tiny.l1", .rows = bad_rows, .n_rows = 2),
                      ENGRAM_OUT_OF_RANGE);
     assert_string_equal(e.message, "row 16242 (index 1 in the request) is out of range: "
                                    "table \"tiny.l1\" has 16242 rows");
-    assert_int_equal(engram_warm(c, "nope", bad_rows, 1, NULL, NULL, 0, NULL, 0, NULL, NULL, &e),
+    assert_int_equal(WARM(c, &e, .table = "nope", .rows = bad_rows, .n_rows = 1),
                      ENGRAM_NOT_FOUND);
     assert_string_equal(e.message, "table \"nope\" not found");
     const int64_t bad_tok[] = {1, 99999};
-    assert_int_equal(engram_warm(c, NULL, NULL, 0, "tiny", bad_tok, 2, NULL, 0, NULL, NULL, &e),
+    assert_int_equal(WARM(c, &e, .model = "tiny", .tokens = bad_tok, .n_tokens = 2),
                      ENGRAM_INVALID_ARGUMENT);
     assert_string_equal(e.message, "token id 99999 at [0, 1] is beyond the compression table (512 ids)");
-    assert_int_equal(engram_warm(c, NULL, NULL, 0, "nope", bad_tok, 1, NULL, 0, NULL, NULL, &e),
+    assert_int_equal(WARM(c, &e, .model = "nope", .tokens = bad_tok, .n_tokens = 1),
                      ENGRAM_NOT_FOUND);
     assert_string_equal(e.message, "model \"nope\" not found (no manifest of that name on this server)");
-    assert_int_equal(engram_warm(c, NULL, NULL, 0, NULL, NULL, 0, NULL, 0, NULL, NULL, &e),
+    assert_int_equal(WARM(c, &e, .struct_size = 0),
                      ENGRAM_INVALID_ARGUMENT);
     assert_string_equal(e.message, "give a table with rows or a model with tokens");
     /* rows of a resident-less table, with duplicates: counted once */
     const uint64_t dup[] = {7, 7, 8};
     progress_log p = {0};
-    assert_int_equal(engram_warm(c, "tiny.l1", dup, 3, NULL, NULL, 0, NULL, 0, on_progress, &p, &e),
+    assert_int_equal(WARM(c, &e, .table = "tiny.l1", .rows = dup, .n_rows = 3,
+                          .progress = on_progress, .progress_ctx = &p),
                      ENGRAM_OK);
     assert_int_equal(p.n, 2);
     assert_int_equal(p.total[0], 2);
+
+    /* The request's struct_size: what an older or newer caller sends. */
+    struct {
+        engram_warm_request r;
+        uint64_t later_field;    /* a field of some later header */
+    } newer;
+    memset(&newer, 0, sizeof newer);
+    engram_warm_request_init(&newer.r);
+    newer.r.table = "tiny.l1";
+    newer.r.rows = dup;
+    newer.r.n_rows = 3;
+    newer.r.struct_size = sizeof newer;            /* its tail is 0: unset */
+    assert_int_equal(engram_warm(c, &newer.r, &e), ENGRAM_OK);
+    newer.later_field = 1;                         /* set: this library lacks it */
+    assert_int_equal(engram_warm(c, &newer.r, &e), ENGRAM_INVALID_ARGUMENT);
+    char want[256];
+    snprintf(want, sizeof want, "engram_warm_request sets a field at byte %zu that this "
+             "libengram's engram_warm_request (%zu bytes) does not have: a newer header than "
+             "the library", offsetof(__typeof__(newer), later_field), sizeof(engram_warm_request));
+    assert_string_equal(e.message, want);
+    newer.r.struct_size = sizeof(size_t) + 4;      /* shorter than the first layout */
+    assert_int_equal(engram_warm(c, &newer.r, &e), ENGRAM_INVALID_ARGUMENT);
+    snprintf(want, sizeof want, "engram_warm_request.struct_size is %zu, less than its first "
+             "layout (%zu bytes): set it with engram_warm_request_init", sizeof(size_t) + 4,
+             offsetof(engram_warm_request, progress_ctx) + sizeof(void *));
+    assert_string_equal(e.message, want);
     engram_client_close(c);
 }
 

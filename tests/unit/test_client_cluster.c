@@ -114,7 +114,12 @@ static int import_shard(int s, int r, const char *t, uint64_t version, uint64_t 
     engram_error e;
     if (engram_client_open(addrs[s][r], NULL, &c, &e))
         return -1;
-    engram_import_target tg = {.version = version, .stage = 1, .shard_count = S, .shard_index = (uint32_t)s};
+    engram_import_target tg;
+    engram_import_target_init(&tg);
+    tg.version = version;
+    tg.stage = 1;
+    tg.shard_count = S;
+    tg.shard_index = (uint32_t)s;
     engram_import *imp;
     int rc = engram_import_begin_target(c, t, ROWS, RB, "u8", &tg, &imp, &e);
     uint64_t local = ROWS > (uint64_t)s ? (ROWS - s - 1) / S + 1 : 0;

@@ -58,6 +58,26 @@ extern "C" {
 /* Not a gRPC code: engram_lookup_wait's timeout passed, the call goes on. */
 #define ENGRAM_TIMEOUT 100
 
+/* The longest table or model name, in bytes, without its NUL: name
+ * buffers below are ENGRAM_NAME_MAX + 1 bytes. */
+#define ENGRAM_NAME_MAX 128
+/* The most versions of one table a server holds (active, retained and
+ * staged together): the size of engram_table_info.versions. */
+#define ENGRAM_MAX_VERSIONS 16
+
+/* Growing structs. Every struct the caller fills in and passes to the
+ * library (options and requests) starts with `struct_size`: its _init
+ * function sets it to sizeof the struct as this header declares it, and
+ * the library reads only that many bytes, so a program built against an
+ * older header keeps working with a newer library (fields it does not
+ * know keep their defaults), and a newer program with an older library
+ * works unless it set a field that library lacks (ENGRAM_INVALID_ARGUMENT
+ * then names the struct). 0 means the struct's first layout, so a request
+ * written with designated initializers and no _init stays valid; new
+ * fields are only ever added at the end. Structs the library fills in
+ * (table info, results) are caller-allocated and keep their layout within
+ * a major version (ENGRAM_VERSION_MAJOR). */
+
 typedef struct engram_error {
     int code;
     char message[512];
@@ -71,6 +91,7 @@ const char *engram_status_name(int code);
 typedef struct engram_client engram_client;
 
 typedef struct engram_client_options {
+    size_t struct_size;   /* sizeof(engram_client_options): set by _init */
     /* Deadline of every call, in milliseconds; <= 0: none. Default 10000. */
     int64_t deadline_ms;
     /* Max message size sent and received, bytes. Default 64 MiB. */
@@ -143,7 +164,7 @@ typedef struct engram_client_options {
     int32_t prefetch_chunk_rows;
 } engram_client_options;
 
-/* Fills `opts` with the defaults.
+/* Fills `opts` with the defaults (and struct_size).
  * Thread-safe: yes (touches only opts). */
 void engram_client_options_init(engram_client_options *opts);
 
@@ -203,7 +224,7 @@ void engram_client_close(engram_client *client);
 /* ---- tables ------------------------------------------------------------ */
 
 typedef struct engram_table_info {
-    char name[129];
+    char name[ENGRAM_NAME_MAX + 1];
     uint64_t rows;
     uint32_t row_bytes;
     uint32_t dim;
@@ -226,7 +247,7 @@ typedef struct engram_table_info {
         uint32_t checksum;
         uint64_t local_rows;
         uint64_t xxh3;
-    } versions[16];
+    } versions[ENGRAM_MAX_VERSIONS];
 } engram_table_info;
 
 #define ENGRAM_VERSION_ACTIVE 1    /* served when a lookup names no version */
@@ -368,11 +389,16 @@ int engram_import_begin(engram_client *client, const char *table,
 /* Where an import goes: the version it writes, whether it stays staged
  * until engram_table_activate, and the shard it is cut for. */
 typedef struct engram_import_target {
+    size_t struct_size;    /* sizeof(engram_import_target), or 0 */
     uint64_t version;      /* 0: one past the server's newest */
     int stage;             /* 1: keep inactive until activated */
     uint32_t shard_count;  /* 0: an unsharded server */
     uint32_t shard_index;
 } engram_import_target;
+
+/* Fills `target` with the defaults: version 0, not staged, unsharded.
+ * Thread-safe: yes (touches only target). */
+void engram_import_target_init(engram_import_target *target);
 
 /* As engram_import_begin, for a target. With shard_count > 0 the writes
  * carry the shard's rows in local order (local row i is global row
@@ -412,7 +438,7 @@ void engram_import_abort(engram_import *imp);
  * as stored there (its shard's rows, in local order), recomputed, against
  * the ones recorded at import. */
 typedef struct engram_verify_result {
-    char table[129];
+    char table[ENGRAM_NAME_MAX + 1];
     uint64_t version;
     uint64_t rows_checked;     /* local rows read back */
     uint64_t local_rows;       /* local rows of the version */
@@ -459,7 +485,7 @@ int engram_table_verify(engram_client *client, const char *table, uint64_t versi
 /* A model manifest (JSON, see README "Models") names a model's hashing
  * parameters and the table of each Engram layer. */
 typedef struct engram_manifest_info {
-    char name[129];
+    char name[ENGRAM_NAME_MAX + 1];
     uint64_t version;          /* increases by one with every put */
     uint32_t n_layers;
     uint32_t dim;              /* elements per head row */
@@ -503,7 +529,7 @@ typedef struct engram_model engram_model;
 #define ENGRAM_MAX_LAYERS 64
 
 typedef struct engram_model_info {
-    char name[129];
+    char name[ENGRAM_NAME_MAX + 1];
     uint64_t manifest_version;
     uint32_t n_layers;
     int64_t layer_ids[ENGRAM_MAX_LAYERS];
@@ -549,6 +575,7 @@ int engram_model_hash(const engram_model *model, int64_t layer_id,
 #define ENGRAM_PREFETCH_HASH_ASYNC 0x1u
 
 typedef struct engram_prefetch_request {
+    size_t struct_size;        /* sizeof(engram_prefetch_request), or 0 */
     const int64_t *layer_ids;  /* n_layers layers; one call may cover a step */
     size_t n_layers;
     const int64_t *tokens;     /* [batch, seq_len] raw token ids */
@@ -561,6 +588,10 @@ typedef struct engram_prefetch_request {
     size_t out_cap;
     unsigned flags;            /* ENGRAM_PREFETCH_* */
 } engram_prefetch_request;
+
+/* Zeroes `req` and sets its struct_size.
+ * Thread-safe: yes (touches only req). */
+void engram_prefetch_request_init(engram_prefetch_request *req);
 
 typedef struct engram_prefetch engram_prefetch;
 
@@ -662,23 +693,39 @@ int engram_undrain(engram_client *client, engram_error *err);
 typedef void (*engram_warm_progress_fn)(void *ctx, const char *table, uint64_t done,
                                         uint64_t total, uint64_t loaded);
 
-/* Warms the server's RAM tiers: either rows[0..n) (global ids) of `table`,
- * or the rows token ids tokens[0..ntokens) (one sequence from its start)
- * touch in model `model`'s layers layer_ids[0..nlayers) (nlayers 0: every
- * layer). Pass NULL/0 for the other form. Only this server's shard's rows
- * are read. `progress` (may be NULL) runs on the calling thread. No
- * deadline: a warm runs until done (like an import). Errors: unknown table
- * or model ENGRAM_NOT_FOUND, a row outside the table ENGRAM_OUT_OF_RANGE, a
- * token outside the model's vocabulary ENGRAM_INVALID_ARGUMENT (the
- * message names it). Not cancelled by engram_client_close: let it return
- * first.
- * Owns: rows, tokens and layer_ids stay the caller's; nothing is kept.
+/* What engram_warm reads: either rows[0..n_rows) (global ids) of `table`,
+ * or the rows token ids tokens[0..n_tokens) (one sequence from its start)
+ * touch in model `model`'s layers layer_ids[0..n_layers) (n_layers 0:
+ * every layer). Leave the other form NULL/0. */
+typedef struct engram_warm_request {
+    size_t struct_size;        /* sizeof(engram_warm_request), or 0 */
+    const char *table;
+    const uint64_t *rows;
+    size_t n_rows;
+    const char *model;
+    const int64_t *tokens;
+    size_t n_tokens;
+    const int64_t *layer_ids;
+    size_t n_layers;
+    engram_warm_progress_fn progress;  /* may be NULL; runs on the calling thread */
+    void *progress_ctx;
+} engram_warm_request;
+
+/* Zeroes `req` and sets its struct_size.
+ * Thread-safe: yes (touches only req). */
+void engram_warm_request_init(engram_warm_request *req);
+
+/* Warms the server's RAM tiers with the rows `req` names. Only this
+ * server's shard's rows are read. No deadline: a warm runs until done
+ * (like an import). Errors: unknown table or model ENGRAM_NOT_FOUND, a row
+ * outside the table ENGRAM_OUT_OF_RANGE, a token outside the model's
+ * vocabulary ENGRAM_INVALID_ARGUMENT (the message names it), neither form
+ * or both ENGRAM_INVALID_ARGUMENT. Not cancelled by engram_client_close:
+ * let it return first.
+ * Owns: req and what it points to stay the caller's; nothing is kept.
  * Thread-safe: yes, any number of threads on one client (each call has its
  * own stream); the progress callback runs on the calling thread. */
-int engram_warm(engram_client *client, const char *table, const uint64_t *rows, size_t n,
-                const char *model, const int64_t *tokens, size_t ntokens,
-                const int64_t *layer_ids, size_t nlayers, engram_warm_progress_fn progress,
-                void *ctx, engram_error *err);
+int engram_warm(engram_client *client, const engram_warm_request *req, engram_error *err);
 
 #ifdef __cplusplus
 }
