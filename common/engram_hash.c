@@ -250,6 +250,7 @@ eh_model *eh_model_create(const eh_config *cfg, char *err, size_t errlen)
     m->n_head_per_ngram = cfg->n_head_per_ngram;
     m->heads = (cfg->max_ngram - 1) * cfg->n_head_per_ngram;
     m->lookup_len = cfg->lookup_len;
+    m->dead_tokens = cfg->dead_tokens != 0;
     m->lookup = malloc(cfg->lookup_len * sizeof *m->lookup);
     if (!m->lookup) {
         free(p);
@@ -358,6 +359,20 @@ static inline int compress(const eh_model *m, int64_t id, int64_t *c)
     return -1;
 }
 
+/* The distance-to-DEAD the hashing loop starts a row with: 0 when the
+ * history row's last entry (position -1) is DEAD, N - 2 when only its first
+ * is, N when none is (or DEAD tokens are off); the loop adds one as it
+ * shifts in t = 0. */
+static inline int dead_distance(const eh_model *m, const int64_t *hist, int N)
+{
+    if (!m->dead_tokens)
+        return N;
+    for (int k = 0; k < N - 1; k++)          /* newest first */
+        if (hist[N - 2 - k] < 0)
+            return k;
+    return N;
+}
+
 /* The hashing loop. N (max_ngram) and H (n_head_per_ngram) are parameters
  * so that the dispatcher below can instantiate it with constants for the
  * common shapes; the generic instance passes the model's values. Exactly one
@@ -380,12 +395,15 @@ hash_core(const eh_model_priv *p, int li, const int64_t *tokens, size_t B, size_
         /* win[k]: the compressed id at t - k once position t is shifted in;
          * before t = 0 it holds positions -1 .. -(N-1) (history index
          * N - 2 - k, oldest first). */
-        int64_t win[EH_MAX_NGRAM];
+        int64_t win[EH_MAX_NGRAM], eff[EH_MAX_NGRAM];
         win[N - 1] = 0;
+        int dist = history ? dead_distance(m, history + b * (size_t)(N - 1), N) : N;
         for (int k = 0; k < N - 1; k++) {
             if (history) {
                 int64_t id = history[b * (size_t)(N - 1) + (size_t)(N - 2 - k)];
-                if (compress(m, id, &win[k]) < 0) {
+                if (m->dead_tokens && id < 0)
+                    win[k] = m->compressed_pad;
+                else if (compress(m, id, &win[k]) < 0) {
                     set_err(err, errlen,
                             "history token id %lld at [%zu, %d] is beyond the compression "
                             "table (%zu ids)",
@@ -400,24 +418,37 @@ hash_core(const eh_model_priv *p, int li, const int64_t *tokens, size_t B, size_
         for (size_t t = 0; t < T; t++) {
             for (int k = N - 1; k > 0; k--)
                 win[k] = win[k - 1];
-            if (compress(m, row[t], &win[0]) < 0) {
+            if (m->dead_tokens && row[t] < 0) {
+                win[0] = m->compressed_pad;
+                dist = 0;
+            } else if (compress(m, row[t], &win[0]) < 0) {
                 set_err(err, errlen,
                         "token id %lld at [%zu, %zu] is beyond the compression table (%zu ids)",
                         (long long)row[t], b, t, m->lookup_len);
                 return -1;
+            } else if (dist < N) {
+                dist++;
             }
-            uint64_t mix = (uint64_t)win[0] * mult[0];
+            /* The ids a DEAD token blocks read as the pad; without one
+             * nearby (dist == N) the window is used as it is. */
+            const int64_t *w = win;
+            if (dist < N) {
+                for (int k = 0; k < N; k++)
+                    eff[k] = k >= dist ? m->compressed_pad : win[k];
+                w = eff;
+            }
+            uint64_t mix = (uint64_t)w[0] * mult[0];
             if (mix_out) {
                 int64_t *mo = mix_out + (b * T + t) * (size_t)(N - 1);
                 for (int n = 2; n <= N; n++) {
-                    mix ^= (uint64_t)win[n - 1] * mult[n - 1];
+                    mix ^= (uint64_t)w[n - 1] * mult[n - 1];
                     mo[n - 2] = (int64_t)mix;
                 }
                 continue;
             }
             uint64_t *o = out + (b * T + t) * (size_t)heads;
             for (int n = 2; n <= N; n++) {
-                mix ^= (uint64_t)win[n - 1] * mult[n - 1];
+                mix ^= (uint64_t)w[n - 1] * mult[n - 1];
                 const int h0 = (n - 2) * H;
                 if ((int64_t)mix >= 0) {
                     /* Valid ids only ever give these: no sign fix-up. */
@@ -466,12 +497,15 @@ hash_avx512(const eh_model_priv *p, int li, const int64_t *tokens, size_t B, siz
         mult[k] = (uint64_t)L->multipliers[k];
 
     for (size_t b = 0; b < B; b++) {
-        int64_t win[EH_MAX_NGRAM];
+        int64_t win[EH_MAX_NGRAM], eff[EH_MAX_NGRAM];
         win[N - 1] = 0;
+        int dist = history ? dead_distance(m, history + b * (size_t)(N - 1), N) : N;
         for (int k = 0; k < N - 1; k++) {
             if (history) {
                 int64_t id = history[b * (size_t)(N - 1) + (size_t)(N - 2 - k)];
-                if (compress(m, id, &win[k]) < 0) {
+                if (m->dead_tokens && id < 0)
+                    win[k] = m->compressed_pad;
+                else if (compress(m, id, &win[k]) < 0) {
                     set_err(err, errlen,
                             "history token id %lld at [%zu, %d] is beyond the compression "
                             "table (%zu ids)",
@@ -486,16 +520,29 @@ hash_avx512(const eh_model_priv *p, int li, const int64_t *tokens, size_t B, siz
         for (size_t t = 0; t < T; t++) {
             for (int k = N - 1; k > 0; k--)
                 win[k] = win[k - 1];
-            if (compress(m, row[t], &win[0]) < 0) {
+            if (m->dead_tokens && row[t] < 0) {
+                win[0] = m->compressed_pad;
+                dist = 0;
+            } else if (compress(m, row[t], &win[0]) < 0) {
                 set_err(err, errlen,
                         "token id %lld at [%zu, %zu] is beyond the compression table (%zu ids)",
                         (long long)row[t], b, t, m->lookup_len);
                 return -1;
+            } else if (dist < N) {
+                dist++;
             }
-            uint64_t mix = (uint64_t)win[0] * mult[0];
+            /* The ids a DEAD token blocks read as the pad; without one
+             * nearby (dist == N) the window is used as it is. */
+            const int64_t *w = win;
+            if (dist < N) {
+                for (int k = 0; k < N; k++)
+                    eff[k] = k >= dist ? m->compressed_pad : win[k];
+                w = eff;
+            }
+            uint64_t mix = (uint64_t)w[0] * mult[0];
             uint64_t *o = out + (b * T + t) * (size_t)heads;
             for (int n = 2; n <= N; n++) {
-                mix ^= (uint64_t)win[n - 1] * mult[n - 1];
+                mix ^= (uint64_t)w[n - 1] * mult[n - 1];
                 const __m512i vm = _mm512_set1_epi64((int64_t)mix);
                 const __m512d fm = _mm512_set1_pd((double)(int64_t)mix);
                 const int h0 = (n - 2) * H;

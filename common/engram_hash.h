@@ -37,6 +37,12 @@ typedef struct eh_config {
      * max_ngram odd values in (0, 2^63). */
     int has_multipliers[EH_MAX_LAYERS];
     int64_t multipliers[EH_MAX_LAYERS][EH_MAX_NGRAM];
+    /* DeepSeek-V4.1's rule: a negative raw id is DEAD (an image token, -1)
+     * instead of an id hashed as it is. A DEAD token blocks the look-back:
+     * at position t, the id at t - j is the pad once any token at t - j'
+     * (j' <= j) is DEAD, so a DEAD token at t pads every id of t. 0: the
+     * demo_v1 rule (negative ids pass through compression). */
+    int dead_tokens;
 } eh_config;
 
 typedef struct eh_layer {
@@ -56,6 +62,7 @@ typedef struct eh_model {
     uint64_t half_bound;
     int64_t *lookup;                   /* owned copy */
     size_t lookup_len;
+    int dead_tokens;                   /* eh_config.dead_tokens */
     int n_layers;
     eh_layer layers[EH_MAX_LAYERS];
 } eh_model;
@@ -75,7 +82,8 @@ int eh_layer_index(const eh_model *m, int64_t layer_id);
  * history: NULL, or [B, max_ngram - 1] raw ids that precede each sequence,
  * oldest first (a decode step passes the previous tokens; positions before
  * the start of a text hold pad_id). Without history, positions before t = 0
- * are the pad, as in the reference.
+ * are the pad, as in the reference. With dead_tokens, a negative id in
+ * tokens or history is DEAD (see eh_config).
  *
  * Returns 0, or -1 with err naming the first bad token (an id at or beyond
  * the compression table) and its [b, t] position. Thread-safe. */

@@ -103,6 +103,11 @@ static int parse_shape(parse_ctx *p)
     if (get_int(p, p->root, "seed", 0, INT64_MAX, &v))
         return -1;
     p->cfg.seed = (uint64_t)v;
+    /* Optional (DeepSeek-V4.1): a negative token id is DEAD, see eh_config. */
+    json_t *dead = json_object_get(p->root, "dead_tokens");
+    if (dead && !json_is_boolean(dead))
+        return perr(p, "manifest: \"dead_tokens\" must be true or false");
+    p->cfg.dead_tokens = dead && json_is_true(dead);
     return 0;
 }
 

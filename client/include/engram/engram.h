@@ -563,7 +563,9 @@ void engram_model_close(engram_model *model);
  * rows_out[batch, seq_len, heads]: the global row ids the reference model
  * reads from that layer's table. history: NULL, or [batch, max_ngram - 1]
  * ids preceding each sequence, oldest first (decode steps). A token beyond
- * the compression table is ENGRAM_INVALID_ARGUMENT naming it. Thread-safe;
+ * the compression table is ENGRAM_INVALID_ARGUMENT naming it. Under a
+ * manifest with "dead_tokens" (DeepSeek-V4.1), a negative id is DEAD: it
+ * blocks the look-back from its position on (see README "Models"). Thread-safe;
  * no server call. */
 int engram_model_hash(const engram_model *model, int64_t layer_id,
                       const int64_t *tokens, size_t batch, size_t seq_len,
