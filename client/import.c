@@ -163,7 +163,8 @@ static int check_begin_args(engram_client *client, const char *table,
         return ec_error(err, ENGRAM_INVALID_ARGUMENT,
                         "unknown dtype '%s' (known: %s)",
                         dtype ? dtype : "(null)", dtype_list());
-    if (dim == 0 || (uint64_t)dim * es > UINT32_MAX)
+    uint64_t rb = dtype_row_bytes(dtype, dim);
+    if (rb == 0 || rb > UINT32_MAX)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT,
                         "dim %u of %s gives no valid row size", dim, dtype);
     return ENGRAM_OK;
@@ -230,7 +231,7 @@ int engram_import_begin_target(engram_client *client, const char *table,
     *out = NULL;
     uint64_t local = t->shard_count ? cluster_local_rows(rows, t->shard_count, t->shard_index) : rows;
     engram_import *imp =
-        import_new(client, table, local, dim * (uint32_t)dtype_size(dtype));
+        import_new(client, table, local, (uint32_t)dtype_row_bytes(dtype, dim));
     if (!imp)
         return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
     if (!imp->call) {

@@ -1,12 +1,13 @@
 /* dtype.c: the table of element types. fp8 types are one byte; u8 is the
- * type of an untyped byte row (dim = row_bytes). */
+ * type of an untyped byte row (dim = row_bytes); mxfp8_e4m3 rows carry
+ * their block scales after the codes (dtype.h). */
 #include "dtype.h"
 
 #include <string.h>
 
 static const struct { const char *name; size_t size; } dtypes[] = {
     {"bf16", 2}, {"f16", 2}, {"f32", 4}, {"f64", 8}, {"i8", 1}, {"u8", 1},
-    {"i16", 2}, {"i32", 4}, {"fp8_e4m3", 1}, {"fp8_e5m2", 1},
+    {"i16", 2}, {"i32", 4}, {"fp8_e4m3", 1}, {"fp8_e5m2", 1}, {DTYPE_MXFP8_E4M3, 1},
 };
 
 size_t dtype_size(const char *name)
@@ -21,5 +22,48 @@ size_t dtype_size(const char *name)
 
 const char *dtype_list(void)
 {
-    return "bf16, f16, f32, f64, i8, u8, i16, i32, fp8_e4m3, fp8_e5m2";
+    return "bf16, f16, f32, f64, i8, u8, i16, i32, fp8_e4m3, fp8_e5m2, mxfp8_e4m3";
+}
+
+static int is_mx(const char *name)
+{
+    return name && strcmp(name, DTYPE_MXFP8_E4M3) == 0;
+}
+
+uint64_t dtype_row_bytes(const char *name, uint64_t dim)
+{
+    size_t es = dtype_size(name);
+    if (!es || !dim)
+        return 0;
+    if (is_mx(name))
+        return dim % DTYPE_MX_BLOCK ? 0 : dim + dim / DTYPE_MX_BLOCK;
+    return dim > UINT64_MAX / es ? 0 : dim * es;
+}
+
+/* The common case is a clean row: one OR over the row (vectorised by the
+ * compiler) says so, and only a row that fails it is searched. */
+int dtype_find_invalid(const char *name, uint32_t dim, const uint8_t *rows, uint64_t n,
+                       uint64_t *row, uint32_t *byte, uint8_t *value)
+{
+    if (!is_mx(name) || !dim || dim % DTYPE_MX_BLOCK)
+        return 0;
+    const uint32_t rb = dim + dim / DTYPE_MX_BLOCK;
+    for (uint64_t r = 0; r < n; r++) {
+        const uint8_t *p = rows + r * rb;
+        uint8_t bad = 0;
+        for (uint32_t i = 0; i < dim; i++)
+            bad |= (uint8_t)((p[i] & 0x7f) == 0x7f);
+        for (uint32_t i = dim; i < rb; i++)
+            bad |= (uint8_t)(p[i] == 0xff);
+        if (!bad)
+            continue;
+        for (uint32_t i = 0; i < rb; i++)
+            if (i < dim ? (p[i] & 0x7f) == 0x7f : p[i] == 0xff) {
+                *row = r;
+                *byte = i;
+                *value = p[i];
+                return 1;
+            }
+    }
+    return 0;
 }

@@ -391,7 +391,11 @@ static int parse_identity(parse_ctx *p)
     if (!es)
         return perr(p, "manifest: unknown dtype \"%.32s\"; expected one of %s", dtype, dtype_list());
     snprintf(p->m->dtype, sizeof p->m->dtype, "%s", dtype);
-    p->m->row_bytes = (uint32_t)(p->m->dim * es);
+    uint64_t rb = dtype_row_bytes(dtype, p->m->dim);
+    if (!rb || rb > UINT32_MAX)
+        return perr(p, "manifest: a row of %u %s values has no valid size (mxfp8_e4m3 needs a "
+                       "multiple of %d)", p->m->dim, dtype, DTYPE_MX_BLOCK);
+    p->m->row_bytes = (uint32_t)rb;
     return 0;
 }
 

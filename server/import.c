@@ -308,7 +308,7 @@ static void fail(server_call *c, int code, const char *msg)
 
 static int check_header(const Engram__V1__ImportHeader *h, char *msg, size_t msglen)
 {
-    size_t es = dtype_size(h->dtype);
+    uint64_t rb = dtype_row_bytes(h->dtype, h->dim);
     if (!table_name_valid(h->table)) {
         snprintf(msg, msglen, "invalid table name \"%.140s\": use 1-128 characters of [A-Za-z0-9._-]", h->table);
         return ES_INVALID_ARGUMENT;
@@ -317,16 +317,21 @@ static int check_header(const Engram__V1__ImportHeader *h, char *msg, size_t msg
         snprintf(msg, msglen, "table \"%s\" declares 0 rows; a table needs at least one", h->table);
         return ES_INVALID_ARGUMENT;
     }
-    if (es == 0) {
+    if (dtype_size(h->dtype) == 0) {
         snprintf(msg, msglen, "unknown dtype \"%.32s\"; expected one of %s", h->dtype, dtype_list());
         return ES_INVALID_ARGUMENT;
     }
-    if (h->dim == 0 || (uint64_t)h->dim * es > I.o.max_row_bytes) {
-        snprintf(msg, msglen, "dim %u of dtype %s gives rows of %llu bytes; allowed: 1..%u bytes",
-                 h->dim, h->dtype, (unsigned long long)h->dim * es, I.o.max_row_bytes);
+    if (h->dim && !rb) {     /* a block-scaled type needs whole blocks */
+        snprintf(msg, msglen, "dim %u is not a multiple of %d, the scale block of dtype %s",
+                 h->dim, DTYPE_MX_BLOCK, h->dtype);
         return ES_INVALID_ARGUMENT;
     }
-    if (h->rows > UINT64_MAX / ((uint64_t)h->dim * es)) {
+    if (h->dim == 0 || rb > I.o.max_row_bytes) {
+        snprintf(msg, msglen, "dim %u of dtype %s gives rows of %llu bytes; allowed: 1..%u bytes",
+                 h->dim, h->dtype, (unsigned long long)rb, I.o.max_row_bytes);
+        return ES_INVALID_ARGUMENT;
+    }
+    if (h->rows > UINT64_MAX / rb) {
         snprintf(msg, msglen, "table of %llu rows overflows 64 bits of bytes", (unsigned long long)h->rows);
         return ES_INVALID_ARGUMENT;
     }
@@ -352,7 +357,7 @@ static int check_shard(const Engram__V1__ImportHeader *h, char *msg, size_t msgl
  * refused before the claim so a too-large import costs nothing. */
 static int check_size(const Engram__V1__ImportHeader *h, uint64_t local_rows, char *msg, size_t msglen)
 {
-    uint64_t row_bytes = (uint64_t)h->dim * dtype_size(h->dtype);
+    uint64_t row_bytes = dtype_row_bytes(h->dtype, h->dim);
     uint64_t bytes = local_rows * row_bytes;   /* check_header ruled out overflow */
     if (!I.o.max_import_bytes || bytes <= I.o.max_import_bytes)
         return ES_OK;
@@ -425,7 +430,7 @@ static int on_header(import_state *st, const Engram__V1__ImportHeader *h, char *
     tv->rows = h->rows;
     tv->local_rows = cluster_local_rows(h->rows, shards, shard);
     tv->dim = h->dim;
-    tv->row_bytes = (uint32_t)(h->dim * dtype_size(h->dtype));
+    tv->row_bytes = (uint32_t)dtype_row_bytes(h->dtype, h->dim);
     st->stage = h->stage;
     st->trailer_promised = h->trailer_follows;
     st->have_header = 1;
@@ -580,6 +585,32 @@ static int check_chunk(const import_state *st, const Engram__V1__ImportChunk *ch
     return ES_OK;
 }
 
+/* Values the row type cannot hold (mxfp8_e4m3: NaN codes and scales) are
+ * refused before anything of the chunk is written. The row is named as
+ * the table's (global) row, the column as the value's index in the row. */
+static int check_values(import_state *st, const Engram__V1__ImportChunk *ch, uint64_t n,
+                        char *msg, size_t msglen)
+{
+    const table_version *tv = &st->tv;
+    uint64_t r;
+    uint32_t byte;
+    uint8_t v;
+    if (!dtype_find_invalid(tv->dtype, tv->dim, ch->data.data, n, &r, &byte, &v))
+        return ES_OK;
+    uint32_t shards, shard;
+    store_shard(I.s, &shards, &shard);
+    uint64_t global = (st->next_row + r) * shards + shard;
+    if (byte < tv->dim)
+        snprintf(msg, msglen, "row %llu column %u of table \"%s\" is 0x%02x, a NaN E4M3 code; "
+                 "%s rows hold no NaN", (unsigned long long)global, byte, tv->name, v, tv->dtype);
+    else
+        snprintf(msg, msglen, "row %llu scale %u (columns %u..%u) of table \"%s\" is 255, a NaN "
+                 "E8M0 scale; %s rows hold no NaN", (unsigned long long)global, byte - tv->dim,
+                 (byte - tv->dim) * DTYPE_MX_BLOCK, (byte - tv->dim + 1) * DTYPE_MX_BLOCK - 1,
+                 tv->name, tv->dtype);
+    return ES_INVALID_ARGUMENT;
+}
+
 static int on_chunk(import_state *st, const Engram__V1__ImportChunk *ch, char *msg, size_t msglen)
 {
     if (!st->have_header) {
@@ -597,6 +628,8 @@ static int on_chunk(import_state *st, const Engram__V1__ImportChunk *ch, char *m
         return code;
     table_version *tv = &st->tv;
     uint64_t n = ch->data.len / tv->row_bytes;
+    if ((code = check_values(st, ch, n, msg, msglen)) != ES_OK)
+        return code;
     if ((code = chunk_disk_check(st, n * ((uint64_t)tv->row_bytes + ROW_KEY_LEN), msg, msglen)) != ES_OK)
         return code;
     for (uint64_t i = 0; i < n; i++) {

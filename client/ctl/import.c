@@ -62,6 +62,9 @@ static int synthetic_shape(const opts *o, uint32_t row_bytes,
     if (!es)
         return die_usage("import-synthetic: unknown dtype '%s' (known: %s)",
                          *dtype, dtype_list());
+    if (strcmp(*dtype, DTYPE_MXFP8_E4M3) == 0)   /* random bytes hold NaN codes and scales */
+        return die_usage("import-synthetic: synthetic rows are random bytes, which %s rows "
+                         "cannot hold (NaN codes); import a file or a checkpoint", *dtype);
     if (opt(o, "--dim")) {
         if (parse_u32(opt(o, "--dim"), "--dim", dim))
             return EXIT_USAGE;
@@ -374,7 +377,7 @@ static int import_file_single(engram_client *cl, FILE *fp, const char *file,
 static int import_opened(engram_client *cl, FILE *fp, const char *file,
                          const import_spec *s)
 {
-    uint32_t row_bytes = s->dim * (uint32_t)dtype_size(s->dtype);
+    uint32_t row_bytes = (uint32_t)dtype_row_bytes(s->dtype, s->dim);
     int crc;
     engram_cluster *map = cluster_of(cl, &crc);
     if (map && cluster_is_single(map))
@@ -405,7 +408,8 @@ static int spec_from_options(const opts *o, int need_shape, import_spec *s)
         return die_usage("%s: unknown dtype '%s' (known: %s)", c, dtype, dtype_list());
     if (dtype)
         snprintf(s->dtype, sizeof s->dtype, "%s", dtype);
-    if (sdim && (s->dim == 0 || (dtype && (uint64_t)s->dim * dtype_size(dtype) > UINT32_MAX)))
+    if (sdim && (s->dim == 0 || (dtype && (dtype_row_bytes(dtype, s->dim) == 0 ||
+                                           dtype_row_bytes(dtype, s->dim) > UINT32_MAX))))
         return die_usage("%s: --dim %u gives no valid row size", c, s->dim);
     return 0;
 }
@@ -444,7 +448,7 @@ static int import_spec_of(engram_client *cl, const opts *o, import_spec *s)
 static int open_plain(const char *file, import_spec *s, FILE **fp)
 {
     uint64_t rows = 0;
-    uint32_t row_bytes = s->dim * (uint32_t)dtype_size(s->dtype);
+    uint32_t row_bytes = (uint32_t)dtype_row_bytes(s->dtype, s->dim);
     if (open_rows(file, s->dim, s->dtype, row_bytes, fp, &rows))
         return EXIT_RPC;
     if (s->rows && rows != s->rows) {

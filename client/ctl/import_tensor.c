@@ -65,7 +65,7 @@ static int tensor_fits(const char *file, const st_tensor *t, const char *dtype,
         return fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" has %llu rows; %s says %llu",
                     file, t->name, (unsigned long long)rows, s->by,
                     (unsigned long long)s->rows);
-    if (dim * dtype_size(dtype) > UINT32_MAX)
+    if (dtype_row_bytes(dtype, dim) == 0 || dtype_row_bytes(dtype, dim) > UINT32_MAX)
         return fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\": rows of %llu x %s are over "
                     "4 GiB", file, t->name, (unsigned long long)dim, dtype);
     snprintf(s->dtype, sizeof s->dtype, "%s", dtype);

@@ -66,6 +66,47 @@ static void test_dtypes(void **state)
     assert_int_equal(dtype_size("u8"), 1);
     assert_int_equal(dtype_size("float32"), 0);
     assert_int_equal(dtype_size(NULL), 0);
+    /* row sizes: plain types dim x size; mxfp8_e4m3 codes plus one scale
+     * per 32 (DeepSeek-V4.1's 264-byte rows), whole blocks only */
+    assert_int_equal(dtype_row_bytes("bf16", 64), 128);
+    assert_int_equal(dtype_row_bytes("mxfp8_e4m3", 256), 264);
+    assert_int_equal(dtype_row_bytes("mxfp8_e4m3", 32), 33);
+    assert_int_equal(dtype_row_bytes("mxfp8_e4m3", 48), 0);
+    assert_int_equal(dtype_row_bytes("mxfp8_e4m3", 0), 0);
+    assert_int_equal(dtype_row_bytes("nope", 8), 0);
+    assert_non_null(strstr(dtype_list(), "mxfp8_e4m3"));
+
+    /* invalid values: NaN codes 0x7f / 0xff, scale 255; everything else,
+     * 0x80 (-0) and 0xfe (-448) included, is valid */
+    uint8_t rows[3][264];
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < 264; i++)
+            rows[r][i] = (uint8_t)(i < 256 ? (i * 37 + r) % 256 : 120 + i - 256);
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < 256; i++)
+            if ((rows[r][i] & 0x7f) == 0x7f)
+                rows[r][i] = 0x7e;
+    rows[1][5] = 0x80;
+    rows[1][6] = 0xfe;
+    rows[2][263] = 254;
+    uint64_t row;
+    uint32_t byte;
+    uint8_t v;
+    assert_int_equal(dtype_find_invalid("mxfp8_e4m3", 256, rows[0], 3, &row, &byte, &v), 0);
+    rows[1][200] = 0xff;
+    rows[1][100] = 0x7f;
+    assert_int_equal(dtype_find_invalid("mxfp8_e4m3", 256, rows[0], 3, &row, &byte, &v), 1);
+    assert_int_equal(row, 1);
+    assert_int_equal(byte, 100);
+    assert_int_equal(v, 0x7f);
+    rows[1][100] = rows[1][200] = 0;
+    rows[2][259] = 255;
+    assert_int_equal(dtype_find_invalid("mxfp8_e4m3", 256, rows[0], 3, &row, &byte, &v), 1);
+    assert_int_equal(row, 2);
+    assert_int_equal(byte, 259);
+    assert_int_equal(v, 255);
+    /* other types hold any byte */
+    assert_int_equal(dtype_find_invalid("u8", 264, rows[0], 3, &row, &byte, &v), 0);
 }
 
 /* ---- cluster map (common/cluster.c) ------------------------------------------- */

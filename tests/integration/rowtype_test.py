@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""rowtype_test.py: the mxfp8_e4m3 row type (DeepSeek-V4.1's 264-byte
+Engram rows: 256 E4M3 codes, then one E8M0 scale per 32 codes) through a
+real engram-server: imports of valid rows are stored and served byte for
+byte with their geometry; NaN codes (0x7F, 0xFF), NaN scales (255) and a
+dim that is not whole blocks are refused, naming the row and column, and
+nothing is stored."""
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import unittest
+
+import grpc
+
+import abuse_test as h   # the harness: Server, statuses, raw messages
+from abuse_test import A, IA, L, NF, OK, lookup_req
+
+DIM, RB = 256, 264
+
+
+def valid_rows(n, seed):
+    """n rows a V4.1 table could hold: any code but the two NaNs, scales
+    around 2^-7 .. 2^7 (bytes 120..134)."""
+    rnd = random.Random(seed)
+    out = bytearray()
+    for _ in range(n):
+        codes = bytes(c if c & 0x7F != 0x7F else 0x7E for c in rnd.randbytes(DIM))
+        out += codes + bytes(rnd.randrange(120, 135) for _ in range(DIM // 32))
+    return bytes(out)
+
+
+class Mxfp8RowsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="engram-rowtype-")
+        cls.srv = h.Server(os.path.join(cls.tmp, "data")).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            assert cls.srv.stop() == 0, cls.srv.log_tail()
+        finally:
+            cls.srv.cleanup()
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def imp(self, table, rows, data, dim=DIM, dtype="mxfp8_e4m3", per=100):
+        msgs = [h.pb.ImportRequest(header=h.pb.ImportHeader(
+            table=table, rows=rows, dim=dim, dtype=dtype)).SerializeToString()]
+        rb = len(data) // rows if rows else RB
+        for start in range(0, rows, per):
+            msgs.append(h.pb.ImportRequest(chunk=h.pb.ImportChunk(
+                start_row=start, data=data[start * rb:(start + per) * rb])).SerializeToString())
+        return self.srv.stream_unary(A + "Import", msgs)
+
+    def assert_absent(self, table):
+        code, details, _ = self.srv.unary(
+            A + "GetTable", h.pb.GetTableRequest(name=table).SerializeToString())
+        self.assertEqual((code, details), (NF, 'table "%s" not found' % table))
+
+    def test_valid_rows_stored_and_served(self):
+        data = valid_rows(1000, 1)
+        code, details, _ = self.imp("v41", 1000, data)
+        self.assertEqual((code, details), (OK, ""))
+        info = self.srv.table_info("v41")
+        self.assertEqual((info.rows, info.dim, info.row_bytes, info.dtype),
+                         (1000, DIM, RB, "mxfp8_e4m3"))
+        rows = [0, 999, 17, 17, 500]
+        code, details, reply = self.srv.unary(L, lookup_req("v41", rows))
+        self.assertEqual(code, OK, details)
+        resp = h.pb.LookupResponse.FromString(reply)
+        self.assertEqual(resp.row_bytes, RB)
+        self.assertEqual(resp.data, b"".join(data[r * RB:(r + 1) * RB] for r in rows))
+
+    def test_nan_code_refused(self):
+        data = bytearray(valid_rows(300, 2))
+        data[237 * RB + 100] = 0x7F
+        data[250 * RB + 3] = 0xFF
+        code, details, _ = self.imp("nan-code", 300, bytes(data))
+        self.assertEqual((code, details), (IA, 'row 237 column 100 of table "nan-code" is 0x7f, '
+                                               'a NaN E4M3 code; mxfp8_e4m3 rows hold no NaN'))
+        self.assert_absent("nan-code")
+        data[237 * RB + 100] = 0x80           # -0: a value like any other
+        code, details, _ = self.imp("nan-code", 300, bytes(data))
+        self.assertEqual((code, details), (IA, 'row 250 column 3 of table "nan-code" is 0xff, '
+                                               'a NaN E4M3 code; mxfp8_e4m3 rows hold no NaN'))
+
+    def test_nan_scale_refused(self):
+        data = bytearray(valid_rows(10, 3))
+        data[5 * RB + DIM + 3] = 255
+        code, details, _ = self.imp("nan-scale", 10, bytes(data))
+        self.assertEqual((code, details), (IA, 'row 5 scale 3 (columns 96..127) of table '
+                                               '"nan-scale" is 255, a NaN E8M0 scale; mxfp8_e4m3 '
+                                               'rows hold no NaN'))
+        self.assert_absent("nan-scale")
+
+    def test_partial_blocks_refused(self):
+        code, details, _ = self.imp("odd", 1, b"\0" * 50, dim=48)
+        self.assertEqual((code, details), (IA, "dim 48 is not a multiple of 32, the scale block "
+                                               "of dtype mxfp8_e4m3"))
+        self.assert_absent("odd")
+
+    def test_other_types_take_any_byte(self):
+        data = bytes([0x7F, 0xFF]) * (RB // 2) * 4
+        code, details, _ = self.imp("raw", 4, data, dim=RB, dtype="u8")
+        self.assertEqual((code, details), (OK, ""))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server-bin", required=True)
+    ap.add_argument("--pydir", required=True)
+    args, rest = ap.parse_known_args()
+    sys.path.insert(0, args.pydir)
+    from engram.v1 import engram_pb2
+    h.ARGS, h.pb = args, engram_pb2
+    result = unittest.main(argv=[sys.argv[0]] + rest, exit=False, verbosity=2).result
+    sys.exit(0 if result.wasSuccessful() else 1)
+
+
+if __name__ == "__main__":
+    main()
