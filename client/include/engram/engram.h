@@ -660,6 +660,23 @@ void engram_prefetch_cancel(engram_prefetch *handle);
  * Thread-safe: as engram_prefetch_cancel. */
 void engram_prefetch_free(engram_prefetch *handle);
 
+/* ---- dequantization (dequant.c) ------------------------------------------ */
+
+/* Rows of dtype "mxfp8_e4m3" (DeepSeek-V4.1's Engram rows: dim E4M3 codes,
+ * then one E8M0 scale per 32 codes, dim + dim / 32 bytes a row; 264 for
+ * dim 256) to BF16 or F32 [n, dim]: value = e4m3(code) x 2^(scale - 127),
+ * rounded to nearest even where it is not exact (only results below the
+ * smallest normal or above the largest finite value are not), infinity
+ * past the largest finite value, NaN for a NaN code (0x7F, 0xFF) or the
+ * NaN scale (255). BF16 values are their 16-bit patterns. dim must be a
+ * positive multiple of 32, else ENGRAM_INVALID_ARGUMENT.
+ * Owns: rows and out are the caller's (n * dim outputs).
+ * Thread-safe: yes, any thread; no server call. */
+int engram_dequant_bf16(const void *rows, size_t n, uint32_t dim, uint16_t *out,
+                        engram_error *err);
+int engram_dequant_f32(const void *rows, size_t n, uint32_t dim, float *out,
+                       engram_error *err);
+
 /* ---- operations (ops.c) -------------------------------------------------- */
 /* Each goes to the server the client was opened with (not routed through
  * a cluster): an operator checks, drains or warms one node. */
