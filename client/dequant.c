@@ -15,6 +15,7 @@
 #include "dtype.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 static double e4m3_value(unsigned c)
@@ -122,18 +123,12 @@ static int check_args(const void *rows, uint32_t dim, const void *out, engram_er
     return ENGRAM_OK;
 }
 
-/* Built twice, for AVX2 and for the baseline, and picked at load time:
- * the blocks above are vectorised either way, twice as wide with AVX2. */
-#define DEQUANT_FN __attribute__((target_clones("avx2", "default"), optimize("tree-vectorize")))
-
-DEQUANT_FN
-int engram_dequant_bf16(const void *rows, size_t n, uint32_t dim, uint16_t *out,
-                        engram_error *err)
+/* The row loops, inlined into an AVX2 build and a baseline build of each;
+ * the public functions pick one by the CPU, once. (Not target_clones: its
+ * ifunc resolvers would be exported and would ignore hidden visibility.) */
+static inline __attribute__((always_inline)) void
+rows_bf16(const uint8_t *p, size_t n, uint32_t dim, uint16_t *out)
 {
-    int rc = check_args(rows, dim, out, err);
-    if (rc)
-        return rc;
-    const uint8_t *p = rows;
     const size_t rb = (size_t)dim + dim / DTYPE_MX_BLOCK;
     for (size_t r = 0; r < n; r++, p += rb) {
         const uint8_t *codes = p, *scales = p + dim;
@@ -152,16 +147,11 @@ int engram_dequant_bf16(const void *rows, size_t n, uint32_t dim, uint16_t *out,
             }
         }
     }
-    return ec_ok(err);
 }
 
-DEQUANT_FN
-int engram_dequant_f32(const void *rows, size_t n, uint32_t dim, float *out, engram_error *err)
+static inline __attribute__((always_inline)) void
+rows_f32(const uint8_t *p, size_t n, uint32_t dim, float *out)
 {
-    int rc = check_args(rows, dim, out, err);
-    if (rc)
-        return rc;
-    const uint8_t *p = rows;
     const size_t rb = (size_t)dim + dim / DTYPE_MX_BLOCK;
     for (size_t r = 0; r < n; r++, p += rb) {
         const uint8_t *codes = p, *scales = p + dim;
@@ -180,5 +170,73 @@ int engram_dequant_f32(const void *rows, size_t n, uint32_t dim, float *out, eng
             }
         }
     }
+}
+
+#define VEC __attribute__((optimize("tree-vectorize")))
+#if defined(__x86_64__)
+#define HAVE_AVX2_BUILD 1
+VEC __attribute__((target("avx2"))) static void
+bf16_avx2(const uint8_t *p, size_t n, uint32_t dim, uint16_t *out)
+{
+    rows_bf16(p, n, dim, out);
+}
+VEC __attribute__((target("avx2"))) static void
+f32_avx2(const uint8_t *p, size_t n, uint32_t dim, float *out)
+{
+    rows_f32(p, n, dim, out);
+}
+#endif
+VEC static void bf16_base(const uint8_t *p, size_t n, uint32_t dim, uint16_t *out)
+{
+    rows_bf16(p, n, dim, out);
+}
+VEC static void f32_base(const uint8_t *p, size_t n, uint32_t dim, float *out)
+{
+    rows_f32(p, n, dim, out);
+}
+
+static int use_avx2(void)
+{
+#ifdef HAVE_AVX2_BUILD
+    static int v = -1;           /* a benign race: every thread computes the same */
+    if (__atomic_load_n(&v, __ATOMIC_RELAXED) < 0) {
+        __builtin_cpu_init();
+        /* ENGRAM_DEQUANT_NO_SIMD (not "0"): the baseline build, for tests */
+        const char *off = getenv("ENGRAM_DEQUANT_NO_SIMD");
+        int on = __builtin_cpu_supports("avx2") && !(off && strcmp(off, "0") != 0);
+        __atomic_store_n(&v, on, __ATOMIC_RELAXED);
+    }
+    return __atomic_load_n(&v, __ATOMIC_RELAXED);
+#else
+    return 0;
+#endif
+}
+
+int engram_dequant_bf16(const void *rows, size_t n, uint32_t dim, uint16_t *out,
+                        engram_error *err)
+{
+    int rc = check_args(rows, dim, out, err);
+    if (rc)
+        return rc;
+#ifdef HAVE_AVX2_BUILD
+    if (use_avx2())
+        bf16_avx2(rows, n, dim, out);
+    else
+#endif
+        bf16_base(rows, n, dim, out);
+    return ec_ok(err);
+}
+
+int engram_dequant_f32(const void *rows, size_t n, uint32_t dim, float *out, engram_error *err)
+{
+    int rc = check_args(rows, dim, out, err);
+    if (rc)
+        return rc;
+#ifdef HAVE_AVX2_BUILD
+    if (use_avx2())
+        f32_avx2(rows, n, dim, out);
+    else
+#endif
+        f32_base(rows, n, dim, out);
     return ec_ok(err);
 }

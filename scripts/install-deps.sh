@@ -15,6 +15,9 @@ PKGS=(
   openssl ca-certificates
   valgrind                   # tests/valgrind: the unit tests under memcheck
   clang libclang-rt-14-dev   # tests/fuzz: clang and its libFuzzer runtime
+  help2man                   # man pages from the binaries' --help (packaging/)
+  dpkg-dev file              # cpack -G DEB: dpkg-shlibdeps, and file to find ELF objects
+  binutils                   # tests/install: nm -D and readelf on libengram.so
 )
 
 missing=()

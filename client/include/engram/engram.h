@@ -33,9 +33,49 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---- version and symbol visibility -------------------------------------- */
+
+/* The version of this header (zstd-style number: MAJOR * 10000 + MINOR * 100
+ * + PATCH). CMakeLists.txt refuses to configure when these three differ from
+ * its project() version, so the header, the library and the packages agree. */
+#define ENGRAM_VERSION_MAJOR 0
+#define ENGRAM_VERSION_MINOR 1
+#define ENGRAM_VERSION_PATCH 0
+#define ENGRAM_VERSION_NUMBER \
+    (ENGRAM_VERSION_MAJOR * 10000 + ENGRAM_VERSION_MINOR * 100 + ENGRAM_VERSION_PATCH)
+#define ENGRAM_QUOTE_(x) #x
+#define ENGRAM_EXPAND_AND_QUOTE_(x) ENGRAM_QUOTE_(x)
+#define ENGRAM_VERSION_STRING                       \
+    ENGRAM_EXPAND_AND_QUOTE_(ENGRAM_VERSION_MAJOR) "." \
+    ENGRAM_EXPAND_AND_QUOTE_(ENGRAM_VERSION_MINOR) "." \
+    ENGRAM_EXPAND_AND_QUOTE_(ENGRAM_VERSION_PATCH)
+
+/* ENGRAM_API marks the functions libengram.so exports; the library is built
+ * with -fvisibility=hidden, so nothing else leaves it. libengram.a is built
+ * with ENGRAM_STATIC defined: its symbols are hidden, so a shared object that
+ * links it does not re-export the API. Programs that link libengram.a may
+ * define it too (pkg-config --static and engram::engram_static do), which
+ * drops the attribute from these declarations; linking works either way. */
+#ifndef ENGRAM_API
+#  if defined(ENGRAM_STATIC)
+#    define ENGRAM_API
+#  elif defined(__GNUC__) && __GNUC__ >= 4
+#    define ENGRAM_API __attribute__((visibility("default")))
+#  else
+#    define ENGRAM_API
+#  endif
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The library's version, ENGRAM_VERSION_STRING as it was built: compare
+ * them to see that the library loaded at run time is the one the program
+ * was compiled against. Static string; thread-safe. */
+ENGRAM_API const char *engram_version(void);
+/* The library's ENGRAM_VERSION_NUMBER. Thread-safe. */
+ENGRAM_API unsigned engram_version_number(void);
 
 /* Status codes: the gRPC codes. */
 #define ENGRAM_OK 0
@@ -84,7 +124,7 @@ typedef struct engram_error {
 } engram_error;
 
 /* "OK", "NOT_FOUND", ..., "TIMEOUT". Static string; thread-safe. */
-const char *engram_status_name(int code);
+ENGRAM_API const char *engram_status_name(int code);
 
 /* ---- client ------------------------------------------------------------ */
 
@@ -166,7 +206,7 @@ typedef struct engram_client_options {
 
 /* Fills `opts` with the defaults (and struct_size).
  * Thread-safe: yes (touches only opts). */
-void engram_client_options_init(engram_client_options *opts);
+ENGRAM_API void engram_client_options_init(engram_client_options *opts);
 
 /* Opens a client to `address` ("host:port"). No network traffic happens
  * until the first call; a server that is down shows as ENGRAM_UNAVAILABLE
@@ -174,8 +214,8 @@ void engram_client_options_init(engram_client_options *opts);
  * Owns: on success the caller owns *out; free with engram_client_close.
  * opts and the strings it names are copied (PEM files read) before return.
  * Thread-safe: yes, any thread (grpc_init is reference-counted). */
-int engram_client_open(const char *address, const engram_client_options *opts,
-                       engram_client **out, engram_error *err);
+ENGRAM_API int engram_client_open(const char *address, const engram_client_options *opts,
+                                  engram_client **out, engram_error *err);
 
 /* Cluster mode. On its first lookup (or prefetch) a client asks the server
  * it was opened on for the cluster map (Admin.GetClusterMap). A map of one
@@ -211,7 +251,7 @@ typedef struct engram_client_counters {
 
 /* Copies the counters (each read atomically).
  * Thread-safe: yes, any thread, also while lookups run. */
-void engram_client_get_counters(engram_client *client, engram_client_counters *out);
+ENGRAM_API void engram_client_get_counters(engram_client *client, engram_client_counters *out);
 
 /* Closes the client. Asynchronous lookups still in flight are cancelled and
  * must still be freed with engram_lookup_free (before or after this call).
@@ -219,7 +259,7 @@ void engram_client_get_counters(engram_client *client, engram_client_counters *o
  * first; close every engram_model of the client first too.
  * Owns: frees the client; NULL is a no-op.
  * Thread-safe: no; not while any other thread uses the client. */
-void engram_client_close(engram_client *client);
+ENGRAM_API void engram_client_close(engram_client *client);
 
 /* ---- tables ------------------------------------------------------------ */
 
@@ -257,39 +297,39 @@ typedef struct engram_table_info {
 /* Makes `version` of `table` the active one on the server the client talks
  * to (the previous one is retained). Idempotent. info may be NULL.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_table_activate(engram_client *client, const char *table, uint64_t version,
-                          engram_table_info *info, engram_error *err);
+ENGRAM_API int engram_table_activate(engram_client *client, const char *table, uint64_t version,
+                                     engram_table_info *info, engram_error *err);
 
 /* Drops a version that is not active; its rows are deleted once no lookup
  * uses them.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_table_drop_version(engram_client *client, const char *table, uint64_t version,
-                              engram_error *err);
+ENGRAM_API int engram_table_drop_version(engram_client *client, const char *table, uint64_t version,
+                                         engram_error *err);
 
 /* The cluster map of the server the client talks to (JSON, see
  * common/cluster.h; a single server reports a one-shard map) and that
  * server's shard.
  * Owns: the caller owns *json; free with engram_free.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_cluster_map_get(engram_client *client, char **json, uint32_t *shard_count,
-                           uint32_t *shard_index, engram_error *err);
+ENGRAM_API int engram_cluster_map_get(engram_client *client, char **json, uint32_t *shard_count,
+                                      uint32_t *shard_index, engram_error *err);
 
 /* Info of one table: ENGRAM_NOT_FOUND when it does not exist.
  * Owns: *out is the caller's struct, filled in; nothing to free.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_table_get(engram_client *client, const char *name,
-                     engram_table_info *out, engram_error *err);
+ENGRAM_API int engram_table_get(engram_client *client, const char *name,
+                                engram_table_info *out, engram_error *err);
 
 /* All tables, sorted by name. On success *out is an array of *count
  * entries (NULL when count is 0).
  * Owns: the caller owns *out; free with engram_free.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_table_list(engram_client *client, engram_table_info **out,
-                      size_t *count, engram_error *err);
+ENGRAM_API int engram_table_list(engram_client *client, engram_table_info **out,
+                                 size_t *count, engram_error *err);
 
 /* Frees memory the library handed to the caller. NULL is a no-op.
  * Thread-safe: yes, any thread (it is free()). */
-void engram_free(void *p);
+ENGRAM_API void engram_free(void *p);
 
 /* ---- operations: statistics and log level -------------------------------- */
 
@@ -303,15 +343,15 @@ void engram_free(void *p);
  * string.
  * Owns: the caller owns *json; free with engram_free.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_stats_json(engram_client *client, char **json, engram_error *err);
+ENGRAM_API int engram_stats_json(engram_client *client, char **json, engram_error *err);
 
 /* Sets the server's log level: "debug", "info", "warn" or "error" (another
  * name is the server's ENGRAM_INVALID_ARGUMENT naming it). On success the
  * level it replaced is copied into previous (prev_cap bytes, truncated and
  * NUL-terminated; previous may be NULL when prev_cap is 0).
  * Thread-safe: yes, any number of threads on one client. */
-int engram_set_log_level(engram_client *client, const char *level, char *previous,
-                         size_t prev_cap, engram_error *err);
+ENGRAM_API int engram_set_log_level(engram_client *client, const char *level, char *previous,
+                                    size_t prev_cap, engram_error *err);
 
 /* ---- lookup ------------------------------------------------------------ */
 
@@ -323,10 +363,10 @@ int engram_set_log_level(engram_client *client, const char *level, char *previou
  * version all rows came from.
  * Owns: rows and out stay the caller's; nothing is kept after return.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_lookup_sync(engram_client *client, const char *table,
-                       const uint64_t *rows, size_t n, void *out,
-                       size_t out_cap, uint32_t *row_bytes, uint64_t *version,
-                       engram_error *err);
+ENGRAM_API int engram_lookup_sync(engram_client *client, const char *table,
+                                  const uint64_t *rows, size_t n, void *out,
+                                  size_t out_cap, uint32_t *row_bytes, uint64_t *version,
+                                  engram_error *err);
 
 /* Asynchronous lookup. Start returns at once with a handle (in cluster
  * mode, after one GetTable when the table's pinned version is stale); many
@@ -338,28 +378,28 @@ typedef struct engram_lookup engram_lookup;
  * engram_lookup_free, whatever the outcome. out is borrowed until then.
  * Thread-safe: yes, any number of threads on one client; the handle then
  * belongs to one thread at a time. */
-int engram_lookup_start(engram_client *client, const char *table,
-                        const uint64_t *rows, size_t n, void *out,
-                        size_t out_cap, engram_lookup **handle,
-                        engram_error *err);
+ENGRAM_API int engram_lookup_start(engram_client *client, const char *table,
+                                   const uint64_t *rows, size_t n, void *out,
+                                   size_t out_cap, engram_lookup **handle,
+                                   engram_error *err);
 
 /* Waits up to timeout_ms (< 0: forever) for the lookup to finish. Returns
  * ENGRAM_TIMEOUT if it has not (the lookup goes on), else the lookup's
  * final status (the same on every later call).
  * Thread-safe: one thread at a time per handle; engram_lookup_free must
  * not run on the handle from another thread meanwhile. */
-int engram_lookup_wait(engram_lookup *handle, int64_t timeout_ms,
-                       engram_error *err);
+ENGRAM_API int engram_lookup_wait(engram_lookup *handle, int64_t timeout_ms,
+                                  engram_error *err);
 
 /* Non-blocking: 0 while in flight, 1 when finished (then wait(…, 0) gives
  * the status).
  * Thread-safe: one thread at a time per handle, as wait. */
-int engram_lookup_poll(engram_lookup *handle);
+ENGRAM_API int engram_lookup_poll(engram_lookup *handle);
 
 /* After the lookup finished OK: the reply's row size and version.
  * Thread-safe: one thread at a time per handle, as wait. */
-void engram_lookup_result(const engram_lookup *handle, uint32_t *row_bytes,
-                          uint64_t *version);
+ENGRAM_API void engram_lookup_result(const engram_lookup *handle, uint32_t *row_bytes,
+                                     uint64_t *version);
 
 /* Frees the handle. A lookup still in flight is cancelled first and this
  * call waits for gRPC to let go of `out`. NULL is a no-op. This is the
@@ -367,7 +407,7 @@ void engram_lookup_result(const engram_lookup *handle, uint32_t *row_bytes,
  * Owns: frees the handle; out is the caller's again on return.
  * Thread-safe: only by the thread that owns the handle; never while another
  * thread is in wait, poll or result on it (the handle is destroyed). */
-void engram_lookup_free(engram_lookup *handle);
+ENGRAM_API void engram_lookup_free(engram_lookup *handle);
 
 /* ---- import ------------------------------------------------------------ */
 
@@ -382,9 +422,9 @@ typedef struct engram_import engram_import;
  * engram_client_close (close does not cancel imports).
  * Thread-safe: yes, any number of threads on one client (each import has
  * its own stream); the import then belongs to one thread at a time. */
-int engram_import_begin(engram_client *client, const char *table,
-                        uint64_t rows, uint32_t dim, const char *dtype,
-                        engram_import **out, engram_error *err);
+ENGRAM_API int engram_import_begin(engram_client *client, const char *table,
+                                   uint64_t rows, uint32_t dim, const char *dtype,
+                                   engram_import **out, engram_error *err);
 
 /* Where an import goes: the version it writes, whether it stays staged
  * until engram_table_activate, and the shard it is cut for. */
@@ -398,17 +438,17 @@ typedef struct engram_import_target {
 
 /* Fills `target` with the defaults: version 0, not staged, unsharded.
  * Thread-safe: yes (touches only target). */
-void engram_import_target_init(engram_import_target *target);
+ENGRAM_API void engram_import_target_init(engram_import_target *target);
 
 /* As engram_import_begin, for a target. With shard_count > 0 the writes
  * carry the shard's rows in local order (local row i is global row
  * i * shard_count + shard_index), and there are
  * ceil((rows - shard_index) / shard_count) of them.
  * Owns and thread-safe: as engram_import_begin. */
-int engram_import_begin_target(engram_client *client, const char *table,
-                               uint64_t rows, uint32_t dim, const char *dtype,
-                               const engram_import_target *target,
-                               engram_import **out, engram_error *err);
+ENGRAM_API int engram_import_begin_target(engram_client *client, const char *table,
+                                          uint64_t rows, uint32_t dim, const char *dtype,
+                                          const engram_import_target *target,
+                                          engram_import **out, engram_error *err);
 
 /* Sends rows [start_row, start_row + len / row_bytes). len must be a whole
  * number of rows; large writes are split into messages by the library,
@@ -417,20 +457,20 @@ int engram_import_begin_target(engram_client *client, const char *table,
  * when the rows it received hash otherwise.
  * Owns: data stays the caller's; it is sent before return.
  * Thread-safe: one thread at a time per import. */
-int engram_import_write(engram_import *imp, uint64_t start_row,
-                        const void *data, size_t len, engram_error *err);
+ENGRAM_API int engram_import_write(engram_import *imp, uint64_t start_row,
+                                   const void *data, size_t len, engram_error *err);
 
 /* Ends the stream and waits for the server's verdict. On success `info`
  * (may be NULL) receives the table as activated.
  * Owns: frees imp, whatever the outcome.
  * Thread-safe: one thread at a time per import. */
-int engram_import_finish(engram_import *imp, engram_table_info *info,
-                         engram_error *err);
+ENGRAM_API int engram_import_finish(engram_import *imp, engram_table_info *info,
+                                    engram_error *err);
 
 /* Cancels the stream; the server discards everything. NULL is a no-op.
  * Owns: frees imp.
  * Thread-safe: one thread at a time per import. */
-void engram_import_abort(engram_import *imp);
+ENGRAM_API void engram_import_abort(engram_import *imp);
 
 /* ---- verify -------------------------------------------------------------- */
 
@@ -476,9 +516,9 @@ typedef void (*engram_verify_progress_fn)(void *ctx, uint64_t done, uint64_t tot
  * Owns: *out is the caller's struct, filled in; nothing to free.
  * Thread-safe: yes, any number of threads on one client (each call has its
  * own stream); the progress callback runs on the calling thread. */
-int engram_table_verify(engram_client *client, const char *table, uint64_t version,
-                        engram_verify_progress_fn progress, void *ctx,
-                        engram_verify_result *out, engram_error *err);
+ENGRAM_API int engram_table_verify(engram_client *client, const char *table, uint64_t version,
+                                   engram_verify_progress_fn progress, void *ctx,
+                                   engram_verify_result *out, engram_error *err);
 
 /* ---- manifests ---------------------------------------------------------- */
 
@@ -502,21 +542,21 @@ typedef struct engram_manifest_info {
  * and listed in info->missing_tables. info may be NULL.
  * Owns: json stays the caller's; nothing is kept after return.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_manifest_put(engram_client *client, const char *json, size_t len,
-                        engram_manifest_info *info, engram_error *err);
+ENGRAM_API int engram_manifest_put(engram_client *client, const char *json, size_t len,
+                                   engram_manifest_info *info, engram_error *err);
 
 /* The stored document of model `name`: *json is a NUL-terminated copy;
  * *version (may be NULL) its version.
  * Owns: the caller owns *json; free with engram_free.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_manifest_get(engram_client *client, const char *name, char **json,
-                        uint64_t *version, engram_error *err);
+ENGRAM_API int engram_manifest_get(engram_client *client, const char *name, char **json,
+                                   uint64_t *version, engram_error *err);
 
 /* All manifests, sorted by name.
  * Owns: the caller owns *out (*count entries); free with engram_free.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_manifest_list(engram_client *client, engram_manifest_info **out,
-                         size_t *count, engram_error *err);
+ENGRAM_API int engram_manifest_list(engram_client *client, engram_manifest_info **out,
+                                    size_t *count, engram_error *err);
 
 /* ---- models: hashing and prefetch --------------------------------------- */
 
@@ -547,17 +587,17 @@ typedef struct engram_model_info {
  * Owns: on success the caller owns *out; free with engram_model_close,
  * before engram_client_close.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_model_open(engram_client *client, const char *name,
-                      engram_model **out, engram_error *err);
+ENGRAM_API int engram_model_open(engram_client *client, const char *name,
+                                 engram_model **out, engram_error *err);
 /* Copies the model's info into *out.
  * Thread-safe: yes, any thread (the model is immutable). */
-void engram_model_get_info(const engram_model *model, engram_model_info *out);
+ENGRAM_API void engram_model_get_info(const engram_model *model, engram_model_info *out);
 /* Waits for the model's background hashing (if any was used) to finish,
  * then frees the model. NULL is a no-op. Free every prefetch of the model
  * first: a prefetch handle reads the model until it is freed.
  * Owns: frees the model.
  * Thread-safe: no; not while any other thread uses the model. */
-void engram_model_close(engram_model *model);
+ENGRAM_API void engram_model_close(engram_model *model);
 
 /* Hashes tokens [batch, seq_len] (raw token ids) for one layer into
  * rows_out[batch, seq_len, heads]: the global row ids the reference model
@@ -567,10 +607,10 @@ void engram_model_close(engram_model *model);
  * manifest with "dead_tokens" (DeepSeek-V4.1), a negative id is DEAD: it
  * blocks the look-back from its position on (see README "Models"). Thread-safe;
  * no server call. */
-int engram_model_hash(const engram_model *model, int64_t layer_id,
-                      const int64_t *tokens, size_t batch, size_t seq_len,
-                      const int64_t *history, uint64_t *rows_out,
-                      engram_error *err);
+ENGRAM_API int engram_model_hash(const engram_model *model, int64_t layer_id,
+                                 const int64_t *tokens, size_t batch, size_t seq_len,
+                                 const int64_t *history, uint64_t *rows_out,
+                                 engram_error *err);
 
 /* Hash and send on the model's background thread instead of the caller's:
  * start returns at once (tokens and history are copied first). */
@@ -593,14 +633,14 @@ typedef struct engram_prefetch_request {
 
 /* Zeroes `req` and sets its struct_size.
  * Thread-safe: yes (touches only req). */
-void engram_prefetch_request_init(engram_prefetch_request *req);
+ENGRAM_API void engram_prefetch_request_init(engram_prefetch_request *req);
 
 typedef struct engram_prefetch engram_prefetch;
 
 /* Bytes the output of `req` takes (0 when req is invalid).
  * Thread-safe: yes, any thread; no server call. */
-size_t engram_prefetch_out_bytes(const engram_model *model,
-                                 const engram_prefetch_request *req);
+ENGRAM_API size_t engram_prefetch_out_bytes(const engram_model *model,
+                                            const engram_prefetch_request *req);
 
 /* Starts a prefetch: hashes every layer's rows, de-duplicates them within
  * the call, and sends every table's lookups at once; the rows are scattered
@@ -614,9 +654,9 @@ size_t engram_prefetch_out_bytes(const engram_model *model,
  * (before engram_model_close). req->out is borrowed until then.
  * Thread-safe: yes, any number of threads on one model; the handle then
  * belongs to one thread at a time. */
-int engram_prefetch_start(engram_model *model,
-                          const engram_prefetch_request *req,
-                          engram_prefetch **handle, engram_error *err);
+ENGRAM_API int engram_prefetch_start(engram_model *model,
+                                     const engram_prefetch_request *req,
+                                     engram_prefetch **handle, engram_error *err);
 
 /* Waits up to timeout_ms (< 0: forever). ENGRAM_TIMEOUT if not finished;
  * else the final status, the same on every later call. On ENGRAM_OK every
@@ -624,8 +664,8 @@ int engram_prefetch_start(engram_model *model,
  * not arrive is never left as zeros behind an OK).
  * Thread-safe: one thread at a time per handle (with wait_layer, poll,
  * cancel and free); see engram_prefetch_cancel. */
-int engram_prefetch_wait(engram_prefetch *handle, int64_t timeout_ms,
-                         engram_error *err);
+ENGRAM_API int engram_prefetch_wait(engram_prefetch *handle, int64_t timeout_ms,
+                                    engram_error *err);
 
 /* Waits up to timeout_ms (< 0: forever) for one layer of the prefetch:
  * on ENGRAM_OK that layer's part of out, [batch, seq_len, heads, D] at its
@@ -637,13 +677,13 @@ int engram_prefetch_wait(engram_prefetch *handle, int64_t timeout_ms,
  * would report it. Call engram_prefetch_wait (or free) afterwards as usual;
  * layers already waited for are not copied again.
  * Thread-safe: one thread at a time per handle, like wait. */
-int engram_prefetch_wait_layer(engram_prefetch *handle, int64_t layer_id, int64_t timeout_ms,
-                               engram_error *err);
+ENGRAM_API int engram_prefetch_wait_layer(engram_prefetch *handle, int64_t layer_id,
+                                          int64_t timeout_ms, engram_error *err);
 
 /* Non-blocking: 1 when every row has arrived or the prefetch failed (wait
  * then returns at once), else 0.
  * Thread-safe: one thread at a time per handle, like wait. */
-int engram_prefetch_poll(engram_prefetch *handle);
+ENGRAM_API int engram_prefetch_poll(engram_prefetch *handle);
 
 /* Cancels what is still in flight; wait then gives ENGRAM_CANCELLED (or
  * the error that had already failed the prefetch). A prefetch that already
@@ -653,12 +693,12 @@ int engram_prefetch_poll(engram_prefetch *handle);
  * Thread-safe: only by the thread that owns the handle. Calling it from
  * another thread while wait, wait_layer or poll runs on the handle is not
  * allowed: it frees the lookups they wait on. */
-void engram_prefetch_cancel(engram_prefetch *handle);
+ENGRAM_API void engram_prefetch_cancel(engram_prefetch *handle);
 
 /* Frees the handle, cancelling first if still in flight. NULL is a no-op.
  * Owns: frees the handle; req->out is the caller's again on return.
  * Thread-safe: as engram_prefetch_cancel. */
-void engram_prefetch_free(engram_prefetch *handle);
+ENGRAM_API void engram_prefetch_free(engram_prefetch *handle);
 
 /* ---- dequantization (dequant.c) ------------------------------------------ */
 
@@ -672,10 +712,10 @@ void engram_prefetch_free(engram_prefetch *handle);
  * positive multiple of 32, else ENGRAM_INVALID_ARGUMENT.
  * Owns: rows and out are the caller's (n * dim outputs).
  * Thread-safe: yes, any thread; no server call. */
-int engram_dequant_bf16(const void *rows, size_t n, uint32_t dim, uint16_t *out,
-                        engram_error *err);
-int engram_dequant_f32(const void *rows, size_t n, uint32_t dim, float *out,
-                       engram_error *err);
+ENGRAM_API int engram_dequant_bf16(const void *rows, size_t n, uint32_t dim, uint16_t *out,
+                                   engram_error *err);
+ENGRAM_API int engram_dequant_f32(const void *rows, size_t n, uint32_t dim, float *out,
+                                  engram_error *err);
 
 /* ---- operations (ops.c) -------------------------------------------------- */
 /* Each goes to the server the client was opened with (not routed through
@@ -689,8 +729,8 @@ int engram_dequant_f32(const void *rows, size_t n, uint32_t dim, float *out,
  * or ENGRAM_HEALTH_NOT_SERVING (drained, shutting down). An unknown service
  * is ENGRAM_NOT_FOUND.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_health_check(engram_client *client, const char *service, int *serving,
-                        engram_error *err);
+ENGRAM_API int engram_health_check(engram_client *client, const char *service, int *serving,
+                                   engram_error *err);
 
 /* Drains the server: new lookups are refused with ENGRAM_UNAVAILABLE (a
  * cluster client fails over to another replica) and health turns
@@ -698,12 +738,12 @@ int engram_health_check(engram_client *client, const char *service, int *serving
  * is 1 when none is left, and *in_flight says how many are (either may be
  * NULL). The call's deadline is the client's plus timeout_ms.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_drain(engram_client *client, uint32_t timeout_ms, int *drained,
-                 uint64_t *in_flight, engram_error *err);
+ENGRAM_API int engram_drain(engram_client *client, uint32_t timeout_ms, int *drained,
+                            uint64_t *in_flight, engram_error *err);
 
 /* Ends a drain: lookups are served again, health turns SERVING.
  * Thread-safe: yes, any number of threads on one client. */
-int engram_undrain(engram_client *client, engram_error *err);
+ENGRAM_API int engram_undrain(engram_client *client, engram_error *err);
 
 /* Progress of engram_warm: after each batch, the table's rows done of
  * total (this server's distinct rows of it) and how many were read from
@@ -732,7 +772,7 @@ typedef struct engram_warm_request {
 
 /* Zeroes `req` and sets its struct_size.
  * Thread-safe: yes (touches only req). */
-void engram_warm_request_init(engram_warm_request *req);
+ENGRAM_API void engram_warm_request_init(engram_warm_request *req);
 
 /* Warms the server's RAM tiers with the rows `req` names. Only this
  * server's shard's rows are read. No deadline: a warm runs until done
@@ -744,7 +784,8 @@ void engram_warm_request_init(engram_warm_request *req);
  * Owns: req and what it points to stay the caller's; nothing is kept.
  * Thread-safe: yes, any number of threads on one client (each call has its
  * own stream); the progress callback runs on the calling thread. */
-int engram_warm(engram_client *client, const engram_warm_request *req, engram_error *err);
+ENGRAM_API int engram_warm(engram_client *client, const engram_warm_request *req,
+                           engram_error *err);
 
 #ifdef __cplusplus
 }
