@@ -5,7 +5,7 @@
  * [1009, 2003], 3-grams, 4 heads, layers [0, 3], seed 7, the 1000 -> 600
  * compression table) is put on the server, its tables are imported with
  * engramctl import-synthetic --manifest, and every batch of
- * shared/testdata/engram-hash/config2_small.json is prefetched. The expected
+ * tests/data/engram-hash/config2_small.json is prefetched. The expected
  * rows come from the vectors' global_row_ids (computed by the reference
  * code, not by us), the expected bytes from the synthetic rule: so every
  * byte checked proves hashing, routing and scattering at once. */
