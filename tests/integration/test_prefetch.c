@@ -641,7 +641,7 @@ static void pause_server(void)
 /* Tests that stop the server resume it even when they fail. */
 static int resume_server(void **state)
 {
-    return kill(srv.pid, SIGCONT);
+    return server_signal(&srv, SIGCONT);
 }
 
 static engram_prefetch_request poisoned_request(const batch *b, uint8_t **out, size_t *bytes,
@@ -691,7 +691,7 @@ static void test_timeout_then_cancel(void **state)
     assert_int_equal(engram_prefetch_start(model, &r, &h, &e), ENGRAM_OK);
     assert_int_equal(engram_prefetch_wait(h, 50, &e), ENGRAM_TIMEOUT);
     assert_untouched(out, bytes, "timed out");
-    assert_int_equal(kill(srv.pid, SIGCONT), 0);
+    assert_int_equal(server_signal(&srv, SIGCONT), 0);
     if (engram_prefetch_wait(h, 30000, &e))
         fail_msg("after SIGCONT: %s %s", engram_status_name(e.code), e.message);
     check_out(out, b, both_idx, 2, all_heads, HEADS, 0, b->T);
@@ -743,7 +743,7 @@ static void test_server_error_through_wait(void **state)
         assert_int_equal(engram_prefetch_wait(h, 0, &e), ENGRAM_DEADLINE_EXCEEDED);
         assert_string_equal(e.message, want);
         assert_untouched(out, bytes, want);
-        assert_int_equal(kill(srv.pid, SIGCONT), 0);
+        assert_int_equal(server_signal(&srv, SIGCONT), 0);
         engram_prefetch_free(h);
         free(out);
     }
