@@ -1,5 +1,5 @@
 /* engram_hash.c: DeepSeek Engram's N-gram hashing, reference-exact (see
- * engram_hash.h and shared/testdata/engram-hash/README.md).
+ * engram_hash.h and tests/data/engram-hash/README.md).
  *
  * Speed: each token is compressed once (a sliding window of the last
  * max_ngram compressed ids, so no per-call allocation), the mixes are built

@@ -2,7 +2,7 @@
  *
  * Turns token ids into the global row ids a model trained with the
  * reference code (engram_demo_v1.py) reads, as specified step by step in
- * shared/testdata/engram-hash/README.md:
+ * tests/data/engram-hash/README.md:
  *   compression (lookup table; negative ids pass through), per-layer odd
  *   multipliers drawn with numpy's default_rng(seed + 10007 * layer_id)
  *   .integers(0, half_bound, max_ngram), distinct primes from one `seen` set

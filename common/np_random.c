@@ -1,6 +1,6 @@
 /* np_random.c: numpy.random.default_rng(seed).integers(0, high, n, int64),
  * bit-exact with numpy >= 1.17 (SeedSequence -> PCG64 -> Lemire bounded
- * integers), as written out in shared/testdata/engram-hash/README.md.
+ * integers), as written out in tests/data/engram-hash/README.md.
  *
  * Only what Engram's multiplier derivation needs: one fresh generator per
  * call, low = 0, int64 output. */

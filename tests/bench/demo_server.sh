@@ -43,7 +43,7 @@ demo_server_start() {
   local name=$1 build=$2 bench_name=$3
   local root server_bin budget=$(( 4 << 30 ))
   root=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
-  TOKENS=$root/../shared/testdata/workload/tokens.bin
+  TOKENS=$root/tests/data/workload/tokens.bin
   server_bin=$build/server/engram-server
   CTL=$build/client/engramctl
   BENCH=$build/tests/bench/$bench_name

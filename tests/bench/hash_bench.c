@@ -9,7 +9,7 @@
  * 129280 ids (so V' = 129280; the real CompressedTokenizer table is a
  * many-to-one map of the same size, which costs the same lookup).
  *
- * Tokens: the real workload (shared/testdata/workload/tokens.bin, int32 LE,
+ * Tokens: the real workload (tests/data/workload/tokens.bin, int32 LE,
  * 984266 DeepSeek-V3 tokens of English prose), cut into consecutive,
  * non-overlapping [B, T] batches (3 batches of 64 x 4096 by default; the
  * tail is unused). Each batch is hashed with no history (positions before
@@ -42,7 +42,7 @@
 #include "engram_hash.h"
 
 #ifndef ENGRAM_TESTDATA_DIR
-#define ENGRAM_TESTDATA_DIR "../shared/testdata"
+#error "ENGRAM_TESTDATA_DIR must name tests/data (tests/CMakeLists.txt sets it)"
 #endif
 
 #define DEMO_VOCAB 129280

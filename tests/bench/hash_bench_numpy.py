@@ -11,7 +11,7 @@ int64 multiply, np.bitwise_xor, `%` per head, plus the head offsets that the
 reference adds in MultiHeadEmbedding. Same config and batches as the C bench:
 vocab [646400, 646400], max_ngram 3, 8 heads per order, layers [1, 15], pad 2,
 seed 0, identity compression of 129280 ids, consecutive [B, T] batches of
-shared/testdata/workload/tokens.bin. Multipliers come from numpy's own
+tests/data/workload/tokens.bin. Multipliers come from numpy's own
 default_rng, primes from a trial-division search with one `seen` set, both
 independent of the C code.
 
@@ -30,8 +30,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_TOKENS = os.path.join(HERE, "..", "..", "..", "shared", "testdata", "workload",
-                              "tokens.bin")
+DEFAULT_TOKENS = os.path.join(HERE, "..", "data", "workload", "tokens.bin")
 
 VOCAB = [646400, 646400]
 MAX_NGRAM = 3

@@ -7,7 +7,7 @@
  *
  * What: the model's manifest (all its layers, every head) is opened with
  * engram_model_open; FILE is int32 little-endian token ids (the workload in
- * shared/testdata/workload/tokens.bin). Two request shapes, both covering
+ * tests/data/workload/tokens.bin). Two request shapes, both covering
  * every layer of the model in one engram_prefetch_start:
  *   decode   B = 256 sequences, T = 1, at 256 evenly spaced offsets of the
  *            workload; history = the max_ngram - 1 tokens before each; step

@@ -18,7 +18,7 @@
 # --manifest cb --seed 1` (the cluster from its first address: engramctl
 # streams every shard its rows). Then one engram-cluster-bench throughput run
 # over the three targets (prefill B 1 x T 4096, both layers, tokens from
-# shared/testdata/workload/tokens.bin) with --verify-seed 1. Those servers
+# tests/data/workload/tokens.bin) with --verify-seed 1. Those servers
 # are stopped before phase 2.
 #
 # Phase 2, hedging: a 3-shard x 2-replica cluster (--threads 1 each), a
@@ -45,7 +45,7 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
-TOKENS=$ROOT/../shared/testdata/workload/tokens.bin
+TOKENS=$ROOT/tests/data/workload/tokens.bin
 SERVER_BIN=$BUILD/server/engram-server
 CTL=$BUILD/client/engramctl
 BENCH=$BUILD/tests/bench/engram-cluster-bench

@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
 done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-TOKENS=$HERE/../../../shared/testdata/workload/tokens.bin
+TOKENS=$HERE/../data/workload/tokens.bin
 SERVER_BIN=$BUILD/server/engram-server
 CTL=$BUILD/client/engramctl
 BENCH=$BUILD/tests/bench/engram-compare-bench

@@ -13,7 +13,7 @@
 # free loopback port with a temp data dir, --threads 2 and a 4 GiB resident
 # budget, stores the manifest and imports both tables with `engramctl
 # import-synthetic --manifest demo --seed 1`. Then runs
-# engram-decode-loop-bench on shared/testdata/workload/tokens.bin with
+# engram-decode-loop-bench on tests/data/workload/tokens.bin with
 # --verify-seed 1 and any further options given (e.g. --steps 50), with
 # glibc's heap trimming raised as the README recommends for worker
 # processes (GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456; set

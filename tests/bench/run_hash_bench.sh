@@ -27,7 +27,7 @@ done
 HERE=$(cd "$(dirname "$0")" && pwd)
 BENCH=$BUILD/tests/bench/engram-hash-bench
 [ -x "$BENCH" ] || { echo "run_hash_bench.sh: missing $BENCH (build first)" >&2; exit 2; }
-TOKENS=$HERE/../../../shared/testdata/workload/tokens.bin
+TOKENS=$HERE/../data/workload/tokens.bin
 [ -r "$TOKENS" ] || { echo "run_hash_bench.sh: missing $TOKENS" >&2; exit 2; }
 
 TMP=$(mktemp -d /tmp/engram-hash-bench.XXXXXX)

@@ -14,7 +14,7 @@
 # stay in RAM), stores the manifest with `engramctl put-manifest`, imports
 # both tables with `engramctl import-synthetic --manifest demo --seed 1`,
 # then runs engram-prefetch-bench on the real token workload
-# (shared/testdata/workload/tokens.bin) with --verify-seed 1. Stops the
+# (tests/data/workload/tokens.bin) with --verify-seed 1. Stops the
 # server with SIGTERM (and reports its exit status) and removes the temp dir
 # on any exit. Exit status: the benchmark's.
 set -euo pipefail

@@ -21,6 +21,7 @@
 
 #include "engram/v1/engram.pb-c.h"
 #include "grpc_util.h"
+#include "test_signal.h"
 
 void harness_tmpdir(char *out, size_t cap)
 {
@@ -82,9 +83,27 @@ static int tcp_accepts(int port)
     return ok;
 }
 
+int server_signal(const test_server *s, int sig)
+{
+    return test_signal(s->pid, sig);
+}
+
+/* Waits for the server to exit and forgets its pid, which the kernel may
+ * hand to another process from now on. */
+static int server_reap(test_server *s, int *st)
+{
+    pid_t w = s->pid > 0 ? waitpid(s->pid, st, 0) : -1;
+    s->pid = 0;
+    return w > 0 ? 0 : -1;
+}
+
 void server_report(const test_server *s)
 {
     int st;
+    if (s->pid <= 0) {    /* waitpid(0) would reap any child of the group */
+        fprintf(stderr, "no server running (never started, or already stopped) in %s\n", s->dir);
+        return;
+    }
     pid_t w = waitpid(s->pid, &st, WNOHANG);
     if (w == s->pid)
         fprintf(stderr, "server %s (pid %d) has exited: %s %d\n", s->addr, (int)s->pid,
@@ -112,6 +131,11 @@ int server_start_port(test_server *s, const char *dir, int port, const char *con
     s->pid = fork();
     if (s->pid == 0)
         exec_server(dir, portfile, port, extra);
+    if (s->pid < 0) {
+        perror("fork engram-server");
+        s->pid = 0;
+        return -1;
+    }
     for (int i = 0; i < 400; i++) {   /* up to 20 s */
         if ((s->port = read_port(portfile)) > 0) {
             snprintf(s->addr, sizeof s->addr, "127.0.0.1:%d", s->port);
@@ -125,12 +149,13 @@ int server_start_port(test_server *s, const char *dir, int port, const char *con
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             fprintf(stderr, "engram-server exited during start-up (see %s/server.log)\n", dir);
+            s->pid = 0;   /* reaped: a later stop must not signal its reused pid */
             return -1;
         }
         usleep(50000);
     }
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, NULL, 0);
+    fprintf(stderr, "engram-server wrote no port within 20 s\n");
+    server_kill(s);
     return -1;
 }
 
@@ -163,7 +188,7 @@ int server_log_wait(const test_server *s, const char *needle, int count, int tim
 int server_stop(test_server *s)
 {
     int st;
-    if (kill(s->pid, SIGTERM) < 0 || waitpid(s->pid, &st, 0) != s->pid)
+    if (server_signal(s, SIGTERM) < 0 || server_reap(s, &st) < 0)
         return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
@@ -250,7 +275,7 @@ int engramctl_capture(char *out, size_t out_cap, char *err, size_t err_cap,
 int server_pause(test_server *s)
 {
     int st;
-    if (kill(s->pid, SIGSTOP) < 0 || waitpid(s->pid, &st, WUNTRACED) != s->pid)
+    if (server_signal(s, SIGSTOP) < 0 || waitpid(s->pid, &st, WUNTRACED) != s->pid)
         return -1;
     return WIFSTOPPED(st) ? 0 : -1;
 }
@@ -270,8 +295,9 @@ int harness_import_ct(const char *addr, const test_server *servers, size_t n)
 
 void server_kill(test_server *s)
 {
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, NULL, 0);
+    int st;
+    if (server_signal(s, SIGKILL) == 0)
+        server_reap(s, &st);
 }
 
 int harness_free_port(void)

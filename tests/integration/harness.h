@@ -8,8 +8,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "test_signal.h"   /* the only way tests signal a process */
+
 typedef struct test_server {
-    pid_t pid;
+    pid_t pid;           /* > 0 while started and not yet reaped; else 0 */
     char dir[256];       /* the server's: data in dir/data, log in dir/server.log */
     char addr[64];       /* 127.0.0.1:PORT */
     int port;
@@ -48,7 +50,14 @@ int server_log_count(const test_server *s, const char *needle);
  * 0, or -1 after timeout_ms with the log's tail on stderr. */
 int server_log_wait(const test_server *s, const char *needle, int count, int timeout_ms);
 
-/* SIGKILL, then waits (a crash, not a shutdown). */
+/* Sends sig to the server through test_signal (test_signal.h): a server
+ * that was never started, or was already reaped (pid 0), is not signalled,
+ * since kill(0, sig) would hit ctest and scripts/test.sh too. 0, or -1.
+ * Every function below that signals goes through it. */
+int server_signal(const test_server *s, int sig);
+
+/* SIGKILL, then waits (a crash, not a shutdown); pid 0 afterwards.
+ * Nothing when no server runs. */
 void server_kill(test_server *s);
 
 /* One raw Lookup call over gRPC core, bypassing libengram's routing:
@@ -64,7 +73,9 @@ int raw_lookup_data(const char *addr, const char *table, const uint64_t *rows, s
                     uint64_t version, uint8_t *out, size_t out_cap, uint64_t *served,
                     char *msg, size_t msglen);
 
-/* SIGTERM, then waits; returns the exit status (0 = clean), or -1. */
+/* SIGTERM, then waits; pid 0 afterwards. Returns the exit status (0 =
+ * clean), or -1, also when no server was started (a failed setup's
+ * teardown). */
 int server_stop(test_server *s);
 
 /* SIGSTOP, then waits until the whole process has stopped: a group stop

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """engramctl's model commands against the reference vectors.
 
-Builds a manifest from shared/testdata/engram-hash/config2_small.json, feeds
+Builds a manifest from tests/data/engram-hash/config2_small.json, feeds
 every batch (and the negative-id edge batches) through `engramctl hash`, one
 sequence per line, and compares each output line with the vectors'
 global_row_ids, [T, heads] order. Also checks the CLI's refusals.

@@ -580,7 +580,7 @@ static void test_failed_import_activates_nothing_and_rerun_completes(void **stat
     if (!seen)
         fail_msg("replica 1/1 never logged the start of the v2 import; engramctl: %d %s", failing.rc,
                  failing.err);
-    kill(srv[1][1].pid, SIGSTOP);
+    assert_int_equal(server_signal(&srv[1][1], SIGSTOP), 0);
     assert_false(file_has(log, "event=import_done table=cf version=2 "));
     int staged = 0;
     for (int i = 0; i < 600 && staged < S * R - 1; i++) {
@@ -696,12 +696,13 @@ static int server_refuses_va(const char *data, char *err, size_t cap, va_list ap
         execv(ENGRAM_SERVER_BIN, (char *const *)argv);
         _exit(127);
     }
+    assert_true(pid > 0);   /* waitpid and test_signal below need a child */
     /* A server that does not refuse would serve until stopped: after 30 s
      * it is killed and the refusal counts as missing (-1). */
     int st = 0, waited = 0;
     while (waitpid(pid, &st, WNOHANG) == 0) {
         if (++waited > 3000) {
-            kill(pid, SIGKILL);
+            test_signal(pid, SIGKILL);
             waitpid(pid, &st, 0);
             close(fd);
             unlink(path);

@@ -373,7 +373,7 @@ static void test_watch_ends_at_shutdown(void **state)
     assert_int_equal(server_start(&t, dir, NULL), 0);
     stream w = watch_open(t.addr, "engram.v1.Admin");
     assert_int_equal(watch_next(&w), SERVING);
-    assert_int_equal(kill(t.pid, SIGTERM), 0);
+    assert_int_equal(server_signal(&t, SIGTERM), 0);
     assert_int_equal(watch_next(&w), NOT_SERVING);
     assert_null(stream_next(&w, &grpc__health__v1__health_check_response__descriptor));
     assert_int_equal(stream_close(&w, 0, NULL, 0), GRPC_STATUS_OK);

@@ -5,7 +5,7 @@
  * [1009, 2003], 3-grams, 4 heads, layers [0, 3], seed 7, the 1000 -> 600
  * compression table) is put on the server, its tables are imported with
  * engramctl import-synthetic --manifest, and every batch of
- * shared/testdata/engram-hash/config2_small.json is prefetched. The expected
+ * tests/data/engram-hash/config2_small.json is prefetched. The expected
  * rows come from the vectors' global_row_ids (computed by the reference
  * code, not by us), the expected bytes from the synthetic rule: so every
  * byte checked proves hashing, routing and scattering at once. */
@@ -641,7 +641,7 @@ static void pause_server(void)
 /* Tests that stop the server resume it even when they fail. */
 static int resume_server(void **state)
 {
-    return kill(srv.pid, SIGCONT);
+    return server_signal(&srv, SIGCONT);
 }
 
 static engram_prefetch_request poisoned_request(const batch *b, uint8_t **out, size_t *bytes,
@@ -691,7 +691,7 @@ static void test_timeout_then_cancel(void **state)
     assert_int_equal(engram_prefetch_start(model, &r, &h, &e), ENGRAM_OK);
     assert_int_equal(engram_prefetch_wait(h, 50, &e), ENGRAM_TIMEOUT);
     assert_untouched(out, bytes, "timed out");
-    assert_int_equal(kill(srv.pid, SIGCONT), 0);
+    assert_int_equal(server_signal(&srv, SIGCONT), 0);
     if (engram_prefetch_wait(h, 30000, &e))
         fail_msg("after SIGCONT: %s %s", engram_status_name(e.code), e.message);
     check_out(out, b, both_idx, 2, all_heads, HEADS, 0, b->T);
@@ -743,7 +743,7 @@ static void test_server_error_through_wait(void **state)
         assert_int_equal(engram_prefetch_wait(h, 0, &e), ENGRAM_DEADLINE_EXCEEDED);
         assert_string_equal(e.message, want);
         assert_untouched(out, bytes, want);
-        assert_int_equal(kill(srv.pid, SIGCONT), 0);
+        assert_int_equal(server_signal(&srv, SIGCONT), 0);
         engram_prefetch_free(h);
         free(out);
     }

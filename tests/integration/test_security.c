@@ -429,8 +429,7 @@ static volatile pid_t limits_server;    /* killed too, or it holds ctest's pipe 
 static void on_alarm(int sig)
 {
     (void)sig;
-    if (limits_server > 0)
-        kill(limits_server, SIGKILL);
+    test_signal(limits_server, SIGKILL);   /* 0 before the server started */
     char line[200];
     int n = snprintf(line, sizeof line, "test_limits stuck at: %s\n", phase);
     if (write(2, line, (size_t)n) < 0)
@@ -636,7 +635,7 @@ static void test_reload(void **state)
     copy_file(cert("rotated.pem"), crt);
     copy_file(cert("rotated.key"), key);
     write_text(tok, "rotated-token\n");
-    assert_int_equal(kill(s.pid, SIGHUP), 0);
+    assert_int_equal(server_signal(&s, SIGHUP), 0);
     assert_int_equal(server_log_wait(&s, "event=reloaded tls=reloaded token=reloaded", 1, 5000), 0);
     assert_int_equal(admin_call_as(s.addr, rogue_ca, "rotated-token", &err), ENGRAM_NOT_FOUND);
     assert_int_equal(admin_call_as(s.addr, rogue_ca, TOKEN, &err), ENGRAM_UNAUTHENTICATED);
@@ -651,7 +650,7 @@ static void test_reload(void **state)
     /* A key that is not the certificate's: refused, nothing changed. */
     copy_file(cert("operator.key"), key);
     write_text(tok, "third-token\n");
-    assert_int_equal(kill(s.pid, SIGHUP), 0);
+    assert_int_equal(server_signal(&s, SIGHUP), 0);
     char want[900];
     snprintf(want, sizeof want, "level=error event=reload_failed detail=\"TLS key file %s is not "
              "the key of the certificate in %s; nothing was changed\"", key, crt);
@@ -664,7 +663,7 @@ static void test_reload(void **state)
     copy_file(cert("server.pem"), crt);
     copy_file(cert("server.key"), key);
     write_text(tok, "\n");
-    assert_int_equal(kill(s.pid, SIGHUP), 0);
+    assert_int_equal(server_signal(&s, SIGHUP), 0);
     snprintf(want, sizeof want, "level=error event=reload_failed detail=\"admin token file %s has "
              "an empty first line; nothing was changed\"", tok);
     assert_int_equal(server_log_wait(&s, want, 1, 5000), 0);
@@ -673,7 +672,7 @@ static void test_reload(void **state)
 
     /* Fixed: the second good reload takes both. */
     write_text(tok, "fourth-token\n");
-    assert_int_equal(kill(s.pid, SIGHUP), 0);
+    assert_int_equal(server_signal(&s, SIGHUP), 0);
     assert_int_equal(server_log_wait(&s, "event=reloaded tls=reloaded token=reloaded", 2, 5000), 0);
     assert_int_equal(admin_call_as(s.addr, ca, "fourth-token", &err), ENGRAM_NOT_FOUND);
     assert_int_equal(admin_call_as(s.addr, rogue_ca, "fourth-token", &err), ENGRAM_UNAVAILABLE);

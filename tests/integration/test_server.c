@@ -101,7 +101,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    kill(srv.pid, SIGCONT);   /* a failed pause test may have left it stopped */
+    server_signal(&srv, SIGCONT);   /* a failed pause test may have left it stopped */
     int rc = server_stop(&srv);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
@@ -310,7 +310,7 @@ static void pause_server(void)
 static void resume_server(void)
 {
     int st;
-    assert_int_equal(kill(srv.pid, SIGCONT), 0);
+    assert_int_equal(server_signal(&srv, SIGCONT), 0);
     assert_int_equal(waitpid(srv.pid, &st, WCONTINUED), srv.pid);
     assert_true(WIFCONTINUED(st));
 }

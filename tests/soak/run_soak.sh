@@ -49,7 +49,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 HERE=$(cd "$(dirname "$0")" && pwd)
-TOKENS=$HERE/../../../shared/testdata/workload/tokens.bin
+TOKENS=$HERE/../data/workload/tokens.bin
 SERVER=$BUILD/server/engram-server CTL=$BUILD/client/engramctl
 BENCH=$BUILD/tests/bench/engram-bench PBENCH=$BUILD/tests/bench/engram-prefetch-bench
 for b in "$SERVER" "$CTL" "$BENCH" "$PBENCH" "$TOKENS"; do

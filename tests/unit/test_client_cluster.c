@@ -25,6 +25,7 @@
 
 #include "engram/engram.h"
 #include "synthetic.h"
+#include "test_signal.h"
 
 #define S 3
 #define R 2
@@ -64,6 +65,8 @@ static int start(int s, int r)
     snprintf(log, sizeof log, "%s/log%d%d", tmp, s, r);
     snprintf(shard, sizeof shard, "%d", s);
     pid_t p = fork();
+    if (p < 0)
+        return -1;           /* pids[s][r] stays 0: nothing to signal later */
     if (p == 0) {
         execl(ENGRAM_SERVER_BIN, ENGRAM_SERVER_BIN, "--data", data, "--listen", addrs[s][r],
               "--cluster", map_path, "--shard", shard, "--threads", "2", "--resident-budget", "64M",
@@ -94,9 +97,9 @@ static int start(int s, int r)
  * sent right after kill() returns (seen: "shard 2 stopped: OK"). */
 static void stop(int s, int r, int sig)
 {
-    if (pids[s][r] <= 0)
+    if (pids[s][r] <= 0)     /* never started, or already reaped */
         return;
-    kill(pids[s][r], sig);
+    test_signal(pids[s][r], sig);
     if (sig == SIGKILL || sig == SIGTERM) {
         waitpid(pids[s][r], NULL, 0);
         pids[s][r] = 0;
@@ -200,8 +203,8 @@ static int group_teardown(void **state)
     (void)state;
     for (int s = 0; s < S; s++)
         for (int r = 0; r < R; r++) {
-            if (pids[s][r])
-                kill(pids[s][r], SIGCONT);
+            if (pids[s][r] > 0)
+                test_signal(pids[s][r], SIGCONT);
             stop(s, r, SIGKILL);
         }
     char cmd[300];
@@ -470,7 +473,7 @@ static void test_hedge_around_stopped_replica(void **state)
     report("SIGSTOP of shard 2 replica 0, no hedging", ms, 40, c);
     assert_true(k.retries > 0);
     engram_client_close(c);
-    kill(pids[2][0], SIGCONT);
+    test_signal(pids[2][0], SIGCONT);
 }
 
 static void test_shard_down(void **state)
@@ -525,8 +528,8 @@ static void test_shard_down(void **state)
     engram_lookup_free(h[1]);
     printf("free + close of stuck lookups: %.1f ms (%s)\n", now_ms() - t0, e.message);
     assert_true(now_ms() - t0 < 200);
-    kill(pids[2][0], SIGCONT);
-    kill(pids[2][1], SIGCONT);
+    test_signal(pids[2][0], SIGCONT);
+    test_signal(pids[2][1], SIGCONT);
 }
 
 static void test_repin_after_drop(void **state)

@@ -1,6 +1,6 @@
 /* test_hash.c: Engram N-gram hashing (common/engram_hash.h).
  *
- * Reference vectors (shared/testdata/engram-hash, produced by DeepSeek's
+ * Reference vectors (tests/data/engram-hash, produced by DeepSeek's
  * engram_demo_v1.py with numpy 1.24): numpy default_rng().integers with its
  * SeedSequence/PCG64 traces, and config2_small (multipliers, primes,
  * offsets, compressed ids, mixes, hash ids and global row ids of every
@@ -22,7 +22,7 @@
 #include "engram_hash.h"
 
 #ifndef ENGRAM_TESTDATA_DIR
-#error "ENGRAM_TESTDATA_DIR must name shared/testdata"
+#error "ENGRAM_TESTDATA_DIR must name tests/data"
 #endif
 
 typedef unsigned __int128 u128;

@@ -110,7 +110,7 @@ static void test_refusals(void **state)
 }
 
 /* The primes and head offsets of config 2 of the reference vectors
- * (shared/testdata/engram-hash/config2_small.json, derived.layers: vocab
+ * (tests/data/engram-hash/config2_small.json, derived.layers: vocab
  * sizes [1009, 2003], 4 heads per order, layers [0, 3]), copied from there;
  * GOOD has the same shape, so they are its derived values. Layer 3's
  * primes continue after layer 0's (one `seen` set across layers). */
