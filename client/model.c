@@ -64,6 +64,23 @@ int engram_model_open(engram_client *client, const char *name, engram_model **ou
     return ec_ok(err);
 }
 
+size_t engram_model_tp_heads(const engram_model *m, uint32_t tp, uint32_t rank, uint32_t *heads,
+                             size_t cap)
+{
+    if (!m || tp == 0 || rank >= tp)
+        return 0;
+    uint32_t all = (uint32_t)m->man->model->heads;
+    uint32_t per = (all + tp - 1) / tp;               /* cdiv, as vLLM shards */
+    uint64_t first = (uint64_t)rank * per;
+    if (first >= all)
+        return 0;
+    uint32_t n = all - (uint32_t)first < per ? all - (uint32_t)first : per;
+    if (heads)
+        for (uint32_t i = 0; i < n && i < cap; i++)
+            heads[i] = (uint32_t)first + i;
+    return n;
+}
+
 void engram_model_get_info(const engram_model *m, engram_model_info *out)
 {
     const eh_model *h = m->man->model;

@@ -252,6 +252,59 @@ static void test_prefill_every_batch(void **state)
     }
 }
 
+/* Tensor parallelism: each rank of tp = 1, 2, 4, 8 prefetches its columns
+ * (engram_model_tp_heads: ceil(8 / tp) each); the ranks' outputs, put side
+ * by side, are the full prefetch byte for byte. */
+static void test_tensor_parallel_columns(void **state)
+{
+    const batch *b = &batches[0];
+    engram_prefetch_request r = {.layer_ids = both_layers, .n_layers = 2, .tokens = b->tokens,
+                                 .batch = b->B, .seq_len = b->T};
+    size_t bytes = engram_prefetch_out_bytes(model, &r);
+    uint8_t *full = malloc(bytes), *joined = malloc(bytes);
+    r.out = full;
+    r.out_cap = bytes;
+    engram_error e;
+    if (prefetch(&r, &e))
+        fail_msg("%s", e.message);
+    const size_t positions = b->B * b->T;
+    for (uint32_t tp = 1; tp <= 8; tp *= 2) {
+        memset(joined, 0xAB, bytes);
+        uint32_t at = 0;
+        for (uint32_t rank = 0; rank < tp; rank++) {
+            uint32_t heads[HEADS];
+            size_t nh = engram_model_tp_heads(model, tp, rank, heads, HEADS);
+            assert_int_equal(nh, HEADS / tp);
+            assert_int_equal(heads[0], at);
+            engram_prefetch_request rr = r;
+            rr.heads = heads;
+            rr.n_heads = nh;
+            size_t part_bytes = engram_prefetch_out_bytes(model, &rr);
+            assert_int_equal(part_bytes, bytes / tp);
+            uint8_t *part = malloc(part_bytes);
+            rr.out = part;
+            rr.out_cap = part_bytes;
+            if (prefetch(&rr, &e))
+                fail_msg("tp %u rank %u: %s", tp, rank, e.message);
+            for (size_t l = 0; l < 2; l++)          /* [layer][position][head][RB] */
+                for (size_t i = 0; i < positions; i++)
+                    memcpy(joined + ((l * positions + i) * HEADS + at) * RB,
+                           part + ((l * positions + i) * nh) * RB, nh * RB);
+            free(part);
+            at += (uint32_t)nh;
+        }
+        assert_int_equal(at, HEADS);
+        assert_memory_equal(joined, full, bytes);
+    }
+    /* more ranks than columns: the last ones take none */
+    assert_int_equal(engram_model_tp_heads(model, 16, 7, NULL, 0), 1);
+    assert_int_equal(engram_model_tp_heads(model, 16, 8, NULL, 0), 0);
+    assert_int_equal(engram_model_tp_heads(model, 3, 2, NULL, 0), 2);   /* 3 + 3 + 2 */
+    assert_int_equal(engram_model_tp_heads(model, 0, 0, NULL, 0), 0);
+    free(full);
+    free(joined);
+}
+
 /* Decode: one token per step with the previous max_ngram - 1 = 2 tokens as
  * history (the pad before the start), must give the prefill's rows. */
 static void test_decode_with_history(void **state)
@@ -817,6 +870,7 @@ int main(void)
         cmocka_unit_test(test_model_info),
         cmocka_unit_test(test_hash_matches_reference),
         cmocka_unit_test(test_prefill_every_batch),
+        cmocka_unit_test(test_tensor_parallel_columns),
         cmocka_unit_test(test_decode_with_history),
         cmocka_unit_test(test_head_subset_one_layer),
         cmocka_unit_test(test_async_hashing_many_in_flight),

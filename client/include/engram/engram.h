@@ -592,6 +592,16 @@ ENGRAM_API int engram_model_open(engram_client *client, const char *name,
 /* Copies the model's info into *out.
  * Thread-safe: yes, any thread (the model is immutable). */
 ENGRAM_API void engram_model_get_info(const engram_model *model, engram_model_info *out);
+/* Tensor parallelism: the columns (heads) rank `rank` of `tp` ranks takes,
+ * as vLLM shards Engram: ceil(heads / tp) consecutive columns each, so the
+ * last ranks may take fewer or none. Writes the head indices to
+ * heads[0..cap) (heads may be NULL to count) for engram_prefetch_request's
+ * heads, and returns how many the rank takes: 0 for a rank with none (it
+ * prefetches nothing) or when tp is 0 or rank >= tp. DeepSeek-V4.1 at
+ * tp 8: 3 of its 24 columns per rank.
+ * Thread-safe: yes, any thread (the model is immutable). */
+ENGRAM_API size_t engram_model_tp_heads(const engram_model *model, uint32_t tp, uint32_t rank,
+                                        uint32_t *heads, size_t cap);
 /* Waits for the model's background hashing (if any was used) to finish,
  * then frees the model. NULL is a no-op. Free every prefetch of the model
  * first: a prefetch handle reads the model until it is freed.
