@@ -18,6 +18,8 @@
  * rows of zeros. */
 #include "client_internal.h"
 
+#include "dtype.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +46,8 @@ struct engram_prefetch {
     pf_layer *layers;
     int64_t *tokens, *history;   /* owned copies for async hashing */
     uint8_t *out;
+    int dequant;                 /* ENGRAM_PREFETCH_DEQUANT_BF16: out holds BF16 */
+    size_t out_rb;               /* bytes of one output row: row_bytes, or dim x 2 */
     struct engram_prefetch *next;
 
     pthread_mutex_t mu;          /* guards the fields below */
@@ -208,6 +212,10 @@ static int check_request(const engram_model *m, const engram_prefetch_request *r
         if (r->heads[j] >= (uint32_t)h->heads)
             return ec_error(err, ENGRAM_INVALID_ARGUMENT, "head %u is out of range: model %s has %d heads",
                             r->heads[j], m->man->name, h->heads);
+    if ((r->flags & ENGRAM_PREFETCH_DEQUANT_BF16) && strcmp(m->man->dtype, DTYPE_MXFP8_E4M3) != 0)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "ENGRAM_PREFETCH_DEQUANT_BF16 needs rows of dtype %s; model %s holds %s",
+                        DTYPE_MXFP8_E4M3, m->man->name, m->man->dtype);
     size_t need = engram_prefetch_out_bytes(m, r);
     if (r->out_cap < need)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT,
@@ -230,26 +238,39 @@ static int read_request(engram_prefetch_request *dst, const engram_prefetch_requ
                           err);
 }
 
+/* One output row: the stored row, or its dim values as BF16. */
+static size_t out_row_bytes(const engram_model *m, unsigned flags)
+{
+    return flags & ENGRAM_PREFETCH_DEQUANT_BF16 ? (size_t)m->man->dim * 2 : m->man->row_bytes;
+}
+
 size_t engram_prefetch_out_bytes(const engram_model *m, const engram_prefetch_request *req)
 {
     engram_prefetch_request rq, *r = &rq;
     if (!m || !req || read_request(&rq, req, NULL))
         return 0;
     size_t heads = r->heads ? r->n_heads : (size_t)m->man->model->heads;
-    return r->n_layers * r->batch * r->seq_len * heads * m->man->row_bytes;
+    return r->n_layers * r->batch * r->seq_len * heads * out_row_bytes(m, r->flags);
 }
 
 static engram_prefetch *prefetch_new(engram_model *m, const engram_prefetch_request *r)
 {
     engram_prefetch *p = calloc(1, sizeof *p);
+    pf_layer *layers = p ? calloc(r->n_layers, sizeof *p->layers) : NULL;
+    if (!layers) {
+        free(p);
+        return NULL;
+    }
     p->m = m;
+    p->dequant = (r->flags & ENGRAM_PREFETCH_DEQUANT_BF16) != 0;
+    p->out_rb = out_row_bytes(m, r->flags);
     p->B = r->batch;
     p->T = r->seq_len;
     p->nheads = r->heads ? r->n_heads : (size_t)m->man->model->heads;
     for (size_t j = 0; j < p->nheads; j++)
         p->heads[j] = r->heads ? r->heads[j] : (uint32_t)j;
     p->nlayers = r->n_layers;
-    p->layers = calloc(r->n_layers, sizeof *p->layers);
+    p->layers = layers;
     for (size_t i = 0; i < r->n_layers; i++)
     {
         p->layers[i].li = eh_layer_index(m->man->model, r->layer_ids[i]);
@@ -261,15 +282,18 @@ static engram_prefetch *prefetch_new(engram_model *m, const engram_prefetch_requ
     return p;
 }
 
-static void copy_tokens(engram_prefetch *p, const engram_prefetch_request *r)
+static int copy_tokens(engram_prefetch *p, const engram_prefetch_request *r)
 {
     size_t bt = p->B * p->T, hl = p->B * (size_t)(p->m->man->model->max_ngram - 1);
-    p->tokens = malloc(bt * sizeof *p->tokens);
+    if (!(p->tokens = malloc(bt * sizeof *p->tokens)))
+        return -1;
     memcpy(p->tokens, r->tokens, bt * sizeof *p->tokens);
     if (r->history) {
-        p->history = malloc(hl * sizeof *p->history);
+        if (!(p->history = malloc(hl * sizeof *p->history)))
+            return -1;
         memcpy(p->history, r->history, hl * sizeof *p->history);
     }
+    return 0;
 }
 
 int engram_prefetch_start(engram_model *m, const engram_prefetch_request *req,
@@ -284,8 +308,14 @@ int engram_prefetch_start(engram_model *m, const engram_prefetch_request *req,
     if (rc)
         return rc;
     engram_prefetch *p = prefetch_new(m, r);
+    if (!p)
+        return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory starting a prefetch");
     if (r->flags & ENGRAM_PREFETCH_HASH_ASYNC) {
-        copy_tokens(p, r);
+        if (copy_tokens(p, r)) {
+            engram_prefetch_free(p);
+            return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory copying %zu tokens",
+                            r->batch * r->seq_len);
+        }
         ec_model_enqueue(m, p);
         *handle = p;
         return ec_ok(err);
@@ -379,13 +409,27 @@ static int collect_layer(engram_prefetch *p, pf_layer *l, int64_t timeout_ms,
     return ENGRAM_OK;
 }
 
-static void scatter_layer(engram_prefetch *p, size_t i)
+/* Copies each output row from the layer's unique rows. With
+ * ENGRAM_PREFETCH_DEQUANT_BF16 the unique rows are dequantised once, in
+ * place of the raw ones when they fit, so a row asked many times costs one
+ * dequantisation. Returns 0, or -1 when out of memory. */
+static int scatter_layer(engram_prefetch *p, size_t i)
 {
-    size_t rb = p->m->man->row_bytes, n = rows_per_layer(p);
-    const pf_layer *l = &p->layers[i];
-    uint8_t *dst = p->out + i * n * rb;
+    size_t orb = p->out_rb, n = rows_per_layer(p);
+    pf_layer *l = &p->layers[i];
+    const uint8_t *src = l->buf;
+    uint8_t *bf = NULL;
+    if (p->dequant) {
+        if (!(bf = malloc(l->nuniq * orb + 1)))
+            return -1;
+        engram_dequant_bf16(l->buf, l->nuniq, p->m->man->dim, (uint16_t *)bf, NULL);
+        src = bf;
+    }
+    uint8_t *dst = p->out + i * n * orb;
     for (size_t r = 0; r < n; r++)
-        memcpy(dst + r * rb, l->buf + (size_t)l->slot[r] * rb, rb);
+        memcpy(dst + r * orb, src + (size_t)l->slot[r] * orb, orb);
+    free(bf);
+    return 0;
 }
 
 /* Layer i collected and scattered (once); ENGRAM_OK, ENGRAM_TIMEOUT, or the
@@ -398,7 +442,11 @@ static int layer_ready(engram_prefetch *p, size_t i, int64_t timeout_ms, const s
     int rc = collect_layer(p, l, timeout_ms, dl);
     if (rc)
         return rc;
-    scatter_layer(p, i);
+    if (scatter_layer(p, i)) {
+        set_error(p, ENGRAM_RESOURCE_EXHAUSTED, "out of memory dequantising %zu rows of layer %lld",
+                  l->nuniq, (long long)l->id);
+        return ENGRAM_RESOURCE_EXHAUSTED;
+    }
     l->ready = 1;
     return ENGRAM_OK;
 }

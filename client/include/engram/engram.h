@@ -625,6 +625,11 @@ ENGRAM_API int engram_model_hash(const engram_model *model, int64_t layer_id,
 /* Hash and send on the model's background thread instead of the caller's:
  * start returns at once (tokens and history are copied first). */
 #define ENGRAM_PREFETCH_HASH_ASYNC 0x1u
+/* Deliver BF16 values instead of the stored rows, for a model of dtype
+ * "mxfp8_e4m3" (DeepSeek-V4.1): out is [n_layers][batch, seq_len, heads,
+ * dim] uint16 BF16 patterns (what vLLM's Engram gather produces),
+ * dequantised as engram_dequant_bf16 does, each distinct row once. */
+#define ENGRAM_PREFETCH_DEQUANT_BF16 0x2u
 
 typedef struct engram_prefetch_request {
     size_t struct_size;        /* sizeof(engram_prefetch_request), or 0 */
@@ -636,7 +641,8 @@ typedef struct engram_prefetch_request {
     const int64_t *history;    /* NULL or [batch, max_ngram - 1], oldest first */
     const uint32_t *heads;     /* NULL (all heads) or n_heads head indices */
     size_t n_heads;
-    void *out;                 /* [n_layers][batch, seq_len, heads, row_bytes] */
+    void *out;                 /* [n_layers][batch, seq_len, heads, row_bytes]
+                                * (BF16 [..., heads, dim] with ..._DEQUANT_BF16) */
     size_t out_cap;
     unsigned flags;            /* ENGRAM_PREFETCH_* */
 } engram_prefetch_request;
