@@ -39,8 +39,8 @@ int parse_size(const char *s, const char *what, uint64_t *out);
 /* A command's `--name value` options (also `--name=value`) and its
  * positional arguments. Every option takes a value. */
 typedef struct {
-    const char *names[8];
-    const char *values[8];
+    const char *names[12];
+    const char *values[12];
     int n;
     const char *pos[256];
     int npos;
@@ -158,5 +158,10 @@ int open_tensor(const char *file, const char *name, import_spec *s, FILE **fp);
 /* open_tensor when tensor is set, else a raw / .npy file of rows of s's
  * dim and dtype (s->rows, when set, must match). The same return. */
 int open_import_file(const char *file, const char *tensor, import_spec *s, FILE **fp);
+/* checkpoint.c: layer `layer` of a DeepSeek-V4.1 checkpoint directory (its
+ * weight and scale tensors, through model.safetensors.index.json) as a
+ * stream of packed mxfp8_e4m3 rows; checks both tensors against each other
+ * and *s, then completes *s. The same return. */
+int open_checkpoint(const char *dir, int64_t layer, import_spec *s, FILE **fp);
 
 #endif

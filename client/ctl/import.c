@@ -426,7 +426,14 @@ static int import_spec_of(engram_client *cl, const opts *o, import_spec *s)
 {
     const char *c = "import", *model = opt(o, "--manifest");
     int tensor = opt(o, "--tensor") != NULL;
-    const char *file = need(o, "--file", c);
+    if (opt(o, "--checkpoint")) {
+        if (opt(o, "--file") || tensor)
+            return die_usage("%s: --checkpoint reads the layer's tensors itself; drop "
+                             "--file/--tensor", c);
+        if (!model)
+            return die_usage("%s: --checkpoint goes with --manifest MODEL --layer L", c);
+    }
+    const char *file = opt(o, "--checkpoint") ? opt(o, "--checkpoint") : need(o, "--file", c);
     if (!file)
         return EXIT_USAGE;
     if (!tensor && ends_with(file, ".safetensors"))
@@ -468,7 +475,7 @@ int open_import_file(const char *file, const char *tensor, import_spec *s, FILE 
 int cmd_import(engram_client *cl, int argc, char **argv)
 {
     opts o = {.names = {"--table", "--file", "--dim", "--dtype", "--tensor", "--manifest",
-                        "--layer", "--progress-every"}, .n = 8};
+                        "--layer", "--progress-every", "--checkpoint"}, .n = 9};
     const char *c = "import";
     if (parse_opts(&o, argc, argv, c))
         return EXIT_USAGE;
@@ -479,8 +486,16 @@ int cmd_import(engram_client *cl, int argc, char **argv)
     if (rc)
         return rc;
     const char *file = opt(&o, "--file"), *tensor = opt(&o, "--tensor");
+    const char *ckpt = opt(&o, "--checkpoint");
     FILE *fp = NULL;
-    rc = open_import_file(file, tensor, &s, &fp);
+    if (ckpt) {
+        uint64_t layer;
+        rc = parse_u64(opt(&o, "--layer"), "--layer", &layer) ? EXIT_USAGE
+             : open_checkpoint(ckpt, (int64_t)layer, &s, &fp);
+        file = ckpt;
+    } else {
+        rc = open_import_file(file, tensor, &s, &fp);
+    }
     if (rc)
         return rc;
     rc = import_opened(cl, fp, file, &s);

@@ -2,6 +2,7 @@
  * that were imported, and are they the rows of a given file?
  *
  *   verify --table T [--version V] [--file F [--tensor NAME]]
+ *   verify --table T [--version V] --checkpoint DIR --layer L
  *
  * Every server holding the table (each replica of each shard of the
  * cluster map the server returns; a lone server is a map of one) runs
@@ -11,7 +12,9 @@
  * tensor of a .safetensors checkpoint, read with import's readers) are
  * hashed the same way, split by shard (row r is shard r mod S's local row
  * r / S), and each server's recomputed checksums must equal its shard's.
- * The file is read once, whatever the number of shards.
+ * The file is read once, whatever the number of shards. --checkpoint reads
+ * layer L of a DeepSeek-V4.1 checkpoint (its weight and scale tensors,
+ * packed into rows as import --checkpoint packs them) the same way.
  *
  * Exit codes: 0 everything matches; 1 a mismatch (each is printed, saying
  * which server or which shard of the file); 2 a usage error, a call that
@@ -214,8 +217,8 @@ static int compare_file(const char *file, const file_sums *fs, const check *chec
 /* Hashes the file for the shape the first answering server reported and
  * compares; returns the number of mismatches, or -1 when the file could
  * not be read (after a message). */
-static int check_file(const char *file, const char *tensor, const check *checks, size_t n,
-                      uint32_t shards)
+static int check_file(const char *file, const char *tensor, int64_t ckpt_layer,
+                      const check *checks, size_t n, uint32_t shards)
 {
     const engram_verify_result *r = NULL;
     for (size_t i = 0; i < n && !r; i++)
@@ -226,12 +229,13 @@ static int check_file(const char *file, const char *tensor, const check *checks,
     import_spec s = {{0}};
     snprintf(s.table, sizeof s.table, "%s", r->table);
     snprintf(s.by, sizeof s.by, "table %s", r->table);
-    if (!tensor) {               /* a tensor brings its own shape, compared below */
+    if (!tensor && ckpt_layer < 0) {  /* a tensor brings its own shape, compared below */
         snprintf(s.dtype, sizeof s.dtype, "%s", r->dtype);
         s.dim = r->dim;
     }
     FILE *fp = NULL;
-    if (open_import_file(file, tensor, &s, &fp))
+    if (ckpt_layer >= 0 ? open_checkpoint(file, ckpt_layer, &s, &fp)
+                        : open_import_file(file, tensor, &s, &fp))
         return -1;
     int bad = shape_differs(file, &s, r);
     if (!bad) {
@@ -248,7 +252,8 @@ static int check_file(const char *file, const char *tensor, const check *checks,
 /* ---- the command --------------------------------------------------------------- */
 
 static int verify_all(engram_client *cl, const engram_cluster *map, const char *table,
-                      uint64_t version, const char *file, const char *tensor, const char *self)
+                      uint64_t version, const char *file, const char *tensor,
+                      int64_t ckpt_layer, const char *self)
 {
     size_t n = 0;
     for (uint32_t s = 0; s < map->shards; s++)
@@ -263,7 +268,7 @@ static int verify_all(engram_client *cl, const engram_cluster *map, const char *
             mismatches += !checks[i].r.match;
         }
     }
-    int fbad = file ? check_file(file, tensor, checks, n, map->shards) : 0;
+    int fbad = file ? check_file(file, tensor, ckpt_layer, checks, n, map->shards) : 0;
     free(checks);
     if (fbad < 0)
         failed++;
@@ -277,7 +282,8 @@ static int verify_all(engram_client *cl, const engram_cluster *map, const char *
 
 int cmd_verify(engram_client *cl, int argc, char **argv)
 {
-    opts o = {.names = {"--table", "--version", "--file", "--tensor"}, .n = 4};
+    opts o = {.names = {"--table", "--version", "--file", "--tensor", "--checkpoint", "--layer"},
+              .n = 6};
     const char *c = "verify";
     if (parse_opts(&o, argc, argv, c))
         return EXIT_USAGE;
@@ -290,13 +296,22 @@ int cmd_verify(engram_client *cl, int argc, char **argv)
         return EXIT_USAGE;
     if (tensor && !file)
         return die_usage("%s: --tensor goes with --file", c);
+    const char *ckpt = opt(&o, "--checkpoint"), *slayer = opt(&o, "--layer");
+    uint64_t layer = 0;
+    if (ckpt && file)
+        return die_usage("%s: give --file or --checkpoint, not both", c);
+    if (!ckpt != !slayer)
+        return die_usage("%s: --checkpoint DIR and --layer L go together", c);
+    if (slayer && (parse_u64(slayer, "--layer", &layer) || layer > INT64_MAX))
+        return EXIT_USAGE;
     if (file && !tensor && strlen(file) > 12 && !strcmp(file + strlen(file) - 12, ".safetensors"))
         return die_usage("%s: %s is a safetensors file; name the tensor with --tensor", c, file);
     int rc;
     engram_cluster *map = cluster_of(cl, &rc);
     if (!map)
         return EXIT_USAGE;
-    rc = verify_all(cl, map, table, version, file, tensor, ctl_server_address());
+    rc = verify_all(cl, map, table, version, ckpt ? ckpt : file, tensor,
+                    ckpt ? (int64_t)layer : -1, ctl_server_address());
     cluster_free(map);
     return rc;
 }
