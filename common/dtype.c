@@ -40,8 +40,17 @@ uint64_t dtype_row_bytes(const char *name, uint64_t dim)
     return dim > UINT64_MAX / es ? 0 : dim * es;
 }
 
-/* The common case is a clean row: one OR over the row (vectorised by the
- * compiler) says so, and only a row that fails it is searched. */
+/* Whether any byte of w is 0x7f or 0xff (a NaN code), eight at a time:
+ * with the top bits cleared, adding 1 to each byte carries into its top
+ * bit only from 0x7f, and never into the next byte. */
+static inline uint64_t nan_codes(uint64_t w)
+{
+    const uint64_t low7 = 0x7f7f7f7f7f7f7f7full, ones = 0x0101010101010101ull;
+    return ((w & low7) + ones) & ~low7;
+}
+
+/* The common case is a clean row: a word-at-a-time test says so, and only
+ * a row that fails it is searched byte by byte. */
 int dtype_find_invalid(const char *name, uint32_t dim, const uint8_t *rows, uint64_t n,
                        uint64_t *row, uint32_t *byte, uint8_t *value)
 {
@@ -50,11 +59,14 @@ int dtype_find_invalid(const char *name, uint32_t dim, const uint8_t *rows, uint
     const uint32_t rb = dim + dim / DTYPE_MX_BLOCK;
     for (uint64_t r = 0; r < n; r++) {
         const uint8_t *p = rows + r * rb;
-        uint8_t bad = 0;
-        for (uint32_t i = 0; i < dim; i++)
-            bad |= (uint8_t)((p[i] & 0x7f) == 0x7f);
+        uint64_t bad = 0;
+        for (uint32_t i = 0; i + 8 <= dim; i += 8) {   /* dim is a multiple of 32 */
+            uint64_t w;
+            memcpy(&w, p + i, sizeof w);
+            bad |= nan_codes(w);
+        }
         for (uint32_t i = dim; i < rb; i++)
-            bad |= (uint8_t)(p[i] == 0xff);
+            bad |= (uint64_t)(p[i] == 0xff);
         if (!bad)
             continue;
         for (uint32_t i = 0; i < rb; i++)

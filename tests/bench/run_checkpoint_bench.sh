@@ -41,7 +41,7 @@ m["layer_ids"], m["tables"] = [1], {"1": "bench-v41.l1"}
 print(json.dumps(m))
 PY
 "$SRV" --data "$TMP/data" --listen 127.0.0.1:0 --port-file "$TMP/port" --threads 2 \
-  --keep-versions 1 --log-file "$TMP/server.log" &
+  --keep-versions 2 --log-file "$TMP/server.log" &
 PID=$!
 for _ in $(seq 200); do [ -s "$TMP/port" ] && break; sleep 0.05; done
 [ -s "$TMP/port" ] || { cat "$TMP/server.log" >&2; exit 2; }
