@@ -359,18 +359,65 @@ static inline int compress(const eh_model *m, int64_t id, int64_t *c)
     return -1;
 }
 
-/* The distance-to-DEAD the hashing loop starts a row with: 0 when the
- * history row's last entry (position -1) is DEAD, N - 2 when only its first
- * is, N when none is (or DEAD tokens are off); the loop adds one as it
- * shifts in t = 0. */
-static inline int dead_distance(const eh_model *m, const int64_t *hist, int N)
+/* The sliding window both hashing loops keep per sequence: win[k] is the
+ * compressed id at t - k once position t is shifted in (before t = 0 it
+ * holds positions -1 .. -(N-1), history index N - 2 - k, oldest first), and
+ * dist is how far back the newest DEAD token is (N: none within reach). */
+typedef struct eh_window {
+    int64_t win[EH_MAX_NGRAM], eff[EH_MAX_NGRAM];
+    int dist;
+} eh_window;
+
+/* Fills the window from sequence b's history row (or the pad without one).
+ * Returns 0, or -1 with err naming a history id beyond the table. */
+static inline int window_start(const eh_model *m, eh_window *w, const int64_t *history, size_t b,
+                               int N, char *err, size_t errlen)
 {
-    if (!m->dead_tokens)
-        return N;
-    for (int k = 0; k < N - 1; k++)          /* newest first */
-        if (hist[N - 2 - k] < 0)
-            return k;
-    return N;
+    w->win[N - 1] = 0;
+    w->dist = N;
+    for (int k = N - 2; k >= 0; k--) {       /* oldest first, so dist ends at the newest */
+        if (!history) {
+            w->win[k] = m->compressed_pad;
+            continue;
+        }
+        int64_t id = history[b * (size_t)(N - 1) + (size_t)(N - 2 - k)];
+        if (m->dead_tokens && id < 0) {
+            w->win[k] = m->compressed_pad;
+            w->dist = k;                     /* the loop adds one as it shifts t = 0 in */
+        } else if (compress(m, id, &w->win[k]) < 0) {
+            set_err(err, errlen,
+                    "history token id %lld at [%zu, %d] is beyond the compression table "
+                    "(%zu ids)", (long long)id, b, N - 2 - k, m->lookup_len);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Shifts token `id` (position [b, t]) in and returns the ids to mix: the
+ * window itself, or, within reach of a DEAD token, a copy in which the ids
+ * it blocks read as the pad. NULL with err when id is beyond the table. */
+static inline const int64_t *window_push(const eh_model *m, eh_window *w, int64_t id, size_t b,
+                                         size_t t, int N, char *err, size_t errlen)
+{
+    for (int k = N - 1; k > 0; k--)
+        w->win[k] = w->win[k - 1];
+    if (m->dead_tokens && id < 0) {
+        w->win[0] = m->compressed_pad;
+        w->dist = 0;
+    } else if (compress(m, id, &w->win[0]) < 0) {
+        set_err(err, errlen,
+                "token id %lld at [%zu, %zu] is beyond the compression table (%zu ids)",
+                (long long)id, b, t, m->lookup_len);
+        return NULL;
+    } else if (w->dist < N) {
+        w->dist++;
+    }
+    if (w->dist == N)
+        return w->win;
+    for (int k = 0; k < N; k++)
+        w->eff[k] = k >= w->dist ? m->compressed_pad : w->win[k];
+    return w->eff;
 }
 
 /* The hashing loop. N (max_ngram) and H (n_head_per_ngram) are parameters
@@ -392,51 +439,14 @@ hash_core(const eh_model_priv *p, int li, const int64_t *tokens, size_t B, size_
         mult[k] = (uint64_t)L->multipliers[k];
 
     for (size_t b = 0; b < B; b++) {
-        /* win[k]: the compressed id at t - k once position t is shifted in;
-         * before t = 0 it holds positions -1 .. -(N-1) (history index
-         * N - 2 - k, oldest first). */
-        int64_t win[EH_MAX_NGRAM], eff[EH_MAX_NGRAM];
-        win[N - 1] = 0;
-        int dist = history ? dead_distance(m, history + b * (size_t)(N - 1), N) : N;
-        for (int k = 0; k < N - 1; k++) {
-            if (history) {
-                int64_t id = history[b * (size_t)(N - 1) + (size_t)(N - 2 - k)];
-                if (m->dead_tokens && id < 0)
-                    win[k] = m->compressed_pad;
-                else if (compress(m, id, &win[k]) < 0) {
-                    set_err(err, errlen,
-                            "history token id %lld at [%zu, %d] is beyond the compression "
-                            "table (%zu ids)",
-                            (long long)id, b, N - 2 - k, m->lookup_len);
-                    return -1;
-                }
-            } else {
-                win[k] = m->compressed_pad;
-            }
-        }
+        eh_window win;
+        if (window_start(m, &win, history, b, N, err, errlen) < 0)
+            return -1;
         const int64_t *row = tokens + b * T;
         for (size_t t = 0; t < T; t++) {
-            for (int k = N - 1; k > 0; k--)
-                win[k] = win[k - 1];
-            if (m->dead_tokens && row[t] < 0) {
-                win[0] = m->compressed_pad;
-                dist = 0;
-            } else if (compress(m, row[t], &win[0]) < 0) {
-                set_err(err, errlen,
-                        "token id %lld at [%zu, %zu] is beyond the compression table (%zu ids)",
-                        (long long)row[t], b, t, m->lookup_len);
+            const int64_t *w = window_push(m, &win, row[t], b, t, N, err, errlen);
+            if (!w)
                 return -1;
-            } else if (dist < N) {
-                dist++;
-            }
-            /* The ids a DEAD token blocks read as the pad; without one
-             * nearby (dist == N) the window is used as it is. */
-            const int64_t *w = win;
-            if (dist < N) {
-                for (int k = 0; k < N; k++)
-                    eff[k] = k >= dist ? m->compressed_pad : win[k];
-                w = eff;
-            }
             uint64_t mix = (uint64_t)w[0] * mult[0];
             if (mix_out) {
                 int64_t *mo = mix_out + (b * T + t) * (size_t)(N - 1);
@@ -497,48 +507,14 @@ hash_avx512(const eh_model_priv *p, int li, const int64_t *tokens, size_t B, siz
         mult[k] = (uint64_t)L->multipliers[k];
 
     for (size_t b = 0; b < B; b++) {
-        int64_t win[EH_MAX_NGRAM], eff[EH_MAX_NGRAM];
-        win[N - 1] = 0;
-        int dist = history ? dead_distance(m, history + b * (size_t)(N - 1), N) : N;
-        for (int k = 0; k < N - 1; k++) {
-            if (history) {
-                int64_t id = history[b * (size_t)(N - 1) + (size_t)(N - 2 - k)];
-                if (m->dead_tokens && id < 0)
-                    win[k] = m->compressed_pad;
-                else if (compress(m, id, &win[k]) < 0) {
-                    set_err(err, errlen,
-                            "history token id %lld at [%zu, %d] is beyond the compression "
-                            "table (%zu ids)",
-                            (long long)id, b, N - 2 - k, m->lookup_len);
-                    return -1;
-                }
-            } else {
-                win[k] = m->compressed_pad;
-            }
-        }
+        eh_window win;
+        if (window_start(m, &win, history, b, N, err, errlen) < 0)
+            return -1;
         const int64_t *row = tokens + b * T;
         for (size_t t = 0; t < T; t++) {
-            for (int k = N - 1; k > 0; k--)
-                win[k] = win[k - 1];
-            if (m->dead_tokens && row[t] < 0) {
-                win[0] = m->compressed_pad;
-                dist = 0;
-            } else if (compress(m, row[t], &win[0]) < 0) {
-                set_err(err, errlen,
-                        "token id %lld at [%zu, %zu] is beyond the compression table (%zu ids)",
-                        (long long)row[t], b, t, m->lookup_len);
+            const int64_t *w = window_push(m, &win, row[t], b, t, N, err, errlen);
+            if (!w)
                 return -1;
-            } else if (dist < N) {
-                dist++;
-            }
-            /* The ids a DEAD token blocks read as the pad; without one
-             * nearby (dist == N) the window is used as it is. */
-            const int64_t *w = win;
-            if (dist < N) {
-                for (int k = 0; k < N; k++)
-                    eff[k] = k >= dist ? m->compressed_pad : win[k];
-                w = eff;
-            }
             uint64_t mix = (uint64_t)w[0] * mult[0];
             uint64_t *o = out + (b * T + t) * (size_t)heads;
             for (int n = 2; n <= N; n++) {
