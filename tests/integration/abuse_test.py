@@ -30,6 +30,7 @@ import unittest
 import grpc
 
 from synthetic import rows_bytes, synthetic_row  # beside this file
+from raw_wire import A, L, field_bytes, field_varint, lookup_req, varint  # beside this file
 
 ARGS = None
 pb = None          # engram.v1 messages, generated at build time (--pydir)
@@ -38,30 +39,8 @@ OK = grpc.StatusCode.OK
 IA = grpc.StatusCode.INVALID_ARGUMENT
 NF = grpc.StatusCode.NOT_FOUND
 RE = grpc.StatusCode.RESOURCE_EXHAUSTED
-L = "/engram.v1.Lookup/Lookup"
-A = "/engram.v1.Admin/"
 
 
-def varint(v):
-    out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def field_bytes(num, payload):
-    return varint(num << 3 | 2) + varint(len(payload)) + payload
-
-
-def field_varint(num, v):
-    return varint(num << 3) + varint(v)
-
-
-def lookup_req(table, rows, version=0):
-    body = field_bytes(1, table.encode()) + field_bytes(2, b"".join(varint(r) for r in rows))
-    return body + (field_varint(3, version) if version else b"")
 
 
 _sanitized = None
@@ -1458,16 +1437,21 @@ class StalledConnectionClosed(AbuseBase):
         self.assert_alive_and_intact()
 
 
-def main():
+def run(extra_options=()):
+    """A test script's command line on this harness: --server-bin, --pydir
+    and `extra_options` (each required, kept in ARGS); loads the generated
+    messages, runs the script's test classes and exits 0 only when all
+    passed. abuse_test.py itself and the scripts that import it use it."""
     global ARGS, pb
     ap = argparse.ArgumentParser()
-    ap.add_argument("--server-bin", required=True)
-    ap.add_argument("--pydir", required=True)
+    for option in ("--server-bin", "--pydir") + tuple(extra_options):
+        ap.add_argument(option, required=True)
     ARGS, rest = ap.parse_known_args()
     sys.path.insert(0, ARGS.pydir)
     from engram.v1 import engram_pb2
     pb = engram_pb2
-    result = unittest.main(argv=[sys.argv[0]] + rest, exit=False, verbosity=2).result
+    result = unittest.main(module="__main__", argv=[sys.argv[0]] + rest, exit=False,
+                           verbosity=2).result
     failed = len(result.failures) + len(result.errors)
     # A class whose setUpClass failed counts as an error without a test run.
     print("%d passed, %d failed" % (max(result.testsRun - failed, 0), failed))
@@ -1475,4 +1459,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run()

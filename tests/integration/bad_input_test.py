@@ -25,6 +25,7 @@ import unittest
 import grpc
 
 from synthetic import M64, synthetic_row  # beside this file
+from raw_wire import A, L, field_bytes, field_varint, lookup_req, varint  # beside this file
 
 ARGS = None
 ROWS, ROW_BYTES, SEED = 1000, 64, 9
@@ -33,30 +34,8 @@ IA = grpc.StatusCode.INVALID_ARGUMENT
 NF = grpc.StatusCode.NOT_FOUND
 
 
-def varint(v):
-    out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
 
 
-def field_bytes(num, payload):
-    return varint(num << 3 | 2) + varint(len(payload)) + payload
-
-
-def field_varint(num, v):
-    return varint(num << 3) + varint(v)
-
-
-def lookup_req(table, rows, version=0):
-    body = field_bytes(1, table.encode()) + field_bytes(2, b"".join(varint(r) for r in rows))
-    return body + (field_varint(3, version) if version else b"")
-
-
-L = "/engram.v1.Lookup/Lookup"
-A = "/engram.v1.Admin/"
 H = "/grpc.health.v1.Health/Check"
 
 # (what, method, request bytes, expected code, expected message; None = OK)

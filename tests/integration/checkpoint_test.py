@@ -6,7 +6,6 @@ in different files) against a real engram-server holding the tiny V4.1
 manifest. Rows served must be the checkpoint's codes followed by its
 scales, byte for byte; verify must match, and find a changed scale; a
 checkpoint that is not right is refused before anything is imported."""
-import argparse
 import json
 import os
 import shutil
@@ -21,7 +20,6 @@ from abuse_test import L, NF, OK, lookup_req
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MANIFEST = os.path.join(HERE, "..", "..", "deploy", "examples", "tiny-deepseek-v4.1.json")
-ARGS = None
 DIM, NS, RB = 256, 8, 264
 
 
@@ -64,7 +62,7 @@ class CheckpointTest(unittest.TestCase):
 
     @classmethod
     def ctl(cls, *args):
-        return subprocess.run([ARGS.engramctl, "--server", cls.srv.address] + list(args),
+        return subprocess.run([h.ARGS.engramctl, "--server", cls.srv.address] + list(args),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               universal_newlines=True)
 
@@ -152,19 +150,5 @@ class CheckpointTest(unittest.TestCase):
         self.assertIn("--checkpoint goes with --manifest MODEL --layer L", r.stderr)
 
 
-def main():
-    global ARGS
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--server-bin", required=True)
-    ap.add_argument("--engramctl", required=True)
-    ap.add_argument("--pydir", required=True)
-    ARGS, rest = ap.parse_known_args()
-    sys.path.insert(0, ARGS.pydir)
-    from engram.v1 import engram_pb2
-    h.ARGS, h.pb = ARGS, engram_pb2
-    result = unittest.main(argv=[sys.argv[0]] + rest, exit=False, verbosity=2).result
-    sys.exit(0 if result.wasSuccessful() else 1)
-
-
 if __name__ == "__main__":
-    main()
+    h.run(("--engramctl",))

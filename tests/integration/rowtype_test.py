@@ -5,11 +5,9 @@ real engram-server: imports of valid rows are stored and served byte for
 byte with their geometry; NaN codes (0x7F, 0xFF), NaN scales (255) and a
 dim that is not whole blocks are refused, naming the row and column, and
 nothing is stored."""
-import argparse
 import os
 import random
 import shutil
-import sys
 import tempfile
 import unittest
 
@@ -108,17 +106,5 @@ class Mxfp8RowsTest(unittest.TestCase):
         self.assertEqual((code, details), (OK, ""))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--server-bin", required=True)
-    ap.add_argument("--pydir", required=True)
-    args, rest = ap.parse_known_args()
-    sys.path.insert(0, args.pydir)
-    from engram.v1 import engram_pb2
-    h.ARGS, h.pb = args, engram_pb2
-    result = unittest.main(argv=[sys.argv[0]] + rest, exit=False, verbosity=2).result
-    sys.exit(0 if result.wasSuccessful() else 1)
-
-
 if __name__ == "__main__":
-    main()
+    h.run(())
