@@ -627,7 +627,7 @@ static void test_version_limit(void **state)
     table_version_release(act);
     assert_int_equal(store_import_claim(s, "many", 0, 1, &id, &v, msg, sizeof msg),
                      ES_RESOURCE_EXHAUSTED);
-    /* 17 active, 3 retained, 4..16, 30 and 31 staged */
+    /* 17 held from the data directory: the active one, a retained one, 15 staged */
     assert_string_equal(msg, "table \"many\" holds 17 versions (1 active, 1 retained, 15 staged), "
                         "the most a table can hold is 16; drop a version that is not active first "
                         "(engramctl drop-version --table many --version V)");
