@@ -52,8 +52,9 @@ static size_t batch_rows_for(uint32_t row_bytes)
     return n ? n : 1;
 }
 
-/* dtype defaults to u8; dim to row_bytes / dtype size; both must agree
- * with row_bytes. */
+/* dtype defaults to u8; dim to what fills row_bytes (row_bytes / dtype
+ * size, or row_bytes x 32 / 33 for mxfp8_e4m3); both must agree with
+ * row_bytes. */
 static int synthetic_shape(const opts *o, uint32_t row_bytes,
                            const char **dtype, uint32_t *dim)
 {
@@ -62,26 +63,26 @@ static int synthetic_shape(const opts *o, uint32_t row_bytes,
     if (!es)
         return die_usage("import-synthetic: unknown dtype '%s' (known: %s)",
                          *dtype, dtype_list());
-    if (strcmp(*dtype, DTYPE_MXFP8_E4M3) == 0)   /* random bytes hold NaN codes and scales */
-        return die_usage("import-synthetic: synthetic rows are random bytes, which %s rows "
-                         "cannot hold (NaN codes); import a file or a checkpoint", *dtype);
     if (opt(o, "--dim")) {
         if (parse_u32(opt(o, "--dim"), "--dim", dim))
             return EXIT_USAGE;
+    } else if (strcmp(*dtype, DTYPE_MXFP8_E4M3) == 0) {
+        *dim = (uint32_t)((uint64_t)row_bytes * DTYPE_MX_BLOCK / (DTYPE_MX_BLOCK + 1));
     } else {
         *dim = (uint32_t)(row_bytes / es);
     }
-    if ((uint64_t)*dim * es != row_bytes)
-        return die_usage("import-synthetic: dim %u x %s (%zu bytes) is %llu "
-                         "bytes, not --row-bytes %u", *dim, *dtype, es,
-                         (unsigned long long)*dim * es, row_bytes);
+    uint64_t want = dtype_row_bytes(*dtype, *dim);
+    if (want != row_bytes)
+        return die_usage("import-synthetic: a row of %u %s values is %llu bytes, not "
+                         "--row-bytes %u", *dim, *dtype, (unsigned long long)want, row_bytes);
     return 0;
 }
 
 /* Generates and streams rows [0, rows) of the synthetic table; returns 0
  * or EXIT_RPC after reporting. */
 static int stream_synthetic(engram_import *imp, const char *table, uint64_t seed,
-                            uint64_t rows, uint32_t row_bytes, engram_error *e)
+                            uint64_t rows, uint32_t row_bytes, const char *dtype,
+                            engram_error *e)
 {
     size_t per = batch_rows_for(row_bytes);
     uint8_t *buf = malloc(per * row_bytes);
@@ -96,7 +97,7 @@ static int stream_synthetic(engram_import *imp, const char *table, uint64_t seed
     uint64_t r = 0;
     for (; r < rows; r += per) {
         uint64_t n = rows - r < per ? rows - r : per;
-        synthetic_rows(seed, r, n, buf, row_bytes);
+        synthetic_rows_typed(seed, r, n, buf, row_bytes, dtype);
         if ((rc = engram_import_write(imp, r, buf, n * row_bytes, e)))
             break;
         progress_update(&pg, r + n);
@@ -113,7 +114,7 @@ static int synthetic_source(void *ctx, const uint64_t *rows, size_t n, uint8_t *
     const cluster_import *ci = ctx;
     uint64_t seed = *(const uint64_t *)((const char *)ctx + sizeof *ci);
     for (size_t i = 0; i < n; i++)
-        synthetic_row(seed, rows[i], out + i * ci->row_bytes, ci->row_bytes);
+        synthetic_row_typed(seed, rows[i], out + i * ci->row_bytes, ci->row_bytes, ci->dtype);
     return 0;
 }
 
@@ -147,7 +148,7 @@ int import_synthetic_table(engram_client *cl, const char *table, uint64_t rows,
     engram_error e;
     if (engram_import_begin(cl, table, rows, dim, dtype, &imp, &e))
         return report(&e);
-    rc = stream_synthetic(imp, table, seed, rows, row_bytes, &e);
+    rc = stream_synthetic(imp, table, seed, rows, row_bytes, dtype, &e);
     if (rc) {
         engram_import_abort(imp);
         return rc;

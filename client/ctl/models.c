@@ -203,7 +203,7 @@ static long verify_rows(const pf_cmd *p, const int64_t *tok, size_t n, const uin
         }
         uint64_t seed = manifest_synthetic_seed(p->seed, p->layers[l]);
         for (size_t i = 0; i < per && bad < 0; i++) {
-            synthetic_row(seed, rows[i], want, rb);
+            synthetic_row_typed(seed, rows[i], want, rb, p->info.dtype);
             if (memcmp(out + (l * per + i) * rb, want, rb) != 0)
                 bad = (long)(l * per + i);
         }

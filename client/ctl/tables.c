@@ -154,12 +154,12 @@ static uint64_t *verify_rows(uint64_t rows, uint64_t samples,
 
 /* Compares one batch against the rule; returns 0 or EXIT_RPC after
  * reporting the first mismatching row. */
-static int check_batch(const char *table, uint64_t ver, uint64_t seed,
+static int check_batch(const char *table, const char *dtype, uint64_t ver, uint64_t seed,
                        const uint64_t *rows, size_t n, const uint8_t *got,
                        uint32_t rb, uint8_t *want)
 {
     for (size_t i = 0; i < n; i++) {
-        synthetic_row(seed, rows[i], want, rb);
+        synthetic_row_typed(seed, rows[i], want, rb, dtype);
         const uint8_t *g = got + i * rb;
         if (memcmp(g, want, rb) == 0)
             continue;
@@ -201,7 +201,7 @@ static int verify_batches(engram_client *cl, const engram_table_info *t,
                       "%s: lookup returned %u-byte rows, table info says %u",
                       t->name, got_rb, rb);
         } else {
-            rc = check_batch(t->name, *ver, seed, rows + i, k, out, rb, want);
+            rc = check_batch(t->name, t->dtype, *ver, seed, rows + i, k, out, rb, want);
         }
     }
     free(out);

@@ -38,7 +38,7 @@
  *
  * --verify-seed S: after the timed steps, step 0 of each shape is prefetched
  * once more (HASH_ASYNC) and every row of every Engram layer is compared
- * byte for byte with synthetic_row(manifest_synthetic_seed(S, layer), row)
+ * byte for byte with synthetic_row_typed(manifest_synthetic_seed(S, layer), row)
  * at engram_model_hash's rows (tables imported with engramctl
  * import-synthetic --manifest NAME --seed S). Untimed.
  *
@@ -507,7 +507,7 @@ static long verify_layer(const bench *b, const shape *s, const stepbuf *sb,
     uint64_t seed = manifest_synthetic_seed(b->o->verify_seed, id);
     long bad = 0;
     for (size_t i = 0; i < per; i++) {
-        synthetic_row(seed, rows[i], want, rb);
+        synthetic_row_typed(seed, rows[i], want, rb, b->info.dtype);
         if (memcmp(sb->out + (l * per + i) * rb, want, rb) == 0)
             continue;
         if (bad++ < 5)

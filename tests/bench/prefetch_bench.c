@@ -31,7 +31,7 @@
  *
  * --verify-seed S: after all timed runs, one decode step and one prefill
  * chunk (each with and without HASH_ASYNC) are checked byte for byte: each
- * layer's rows from engram_model_hash, bytes from synthetic_row(
+ * layer's rows from engram_model_hash, bytes from synthetic_row_typed(
  * manifest_synthetic_seed(S, layer_id), row) (tables imported with
  * engramctl import-synthetic --manifest NAME --seed S).
  *
@@ -613,7 +613,7 @@ static long verify_layer(const bench *b, const shape *s, const slot *sl,
     uint64_t seed = manifest_synthetic_seed(b->o->verify_seed, b->info.layer_ids[l]);
     long bad = 0;
     for (size_t i = 0; i < per; i++) {
-        synthetic_row(seed, rows[i], want, rb);
+        synthetic_row_typed(seed, rows[i], want, rb, b->info.dtype);
         if (memcmp(sl->out + (l * per + i) * rb, want, rb) == 0)
             continue;
         if (bad++ < 5)

@@ -4,10 +4,13 @@ Engram rows: 256 E4M3 codes, then one E8M0 scale per 32 codes) through a
 real engram-server: imports of valid rows are stored and served byte for
 byte with their geometry; NaN codes (0x7F, 0xFF), NaN scales (255) and a
 dim that is not whole blocks are refused, naming the row and column, and
-nothing is stored."""
+nothing is stored. `engramctl import-synthetic --dtype mxfp8_e4m3` makes
+valid rows by the typed synthetic rule (synthetic.py), which the server
+stores and `verify-synthetic` checks."""
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 import unittest
 
@@ -15,6 +18,7 @@ import grpc
 
 import abuse_test as h   # the harness: Server, statuses, raw messages
 from abuse_test import A, IA, L, NF, OK, lookup_req
+from synthetic import synthetic_row, synthetic_row_typed  # beside this file
 
 DIM, RB = 256, 264
 
@@ -100,6 +104,38 @@ class Mxfp8RowsTest(unittest.TestCase):
                                                "of dtype mxfp8_e4m3"))
         self.assert_absent("odd")
 
+    def ctl(self, *args):
+        return subprocess.run([h.ARGS.engramctl, "--server", self.srv.address] + list(args),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def test_import_synthetic_typed_rows(self):
+        r = self.ctl("import-synthetic", "--table", "syn", "--rows", "3000", "--row-bytes",
+                     str(RB), "--dtype", "mxfp8_e4m3", "--seed", "5")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        info = self.srv.table_info("syn")
+        self.assertEqual((info.rows, info.dim, info.row_bytes, info.dtype),
+                         (3000, DIM, RB, "mxfp8_e4m3"))
+        rows = [0, 1, 2999, 1234, 77]
+        code, details, reply = self.srv.unary(L, lookup_req("syn", rows))
+        self.assertEqual(code, OK, details)
+        want = b"".join(synthetic_row_typed(5, r, RB, "mxfp8_e4m3") for r in rows)
+        self.assertEqual(h.pb.LookupResponse.FromString(reply).data, want)
+        # The rule changed bytes (random bytes hold NaN codes), and the
+        # checker applies the same rule: verify-synthetic passes, and fails
+        # for another seed.
+        self.assertTrue(any(c & 0x7F == 0x7F for c in b"".join(
+            synthetic_row(5, r, RB)[:DIM] for r in rows)))
+        r = self.ctl("verify-synthetic", "--table", "syn", "--seed", "5", "--samples", "500")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.ctl("verify-synthetic", "--table", "syn", "--seed", "6", "--samples", "10")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("differs from synthetic seed 6", r.stderr)
+        # A row size that is not whole 32-value blocks is a usage error.
+        r = self.ctl("import-synthetic", "--table", "odd", "--rows", "10", "--row-bytes", "100",
+                     "--dtype", "mxfp8_e4m3", "--seed", "5")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("a row of 96 mxfp8_e4m3 values is 99 bytes, not --row-bytes 100", r.stderr)
+
     def test_other_types_take_any_byte(self):
         data = bytes([0x7F, 0xFF]) * (RB // 2) * 4
         code, details, _ = self.imp("raw", 4, data, dim=RB, dtype="u8")
@@ -107,4 +143,4 @@ class Mxfp8RowsTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    h.run(())
+    h.run(("--engramctl",))

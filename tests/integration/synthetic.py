@@ -1,7 +1,8 @@
 """The synthetic row rule of common/synthetic.h, for the Python tests that
 speak the wire themselves (bad_import_test.py, bad_input_test.py): row r of
 a table made with seed S is splitmix64 words of (S + (r << 20) + k),
-little-endian, cut to the row size."""
+little-endian, cut to the row size; synthetic_row_typed makes those bytes
+valid values of a row type as synthetic_row_typed in C does."""
 import struct
 
 M64 = (1 << 64) - 1
@@ -19,6 +20,17 @@ def synthetic_row(seed, row, row_bytes):
     data = b"".join(struct.pack("<Q", splitmix64((seed + (row << 20) + k) & M64))
                     for k in range(words))
     return data[:row_bytes]
+
+
+def synthetic_row_typed(seed, row, row_bytes, dtype):
+    """mxfp8_e4m3: NaN codes (0x7F, 0xFF) lose their low bit and each scale
+    byte b becomes 120 + b % 15; every other type keeps the bytes."""
+    data = synthetic_row(seed, row, row_bytes)
+    if dtype != "mxfp8_e4m3":
+        return data
+    dim = row_bytes // 33 * 32
+    codes = bytes(c ^ 1 if c & 0x7F == 0x7F else c for c in data[:dim])
+    return codes + bytes(120 + b % 15 for b in data[dim:])
 
 
 def rows_bytes(seed, start, count, row_bytes=64):

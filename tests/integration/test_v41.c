@@ -29,16 +29,11 @@ static engram_client *client;
 static engram_model *model;
 static engram_manifest *man;
 
-/* Row r of layer L's table: synthetic bytes made valid mxfp8_e4m3 (no NaN
- * code, scales 120..134), so the test can recompute any row. */
+/* Row r of layer L's table: the typed synthetic rule (valid mxfp8_e4m3, no
+ * NaN code, scales 120..134), so the test can recompute any row. */
 static void v41_row(int64_t layer, uint64_t r, uint8_t *out)
 {
-    synthetic_row(manifest_synthetic_seed(41, layer), r, out, RB);
-    for (int i = 0; i < DIM; i++)
-        if ((out[i] & 0x7f) == 0x7f)
-            out[i] ^= 1;
-    for (int i = DIM; i < RB; i++)
-        out[i] = (uint8_t)(120 + out[i] % 15);
+    synthetic_row_typed(manifest_synthetic_seed(41, layer), r, out, RB, "mxfp8_e4m3");
 }
 
 static int import_layer(int li)
