@@ -1,6 +1,6 @@
 /* vocab.c: builds the Engram compression table from a HuggingFace
- * tokenizer.json (see vocab.h for the rule, which follows DeepSeek's
- * CompressedTokenizer._build_lookup_table).
+ * tokenizer.json (see vocab.h for the two rules, DeepSeek-V4.1's and the
+ * Engram demo's).
  *
  * How: jansson loads the file; the ids are gathered into a flat array
  * (holes stay empty); each id is byte-level decoded (GPT-2 bytes_to_unicode
@@ -8,7 +8,8 @@
  * normalised with utf8proc (NFKC, NFD, then one pass that drops combining
  * marks, lowercases, collapses [ \t\r\n]+ and a final White_Space strip), and
  * the key is numbered through an open-addressing hash table in order of first
- * appearance. The table is streamed out as {"lookup_table": [...]}. */
+ * appearance. The demo rule's clean-up is a plain replace pass over the
+ * decoded text. The table is streamed out as {"lookup_table": [...]}. */
 #include "vocab.h"
 
 #include <errno.h>
@@ -188,6 +189,45 @@ char *vocab_byte_decode(const char *token, size_t len, size_t *out_len)
     text.oom |= bytes.oom;
     free(bytes.p);
     return buf_finish(&text, out_len);
+}
+
+/* ---- transformers' clean_up_tokenization ----------------------------------- */
+
+/* Replaces every non-overlapping `from` in b (left to right) by `to`. */
+static void replace_all(buf *b, const char *from, const char *to)
+{
+    size_t fl = strlen(from), tl = strlen(to);
+    if (b->oom || b->len < fl)
+        return;
+    buf out = {0};
+    size_t i = 0;
+    while (i < b->len) {
+        if (i + fl <= b->len && memcmp(b->p + i, from, fl) == 0) {
+            buf_put(&out, to, tl);
+            i += fl;
+        } else {
+            buf_put(&out, b->p + i, 1);
+            i++;
+        }
+    }
+    size_t len = 0;
+    char *p = buf_finish(&out, &len);
+    free(b->p);
+    *b = (buf){.p = p, .len = len, .cap = len + 1, .oom = p == NULL};
+}
+
+char *vocab_clean_up_spaces(const char *text, size_t len, size_t *out_len)
+{
+    /* The order of transformers' PreTrainedTokenizerBase.clean_up_tokenization. */
+    static const char *const pairs[][2] = {
+        {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"},
+        {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"},
+    };
+    buf b = {0};
+    buf_put(&b, text, len);
+    for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++)
+        replace_all(&b, pairs[k][0], pairs[k][1]);
+    return buf_finish(&b, out_len);
 }
 
 /* ---- normaliser ---------------------------------------------------------- */
@@ -479,17 +519,34 @@ static bool has_replacement(const char *text, size_t len)
     return false;
 }
 
-/* The reference's key for one id (malloc'd, length in *len); NULL on OOM. */
-static char *id_key(const id_token *t, size_t *len)
+/* The text decode([id]) gives under the rule (malloc'd, length in *len);
+ * NULL on OOM. */
+static char *id_text(const id_token *t, const vocab_options *opt, size_t *len)
 {
-    size_t tlen = 0, nlen = 0;
     char *text = t->s == NULL ? dup_bytes("", 0)
                  : t->added   ? dup_bytes(t->s, t->len)
-                              : vocab_byte_decode(t->s, t->len, &tlen);
+                              : vocab_byte_decode(t->s, t->len, len);
     if (text == NULL)
         return NULL;
-    if (t->s != NULL && t->added)
-        tlen = t->len;
+    if (t->s == NULL)
+        *len = 0;
+    else if (t->added)
+        *len = t->len;
+    if (opt->rule == VOCAB_RULE_DEMO_V1 && opt->clean_up_spaces) {
+        char *clean = vocab_clean_up_spaces(text, *len, len);
+        free(text);
+        text = clean;
+    }
+    return text;
+}
+
+/* The reference's key for one id (malloc'd, length in *len); NULL on OOM. */
+static char *id_key(const id_token *t, const vocab_options *opt, size_t *len)
+{
+    size_t tlen = 0, nlen = 0;
+    char *text = id_text(t, opt, &tlen);
+    if (text == NULL)
+        return NULL;
     if (has_replacement(text, tlen)) {
         free(text);
         *len = t->len;
@@ -507,8 +564,8 @@ static char *id_key(const id_token *t, size_t *len)
 }
 
 /* Numbers every id's key; returns 0 or -1 with err set. */
-static int number_keys(const id_token *toks, size_t n, int64_t *lookup, size_t *compressed,
-                       char *err, size_t errlen)
+static int number_keys(const id_token *toks, size_t n, const vocab_options *opt,
+                       int64_t *lookup, size_t *compressed, char *err, size_t errlen)
 {
     key_table kt = {0};
     kt.cap = 16;
@@ -518,7 +575,7 @@ static int number_keys(const id_token *toks, size_t n, int64_t *lookup, size_t *
     int rc = kt.slots == NULL ? -1 : 0;
     for (size_t id = 0; rc == 0 && id < n; id++) {
         size_t len;
-        char *key = id_key(&toks[id], &len);
+        char *key = id_key(&toks[id], opt, &len);
         lookup[id] = key == NULL ? -1 : key_number(&kt, key, len);
         if (lookup[id] < 0)
             rc = -1;
@@ -531,8 +588,12 @@ static int number_keys(const id_token *toks, size_t n, int64_t *lookup, size_t *
     return rc;
 }
 
-int64_t *vocab_build_lookup(json_t *tok, size_t *n, size_t *compressed, char *err, size_t errlen)
+int64_t *vocab_build_lookup(json_t *tok, const vocab_options *opt, size_t *n,
+                            size_t *compressed, char *err, size_t errlen)
 {
+    static const vocab_options v41 = {VOCAB_RULE_V41, 0};
+    if (opt == NULL)
+        opt = &v41;
     size_t count = 0;
     id_token *toks = collect_tokens(tok, &count, err, errlen);
     if (toks == NULL)
@@ -540,7 +601,7 @@ int64_t *vocab_build_lookup(json_t *tok, size_t *n, size_t *compressed, char *er
     int64_t *lookup = malloc(count * sizeof *lookup);
     if (lookup == NULL)
         set_err(err, errlen, "out of memory for %zu ids", count);
-    else if (number_keys(toks, count, lookup, compressed, err, errlen) != 0) {
+    else if (number_keys(toks, count, opt, lookup, compressed, err, errlen) != 0) {
         free(lookup);
         lookup = NULL;
     }
@@ -552,7 +613,8 @@ int64_t *vocab_build_lookup(json_t *tok, size_t *n, size_t *compressed, char *er
 
 /* ---- file in, file out --------------------------------------------------- */
 
-static int write_table(const char *path, const int64_t *lookup, size_t n, char *err, size_t errlen)
+int vocab_write_table(const char *path, const int64_t *lookup, size_t n, char *err,
+                      size_t errlen)
 {
     FILE *f = fopen(path, "w");
     if (f == NULL) {
@@ -577,8 +639,8 @@ static int write_table(const char *path, const int64_t *lookup, size_t n, char *
     return 0;
 }
 
-int vocab_compress_file(const char *tokenizer_json, const char *out_path, vocab_stats *stats,
-                        char *err, size_t errlen)
+int64_t *vocab_build_file(const char *tokenizer_json, const vocab_options *opt, size_t *n,
+                          size_t *compressed, char *err, size_t errlen)
 {
     json_error_t jerr;
     json_t *tok = json_load_file(tokenizer_json, JSON_ALLOW_NUL, &jerr);
@@ -588,17 +650,24 @@ int vocab_compress_file(const char *tokenizer_json, const char *out_path, vocab_
                     jerr.line, jerr.column, jerr.text);
         else
             set_err(err, errlen, "%s", jerr.text);
-        return -1;
+        return NULL;
     }
-    size_t n = 0, compressed = 0;
     char why[256] = "";
-    int64_t *lookup = vocab_build_lookup(tok, &n, &compressed, why, sizeof why);
+    int64_t *lookup = vocab_build_lookup(tok, opt, n, compressed, why, sizeof why);
     json_decref(tok);
-    if (lookup == NULL) {
+    if (lookup == NULL)
         set_err(err, errlen, "%s: %s", tokenizer_json, why);
+    return lookup;
+}
+
+int vocab_compress_file(const char *tokenizer_json, const vocab_options *opt,
+                        const char *out_path, vocab_stats *stats, char *err, size_t errlen)
+{
+    size_t n = 0, compressed = 0;
+    int64_t *lookup = vocab_build_file(tokenizer_json, opt, &n, &compressed, err, errlen);
+    if (lookup == NULL)
         return -1;
-    }
-    int rc = write_table(out_path, lookup, n, err, errlen);
+    int rc = vocab_write_table(out_path, lookup, n, err, errlen);
     free(lookup);
     if (rc == 0 && stats != NULL)
         *stats = (vocab_stats){n, compressed};

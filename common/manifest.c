@@ -146,9 +146,37 @@ static int parse_layers(parse_ctx *p)
     return 0;
 }
 
+/* Optional "compressed_vocab_size": the number of compressed ids the model
+ * was trained with. Every hash multiplier derives from it, so a table built
+ * from another tokenizer (or by another rule) would silently address other
+ * rows; the reference engines assert it, and so does this. */
+static int check_compressed_size(parse_ctx *p, size_t n)
+{
+    json_t *v = json_object_get(p->root, "compressed_vocab_size");
+    if (!v)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 1)
+        return perr(p, "manifest: \"compressed_vocab_size\" must be a positive integer");
+    int64_t maxc = -1;
+    for (size_t i = 0; i < n; i++)
+        if (p->lookup[i] > maxc)
+            maxc = p->lookup[i];
+    if (maxc + 1 != json_integer_value(v))
+        return perr(p, "manifest: compression.lookup_table maps %zu ids onto %lld compressed "
+                       "ids, but \"compressed_vocab_size\" is %lld (a table from another "
+                       "tokenizer or rule; every hash multiplier derives from this size)",
+                    n, (long long)(maxc + 1), (long long)json_integer_value(v));
+    return 0;
+}
+
 static int parse_compression(parse_ctx *p)
 {
     json_t *c = json_object_get(p->root, "compression");
+    if (!c && json_object_get(p->root, "compressed_vocab_size"))
+        return perr(p, "manifest: missing key \"compression\": this is a template whose table "
+                       "comes from the model's tokenizer; complete it with engramctl "
+                       "compress-vocab --tokenizer tokenizer.json --manifest TEMPLATE --out "
+                       "MANIFEST");
     if (!c)
         return perr(p, "manifest: missing key \"compression\"");
     if (!json_is_object(c))
@@ -158,6 +186,8 @@ static int parse_compression(parse_ctx *p)
         return -1;
     size_t n = json_array_size(a);
     p->lookup = malloc(n * sizeof *p->lookup);
+    if (!p->lookup)
+        return perr(p, "manifest: out of memory for a compression table of %zu ids", n);
     for (size_t i = 0; i < n; i++) {
         json_t *x = json_array_get(a, i);
         if (!json_is_integer(x) || json_integer_value(x) < 0)
@@ -166,7 +196,7 @@ static int parse_compression(parse_ctx *p)
     }
     p->cfg.lookup = p->lookup;
     p->cfg.lookup_len = n;
-    return 0;
+    return check_compressed_size(p, n);
 }
 
 static int layer_index_of_key(parse_ctx *p, const char *key, const char *what)

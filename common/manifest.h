@@ -8,9 +8,14 @@
  *     "n_embed_per_ngram": 512, "n_head_per_ngram": 8,
  *     "layer_ids": [1, 15], "pad_id": 2, "seed": 0, "dtype": "bf16",
  *     "compression": { "lookup_table": [0, 1, 2, ...] },
+ *     "compressed_vocab_size": 98627,                   optional, checked
  *     "multipliers": { "1": ["...", "...", "..."] },    optional, decimal strings
  *     "tables": { "1": "demo.l1", "15": "demo.l15" } }
  *
+ * "compressed_vocab_size", when given, must be max(lookup_table) + 1 (the
+ * reference engines assert it). A manifest shipped without "compression"
+ * (deploy/models/) is a template: `engramctl compress-vocab --manifest`
+ * completes it from the tokenizer.
  * Multipliers, primes and offsets are derived (engram_hash.h); multipliers
  * may be overridden. Optional "primes" ({"<layer>": {"<order>": [per
  * head]}}) and "offsets" ({"<layer>": [per head]}) must equal the derived

@@ -4,7 +4,10 @@
 # synthetic bf16 rows of dim 64, i.e. 128-byte rows like the reference
 # Engram config), looks rows up and verifies them; then puts a small Engram
 # model's manifest, creates its tables, hashes token ids into row ids and
-# prefetches them; and stops the server.
+# prefetches them; then runs a tiny DeepSeek-V4.1-shaped model end to end
+# (a generated checkpoint in V4.1's layout -> import -> verify -> hash with a
+# DEAD token -> prefetch -> BF16, printing a few dequantized values); and
+# stops the server.
 # KEEP_RUNNING=1 leaves the server running and prints how to stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +46,23 @@ echo "== row ids the reference hashing gives for tokens 1 5 9 300 44 (layer 1, [
 echo "1 5 9 300 44" | "$CTL" hash --manifest deploy/examples/tiny-model.json --layer 1
 echo "== prefetch those tokens for layers 1 and 15 and check every row"
 printf '1 5 9 300 44\n17 17 17 17\n' | "$CTL" --server "$ADDR" prefetch --model tiny --layer 1,15 --verify-seed 7
+
+echo "== DeepSeek-V4.1's shape: deploy/examples/tiny-deepseek-v4.1.json (4-grams, 8 heads,"
+echo "   264-byte mxfp8_e4m3 rows, DEAD tokens, layers 1 and 14) from a checkpoint in V4.1's layout"
+python3 tests/integration/make_v41_checkpoint.py "$DEMO/v41-checkpoint" --seed 41
+"$CTL" --server "$ADDR" put-manifest deploy/examples/tiny-deepseek-v4.1.json
+for layer in 1 14; do
+  "$CTL" --server "$ADDR" import --manifest tiny-v41 --layer "$layer" \
+    --checkpoint "$DEMO/v41-checkpoint" --progress-every 0
+done
+"$CTL" --server "$ADDR" verify --table tiny-v41.l14 --checkpoint "$DEMO/v41-checkpoint" --layer 14
+echo "== row ids of tokens 1 5 -1 9 300 (-1 is DEAD: its position and the look-back across it pad)"
+echo "1 5 -1 9 300" | "$CTL" hash --manifest deploy/examples/tiny-deepseek-v4.1.json --layer 1 \
+  | tr ' ' '\n' | awk '{ printf "%s%s", $0, (NR % 24 ? " " : "\n") }' | cut -c1-100
+echo "== prefetch them for layers 1 and 14, dequantized to BF16; the first values of each layer"
+echo "1 5 -1 9 300" | "$CTL" --server "$ADDR" prefetch --model tiny-v41 --layer 1,14 \
+  --dequant bf16 --show 8
+
 if [ "${KEEP_RUNNING:-0}" = 1 ]; then
   echo "== server left running on $ADDR (pid $pid); stop it with: kill $pid"
 else

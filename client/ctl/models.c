@@ -1,12 +1,15 @@
 /* models.c: engramctl's model commands: put-manifest, manifests, manifest,
  * import-synthetic --manifest and prefetch.
  *
- *   prefetch --model NAME --layer L[,L...] [--verify-seed S] < sequences
+ *   prefetch --model NAME --layer L[,L...] [--verify-seed S]
+ *            [--dequant bf16] [--show N] < sequences
  *
  * prints, per input line, the CRC-32 of the prefetched [layers, T, heads, D]
- * bytes; with --verify-seed it also checks every row against the synthetic
- * rule at the row ids the model's hashing gives (tables imported with
- * import-synthetic --manifest NAME --seed S). */
+ * bytes (BF16 values with --dequant bf16, for mxfp8_e4m3 models); with
+ * --verify-seed it also checks every row against the synthetic rule at the
+ * row ids the model's hashing gives (tables imported with import-synthetic
+ * --manifest NAME --seed S); --show N prints the first N values of each
+ * layer's first row. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,6 +174,8 @@ typedef struct pf_cmd {
     size_t nlayers;
     int verify;
     uint64_t seed;
+    int bf16;       /* --dequant bf16: ENGRAM_PREFETCH_DEQUANT_BF16 */
+    uint64_t show;  /* --show N: print N values of each layer's first row */
 } pf_cmd;
 
 static int parse_layers(const char *s, pf_cmd *p)
@@ -189,12 +194,14 @@ static int parse_layers(const char *s, pf_cmd *p)
 }
 
 /* Checks every row of a prefetched sequence against the synthetic rule at
- * the rows the model's hashing gives. Returns the first bad index or -1. */
+ * the rows the model's hashing gives (with --dequant bf16, against the rule's rows
+ * dequantised by engram_dequant_bf16). Returns the first bad index or -1. */
 static long verify_rows(const pf_cmd *p, const int64_t *tok, size_t n, const uint8_t *out)
 {
     size_t h = p->info.heads, rb = p->info.row_bytes, per = n * h;
+    size_t ob = p->bf16 ? (size_t)p->info.dim * 2 : rb;  /* bytes of one output row */
     uint64_t *rows = malloc(per * sizeof *rows);
-    uint8_t *want = malloc(rb);
+    uint8_t *want = malloc(rb + ob);
     long bad = -1;
     for (size_t l = 0; l < p->nlayers && bad < 0; l++) {
         if (engram_model_hash(p->model, p->layers[l], tok, 1, n, NULL, rows, NULL)) {
@@ -204,7 +211,15 @@ static long verify_rows(const pf_cmd *p, const int64_t *tok, size_t n, const uin
         uint64_t seed = manifest_synthetic_seed(p->seed, p->layers[l]);
         for (size_t i = 0; i < per && bad < 0; i++) {
             synthetic_row_typed(seed, rows[i], want, rb, p->info.dtype);
-            if (memcmp(out + (l * per + i) * rb, want, rb) != 0)
+            const uint8_t *w = want;
+            if (p->bf16) {
+                if (engram_dequant_bf16(want, 1, p->info.dim, (uint16_t *)(want + rb), NULL)) {
+                    bad = (long)(l * per + i);
+                    break;
+                }
+                w = want + rb;
+            }
+            if (memcmp(out + (l * per + i) * ob, w, ob) != 0)
                 bad = (long)(l * per + i);
         }
     }
@@ -213,10 +228,39 @@ static long verify_rows(const pf_cmd *p, const int64_t *tok, size_t n, const uin
     return bad;
 }
 
+/* --show N: the first N values of each layer's first output row (token 0,
+ * column 0), as numbers: BF16 widened to float, or the raw bytes in hex. */
+static void show_values(const pf_cmd *p, size_t n, const uint8_t *out)
+{
+    size_t per = n * p->info.heads;
+    size_t ob = p->bf16 ? (size_t)p->info.dim * 2 : p->info.row_bytes;
+    size_t k = p->bf16 ? p->info.dim : p->info.row_bytes;
+    if (p->show < k)
+        k = (size_t)p->show;
+    for (size_t l = 0; l < p->nlayers; l++) {
+        const uint8_t *row = out + l * per * ob;
+        printf("  layer %lld, token 0, column 0:", (long long)p->layers[l]);
+        for (size_t i = 0; i < k; i++) {
+            if (p->bf16) {
+                uint16_t b;
+                memcpy(&b, row + 2 * i, 2);
+                uint32_t bits = (uint32_t)b << 16;
+                float f;
+                memcpy(&f, &bits, 4);
+                printf(" %g", (double)f);
+            } else {
+                printf(" %02x", row[i]);
+            }
+        }
+        printf("\n");
+    }
+}
+
 static int prefetch_one(const pf_cmd *p, const int64_t *tok, size_t n, size_t lineno)
 {
     engram_prefetch_request r = {.layer_ids = p->layers, .n_layers = p->nlayers,
-                                 .tokens = tok, .batch = 1, .seq_len = n};
+                                 .tokens = tok, .batch = 1, .seq_len = n,
+                                 .flags = p->bf16 ? ENGRAM_PREFETCH_DEQUANT_BF16 : 0};
     size_t bytes = engram_prefetch_out_bytes(p->model, &r);
     uint8_t *out = malloc(bytes ? bytes : 1);
     r.out = out;
@@ -232,9 +276,15 @@ static int prefetch_one(const pf_cmd *p, const int64_t *tok, size_t n, size_t li
         fprintf(stderr, "line %zu: ", lineno);
         return report(&e);
     }
-    printf("seq %zu: %zu tokens, %zu bytes, crc32 %08lx", lineno, n, bytes,
-           crc32_z(0, out, bytes));
+    printf("seq %zu: %zu tokens, %zu bytes%s, crc32 %08lx", lineno, n, bytes,
+           p->bf16 ? " of bf16" : "", crc32_z(0, out, bytes));
     long bad = p->verify ? verify_rows(p, tok, n, out) : -1;
+    if (bad < 0 && p->show) {
+        printf(p->verify ? ", verified\n" : "\n");
+        show_values(p, n, out);
+        free(out);
+        return 0;
+    }
     free(out);
     if (bad >= 0) {
         printf("\n");
@@ -258,7 +308,7 @@ static int prefetch_lines(pf_cmd *p)
 
 int cmd_prefetch(engram_client *cl, int argc, char **argv)
 {
-    opts o = {.names = {"--model", "--layer", "--verify-seed"}, .n = 3};
+    opts o = {.names = {"--model", "--layer", "--verify-seed", "--dequant", "--show"}, .n = 5};
     const char *c = "prefetch";
     if (parse_opts(&o, argc, argv, c))
         return EXIT_USAGE;
@@ -272,10 +322,21 @@ int cmd_prefetch(engram_client *cl, int argc, char **argv)
     if (vs && parse_u64(vs, "--verify-seed", &p.seed))
         return EXIT_USAGE;
     p.verify = vs != NULL;
+    const char *dq = opt(&o, "--dequant");
+    if (dq && strcmp(dq, "bf16") != 0)
+        return die_usage("prefetch: --dequant '%s': expected bf16", dq);
+    p.bf16 = dq != NULL;
+    if (opt(&o, "--show") && parse_u64(opt(&o, "--show"), "--show", &p.show))
+        return EXIT_USAGE;
     engram_error e;
     if (engram_model_open(cl, name, &p.model, &e))
         return report(&e);
     engram_model_get_info(p.model, &p.info);
+    if (p.bf16 && strcmp(p.info.dtype, "mxfp8_e4m3") != 0) {
+        engram_model_close(p.model);
+        return die_usage("prefetch: --dequant bf16 takes mxfp8_e4m3 rows; model %s holds %s",
+                         name, p.info.dtype);
+    }
     int rc = prefetch_lines(&p);
     engram_model_close(p.model);
     return rc;

@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     char err[512];
     size_t n, compressed;
-    int64_t *lookup = vocab_build_lookup(tok, &n, &compressed, err, sizeof err);
+    int64_t *lookup = vocab_build_lookup(tok, NULL, &n, &compressed, err, sizeof err);
     for (size_t i = 0; lookup && i < n; i++)
         if (lookup[i] < 0 || (size_t)lookup[i] >= compressed)
             abort();

@@ -25,7 +25,7 @@ import time
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from synthetic import M64, splitmix64, synthetic_row  # noqa: E402
+from synthetic import layer_seed, synthetic_row  # noqa: E402
 
 SEED = 5
 ROW_BYTES = 32  # dim 16 x bf16
@@ -77,7 +77,7 @@ def expected_crc(rows, layers):
     synthetic tables, each layer made with manifest_synthetic_seed."""
     data = b""
     for layer in layers:
-        seed = splitmix64(SEED ^ ((layer * 0xD1B54A32D192ED03) & M64))
+        seed = layer_seed(SEED, layer)
         data += b"".join(synthetic_row(seed, r, ROW_BYTES) for t in rows[layer] for r in t)
     return len(data), zlib.crc32(data)
 

@@ -6,7 +6,8 @@ byte with their geometry; NaN codes (0x7F, 0xFF), NaN scales (255) and a
 dim that is not whole blocks are refused, naming the row and column, and
 nothing is stored. `engramctl import-synthetic --dtype mxfp8_e4m3` makes
 valid rows by the typed synthetic rule (synthetic.py), which the server
-stores and `verify-synthetic` checks."""
+stores and `verify-synthetic` checks; `prefetch --dequant bf16` delivers
+and checks BF16 values of a V4.1-shaped model."""
 import os
 import random
 import shutil
@@ -18,9 +19,16 @@ import grpc
 
 import abuse_test as h   # the harness: Server, statuses, raw messages
 from abuse_test import A, IA, L, NF, OK, lookup_req
-from synthetic import synthetic_row, synthetic_row_typed  # beside this file
+from synthetic import layer_seed, synthetic_row, synthetic_row_typed  # beside this file
 
 DIM, RB = 256, 264
+
+
+def e4m3(c):
+    """An E4M3 code's value (OCP FP8: bias 7, no infinities)."""
+    sign = -1.0 if c & 0x80 else 1.0
+    e, m = (c >> 3) & 0xF, c & 7
+    return sign * (m / 8.0 * 2.0 ** -6 if e == 0 else (1 + m / 8.0) * 2.0 ** (e - 7))
 
 
 def valid_rows(n, seed):
@@ -135,6 +143,52 @@ class Mxfp8RowsTest(unittest.TestCase):
                      "--dtype", "mxfp8_e4m3", "--seed", "5")
         self.assertEqual(r.returncode, 2)
         self.assertIn("a row of 96 mxfp8_e4m3 values is 99 bytes, not --row-bytes 100", r.stderr)
+
+    def test_model_prefetch_bf16_verified(self):
+        manifest = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "deploy", "examples", "tiny-deepseek-v4.1.json")
+        for args in (("put-manifest", manifest),
+                     ("import-synthetic", "--manifest", "tiny-v41", "--seed", "3")):
+            r = self.ctl(*args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        seqs = "1 5 -1 9 300\n7 7 7\n"
+        for dq in ((), ("--dequant", "bf16")):
+            r = subprocess.run([h.ARGS.engramctl, "--server", self.srv.address, "prefetch",
+                                "--model", "tiny-v41", "--layer", "1,14", "--verify-seed", "3"]
+                               + list(dq), input=seqs, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            per = 2 * 24 * (512 if dq else RB)   # layers x heads x output row bytes
+            lines = r.stdout.splitlines()
+            self.assertEqual(len(lines), 2)
+            self.assertRegex(lines[0], r"^seq 1: 5 tokens, %d bytes%s, crc32 [0-9a-f]{8}, verified$"
+                             % (5 * per, " of bf16" if dq else ""))
+            self.assertRegex(lines[1], r"^seq 2: 3 tokens, %d bytes%s, crc32 [0-9a-f]{8}, verified$"
+                             % (3 * per, " of bf16" if dq else ""))
+        # Another seed's rows differ, dequantized or not.
+        r = subprocess.run([h.ARGS.engramctl, "--server", self.srv.address, "prefetch", "--model",
+                            "tiny-v41", "--layer", "14", "--verify-seed", "4", "--dequant", "bf16"],
+                           input="1 2\n", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("row 0 of the output differs from the synthetic rule", r.stderr)
+        # --show: the first values of layer 14's first row, as numbers:
+        # e4m3(code) x 2^(scale - 127) of the typed rule's row (exact in BF16
+        # at these scales), printed as C's %g prints them.
+        r = subprocess.run([h.ARGS.engramctl, "--server", self.srv.address, "prefetch", "--model",
+                            "tiny-v41", "--layer", "14", "--dequant", "bf16", "--show", "3"],
+                           input="1 2\n", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        show = r.stdout.splitlines()[1]
+        self.assertTrue(show.startswith("  layer 14, token 0, column 0: "), show)
+        r = subprocess.run([h.ARGS.engramctl, "hash", "--manifest", manifest, "--layer", "14"],
+                           input="1 2\n", stdout=subprocess.PIPE, text=True)
+        row0 = int(r.stdout.split()[0])
+        data = synthetic_row_typed(layer_seed(3, 14), row0, RB, "mxfp8_e4m3")
+        want = " ".join("%g" % (e4m3(c) * 2.0 ** (data[DIM] - 127)) for c in data[:3])
+        self.assertEqual(show, "  layer 14, token 0, column 0: " + want)
+        r = self.ctl("prefetch", "--model", "tiny-v41", "--layer", "1", "--dequant", "f16")
+        self.assertEqual((r.returncode, r.stderr),
+                         (2, "engramctl: INVALID_ARGUMENT: prefetch: --dequant 'f16': expected bf16 (see engramctl --help)\n"))
 
     def test_other_types_take_any_byte(self):
         data = bytes([0x7F, 0xFF]) * (RB // 2) * 4

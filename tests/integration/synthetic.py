@@ -22,6 +22,12 @@ def synthetic_row(seed, row, row_bytes):
     return data[:row_bytes]
 
 
+def layer_seed(seed, layer_id):
+    """manifest_synthetic_seed: the seed of a model's layer table when all
+    its tables are imported with one seed (import-synthetic --manifest)."""
+    return splitmix64(seed ^ ((layer_id * 0xD1B54A32D192ED03) & M64))
+
+
 def synthetic_row_typed(seed, row, row_bytes, dtype):
     """mxfp8_e4m3: NaN codes (0x7F, 0xFF) lose their low bit and each scale
     byte b becomes 120 + b % 15; every other type keeps the bytes."""

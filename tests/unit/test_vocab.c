@@ -3,8 +3,9 @@
  * Checks the reference normaliser on hand-made cases, the byte-level decode
  * (GPT-2 bytes_to_unicode and CPython/Rust U+FFFD replacement, expected
  * values taken from Python's bytes.decode('utf-8', 'replace')), a small
- * hand-written tokenizer.json whose table was worked out by hand, and the
- * error messages. With VOCAB_TOKENIZER_JSON set to DeepSeek-V3's
+ * hand-written tokenizer.json whose table was worked out by hand, the demo
+ * rule's clean-up (expected values from transformers' clean_up_tokenization
+ * worked by hand) and where it changes a table, and the error messages. With VOCAB_TOKENIZER_JSON set to DeepSeek-V3's
  * tokenizer.json it also checks the acceptance figure 128815 -> 98627
  * (skipped otherwise). */
 #include <setjmp.h>
@@ -98,7 +99,7 @@ static void check_error(const char *json, const char *want)
     char in[256], out[256], err[256] = "";
     snprintf(in, sizeof in, "%s", write_tmp("err.json", json));
     snprintf(out, sizeof out, "%s/err.out", tmpdir);
-    assert_int_equal(vocab_compress_file(in, out, NULL, err, sizeof err), -1);
+    assert_int_equal(vocab_compress_file(in, NULL, out, NULL, err, sizeof err), -1);
     if (strstr(err, want) == NULL)
         fail_msg("error \"%s\" does not mention \"%s\"", err, want);
 }
@@ -228,7 +229,7 @@ static void test_small_tokenizer_in_memory(void **state)
     assert_non_null(tok);
     size_t n = 0, compressed = 0;
     char err[256] = "";
-    int64_t *lookup = vocab_build_lookup(tok, &n, &compressed, err, sizeof err);
+    int64_t *lookup = vocab_build_lookup(tok, NULL, &n, &compressed, err, sizeof err);
     json_decref(tok);
     assert_non_null(lookup);
     assert_int_equal(n, 14);
@@ -246,7 +247,7 @@ static void test_small_tokenizer_file(void **state)
     snprintf(in, sizeof in, "%s", write_tmp("tokenizer.json", small_tokenizer));
     snprintf(out, sizeof out, "%s/table.json", tmpdir);
     vocab_stats st = {0};
-    assert_int_equal(vocab_compress_file(in, out, &st, err, sizeof err), 0);
+    assert_int_equal(vocab_compress_file(in, NULL, out, &st, err, sizeof err), 0);
     assert_int_equal(st.ids, 14);
     assert_int_equal(st.compressed, 8);
     FILE *f = fopen(out, "r");
@@ -257,13 +258,71 @@ static void test_small_tokenizer_file(void **state)
     assert_string_equal(text, "{\"lookup_table\": [0, 0, 1, 1, 1, 2, 3, 4, 5, 2, 1, 6, 7, 1]}\n");
 }
 
+/* ---- the demo rule: transformers' clean-up -------------------------------- */
+
+static void check_clean(const char *in, const char *want)
+{
+    size_t len = 0;
+    char *got = vocab_clean_up_spaces(in, strlen(in), &len);
+    assert_non_null(got);
+    assert_string_equal(got, want);
+    assert_int_equal(len, strlen(want));
+    free(got);
+}
+
+static void test_clean_up_spaces(void **state)
+{
+    check_clean("", "");
+    check_clean(" .", ".");
+    check_clean("a , b ? c ! d .", "a, b? c! d.");
+    check_clean("don 't", "don 't");          /* " 't" is not in the list */
+    check_clean("do n't", "don't");
+    check_clean("I 'm you 're we 've it 's", "I'm you're we've it's");
+    check_clean("x ' y", "x'y");               /* " ' " -> "'" */
+    check_clean("  .", " .");                  /* one pass: "  ." has one " ." */
+    check_clean(" , ,", ",,");
+    check_clean("\xC3\xA9 .", "\xC3\xA9.");     /* bytes kept around it */
+}
+
+/* Where the rules part: a token with the pattern inside it. " , ," is
+ * ", ," after normalising under the V4.1 rule but ",," after the demo
+ * rule's clean-up, so it shares ",,"'s id only under the demo rule; a
+ * leading " ." is stripped by the normaliser either way. */
+static void test_rules_differ(void **state)
+{
+    static const char tokenizer[] =
+        "{\"model\": {\"vocab\": {\",,\": 0, \"\\u0120,\\u0120,\": 1, \".\": 2,"
+        " \"\\u0120.\": 3}}}";
+    static const int64_t want_v41[] = {0, 1, 2, 2}, want_demo[] = {0, 0, 1, 1};
+    json_error_t jerr;
+    json_t *tok = json_loads(tokenizer, 0, &jerr);
+    assert_non_null(tok);
+    vocab_options demo = {VOCAB_RULE_DEMO_V1, 1}, demo_off = {VOCAB_RULE_DEMO_V1, 0};
+    const vocab_options *opts[] = {NULL, &demo, &demo_off};
+    const int64_t *wants[] = {want_v41, want_demo, want_v41};
+    for (int k = 0; k < 3; k++) {
+        size_t n = 0, compressed = 0;
+        char err[256] = "";
+        int64_t *lookup = vocab_build_lookup(tok, opts[k], &n, &compressed, err, sizeof err);
+        assert_non_null(lookup);
+        assert_int_equal(n, 4);
+        for (size_t i = 0; i < n; i++)
+            if (lookup[i] != wants[k][i])
+                fail_msg("rule %d: lookup[%zu] = %lld, want %lld", k, i, (long long)lookup[i],
+                         (long long)wants[k][i]);
+        assert_int_equal(compressed, (size_t)wants[k][3] + 1);
+        free(lookup);
+    }
+    json_decref(tok);
+}
+
 /* ---- errors -------------------------------------------------------------- */
 
 static void test_errors(void **state)
 {
     char err[256] = "", out[256];
     snprintf(out, sizeof out, "%s/x.out", tmpdir);
-    assert_int_equal(vocab_compress_file("/nonexistent/tokenizer.json", out, NULL, err, sizeof err), -1);
+    assert_int_equal(vocab_compress_file("/nonexistent/tokenizer.json", NULL, out, NULL, err, sizeof err), -1);
     assert_non_null(strstr(err, "/nonexistent/tokenizer.json"));
     check_error("{\"model\": {\"vocab\": {\"a\": 0}", "bad JSON at line");
     check_error("{\"model\": {\"type\": \"BPE\"}}", "no model.vocab");
@@ -274,7 +333,7 @@ static void test_errors(void **state)
     check_error("{\"model\": {\"vocab\": {\"a\": 0}}, \"added_tokens\": [{\"id\": 1}]}",
                 "no string \"content\"");
     const char *in = write_tmp("ok.json", "{\"model\": {\"vocab\": {\"a\": 0}}}");
-    assert_int_equal(vocab_compress_file(in, "/nonexistent/dir/out.json", NULL, err, sizeof err), -1);
+    assert_int_equal(vocab_compress_file(in, NULL, "/nonexistent/dir/out.json", NULL, err, sizeof err), -1);
     assert_non_null(strstr(err, "cannot create /nonexistent/dir/out.json"));
 }
 
@@ -288,7 +347,7 @@ static void test_deepseek_v3_if_given(void **state)
     char out[256], err[256] = "";
     snprintf(out, sizeof out, "%s/deepseek_table.json", tmpdir);
     vocab_stats st = {0};
-    if (vocab_compress_file(path, out, &st, err, sizeof err) != 0)
+    if (vocab_compress_file(path, NULL, out, &st, err, sizeof err) != 0)
         fail_msg("%s", err);
     print_message("%s: %zu ids -> %zu\n", path, st.ids, st.compressed);
     assert_int_equal(st.ids, 128815);
@@ -306,6 +365,8 @@ int main(void)
         cmocka_unit_test(test_byte_decode_replacement),
         cmocka_unit_test(test_small_tokenizer_in_memory),
         cmocka_unit_test(test_small_tokenizer_file),
+        cmocka_unit_test(test_clean_up_spaces),
+        cmocka_unit_test(test_rules_differ),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_deepseek_v3_if_given),
     };
