@@ -12,6 +12,9 @@ PKGS=(
   redis-server libhiredis-dev
   protobuf-compiler python3 python3-grpcio python3-protobuf python3-numpy python3-yaml python3-xxhash
   python3-h2                 # tests/integration/abuse_test.py: a raw HTTP/2 client
+  python3-dev python3-setuptools python3-pytest python3-venv python3-pip
+                             # python/: the engram package's C extension, pip install, pytest
+  python3-torch              # python/tests and the PyTorch example (CPU)
   openssl ca-certificates
   valgrind                   # tests/valgrind: the unit tests under memcheck
   clang libclang-rt-14-dev   # tests/fuzz: clang and its libFuzzer runtime
