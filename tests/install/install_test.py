@@ -199,6 +199,34 @@ class Installed(unittest.TestCase):
             run([ARGS.cc] + warn + flags + cflags + [example, "-o", exe] + libs)
             self.check_run(exe, "hello_pc_static", shared=False)
 
+    def test_pip_install_python_package(self):
+        """`pip install ./python` offline, in a fresh venv, against the
+        installed libengram found with pkg-config; the package then talks
+        to the installed server."""
+        if "-fsanitize" in ARGS.flags:
+            self.skipTest("a sanitized libengram cannot load into python")
+        if subprocess.run(["/usr/bin/python3", "-c", "import venv, ensurepip, numpy"]).returncode:
+            self.skipTest("python3-venv, python3-pip or python3-numpy is not installed")
+        venv = os.path.join(self.tmp, "venv")
+        run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", venv])
+        src = os.path.join(self.tmp, "python-src")   # pip builds in the tree it is given
+        shutil.copytree(os.path.join(ARGS.source_dir, "python"), src,
+                        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        env = dict(os.environ, PKG_CONFIG_PATH=os.path.join(self.libdir, "pkgconfig"))
+        env.pop("ENGRAM_BUILD_DIR", None)
+        run([os.path.join(venv, "bin", "pip"), "install", "-q", "--no-index", src], env=env,
+            cwd=self.tmp)
+        script = ("import engram, numpy as np\n"
+                  "c = engram.Client(%r)\n"
+                  "a = np.arange(64, dtype=np.uint8).reshape(4, 16)\n"
+                  "t = c.import_array('pip_t', a)\n"
+                  "print(engram.__version__, engram.__file__.startswith(%r), t.rows,\n"
+                  "      (c.lookup('pip_t', [3, 0]) == a[[3, 0]]).all())\n"
+                  % (self.address, venv))
+        out = run([os.path.join(venv, "bin", "python"), "-c", script], cwd=self.tmp,
+                  env=dict(os.environ, LD_LIBRARY_PATH=self.libdir))
+        self.assertEqual(out, "%s True 4 True\n" % ARGS.version)
+
     def test_cplusplus(self):
         cxx = shutil.which("c++") or shutil.which("g++")
         if not cxx:
