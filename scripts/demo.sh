@@ -6,8 +6,8 @@
 # model's manifest, creates its tables, hashes token ids into row ids and
 # prefetches them; then runs a tiny DeepSeek-V4.1-shaped model end to end
 # (a generated checkpoint in V4.1's layout -> import -> verify -> hash with a
-# DEAD token -> prefetch -> BF16, printing a few dequantized values); and
-# stops the server.
+# DEAD token -> prefetch -> BF16, printing a few dequantized values); runs a
+# few lines of Python through the engram package; and stops the server.
 # KEEP_RUNNING=1 leaves the server running and prints how to stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +62,23 @@ echo "1 5 -1 9 300" | "$CTL" hash --manifest deploy/examples/tiny-deepseek-v4.1.
 echo "== prefetch them for layers 1 and 14, dequantized to BF16; the first values of each layer"
 echo "1 5 -1 9 300" | "$CTL" --server "$ADDR" prefetch --model tiny-v41 --layer 1,14 \
   --dequant bf16 --show 8
+
+if [ -d build/python/engram ]; then
+  echo "== the same from Python (the engram package, build/python)"
+  PYTHONPATH=build/python /usr/bin/python3 - "$ADDR" <<'PY'
+import sys
+import engram
+
+with engram.Client(sys.argv[1]) as client:
+    rows = client.lookup("demo", [0, 1, 65535])
+    print("lookup demo [0, 1, 65535]:", rows.shape, rows.dtype, "row 0 starts", rows[0, :8].tolist())
+    model = client.model("tiny-v41")
+    print(model)
+    with model.prefetch([[1, 5, -1, 9, 300]], dtype="float32") as p:
+        layer14 = p.wait_layer(14)
+    print("layer 14, token 0, column 0, first values:", layer14[0, 0, 0, :4].tolist())
+PY
+fi
 
 if [ "${KEEP_RUNNING:-0}" = 1 ]; then
   echo "== server left running on $ADDR (pid $pid); stop it with: kill $pid"
