@@ -116,10 +116,13 @@ class LookupFuture(concurrent.futures.Future):
         self._out = out
 
     def cancel(self) -> bool:
-        if not super().cancel():
+        if self.done():
             return False
-        self._handle.free()   # waits for the waiter's current slice, then cancels
-        return True
+        # Free first (it waits out the waiter's current wait slice, then
+        # cancels the RPC), so no callback of the cancel sees `out` written
+        # to afterwards.
+        self._handle.free()
+        return super().cancel()
 
 
 class _Waiter:
