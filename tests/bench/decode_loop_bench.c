@@ -7,7 +7,7 @@
  *       [--decode-layer-us U] [--prefill-layer-us U]
  *       [--steps N] [--prefill-steps N] [--warmup-steps W (3)]
  *       [--verify-seed S] [--wait-all-first] [--chunk-rows N]
- *       [--compute spin|sleep]
+ *       [--compute spin|sleep] [--dequant raw|bf16]
  *
  * The worker: a model of L layers, Engram at the manifest's layers (opened
  * with engram_model_open; every id must be < L). Each layer's compute is a
@@ -30,6 +30,11 @@
  * --compute sleep replaces the busy-wait by a sleep until the same
  * deadline: a worker whose compute runs on a GPU and leaves the host CPU
  * free; comparing it with spin shows what sharing the CPU costs.
+ * --dequant bf16 (models of dtype mxfp8_e4m3 only, e.g. DeepSeek-V4.1)
+ * adds ENGRAM_PREFETCH_DEQUANT_BF16: the worker receives BF16 [heads, dim]
+ * (2 * dim bytes a row, 512 for V4.1 against 264 raw), dequantised by
+ * libengram inside the wait, so the wait includes that cost; the default,
+ * raw, receives the stored rows. The output lines name the form measured.
  * Without Engram: the same batch fill
  * and busy-waits, no prefetch. The two modes alternate step by step in the
  * same invocation (so machine noise hits both alike), W untimed steps of
@@ -37,10 +42,12 @@
  * mode's step times; overhead = 1 - with / without.
  *
  * --verify-seed S: after the timed steps, step 0 of each shape is prefetched
- * once more (HASH_ASYNC) and every row of every Engram layer is compared
- * byte for byte with synthetic_row_typed(manifest_synthetic_seed(S, layer), row)
- * at engram_model_hash's rows (tables imported with engramctl
- * import-synthetic --manifest NAME --seed S). Untimed.
+ * once more (HASH_ASYNC, in the form measured) and every row of every
+ * Engram layer is compared byte for byte with
+ * synthetic_row_typed(manifest_synthetic_seed(S, layer), row) at
+ * engram_model_hash's rows (tables imported with engramctl
+ * import-synthetic --manifest NAME --seed S); in BF16 form, with that row
+ * passed through engram_dequant_bf16. Untimed.
  *
  * Output: per shape a human-readable block and one `bench: key=value` line.
  * Exit status: 0 ok, 1 verification mismatch, 2 usage or RPC error. */
@@ -67,6 +74,7 @@ typedef struct bench_opts {
     int wait_all_first;
     uint64_t chunk_rows;   /* 0: the client's default */
     int sleep_compute;
+    int dequant;           /* --dequant bf16: ENGRAM_PREFETCH_DEQUANT_BF16 */
 } bench_opts;
 
 /* One request shape and where its batches come from. */
@@ -84,6 +92,7 @@ typedef struct bench {
     engram_model *model;
     engram_model_info info;
     size_t first_engram;  /* the layer before which the worker waits */
+    size_t out_rb;        /* bytes a row takes in out: row_bytes, or 2 * dim */
     int64_t *tok;
     size_t ntok, hist;
 } bench;
@@ -111,7 +120,8 @@ static int usage(const char *why)
 "           [--layers L] [--tokens-per-s R] [--batch B] [--chunk T]\n"
 "           [--decode-layer-us U] [--prefill-layer-us U] [--steps N]\n"
 "           [--prefill-steps N] [--warmup-steps W] [--verify-seed S]\n"
-"           [--wait-all-first] [--chunk-rows N] [--compute spin|sleep]\n");
+"           [--wait-all-first] [--chunk-rows N] [--compute spin|sleep]\n"
+"           [--dequant raw|bf16]\n");
     return 2;
 }
 
@@ -136,6 +146,9 @@ static int apply_opt(bench_opts *o, int c, const char *arg)
     case 'P':
         o->sleep_compute = strcmp(arg, "sleep") == 0;
         return o->sleep_compute || strcmp(arg, "spin") == 0 ? 0 : -1;
+    case 'D':
+        o->dequant = strcmp(arg, "bf16") == 0;
+        return o->dequant || strcmp(arg, "raw") == 0 ? 0 : -1;
     }
     return -1;
 }
@@ -160,7 +173,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"prefill-layer-us", 1, 0, 'p'}, {"steps", 1, 0, 'n'},
         {"prefill-steps", 1, 0, 'N'}, {"warmup-steps", 1, 0, 'w'},
         {"verify-seed", 1, 0, 'v'}, {"wait-all-first", 0, 0, 'A'},
-        {"chunk-rows", 1, 0, 'C'}, {"compute", 1, 0, 'P'},
+        {"chunk-rows", 1, 0, 'C'}, {"compute", 1, 0, 'P'}, {"dequant", 1, 0, 'D'},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     *o = (bench_opts){.layers = 30, .batch = 512, .chunk = 4096, .warmup = 3,
                       .tok_per_s = 9000};
@@ -197,6 +210,12 @@ static int open_bench(bench *b)
         return rpc_fail("model open", rc, &err);
     engram_model_get_info(b->model, &b->info);
     b->hist = b->info.max_ngram - 1;
+    if (b->o->dequant && strcmp(b->info.dtype, "mxfp8_e4m3") != 0) {
+        fprintf(stderr, "engram-decode-loop-bench: --dequant bf16 needs a model of "
+                "dtype mxfp8_e4m3; %s holds %s\n", b->info.name, b->info.dtype);
+        return 2;
+    }
+    b->out_rb = b->o->dequant ? (size_t)b->info.dim * 2 : b->info.row_bytes;
     b->first_engram = (size_t)-1;
     for (uint32_t l = 0; l < b->info.n_layers; l++) {
         int64_t id = b->info.layer_ids[l];
@@ -238,7 +257,7 @@ static void stepbuf_init(const bench *b, const shape *s, stepbuf *sb)
 {
     sb->tokens = xmalloc(s->B * s->T * sizeof(int64_t));
     sb->history = xmalloc(s->B * b->hist * sizeof(int64_t));
-    sb->out_bytes = rows_per_step(b, s) * b->info.row_bytes;
+    sb->out_bytes = rows_per_step(b, s) * b->out_rb;
     sb->out = xmalloc(sb->out_bytes);
     memset(sb->out, 0, sb->out_bytes);  /* every page real before timing */
 }
@@ -271,7 +290,8 @@ static int prefetch_start(const bench *b, const shape *s, stepbuf *sb,
         .layer_ids = b->info.layer_ids, .n_layers = b->info.n_layers,
         .tokens = sb->tokens, .batch = s->B, .seq_len = s->T,
         .history = sb->history, .out = sb->out, .out_cap = sb->out_bytes,
-        .flags = ENGRAM_PREFETCH_HASH_ASYNC};
+        .flags = ENGRAM_PREFETCH_HASH_ASYNC |
+                 (b->o->dequant ? ENGRAM_PREFETCH_DEQUANT_BF16 : 0)};
     int rc = engram_prefetch_start(b->model, &r, h, &err);
     return rc ? rpc_fail("prefetch start", rc, &err) : 0;
 }
@@ -384,6 +404,11 @@ static int run_shape(const bench *b, const shape *s, mode_result *on, mode_resul
 
 /* ---- report ------------------------------------------------------------------ */
 
+static const char *form_name(const bench *b)
+{
+    return b->o->dequant ? "bf16" : "raw";
+}
+
 static const char *layer_list(const bench *b, char *buf, size_t cap)
 {
     size_t off = 0;
@@ -423,11 +448,13 @@ static void print_human(const bench *b, const shape *s, const mode_result *on,
     double nominal_ms = (double)s->layer_ns * (double)b->o->layers / 1e6;
     char layers[256];
     printf("%s: B %zu x T %zu, %" PRIu64 " layers x %.3f ms busy-wait (nominal "
-           "%.2f ms/step), Engram at layers %s (%s), %zu rows/prefetch\n",
+           "%.2f ms/step), Engram at layers %s (%s), %zu rows/prefetch, "
+           "%.2f MiB as %s\n",
            s->name, s->B, s->T, b->o->layers, (double)s->layer_ns / 1e6, nominal_ms,
            layer_list(b, layers, sizeof layers),
            b->o->wait_all_first ? "all waited for before the first" : "each waited for just before it",
-           rows_per_step(b, s));
+           rows_per_step(b, s), (double)(rows_per_step(b, s) * b->out_rb) / (1 << 20),
+           form_name(b));
     printf("  %" PRIu64 " timed steps per mode (after %" PRIu64 " untimed), alternating\n",
            on->steps, b->o->warmup);
     printf("  without Engram: %.0f tokens/s, step ms p50 %.3f  p99 %.3f  max %.3f\n",
@@ -449,13 +476,17 @@ static void print_machine(const bench *b, const shape *s, const mode_result *on,
                           const mode_result *off)
 {
     double t_on = tps(s, on), t_off = tps(s, off);
-    printf("bench: scenario=%s model=%s batch=%zu seq=%zu layers=%" PRIu64
+    printf("bench: scenario=%s model=%s form=%s dtype=%s heads=%u row_bytes=%u "
+           "out_row_bytes=%zu rows_per_step=%zu out_bytes_per_step=%zu batch=%zu "
+           "seq=%zu layers=%" PRIu64
            " engram_layers=%u layer_ms=%.4f steps=%" PRIu64 " tokens_per_s_off=%.1f "
            "tokens_per_s_on=%.1f overhead_pct=%.3f step_p50_ms_off=%.3f "
            "step_p50_ms_on=%.3f wait_p50_ms=%.4f wait_p90_ms=%.4f wait_p99_ms=%.4f "
            "wait_max_ms=%.4f wait_mean_ms=%.4f blocked_steps=%" PRIu64
            " start_p50_ms=%.4f start_max_ms=%.4f\n",
-           s->name, b->info.name, s->B, s->T, b->o->layers, b->info.n_layers,
+           s->name, b->info.name, form_name(b), b->info.dtype, b->info.heads,
+           b->info.row_bytes, b->out_rb, rows_per_step(b, s),
+           rows_per_step(b, s) * b->out_rb, s->B, s->T, b->o->layers, b->info.n_layers,
            (double)s->layer_ns / 1e6, on->steps, t_off, t_on,
            t_off > 0 ? (1 - t_on / t_off) * 100 : 0, pct_ms(&off->step, 50),
            pct_ms(&on->step, 50), pct_ms(&on->wait, 50), pct_ms(&on->wait, 90),
@@ -491,11 +522,14 @@ static int bench_shape(const bench *b, const shape *s)
 
 /* ---- verification (untimed) -------------------------------------------------- */
 
-/* Mismatching rows of layer index l in sb->out, or -1 on a hashing error. */
+/* Mismatching rows of layer index l in sb->out, or -1 on a hashing error.
+ * want holds row_bytes + out_rb: the stored row, then (BF16 form) its
+ * dequantised values, which is what out must hold. */
 static long verify_layer(const bench *b, const shape *s, const stepbuf *sb,
                          uint32_t l, uint64_t *rows, uint8_t *want)
 {
-    size_t per = s->B * s->T * b->info.heads, rb = b->info.row_bytes;
+    size_t per = s->B * s->T * b->info.heads, rb = b->info.row_bytes, orb = b->out_rb;
+    uint8_t *expect = b->o->dequant ? want + rb : want;
     int64_t id = b->info.layer_ids[l];
     engram_error err = {0};
     int rc = engram_model_hash(b->model, id, sb->tokens, s->B, s->T, sb->history,
@@ -508,7 +542,9 @@ static long verify_layer(const bench *b, const shape *s, const stepbuf *sb,
     long bad = 0;
     for (size_t i = 0; i < per; i++) {
         synthetic_row_typed(seed, rows[i], want, rb, b->info.dtype);
-        if (memcmp(sb->out + (l * per + i) * rb, want, rb) == 0)
+        if (b->o->dequant)
+            engram_dequant_bf16(want, 1, b->info.dim, (uint16_t *)(void *)expect, NULL);
+        if (memcmp(sb->out + (l * per + i) * orb, expect, orb) == 0)
             continue;
         if (bad++ < 5)
             fprintf(stderr, "engram-decode-loop-bench: mismatch: %s layer %" PRId64
@@ -528,7 +564,7 @@ static long verify_shape(const bench *b, const shape *s, uint64_t *checked)
     if (prefetch_start(b, s, &sb, &h) == 0 && prefetch_wait(h) == 0) {
         size_t per = s->B * s->T * b->info.heads;
         uint64_t *rows = xmalloc(per * sizeof *rows);
-        uint8_t *want = xmalloc(b->info.row_bytes);
+        uint8_t *want = xmalloc(b->info.row_bytes + b->out_rb);
         bad = 0;
         for (uint32_t l = 0; l < b->info.n_layers && bad >= 0; l++) {
             long m = verify_layer(b, s, &sb, l, rows, want);
@@ -554,10 +590,11 @@ static int run_verify(const bench *b, const shape *shapes, size_t n)
     if (bad < 0)
         return 2;
     printf("verify: step 0 of each shape (HASH_ASYNC), after the timed steps: %" PRIu64
-           " rows checked byte for byte against seed %" PRIu64 ": %ld mismatches\n",
-           checked, b->o->verify_seed, bad);
-    printf("bench: scenario=verify seed=%" PRIu64 " verified_rows=%" PRIu64
-           " mismatches=%ld\n", b->o->verify_seed, checked, bad);
+           " rows checked byte for byte against seed %" PRIu64 "%s: %ld mismatches\n",
+           checked, b->o->verify_seed,
+           b->o->dequant ? " (as BF16, via engram_dequant_bf16)" : "", bad);
+    printf("bench: scenario=verify form=%s seed=%" PRIu64 " verified_rows=%" PRIu64
+           " mismatches=%ld\n", form_name(b), b->o->verify_seed, checked, bad);
     return bad ? 1 : 0;
 }
 
@@ -582,10 +619,12 @@ static int run_all(bench *b)
     if (check_workload(b, &shapes[0]) || check_workload(b, &shapes[1]))
         return 2;
     printf("engram-decode-loop-bench: server %s, model %s (manifest version %" PRIu64
-           "), %u heads x %u-byte rows; tokens %s: %zu; compute model %.0f tokens/s "
-           "over %" PRIu64 " layers (busy-wait)\n\n", o->server, b->info.name,
-           b->info.manifest_version, b->info.heads, b->info.row_bytes, o->tokens,
-           b->ntok, o->tok_per_s, o->layers);
+           "), %u heads x %u-byte rows of %s, delivered %s (%zu bytes a row); "
+           "tokens %s: %zu; compute model %.0f tokens/s over %" PRIu64 " layers (%s)\n\n",
+           o->server, b->info.name, b->info.manifest_version, b->info.heads,
+           b->info.row_bytes, b->info.dtype,
+           o->dequant ? "as BF16 (--dequant bf16)" : "raw", b->out_rb, o->tokens,
+           b->ntok, o->tok_per_s, o->layers, o->sleep_compute ? "sleep" : "busy-wait");
     fflush(stdout);
     int rc = 0;
     for (size_t i = 0; i < 2 && rc == 0; i++)
