@@ -409,27 +409,29 @@ static int collect_layer(engram_prefetch *p, pf_layer *l, int64_t timeout_ms,
     return ENGRAM_OK;
 }
 
-/* Copies each output row from the layer's unique rows. With
- * ENGRAM_PREFETCH_DEQUANT_BF16 the unique rows are dequantised once, in
- * place of the raw ones when they fit, so a row asked many times costs one
- * dequantisation. Returns 0, or -1 when out of memory. */
-static int scatter_layer(engram_prefetch *p, size_t i)
+/* Writes each output row from the layer's unique rows: a copy, or with
+ * ENGRAM_PREFETCH_DEQUANT_BF16 its dequantisation. */
+static void scatter_layer(engram_prefetch *p, size_t i)
 {
     size_t orb = p->out_rb, n = rows_per_layer(p);
     pf_layer *l = &p->layers[i];
-    const uint8_t *src = l->buf;
-    uint8_t *bf = NULL;
-    if (p->dequant) {
-        if (!(bf = malloc(l->nuniq * orb + 1)))
-            return -1;
-        engram_dequant_bf16(l->buf, l->nuniq, p->m->man->dim, (uint16_t *)bf, NULL);
-        src = bf;
-    }
     uint8_t *dst = p->out + i * n * orb;
+    if (p->dequant) {
+        /* Straight from the received row into out: a row asked for twice
+         * is converted twice, which costs less than converting the unique
+         * rows into a temporary BF16 copy of the layer and copying from it.
+         * That buffer (up to 48 MiB per prefill layer) was fresh pages on
+         * every wait, and its faults and the extra copy took more time than
+         * the conversion itself (perf of the V4.1 decode loop). */
+        size_t rb = p->m->man->row_bytes;
+        uint32_t dim = p->m->man->dim;
+        for (size_t r = 0; r < n; r++)
+            engram_dequant_bf16(l->buf + (size_t)l->slot[r] * rb, 1, dim,
+                                (uint16_t *)(dst + r * orb), NULL);
+        return;
+    }
     for (size_t r = 0; r < n; r++)
-        memcpy(dst + r * orb, src + (size_t)l->slot[r] * orb, orb);
-    free(bf);
-    return 0;
+        memcpy(dst + r * orb, l->buf + (size_t)l->slot[r] * orb, orb);
 }
 
 /* Layer i collected and scattered (once); ENGRAM_OK, ENGRAM_TIMEOUT, or the
@@ -442,11 +444,7 @@ static int layer_ready(engram_prefetch *p, size_t i, int64_t timeout_ms, const s
     int rc = collect_layer(p, l, timeout_ms, dl);
     if (rc)
         return rc;
-    if (scatter_layer(p, i)) {
-        set_error(p, ENGRAM_RESOURCE_EXHAUSTED, "out of memory dequantising %zu rows of layer %lld",
-                  l->nuniq, (long long)l->id);
-        return ENGRAM_RESOURCE_EXHAUSTED;
-    }
+    scatter_layer(p, i);
     l->ready = 1;
     return ENGRAM_OK;
 }

@@ -628,7 +628,7 @@ ENGRAM_API int engram_model_hash(const engram_model *model, int64_t layer_id,
 /* Deliver BF16 values instead of the stored rows, for a model of dtype
  * "mxfp8_e4m3" (DeepSeek-V4.1): out is [n_layers][batch, seq_len, heads,
  * dim] uint16 BF16 patterns (what vLLM's Engram gather produces),
- * dequantised as engram_dequant_bf16 does, each distinct row once. */
+ * dequantised as engram_dequant_bf16 does, straight into out. */
 #define ENGRAM_PREFETCH_DEQUANT_BF16 0x2u
 
 typedef struct engram_prefetch_request {
