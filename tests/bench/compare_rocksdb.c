@@ -4,7 +4,7 @@
  * How: the database is laid out as engram-server's: a "rows" column family
  * opened with the server's own options (store_tuning_default /
  * store_tuning_cache / store_tuning_apply / store_tuning_readoptions from
- * server/store_tuning.h),
+ * server/store/store_tuning.h),
  * keys store_row_key(table 1, version 1, row) (20 bytes, big-endian, so
  * keys sort by row), values the row bytes. When DIR holds no database the
  * rows are written as SST files with rocksdb_sstfilewriter and ingested,

@@ -1,5 +1,5 @@
 /* fuzz_import.c: libFuzzer target for Admin.Import as the server handles
- * it (server/import.c): each message is unpacked with protobuf-c exactly as
+ * it (server/admin/import.c): each message is unpacked with protobuf-c exactly as
  * the stream unpacks it, then applied with import_message (header checks,
  * shard and size limits, the claim, chunk order and size checks, rows into
  * SST files, the trailer), stopping at the first refusal as the stream

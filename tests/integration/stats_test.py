@@ -160,7 +160,7 @@ def server_has_jemalloc():
 
 def hot_capacity(budget, row_bytes):
     """Rows a hot cache of `budget` bytes holds for rows of row_bytes:
-    server/hotcache.c's hotcache_create, step by step (16 segments; the most
+    server/store/hotcache.c's hotcache_create, step by step (16 segments; the most
     slots per segment whose segment_bytes fit budget / 16; 0 below 64 rows,
     where it makes no cache)."""
     segments = 16

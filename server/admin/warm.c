@@ -1,15 +1,14 @@
 /* warm.c: Admin.Warm (see warm.h).
  *
- * What warming does today: a table that fits the resident budget is already
- * a dense array in RAM, so reading its rows touches memory that is there
- * (rows_loaded 0). A larger table is served by RocksDB MultiGet, and its RAM
- * tier today is RocksDB's block cache: reading the rows through
- * store_read_rows brings their blocks into that cache, so the lookups that
- * follow are cache hits instead of reads from disk. rows_loaded counts the
- * rows read from RocksDB; whether a row's block happened to be cached
- * already is not visible per row (the block cache counters in Stats show
- * the aggregate effect). A hot-row cache in front of RocksDB comes in a
- * later issue; this is where it will be filled.
+ * What warming does: a table that fits the resident budget is already a
+ * dense array in RAM, so reading its rows touches memory that is there
+ * (rows_loaded 0). A larger table is served from the hot-row cache
+ * (store/hotcache.c) in front of RocksDB: reading the rows through
+ * store_read_rows puts each row the cache misses into it, and brings its
+ * blocks into RocksDB's block cache, so the lookups that follow are hits
+ * instead of reads from disk. rows_loaded counts the rows read from
+ * RocksDB; whether a row's block happened to be cached already is not
+ * visible per row (the cache counters in Stats show the aggregate effect).
  *
  * Plan, then batches: the request is validated and turned into one target
  * per table (its version pinned, its local rows sorted and de-duplicated)
