@@ -34,6 +34,7 @@
 #include <grpc/support/time.h>
 
 #include "grpc_util.h"
+#include "methods.h"
 #include "status.h"
 
 /* ---- errors ------------------------------------------------------------- */
@@ -145,37 +146,37 @@ static void *cq_thread(void *arg)
 static void register_methods(engram_client *cl)
 {
     cl->m_lookup = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Lookup/Lookup", NULL, NULL);
+        cl->channel, METHOD_LOOKUP, NULL, NULL);
     cl->m_list_tables = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/ListTables", NULL, NULL);
+        cl->channel, METHOD_LIST_TABLES, NULL, NULL);
     cl->m_get_table = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/GetTable", NULL, NULL);
+        cl->channel, METHOD_GET_TABLE, NULL, NULL);
     cl->m_put_manifest = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/PutManifest", NULL, NULL);
+        cl->channel, METHOD_PUT_MANIFEST, NULL, NULL);
     cl->m_get_manifest = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/GetManifest", NULL, NULL);
+        cl->channel, METHOD_GET_MANIFEST, NULL, NULL);
     cl->m_list_manifests = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/ListManifests", NULL, NULL);
+        cl->channel, METHOD_LIST_MANIFESTS, NULL, NULL);
     cl->m_activate = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/ActivateVersion", NULL, NULL);
+        cl->channel, METHOD_ACTIVATE_VERSION, NULL, NULL);
     cl->m_drop_version = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/DropVersion", NULL, NULL);
+        cl->channel, METHOD_DROP_VERSION, NULL, NULL);
     cl->m_cluster_map = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/GetClusterMap", NULL, NULL);
+        cl->channel, METHOD_GET_CLUSTER_MAP, NULL, NULL);
     cl->m_health_check = grpc_channel_register_call(
-        cl->channel, "/grpc.health.v1.Health/Check", NULL, NULL);
+        cl->channel, METHOD_HEALTH_CHECK, NULL, NULL);
     cl->m_drain = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/Drain", NULL, NULL);
+        cl->channel, METHOD_DRAIN, NULL, NULL);
     cl->m_undrain = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/Undrain", NULL, NULL);
+        cl->channel, METHOD_UNDRAIN, NULL, NULL);
     cl->m_warm = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/Warm", NULL, NULL);
+        cl->channel, METHOD_WARM, NULL, NULL);
     cl->m_verify = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/Verify", NULL, NULL);
+        cl->channel, METHOD_VERIFY, NULL, NULL);
     cl->m_stats = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/Stats", NULL, NULL);
+        cl->channel, METHOD_STATS, NULL, NULL);
     cl->m_set_log_level = grpc_channel_register_call(
-        cl->channel, "/engram.v1.Admin/SetLogLevel", NULL, NULL);
+        cl->channel, METHOD_SET_LOG_LEVEL, NULL, NULL);
 }
 
 static int check_open_args(const char *address,

@@ -57,6 +57,7 @@
 
 #include "cluster.h"
 #include "grpc_util.h"
+#include "methods.h"
 #include "wire.h"
 
 #define LAT_WINDOW 1024         /* recent sub-request latencies kept */
@@ -1119,8 +1120,8 @@ static ec_cluster *cluster_new(engram_client *cl, const engram_cluster *map, eng
             r->backoff_ms = cl->opts.eject_backoff_ms;
             /* The bootstrap channel's credentials (TLS, server name). */
             r->ch = ec_channel_create(cl, r->addr, &chargs);
-            r->m_lookup = grpc_channel_register_call(r->ch, "/engram.v1.Lookup/Lookup", NULL, NULL);
-            r->m_get_table = grpc_channel_register_call(r->ch, "/engram.v1.Admin/GetTable", NULL, NULL);
+            r->m_lookup = grpc_channel_register_call(r->ch, METHOD_LOOKUP, NULL, NULL);
+            r->m_get_table = grpc_channel_register_call(r->ch, METHOD_GET_TABLE, NULL, NULL);
             cs->shards[s].rep[i] = r;
         }
     }

@@ -32,6 +32,7 @@
 #include "cluster.h"
 #include "dtype.h"
 #include "grpc_util.h"
+#include "methods.h"
 
 /* Largest chunk payload: well under the default 64 MiB message limit and
  * big enough to amortise per-message costs. A client with a smaller
@@ -192,7 +193,7 @@ static engram_import *import_new(engram_client *client, const char *table,
     }
     XXH3_64bits_reset(imp->xxh);
     imp->cq = grpc_completion_queue_create_for_pluck(NULL);
-    grpc_slice method = grpc_slice_from_static_string("/engram.v1.Admin/Import");
+    grpc_slice method = grpc_slice_from_static_string(METHOD_IMPORT);
     imp->call = grpc_channel_create_call(
         client->channel, NULL, GRPC_PROPAGATE_DEFAULTS, imp->cq, method, NULL,
         gpr_inf_future(GPR_CLOCK_REALTIME), NULL);

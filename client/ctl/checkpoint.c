@@ -113,12 +113,12 @@ static int file_of(const char *dir, json_t *map, const char *name, char *path, s
     }
     json_t *f = json_object_get(map, name);
     if (!f)
-        return fail(ENGRAM_NOT_FOUND, "%s: model.safetensors.index.json names no tensor \"%s\" "
+        return ctl_fail(ENGRAM_NOT_FOUND, "%s: model.safetensors.index.json names no tensor \"%s\" "
                     "(is this a DeepSeek-V4.1 checkpoint, and is the layer an Engram layer?)",
                     dir, name);
     const char *fn = json_string_value(f);
     if (!fn || !*fn || strchr(fn, '/') || !strcmp(fn, "..") || !strcmp(fn, "."))
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: the index maps \"%s\" to %s, not a file "
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: the index maps \"%s\" to %s, not a file "
                     "name in the checkpoint's directory", dir, name,
                     fn ? fn : "a non-string");
     snprintf(path, cap, "%s/%s", dir, fn);
@@ -136,13 +136,13 @@ static json_t *read_index(const char *dir, int *rc)
             *rc = 0;             /* no index: a one-file checkpoint */
             return NULL;
         }
-        *rc = fail(ENGRAM_INVALID_ARGUMENT, "%s: %s (line %d)", path, je.text, je.line);
+        *rc = ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: %s (line %d)", path, je.text, je.line);
         return NULL;
     }
     json_t *map = json_object_get(root, "weight_map");
     if (!json_is_object(map)) {
         json_decref(root);
-        *rc = fail(ENGRAM_INVALID_ARGUMENT, "%s: no \"weight_map\" object", path);
+        *rc = ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: no \"weight_map\" object", path);
         return NULL;
     }
     *rc = 0;
@@ -157,17 +157,17 @@ static int tensor_at(const char *path, const char *name, const char *want_dtype,
     st_file f;
     char err[1024];
     if (st_read_file(path, &f, err, sizeof err))
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: %s", path, err);
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: %s", path, err);
     const st_tensor *t = st_find(&f, name);
     int rc = 0;
     if (!t)
-        rc = fail(ENGRAM_NOT_FOUND, "%s: no tensor \"%s\" although the index names this file",
+        rc = ctl_fail(ENGRAM_NOT_FOUND, "%s: no tensor \"%s\" although the index names this file",
                   path, name);
     else if (strcmp(t->dtype, want_dtype) != 0)
-        rc = fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" is %s; a V4.1 checkpoint stores "
+        rc = ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" is %s; a V4.1 checkpoint stores "
                   "it as %s", path, name, t->dtype, want_dtype);
     else if (t->ndim != 2 || !t->shape[0] || !t->shape[1])
-        rc = fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" is not a non-empty 2-D "
+        rc = ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" is not a non-empty 2-D "
                   "[rows, columns] tensor", path, name);
     if (!rc) {
         *rows = t->shape[0];
@@ -191,7 +191,7 @@ int open_checkpoint(const char *dir, int64_t layer, import_spec *s, FILE **fpo)
     ckpt_stream *c = calloc(1, sizeof *c);
     if (!c) {
         json_decref(index);
-        return fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
+        return ctl_fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
     }
     c->fd_w = c->fd_s = -1;
     uint64_t wrows = 0, wcols = 0, srows = 0, scols = 0;
@@ -204,21 +204,21 @@ int open_checkpoint(const char *dir, int64_t layer, import_spec *s, FILE **fpo)
     if (!rc)
         rc = tensor_at(c->path_s, sname, "F8_E8M0", &srows, &scols, &c->off_s);
     if (!rc && (srows != wrows || wcols % DTYPE_MX_BLOCK || scols != wcols / DTYPE_MX_BLOCK))
-        rc = fail(ENGRAM_INVALID_ARGUMENT, "%s: %s is [%llu, %llu] and %s [%llu, %llu]; want "
+        rc = ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: %s is [%llu, %llu] and %s [%llu, %llu]; want "
                   "[rows, dim] and [rows, dim / %d]", dir, wname, (unsigned long long)wrows,
                   (unsigned long long)wcols, sname, (unsigned long long)srows,
                   (unsigned long long)scols, DTYPE_MX_BLOCK);
     if (!rc && s->dtype[0] && strcmp(s->dtype, DTYPE_MXFP8_E4M3) != 0)
-        rc = fail(ENGRAM_INVALID_ARGUMENT, "%s: layer %lld holds %s rows; %s says %s", dir,
+        rc = ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: layer %lld holds %s rows; %s says %s", dir,
                   (long long)layer, DTYPE_MXFP8_E4M3, s->by, s->dtype);
     if (!rc && s->dim && wcols != s->dim)
-        rc = fail(ENGRAM_INVALID_ARGUMENT, "%s: %s has %llu columns; %s says dim %u", dir,
+        rc = ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: %s has %llu columns; %s says dim %u", dir,
                   wname, (unsigned long long)wcols, s->by, s->dim);
     if (!rc && s->rows && wrows != s->rows)
-        rc = fail(ENGRAM_INVALID_ARGUMENT, "%s: %s has %llu rows; %s says %llu", dir, wname,
+        rc = ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: %s has %llu rows; %s says %llu", dir, wname,
                   (unsigned long long)wrows, s->by, (unsigned long long)s->rows);
     if (!rc && wcols > UINT32_MAX / 2)
-        rc = fail(ENGRAM_INVALID_ARGUMENT, "%s: %s: rows of %llu values are too large", dir,
+        rc = ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: %s: rows of %llu values are too large", dir,
                   wname, (unsigned long long)wcols);
     if (!rc) {
         c->rows = wrows;
@@ -227,7 +227,7 @@ int open_checkpoint(const char *dir, int64_t layer, import_spec *s, FILE **fpo)
         c->fd_w = open(c->path_w, O_RDONLY | O_CLOEXEC);
         c->fd_s = strcmp(c->path_s, c->path_w) ? open(c->path_s, O_RDONLY | O_CLOEXEC) : c->fd_w;
         if (c->fd_w < 0 || c->fd_s < 0)
-            rc = fail(ENGRAM_NOT_FOUND, "%s: %s", c->fd_w < 0 ? c->path_w : c->path_s,
+            rc = ctl_fail(ENGRAM_NOT_FOUND, "%s: %s", c->fd_w < 0 ? c->path_w : c->path_s,
                       strerror(errno));
     }
     if (!rc) {
@@ -235,13 +235,13 @@ int open_checkpoint(const char *dir, int64_t layer, import_spec *s, FILE **fpo)
         c->scales = malloc((size_t)BLOCK_ROWS * c->nscale);
         c->packed = malloc((size_t)BLOCK_ROWS * (c->dim + c->nscale));
         if (!c->codes || !c->scales || !c->packed)
-            rc = fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %d rows", BLOCK_ROWS);
+            rc = ctl_fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %d rows", BLOCK_ROWS);
     }
     FILE *fp = NULL;
     if (!rc) {
         cookie_io_functions_t io = {.read = ckpt_read, .close = ckpt_close};
         if (!(fp = fopencookie(c, "r", io)))
-            rc = fail(ENGRAM_RESOURCE_EXHAUSTED, "cannot open a stream: %s", strerror(errno));
+            rc = ctl_fail(ENGRAM_RESOURCE_EXHAUSTED, "cannot open a stream: %s", strerror(errno));
     }
     if (rc) {
         ckpt_close(c);

@@ -257,11 +257,11 @@ static int survey(cluster_import *ci, job *jobs, size_t n)
         engram_client *cl;
         engram_error e;
         if (engram_client_open(jobs[i].addr, ctl_client_options(), &cl, &e))
-            return fail(e.code, "%s: %s", jobs[i].addr, e.message);
+            return ctl_fail(e.code, "%s: %s", jobs[i].addr, e.message);
         int rc = engram_table_get(cl, ci->table, &jobs[i].before, &e);
         engram_client_close(cl);
         if (rc && rc != ENGRAM_NOT_FOUND)
-            return fail(rc, "replica %s of shard %u: %s", jobs[i].addr, jobs[i].shard, e.message);
+            return ctl_fail(rc, "replica %s of shard %u: %s", jobs[i].addr, jobs[i].shard, e.message);
         jobs[i].has_table = rc == 0;
         if (!rc && active_version(&jobs[i].before) > newest_active)
             newest_active = active_version(&jobs[i].before);
@@ -289,7 +289,7 @@ static int activate_all(const cluster_import *ci, job *jobs, size_t n)
         }
         if (r) {
             failed++;
-            rc = fail(r, "activating version %llu on replica %s of shard %u: %s",
+            rc = ctl_fail(r, "activating version %llu on replica %s of shard %u: %s",
                       (unsigned long long)ci->version, jobs[i].addr, jobs[i].shard, e.message);
         }
     }
@@ -323,7 +323,7 @@ static int run_all(const cluster_import *ci, job *jobs, size_t n)
     for (size_t i = 0; i < n; i++) {
         pthread_join(th[i], NULL);
         if (jobs[i].rc)
-            rc = fail(jobs[i].rc, "replica %s of shard %u: %s", jobs[i].addr, jobs[i].shard,
+            rc = ctl_fail(jobs[i].rc, "replica %s of shard %u: %s", jobs[i].addr, jobs[i].shard,
                       jobs[i].msg);
     }
     free(th);
@@ -389,6 +389,6 @@ engram_cluster *cluster_of(engram_client *cl, int *rc)
     engram_cluster *map = cluster_parse(json, strlen(json), why, sizeof why);
     engram_free(json);
     if (!map)
-        *rc = fail(ENGRAM_FAILED_PRECONDITION, "the server's %s", why);
+        *rc = ctl_fail(ENGRAM_FAILED_PRECONDITION, "the server's %s", why);
     return map;
 }

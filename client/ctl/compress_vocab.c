@@ -1,5 +1,5 @@
 /* compress_vocab.c: engramctl compress-vocab, the Engram compression table
- * of a HuggingFace tokenizer (client/vocab.c does the work), no server:
+ * of a HuggingFace tokenizer (vocab.c does the work), no server:
  *
  *   engramctl compress-vocab --tokenizer tokenizer.json --out FILE.json
  *       [--rule v4.1|demo-v1] [--clean-up-spaces on|off]
@@ -108,13 +108,13 @@ static int write_atomic(const char *path, const char *text)
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     if (!f)
-        return fail(ENGRAM_INVALID_ARGUMENT, "cannot create %s: %s", tmp, strerror(errno));
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "cannot create %s: %s", tmp, strerror(errno));
     int bad = fputs(text, f) < 0;
     bad |= fclose(f) != 0;
     if (bad || rename(tmp, path) != 0) {
         int e = errno;
         remove(tmp);
-        return fail(ENGRAM_INVALID_ARGUMENT, "cannot write %s: %s", path, strerror(e));
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "cannot write %s: %s", path, strerror(e));
     }
     return 0;
 }
@@ -125,13 +125,13 @@ static int write_manifest(const char *tmpl, const char *tok, const char *rule,
     json_error_t je;
     json_t *m = json_load_file(tmpl, JSON_REJECT_DUPLICATES, &je);
     if (!m)
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: bad JSON at line %d column %d: %s", tmpl,
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: bad JSON at line %d column %d: %s", tmpl,
                     je.line, je.column, je.text);
     json_t *want = json_object_get(m, "compressed_vocab_size");
     if (json_is_integer(want) && (size_t)json_integer_value(want) != compressed) {
         long long w = json_integer_value(want);
         json_decref(m);
-        return fail(ENGRAM_INVALID_ARGUMENT,
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT,
                     "%s gives %zu compressed ids under the %s rule, but %s states "
                     "\"compressed_vocab_size\": %lld; this is not the model's tokenizer (or "
                     "not its rule), and hashing with it would address other rows (every "
@@ -141,12 +141,12 @@ static int write_manifest(const char *tmpl, const char *tok, const char *rule,
     char *text = complete_manifest(m, lookup, n);
     json_decref(m);
     if (!text)
-        return fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory writing the manifest");
+        return ctl_fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory writing the manifest");
     char why[512];
     engram_manifest *check = manifest_parse(text, strlen(text), why, sizeof why);
     if (!check) {
         free(text);
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s completed with the table is not a valid "
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s completed with the table is not a valid "
                     "manifest: %s; nothing written", tmpl, why);
     }
     manifest_free(check);
@@ -163,7 +163,7 @@ int cmd_compress_vocab(engram_client *cl, int argc, char **argv)
     const char *c = "compress-vocab";
     if (parse_opts(&o, argc, argv, c))
         return EXIT_USAGE;
-    const char *tok = need(&o, "--tokenizer", c), *out = need(&o, "--out", c);
+    const char *tok = ctl_need(&o, "--tokenizer", c), *out = ctl_need(&o, "--out", c);
     if (!tok || !out)
         return EXIT_USAGE;
     if (o.npos)
@@ -177,11 +177,11 @@ int cmd_compress_vocab(engram_client *cl, int argc, char **argv)
     char why[512];
     int64_t *lookup = vocab_build_file(tok, &vo, &n, &compressed, why, sizeof why);
     if (!lookup)
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s", why);
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s", why);
     int rc = opt(&o, "--manifest")
                  ? write_manifest(opt(&o, "--manifest"), tok, rule, lookup, n, compressed, out)
                  : vocab_write_table(out, lookup, n, why, sizeof why)
-                       ? fail(ENGRAM_INVALID_ARGUMENT, "%s", why)
+                       ? ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s", why)
                        : 0;
     free(lookup);
     if (rc)

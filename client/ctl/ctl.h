@@ -28,7 +28,7 @@ int die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints `engramctl: STATUS: message`; returns EXIT_RPC. */
 int report(const engram_error *e);
 /* Prints `engramctl: STATUS: ...` for code; returns EXIT_RPC. */
-int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int ctl_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Strict decimal parsing; a message naming `what` on failure. */
 int parse_u64(const char *s, const char *what, uint64_t *out);
 int parse_u32(const char *s, const char *what, uint32_t *out);
@@ -48,7 +48,7 @@ typedef struct {
 
 int parse_opts(opts *o, int argc, char **argv, const char *cmd);
 const char *opt(const opts *o, const char *name);
-const char *need(const opts *o, const char *name, const char *cmd);
+const char *ctl_need(const opts *o, const char *name, const char *cmd);
 
 /* Reads one line of whitespace-separated token ids from `in` into *tokens
  * (grown as needed; *cap is its capacity). Returns 1 with *n set, 0 at end

@@ -24,7 +24,7 @@ static int hash_lines(const engram_manifest *m, int li, int64_t layer)
         if (n * (size_t)heads > rcap)
             rows = realloc(rows, (rcap = n * (size_t)heads) * sizeof *rows);
         if (eh_hash(m->model, li, tok, 1, n, NULL, rows, why, sizeof why)) {
-            rc = fail(ENGRAM_INVALID_ARGUMENT, "line %zu, layer %lld: %s", lineno, (long long)layer, why);
+            rc = ctl_fail(ENGRAM_INVALID_ARGUMENT, "line %zu, layer %lld: %s", lineno, (long long)layer, why);
             break;
         }
         for (size_t i = 0; i < n * (size_t)heads; i++)
@@ -44,7 +44,7 @@ int cmd_hash(engram_client *cl, int argc, char **argv)
     const char *c = "hash";
     if (parse_opts(&o, argc, argv, c))
         return EXIT_USAGE;
-    const char *file = need(&o, "--manifest", c), *sl = need(&o, "--layer", c);
+    const char *file = ctl_need(&o, "--manifest", c), *sl = ctl_need(&o, "--layer", c);
     if (!file || !sl)
         return EXIT_USAGE;
     if (o.npos)
@@ -55,7 +55,7 @@ int cmd_hash(engram_client *cl, int argc, char **argv)
     char why[512];
     engram_manifest *m = manifest_load(file, why, sizeof why);
     if (!m)
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s", why);
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s", why);
     int li = eh_layer_index(m->model, (int64_t)layer);
     int rc = li < 0 ? die_usage("%s: layer %llu is not in the manifest's layer_ids", c,
                                 (unsigned long long)layer)

@@ -87,7 +87,7 @@ static int stream_synthetic(engram_import *imp, const char *table, uint64_t seed
     size_t per = batch_rows_for(row_bytes);
     uint8_t *buf = malloc(per * row_bytes);
     if (!buf)
-        return fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %zu rows",
+        return ctl_fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %zu rows",
                     per);
     char what[300];
     snprintf(what, sizeof what, "import %s", table);
@@ -173,10 +173,10 @@ int cmd_import_synthetic(engram_client *cl, int argc, char **argv)
         return EXIT_USAGE;
     if (opt(&o, "--manifest"))
         return import_synthetic_manifest(cl, &o);
-    const char *table = need(&o, "--table", c);
-    const char *srows = need(&o, "--rows", c);
-    const char *srb = need(&o, "--row-bytes", c);
-    const char *sseed = need(&o, "--seed", c);
+    const char *table = ctl_need(&o, "--table", c);
+    const char *srows = ctl_need(&o, "--rows", c);
+    const char *srb = ctl_need(&o, "--row-bytes", c);
+    const char *sseed = ctl_need(&o, "--seed", c);
     if (!table || !srows || !srb || !sseed)
         return EXIT_USAGE;
     uint64_t rows, seed;
@@ -216,12 +216,12 @@ static int npy_check(const npy_info *ni, const char *file, uint32_t dim,
                      const char *dtype, uint64_t *rows)
 {
     if (!descr_matches(dtype, ni->descr))
-        return fail(ENGRAM_INVALID_ARGUMENT,
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT,
                     "%s: .npy descr '%s' does not match --dtype %s", file,
                     ni->descr, dtype);
     uint64_t fdim = ni->ndim == 2 ? ni->shape[1] : 1;
     if (fdim != dim)
-        return fail(ENGRAM_INVALID_ARGUMENT,
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT,
                     "%s: .npy shape[1] is %llu, --dim is %u", file,
                     (unsigned long long)fdim, dim);
     *rows = ni->shape[0];
@@ -237,11 +237,11 @@ static int open_rows(const char *file, uint32_t dim, const char *dtype,
 {
     FILE *fp = fopen(file, "rb");
     if (!fp)
-        return fail(ENGRAM_NOT_FOUND, "%s: %s", file, strerror(errno));
+        return ctl_fail(ENGRAM_NOT_FOUND, "%s: %s", file, strerror(errno));
     struct stat st;
     if (fstat(fileno(fp), &st) != 0) {
         fclose(fp);
-        return fail(ENGRAM_INTERNAL, "%s: %s", file, strerror(errno));
+        return ctl_fail(ENGRAM_INTERNAL, "%s: %s", file, strerror(errno));
     }
     uint64_t size = (uint64_t)st.st_size;
     char magic[6] = {0};
@@ -252,7 +252,7 @@ static int open_rows(const char *file, uint32_t dim, const char *dtype,
         char why[300];
         if (npy_read(fp, &ni, why, sizeof why)) {
             fclose(fp);
-            return fail(ENGRAM_INVALID_ARGUMENT, "%s: %s", file, why);
+            return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: %s", file, why);
         }
         if (npy_check(&ni, file, dim, dtype, rows)) {
             fclose(fp);
@@ -261,7 +261,7 @@ static int open_rows(const char *file, uint32_t dim, const char *dtype,
         uint64_t have = size - (uint64_t)ni.data_off;
         if (have != *rows * row_bytes) {
             fclose(fp);
-            return fail(ENGRAM_INVALID_ARGUMENT,
+            return ctl_fail(ENGRAM_INVALID_ARGUMENT,
                         "%s: .npy holds %llu data bytes, shape needs %llu",
                         file, (unsigned long long)have,
                         (unsigned long long)(*rows * row_bytes));
@@ -269,7 +269,7 @@ static int open_rows(const char *file, uint32_t dim, const char *dtype,
         fseek(fp, ni.data_off, SEEK_SET);
     } else if (size % row_bytes) {
         fclose(fp);
-        return fail(ENGRAM_INVALID_ARGUMENT,
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT,
                     "%s: size %llu is not a multiple of row_bytes %u "
                     "(dim %u x %s)", file, (unsigned long long)size,
                     row_bytes, dim, dtype);
@@ -289,7 +289,7 @@ static int stream_file(engram_import *imp, FILE *fp, const char *file,
     size_t per = batch_rows_for(row_bytes);
     uint8_t *buf = malloc(per * row_bytes);
     if (!buf)
-        return fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %zu rows",
+        return ctl_fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %zu rows",
                     per);
     char what[300];
     snprintf(what, sizeof what, "import %s", table);
@@ -308,7 +308,7 @@ static int stream_file(engram_import *imp, FILE *fp, const char *file,
     progress_end(&pg, r < rows ? r : rows);
     free(buf);
     if (short_read)
-        return fail(ENGRAM_DATA_LOSS, "%s: short read at row %llu", file,
+        return ctl_fail(ENGRAM_DATA_LOSS, "%s: short read at row %llu", file,
                     (unsigned long long)r);
     return rc ? report(e) : 0;
 }
@@ -393,13 +393,13 @@ static int import_opened(engram_client *cl, FILE *fp, const char *file,
  * tensor); 0 or EXIT_USAGE. */
 static int spec_from_options(const opts *o, int need_shape, import_spec *s)
 {
-    const char *c = "import", *table = need(o, "--table", c);
+    const char *c = "import", *table = ctl_need(o, "--table", c);
     const char *sdim = opt(o, "--dim"), *dtype = opt(o, "--dtype");
     if (!table)
         return EXIT_USAGE;
     if (strlen(table) >= sizeof s->table)
         return die_usage("%s: table name of %zu bytes is too long", c, strlen(table));
-    if (need_shape && (!need(o, "--dim", c) || !need(o, "--dtype", c)))
+    if (need_shape && (!ctl_need(o, "--dim", c) || !ctl_need(o, "--dtype", c)))
         return EXIT_USAGE;
     snprintf(s->table, sizeof s->table, "%s", table);
     snprintf(s->by, sizeof s->by, "%s", "--dim/--dtype");
@@ -434,7 +434,7 @@ static int import_spec_of(engram_client *cl, const opts *o, import_spec *s)
         if (!model)
             return die_usage("%s: --checkpoint goes with --manifest MODEL --layer L", c);
     }
-    const char *file = opt(o, "--checkpoint") ? opt(o, "--checkpoint") : need(o, "--file", c);
+    const char *file = opt(o, "--checkpoint") ? opt(o, "--checkpoint") : ctl_need(o, "--file", c);
     if (!file)
         return EXIT_USAGE;
     if (!tensor && ends_with(file, ".safetensors"))
@@ -447,7 +447,7 @@ static int import_spec_of(engram_client *cl, const opts *o, import_spec *s)
     if (opt(o, "--table") || opt(o, "--dim") || opt(o, "--dtype"))
         return die_usage("%s: --manifest takes the table, dim and dtype from the manifest; "
                          "drop --table/--dim/--dtype", c);
-    const char *layer = need(o, "--layer", c);
+    const char *layer = ctl_need(o, "--layer", c);
     return layer ? spec_from_manifest(cl, model, layer, s) : EXIT_USAGE;
 }
 
@@ -461,7 +461,7 @@ static int open_plain(const char *file, import_spec *s, FILE **fp)
         return EXIT_RPC;
     if (s->rows && rows != s->rows) {
         fclose(*fp);
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: holds %llu rows; %s says %llu", file,
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: holds %llu rows; %s says %llu", file,
                     (unsigned long long)rows, s->by, (unsigned long long)s->rows);
     }
     s->rows = rows;

@@ -56,17 +56,17 @@ static int tensor_fits(const char *file, const st_tensor *t, const char *dtype,
 {
     uint64_t rows = t->shape[0], dim = t->shape[1];
     if (s->dtype[0] && strcmp(s->dtype, dtype))
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" is %s (%s); %s says %s", file,
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" is %s (%s); %s says %s", file,
                     t->name, t->dtype, dtype, who(s, "--dtype"), s->dtype);
     if (s->dim && dim != s->dim)
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" has dim %llu; %s says %u",
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" has dim %llu; %s says %u",
                     file, t->name, (unsigned long long)dim, who(s, "--dim"), s->dim);
     if (s->rows && rows != s->rows)
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" has %llu rows; %s says %llu",
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" has %llu rows; %s says %llu",
                     file, t->name, (unsigned long long)rows, s->by,
                     (unsigned long long)s->rows);
     if (dtype_row_bytes(dtype, dim) == 0 || dtype_row_bytes(dtype, dim) > UINT32_MAX)
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\": rows of %llu x %s are over "
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\": rows of %llu x %s are over "
                     "4 GiB", file, t->name, (unsigned long long)dim, dtype);
     snprintf(s->dtype, sizeof s->dtype, "%s", dtype);
     s->dim = (uint32_t)dim;
@@ -83,7 +83,7 @@ static int tensor_usable(const char *file, const st_file *f, const char *name,
     if (!t) {
         char names[1024];
         st_list_names(f, 20, names, sizeof names);
-        return fail(ENGRAM_NOT_FOUND, "%s: no tensor \"%s\"; the file holds %zu: %s", file,
+        return ctl_fail(ENGRAM_NOT_FOUND, "%s: no tensor \"%s\"; the file holds %zu: %s", file,
                     name, f->n, f->n ? names : "(none)");
     }
     if (t->ndim != 2 || !t->shape[0] || !t->shape[1]) {
@@ -91,11 +91,11 @@ static int tensor_usable(const char *file, const st_file *f, const char *name,
         for (int i = 0, o = 0; i < t->ndim && o < (int)sizeof sh; i++)
             o += snprintf(sh + o, sizeof sh - (size_t)o, "%s%llu", i ? ", " : "",
                           (unsigned long long)t->shape[i]);
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" has shape [%s]; want a "
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" has shape [%s]; want a "
                     "non-empty 2-D [rows, dim]", file, name, sh);
     }
     if (!(*dtype = st_engram_dtype(t->dtype)))
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" has dtype %s, which engram "
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: tensor \"%s\" has dtype %s, which engram "
                     "does not store (supported: %s)", file, name, t->dtype,
                     st_supported_list());
     *out = t;
@@ -107,7 +107,7 @@ int open_tensor(const char *file, const char *name, import_spec *s, FILE **fpo)
     st_file f;
     char err[1024];
     if (st_read_file(file, &f, err, sizeof err))
-        return fail(ENGRAM_INVALID_ARGUMENT, "%s: %s", file, err);
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "%s: %s", file, err);
     const st_tensor *t = NULL;
     const char *dtype = NULL;
     int rc = tensor_usable(file, &f, name, &t, &dtype);
@@ -115,9 +115,9 @@ int open_tensor(const char *file, const char *name, import_spec *s, FILE **fpo)
         rc = tensor_fits(file, t, dtype, s);
     FILE *fp = NULL;
     if (!rc && !(fp = fopen(file, "rb")))
-        rc = fail(ENGRAM_NOT_FOUND, "%s: %s", file, strerror(errno));
+        rc = ctl_fail(ENGRAM_NOT_FOUND, "%s: %s", file, strerror(errno));
     if (!rc && fseeko(fp, (off_t)(f.data_start + t->begin), SEEK_SET) != 0) {
-        rc = fail(ENGRAM_INTERNAL, "%s: %s", file, strerror(errno));
+        rc = ctl_fail(ENGRAM_INTERNAL, "%s: %s", file, strerror(errno));
         fclose(fp);
     }
     st_free(&f);

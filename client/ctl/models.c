@@ -77,7 +77,7 @@ int cmd_put_manifest(engram_client *cl, int argc, char **argv)
     size_t len;
     char *json = slurp(argv[0], &len);
     if (!json)
-        return fail(ENGRAM_INVALID_ARGUMENT, "cannot read %s: %s", argv[0], strerror(errno));
+        return ctl_fail(ENGRAM_INVALID_ARGUMENT, "cannot read %s: %s", argv[0], strerror(errno));
     engram_manifest_info info;
     engram_error e;
     int rc = put_everywhere(cl, json, len, &info, &e);
@@ -138,14 +138,14 @@ engram_manifest *fetch_manifest(engram_client *cl, const char *name, int *rc)
     engram_manifest *m = manifest_parse(json, strlen(json), why, sizeof why);
     engram_free(json);
     if (!m)
-        *rc = fail(ENGRAM_FAILED_PRECONDITION, "stored %s", why);
+        *rc = ctl_fail(ENGRAM_FAILED_PRECONDITION, "stored %s", why);
     return m;
 }
 
 int import_synthetic_manifest(engram_client *cl, const opts *o)
 {
     const char *c = "import-synthetic";
-    const char *name = opt(o, "--manifest"), *sseed = need(o, "--seed", c);
+    const char *name = opt(o, "--manifest"), *sseed = ctl_need(o, "--seed", c);
     if (!sseed)
         return EXIT_USAGE;
     if (opt(o, "--table") || opt(o, "--rows") || opt(o, "--row-bytes"))
@@ -288,7 +288,7 @@ static int prefetch_one(const pf_cmd *p, const int64_t *tok, size_t n, size_t li
     free(out);
     if (bad >= 0) {
         printf("\n");
-        return fail(ENGRAM_DATA_LOSS, "line %zu: row %ld of the output differs from the synthetic rule",
+        return ctl_fail(ENGRAM_DATA_LOSS, "line %zu: row %ld of the output differs from the synthetic rule",
                     lineno, bad);
     }
     printf(p->verify ? ", verified\n" : "\n");
@@ -312,7 +312,7 @@ int cmd_prefetch(engram_client *cl, int argc, char **argv)
     const char *c = "prefetch";
     if (parse_opts(&o, argc, argv, c))
         return EXIT_USAGE;
-    const char *name = need(&o, "--model", c), *sl = need(&o, "--layer", c);
+    const char *name = ctl_need(&o, "--model", c), *sl = ctl_need(&o, "--layer", c);
     if (!name || !sl)
         return EXIT_USAGE;
     pf_cmd p = {0};

@@ -199,7 +199,7 @@ static int warm_cluster(const engram_cluster *map, const warm_args *w)
                 engram_client_close(one);
             }
             if (r1)
-                rc = fail(r1, "warm on %s (shard %u): %s", addr, s, e.message);
+                rc = ctl_fail(r1, "warm on %s (shard %u): %s", addr, s, e.message);
         }
     }
     return rc;

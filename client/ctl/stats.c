@@ -243,7 +243,7 @@ static int print_readable(const char *doc)
     json_error_t je;
     json_t *r = json_loads(doc, 0, &je);
     if (!r)
-        return fail(ENGRAM_INTERNAL, "stats reply is not JSON: %s (line %d)", je.text, je.line);
+        return ctl_fail(ENGRAM_INTERNAL, "stats reply is not JSON: %s (line %d)", je.text, je.line);
     print_header(r);
     print_rpcs(r);
     print_tables(r);

@@ -99,7 +99,7 @@ int cmd_lookup(engram_client *cl, int argc, char **argv)
     opts o = {.names = {"--table"}, .n = 1};
     if (parse_opts(&o, argc, argv, "lookup"))
         return EXIT_USAGE;
-    const char *table = need(&o, "--table", "lookup");
+    const char *table = ctl_need(&o, "--table", "lookup");
     if (!table)
         return EXIT_USAGE;
     if (o.npos == 0)
@@ -117,7 +117,7 @@ int cmd_lookup(engram_client *cl, int argc, char **argv)
     uint32_t rb;
     uint64_t ver;
     if (!out)
-        return fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
+        return ctl_fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
     if (engram_lookup_sync(cl, table, rows, (size_t)o.npos, out, cap, &rb,
                            &ver, &e)) {
         free(out);
@@ -166,7 +166,7 @@ static int check_batch(const char *table, const char *dtype, uint64_t ver, uint6
         uint32_t b = 0;
         while (g[b] == want[b])
             b++;
-        return fail(ENGRAM_DATA_LOSS,
+        return ctl_fail(ENGRAM_DATA_LOSS,
                     "row %llu of %s v%llu differs from synthetic seed %llu "
                     "at byte %u (got %02x, want %02x)",
                     (unsigned long long)rows[i], table,
@@ -187,7 +187,7 @@ static int verify_batches(engram_client *cl, const engram_table_info *t,
     uint8_t *want = malloc((size_t)rb + 1);
     int rc = 0;
     if (!out || !want)
-        rc = fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
+        rc = ctl_fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
     for (size_t i = 0; i < n && !rc; i += per) {
         size_t k = n - i < per ? n - i : per;
         uint32_t got_rb;
@@ -197,7 +197,7 @@ static int verify_batches(engram_client *cl, const engram_table_info *t,
                                &e)) {
             rc = report(&e);
         } else if (got_rb != rb) {
-            rc = fail(ENGRAM_DATA_LOSS,
+            rc = ctl_fail(ENGRAM_DATA_LOSS,
                       "%s: lookup returned %u-byte rows, table info says %u",
                       t->name, got_rb, rb);
         } else {
@@ -218,8 +218,8 @@ int cmd_verify_synthetic(engram_client *cl, int argc, char **argv)
         return EXIT_USAGE;
     if (o.npos)
         return die_usage("%s: unexpected argument '%s'", c, o.pos[0]);
-    const char *table = need(&o, "--table", c);
-    const char *sseed = need(&o, "--seed", c);
+    const char *table = ctl_need(&o, "--table", c);
+    const char *sseed = ctl_need(&o, "--seed", c);
     if (!table || !sseed)
         return EXIT_USAGE;
     uint64_t seed, samples = 4096, rng = now_ns() ^ (uint64_t)time(NULL);
@@ -240,7 +240,7 @@ int cmd_verify_synthetic(engram_client *cl, int argc, char **argv)
     size_t n;
     uint64_t *rows = verify_rows(t.rows, samples, rng, &n);
     if (!rows)
-        return fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
+        return ctl_fail(ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
     uint64_t ver = t.version;
     int rc = verify_batches(cl, &t, seed, rows, n, &ver);
     free(rows);

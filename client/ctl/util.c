@@ -37,10 +37,10 @@ int report(const engram_error *e)
     return EXIT_RPC;
 }
 
-int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int ctl_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* An error that is not a usage error: prints it, returns EXIT_RPC. */
-int fail(int code, const char *fmt, ...)
+int ctl_fail(int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -152,7 +152,7 @@ const char *opt(const opts *o, const char *name)
 }
 
 /* Fetches a required option, printing a usage error when missing. */
-const char *need(const opts *o, const char *name, const char *cmd)
+const char *ctl_need(const opts *o, const char *name, const char *cmd)
 {
     const char *v = opt(o, name);
     if (!v)

@@ -87,9 +87,9 @@ static void verify_one(engram_client *cl, check *c, const char *table, uint64_t 
     if (!c->rc)
         progress_end(&pg, c->r.rows_checked);
     if (c->rc && sharded)
-        fail(c->rc, "verify on %s (shard %u): %s", c->addr, c->shard, e.message);
+        ctl_fail(c->rc, "verify on %s (shard %u): %s", c->addr, c->shard, e.message);
     else if (c->rc)
-        fail(c->rc, "verify on %s: %s", c->addr, e.message);
+        ctl_fail(c->rc, "verify on %s: %s", c->addr, e.message);
 }
 
 /* Every replica of every shard, one after another. */
@@ -109,7 +109,7 @@ static void verify_servers(engram_client *cl, const engram_cluster *map, check *
             engram_client *one;
             engram_error e;
             if ((c->rc = engram_client_open(c->addr, ctl_client_options(), &one, &e))) {
-                fail(c->rc, "verify on %s (shard %u): %s", c->addr, s, e.message);
+                ctl_fail(c->rc, "verify on %s (shard %u): %s", c->addr, s, e.message);
                 continue;
             }
             verify_one(one, c, table, version, 1);
@@ -147,7 +147,7 @@ static int hash_file(FILE *fp, const char *file, uint64_t rows, uint32_t row_byt
     progress_end(&pg, r < rows ? r : rows);
     free(buf);
     if (r < rows)
-        return fail(ENGRAM_DATA_LOSS, "%s: short read at row %llu", file, (unsigned long long)r);
+        return ctl_fail(ENGRAM_DATA_LOSS, "%s: short read at row %llu", file, (unsigned long long)r);
     return 0;
 }
 
@@ -289,7 +289,7 @@ int cmd_verify(engram_client *cl, int argc, char **argv)
         return EXIT_USAGE;
     if (o.npos)
         return die_usage("%s: unexpected argument '%s'", c, o.pos[0]);
-    const char *table = need(&o, "--table", c), *sv = opt(&o, "--version");
+    const char *table = ctl_need(&o, "--table", c), *sv = opt(&o, "--version");
     const char *file = opt(&o, "--file"), *tensor = opt(&o, "--tensor");
     uint64_t version = 0;
     if (!table || (sv && parse_u64(sv, "--version", &version)))

@@ -50,7 +50,7 @@ static int drop_on(const char *addr, uint32_t shard, const char *table, uint64_t
         return 1;
     }
     if (rc) {
-        fail(rc, "%s (shard %u): %s", addr, shard, e.message);
+        ctl_fail(rc, "%s (shard %u): %s", addr, shard, e.message);
         return -1;
     }
     printf("%s (shard %u): dropped version %llu of table \"%s\"\n", addr, shard,
@@ -65,8 +65,8 @@ int cmd_drop_version(engram_client *cl, int argc, char **argv)
         return EXIT_USAGE;
     if (o.npos)
         return die_usage("drop-version: unexpected argument '%s'", o.pos[0]);
-    const char *table = need(&o, "--table", "drop-version");
-    const char *v = table ? need(&o, "--version", "drop-version") : NULL;
+    const char *table = ctl_need(&o, "--table", "drop-version");
+    const char *v = table ? ctl_need(&o, "--version", "drop-version") : NULL;
     uint64_t version;
     if (!v || parse_u64(v, "--version", &version))
         return EXIT_USAGE;
@@ -86,7 +86,7 @@ int cmd_drop_version(engram_client *cl, int argc, char **argv)
         }
     cluster_free(map);
     if (absent == n)
-        return fail(ENGRAM_NOT_FOUND, "no replica of the %zu holds version %llu of table \"%s\"", n,
+        return ctl_fail(ENGRAM_NOT_FOUND, "no replica of the %zu holds version %llu of table \"%s\"", n,
                     (unsigned long long)version, table);
     if (failed) {
         fprintf(stderr, "engramctl: version %llu of table \"%s\" dropped on %zu of %zu replicas, "

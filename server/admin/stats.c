@@ -28,6 +28,7 @@
 #include "grpc_util.h"
 #include "hooks.h"
 #include "log.h"
+#include "methods.h"
 #include "status.h"
 
 /* jemalloc's control interface; weak so a sanitizer build (no jemalloc)
@@ -515,7 +516,7 @@ static void add_table(const stats_entry_view *v, void *ctx)
 static void lookup_totals(reply_buf *b)
 {
     for (size_t i = 0; i < b->r.n_rpcs; i++) {
-        if (strcmp(b->rpcs[i]->method, "/engram.v1.Lookup/Lookup") != 0)
+        if (strcmp(b->rpcs[i]->method, METHOD_LOOKUP) != 0)
             continue;
         for (size_t t = 0; t < b->r.n_tables; t++) {
             b->rpcs[i]->rows += b->tables[t]->rows;

@@ -22,9 +22,10 @@
 #include "log.h"
 #include "lookup.h"
 #include "manifests.h"
-#include "security.h"
+#include "methods.h"
 #include "metrics_http.h"
 #include "reply_budget.h"
+#include "security.h"
 #include "server.h"
 #include "stats.h"
 #include "store.h"
@@ -525,24 +526,24 @@ int main(int argc, char **argv)
      * and admitted without admin credentials, like Lookup itself. Writes and
      * operations stay on the admin plane. */
     const method_def methods[] = {
-        {"/engram.v1.Lookup/Lookup", PLANE_DATA, lookup_handle, NULL, 32},
-        {"/engram.v1.Admin/ListTables", PLANE_ANY, admin_list_tables, NULL, 2},
-        {"/engram.v1.Admin/GetTable", PLANE_ANY, admin_get_table, NULL, 4},
-        {"/engram.v1.Admin/Import", PLANE_ADMIN, NULL, import_stream, 2},
-        {"/engram.v1.Admin/PutManifest", PLANE_ADMIN, manifests_put, NULL, 1},
-        {"/engram.v1.Admin/GetManifest", PLANE_ANY, manifests_get, NULL, 4},
-        {"/engram.v1.Admin/ListManifests", PLANE_ANY, manifests_list, NULL, 1},
-        {"/engram.v1.Admin/ActivateVersion", PLANE_ADMIN, admin_activate_version, NULL, 2},
-        {"/engram.v1.Admin/DropVersion", PLANE_ADMIN, admin_drop_version, NULL, 1},
-        {"/engram.v1.Admin/GetClusterMap", PLANE_ANY, admin_get_cluster_map, NULL, 4},
-        {"/grpc.health.v1.Health/Check", PLANE_ANY, health_check, NULL, 2},
-        {"/grpc.health.v1.Health/Watch", PLANE_ANY, NULL, health_watch, 2, 1},
-        {"/engram.v1.Admin/Drain", PLANE_ADMIN, drain_handle, NULL, 1},
-        {"/engram.v1.Admin/Undrain", PLANE_ADMIN, undrain_handle, NULL, 1},
-        {"/engram.v1.Admin/Warm", PLANE_ADMIN, NULL, warm_stream, 1, 1},
-        {"/engram.v1.Admin/Verify", PLANE_ADMIN, NULL, verify_stream, 1, 1},
-        {"/engram.v1.Admin/Stats", PLANE_ADMIN, stats_handle, NULL, 2},
-        {"/engram.v1.Admin/SetLogLevel", PLANE_ADMIN, stats_set_log_level, NULL, 1},
+        {METHOD_LOOKUP, PLANE_DATA, lookup_handle, NULL, 32},
+        {METHOD_LIST_TABLES, PLANE_ANY, admin_list_tables, NULL, 2},
+        {METHOD_GET_TABLE, PLANE_ANY, admin_get_table, NULL, 4},
+        {METHOD_IMPORT, PLANE_ADMIN, NULL, import_stream, 2},
+        {METHOD_PUT_MANIFEST, PLANE_ADMIN, manifests_put, NULL, 1},
+        {METHOD_GET_MANIFEST, PLANE_ANY, manifests_get, NULL, 4},
+        {METHOD_LIST_MANIFESTS, PLANE_ANY, manifests_list, NULL, 1},
+        {METHOD_ACTIVATE_VERSION, PLANE_ADMIN, admin_activate_version, NULL, 2},
+        {METHOD_DROP_VERSION, PLANE_ADMIN, admin_drop_version, NULL, 1},
+        {METHOD_GET_CLUSTER_MAP, PLANE_ANY, admin_get_cluster_map, NULL, 4},
+        {METHOD_HEALTH_CHECK, PLANE_ANY, health_check, NULL, 2},
+        {METHOD_HEALTH_WATCH, PLANE_ANY, NULL, health_watch, 2, 1},
+        {METHOD_DRAIN, PLANE_ADMIN, drain_handle, NULL, 1},
+        {METHOD_UNDRAIN, PLANE_ADMIN, undrain_handle, NULL, 1},
+        {METHOD_WARM, PLANE_ADMIN, NULL, warm_stream, 1, 1},
+        {METHOD_VERIFY, PLANE_ADMIN, NULL, verify_stream, 1, 1},
+        {METHOD_STATS, PLANE_ADMIN, stats_handle, NULL, 2},
+        {METHOD_SET_LOG_LEVEL, PLANE_ADMIN, stats_set_log_level, NULL, 1},
     };
     server_options sopts = {.listen = o.listen, .admin_listen = o.admin_listen, .threads = o.threads,
                             .max_message_bytes = (int)o.max_message,

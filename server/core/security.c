@@ -27,6 +27,7 @@
 #include "grpc_util.h"
 #include "hooks.h"
 #include "log.h"
+#include "methods.h"
 #include "status.h"
 #include "tls.h"
 
@@ -239,7 +240,7 @@ static int auth_admit(server_call *c, const method_def *m, char *msg, size_t msg
  * restarted exactly when it is busiest. */
 static int limits_admit(server_call *c, const method_def *m, char *msg, size_t msglen)
 {
-    if (!S.max_calls || strncmp(m->path, "/grpc.health.v1.", 16) == 0)
+    if (!S.max_calls || strncmp(m->path, METHOD_HEALTH_PREFIX, sizeof METHOD_HEALTH_PREFIX - 1) == 0)
         return ES_OK;
     uint64_t others = __atomic_load_n(&S.m->calls_in_flight, __ATOMIC_RELAXED) - 1;
     if (others < S.max_calls)
