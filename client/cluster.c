@@ -16,13 +16,13 @@
  *    next replica's attempt right there, a non-blocking call), a fatal
  *    error (cancel the lookup's other attempts), or a re-pin.
  *  - The cluster thread (one per cluster client, cluster_thread): hedging
- *    and re-pins.
- *  - A stale version pin is refreshed by an asynchronous GetTable whose
- *    completion (refresh_done, on the completion thread) updates the pin
- *    or sends the next replica's; lookups meanwhile use the pinned one. It sleeps in a timed wait until the earliest moment an
+ *    and re-pins. It sleeps in a timed wait until the earliest moment an
  *    outstanding sub-request becomes due for a hedge (or until a lookup
  *    starts or a re-pin is queued), and runs re-pins, which need a
  *    blocking GetTable the completion thread must not wait for.
+ *  - A stale version pin is refreshed by an asynchronous GetTable whose
+ *    completion (refresh_done, on the completion thread) updates the pin
+ *    or sends the next replica's; lookups meanwhile use the pinned one.
  *  - Attempt deadlines need no timer: every attempt carries its own gRPC
  *    deadline, min(left of the caller's deadline_ms, attempt_timeout_ms),
  *    so a hung replica completes as DEADLINE_EXCEEDED on the completion

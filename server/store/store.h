@@ -1,5 +1,8 @@
-/* store.h: the table store. RocksDB is the source of truth; the resident
- * tier holds active tables that fit the budget as dense arrays in front.
+/* store.h: the table store. RocksDB is the source of truth; two RAM tiers
+ * sit in front of it: the resident tier holds active tables that fit the
+ * budget as dense arrays (resident.h), and every other table is read
+ * through the hot-row cache (hotcache.h: S3-FIFO over row slots), whose
+ * misses go to RocksDB in one MultiGet. store_read_rows picks the tier.
  *
  * Layout in RocksDB (one database, two column families):
  *   "default": 'm' name 0x00 version(u64 BE) -> u32 BE table id, u8 state,
