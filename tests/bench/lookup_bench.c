@@ -3,7 +3,7 @@
  *   engram-bench --server HOST:PORT --table NAME [--rows-per-call N (4096)]
  *                [--inflight K (8)] [--seconds S (10)] [--warmup S (1)]
  *                [--seed SEED --verify [--verify-calls N (256)]]
- *                [--baseline] [--rng-seed R]
+ *                [--baseline] [--rng-seed R] [--deadline-ms MS (10000)]
  *
  * How: reads the table's geometry with engram_table_get, then keeps K
  * asynchronous lookups (engram_lookup_start) in flight over one client for a
@@ -23,6 +23,10 @@
  * the same geometry (filled with synthetic_rows), and reports its rows/s and
  * the ratio server/baseline, so figures from a shared, noisy machine can be
  * compared as ratios.
+ *
+ * --deadline-ms: the client's deadline per call (engram_client_options);
+ * K calls queued on a disk that reads a few thousand rows/s can take
+ * longer than the library's default 10 s.
  *
  * Output: a human-readable block, then one line `bench: key=value ...`.
  * Exit status: 0 ok, 1 verification mismatch, 2 usage or RPC error. */
@@ -53,6 +57,7 @@ typedef struct bench_opts {
     size_t verify_calls;
     int baseline;
     uint64_t rng_seed;
+    int64_t deadline_ms;
 } bench_opts;
 
 /* One in-flight call: its rows, its output buffer, its handle. */
@@ -104,7 +109,7 @@ static int usage(const char *why)
 "usage: engram-bench --server HOST:PORT --table NAME [--rows-per-call N]\n"
 "                    [--inflight K] [--seconds S] [--warmup S]\n"
 "                    [--seed SEED --verify [--verify-calls N]] [--baseline]\n"
-"                    [--rng-seed R]\n");
+"                    [--rng-seed R] [--deadline-ms MS]\n");
     return 2;
 }
 
@@ -120,6 +125,11 @@ static int apply_opt(bench_opts *o, int c, const char *arg)
     case 'w': return parse_num(arg, &o->warmup);
     case 'e': o->have_seed = 1; return parse_u64(arg, &o->seed);
     case 'g': return parse_u64(arg, &o->rng_seed);
+    case 'd':
+        if (parse_u64(arg, &u) || u == 0 || u > INT64_MAX)
+            return -1;
+        o->deadline_ms = (int64_t)u;
+        return 0;
     }
     if (parse_u64(arg, &u) || u == 0 || u > (1u << 24))
         return -1;
@@ -141,10 +151,11 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"rows-per-call", 1, 0, 'n'}, {"inflight", 1, 0, 'k'},
         {"seconds", 1, 0, 'S'}, {"warmup", 1, 0, 'w'}, {"seed", 1, 0, 'e'},
         {"verify", 0, 0, 'v'}, {"verify-calls", 1, 0, 'c'},
-        {"baseline", 0, 0, 'b'}, {"rng-seed", 1, 0, 'g'}, {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"baseline", 0, 0, 'b'}, {"rng-seed", 1, 0, 'g'},
+        {"deadline-ms", 1, 0, 'd'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     *o = (bench_opts){.rows_per_call = 4096, .inflight = 8, .seconds = 10,
-                      .warmup = 1, .verify_calls = 256, .rng_seed = 1};
+                      .warmup = 1, .verify_calls = 256, .rng_seed = 1,
+                      .deadline_ms = 10000};
     int c, li = 0;
     while ((c = getopt_long(argc, argv, "", lo, &li)) != -1) {
         if (c == 'h' || c == '?')
@@ -420,7 +431,10 @@ static int open_pipeline(const bench_opts *o, pipeline *p)
     p->n = o->rows_per_call;
     p->k = o->inflight;
     p->rng = o->rng_seed;
-    int rc = engram_client_open(o->server, NULL, &p->client, &err);
+    engram_client_options co;
+    engram_client_options_init(&co);
+    co.deadline_ms = o->deadline_ms;
+    int rc = engram_client_open(o->server, &co, &p->client, &err);
     if (rc)
         return rpc_fail("connect", rc, &err);
     rc = engram_table_get(p->client, o->table, &p->info, &err);

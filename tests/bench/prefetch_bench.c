@@ -3,7 +3,9 @@
  *
  *   engram-prefetch-bench --server HOST:PORT --model NAME --tokens FILE
  *                         [--seconds S (10)] [--warmup S (1)]
- *                         [--inflight K (4)] [--verify-seed S]
+ *                         [--inflight K (4)] [--verify-seed S] [--no-gather]
+ *                         [--deadline-ms MS (10000)]
+ *                         [--decode-steps N] [--prefill-steps N]
  *
  * What: the model's manifest (all its layers, every head) is opened with
  * engram_model_open; FILE is int32 little-endian token ids (the workload in
@@ -22,9 +24,14 @@
  * How the figures are made comparable on a shared, noisy machine: between
  * the two timed runs of a shape, in the same process and for the same time,
  *   hash    engram_model_hash of every layer for the same batches, alone;
- *   gather  a one-thread memcpy of the same number of 128-byte rows, at
- *           random indices, from dense in-memory arrays of the tables' size;
- * and prefetch latency is reported over (hash + gather) per step.
+ *   gather  a one-thread memcpy of the same number of rows (of the tables'
+ *           row size), at random indices, from dense in-memory arrays of
+ *           the tables' size;
+ * and prefetch latency is reported over (hash + gather) per step. The
+ * dense arrays are a full RAM copy of every table: --no-gather skips the
+ * gather (and the ratios, printed as nan), and so does a model whose tables
+ * are more than half of physical memory, with a note, so the bench runs
+ * against tables that only the server's disk holds.
  * De-duplication (prefetch.c de-dups each layer's rows within a call) is
  * measured outside every timed path: up to 64 of the steps a run made are
  * hashed again and counted with a hash set, per layer.
@@ -35,15 +42,28 @@
  * manifest_synthetic_seed(S, layer_id), row) (tables imported with
  * engramctl import-synthetic --manifest NAME --seed S).
  *
+ * --decode-steps N / --prefill-steps N: that shape's runs make exactly N
+ * steps each instead of running for --seconds, with no warm-up, the first
+ * run steps [0, N) and the second [N, 2N): the second does not re-read the
+ * first's rows, and a second invocation with the same counts repeats the
+ * same steps (a cold pass then a hot pass over the same rows). N at most
+ * half the steps before the shape's offsets wrap.
+ *
+ * --deadline-ms: the client's deadline per call (engram_client_options);
+ * a prefill chunk of 98,304 rows read cold from a slow disk takes longer
+ * than the library's default 10 s.
+ *
  * Output: per scenario a human-readable block and one `bench: key=value`
  * line. Exit status: 0 ok, 1 verification mismatch, 2 usage or RPC error. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engram/engram.h"
 #include "manifest.h"
@@ -59,8 +79,10 @@ typedef struct bench_opts {
     const char *server, *model, *tokens;
     double seconds, warmup;
     size_t inflight;
-    int verify;
+    int verify, no_gather;
     uint64_t verify_seed;
+    int64_t deadline_ms;
+    uint64_t decode_steps, prefill_steps;  /* 0: time-bound runs */
 } bench_opts;
 
 /* One request shape and where its batches come from. */
@@ -69,6 +91,7 @@ typedef struct shape {
     size_t B, T;
     size_t span;     /* workload tokens reserved per sequence */
     size_t nsteps;   /* steps before the offsets wrap */
+    uint64_t count;  /* steps per run (--decode-steps ...); 0: --seconds */
 } shape;
 
 typedef struct bench {
@@ -81,6 +104,7 @@ typedef struct bench {
     size_t ntok;
     size_t hist;     /* max_ngram - 1 */
     uint8_t *dense[ENGRAM_MAX_LAYERS];  /* local gather baseline's tables */
+    int gather;      /* run the gather baseline (dense tables allocated) */
 } bench;
 
 /* One prefetch in flight. */
@@ -96,6 +120,7 @@ typedef struct run_result {
     size_t k;
     unsigned flags;
     uint64_t steps;      /* counted (after warm-up) */
+    uint64_t first;      /* first step made */
     uint64_t steps_made; /* all, warm-up included: the de-dup sample range */
     double elapsed_s;
     lat_log lat;
@@ -115,7 +140,8 @@ static int usage(const char *why)
     fprintf(stderr,
 "usage: engram-prefetch-bench --server HOST:PORT --model NAME --tokens FILE\n"
 "                             [--seconds S] [--warmup S] [--inflight K]\n"
-"                             [--verify-seed S]\n");
+"                             [--verify-seed S] [--no-gather] [--deadline-ms MS]\n"
+"                             [--decode-steps N] [--prefill-steps N]\n");
     return 2;
 }
 
@@ -129,6 +155,14 @@ static int apply_opt(bench_opts *o, int c, const char *arg)
     case 'S': return parse_num(arg, &o->seconds);
     case 'w': return parse_num(arg, &o->warmup);
     case 'v': o->verify = 1; return parse_u64(arg, &o->verify_seed);
+    case 'G': o->no_gather = 1; return 0;
+    case 'D': return parse_u64(arg, &o->decode_steps);
+    case 'P': return parse_u64(arg, &o->prefill_steps);
+    case 'd':
+        if (parse_u64(arg, &u) || u == 0 || u > INT64_MAX)
+            return -1;
+        o->deadline_ms = (int64_t)u;
+        return 0;
     case 'k':
         if (parse_u64(arg, &u) || u == 0 || u > 64)
             return -1;
@@ -143,8 +177,10 @@ static int parse_args(int argc, char **argv, bench_opts *o)
     static const struct option lo[] = {
         {"server", 1, 0, 's'}, {"model", 1, 0, 'm'}, {"tokens", 1, 0, 't'},
         {"seconds", 1, 0, 'S'}, {"warmup", 1, 0, 'w'}, {"inflight", 1, 0, 'k'},
-        {"verify-seed", 1, 0, 'v'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    *o = (bench_opts){.seconds = 10, .warmup = 1, .inflight = 4};
+        {"verify-seed", 1, 0, 'v'}, {"no-gather", 0, 0, 'G'}, {"deadline-ms", 1, 0, 'd'},
+        {"decode-steps", 1, 0, 'D'}, {"prefill-steps", 1, 0, 'P'},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    *o = (bench_opts){.seconds = 10, .warmup = 1, .inflight = 4, .deadline_ms = 10000};
     int c, li = 0;
     while ((c = getopt_long(argc, argv, "", lo, &li)) != -1) {
         if (c == 'h' || c == '?')
@@ -190,7 +226,10 @@ static int load_table_rows(bench *b)
 static int open_bench(bench *b)
 {
     engram_error err = {0};
-    int rc = engram_client_open(b->o->server, NULL, &b->client, &err);
+    engram_client_options co;
+    engram_client_options_init(&co);
+    co.deadline_ms = b->o->deadline_ms;
+    int rc = engram_client_open(b->o->server, &co, &b->client, &err);
     if (rc)
         return rpc_fail("connect", rc, &err);
     rc = engram_model_open(b->client, b->o->model, &b->model, &err);
@@ -327,6 +366,32 @@ static int run_timed(const bench *b, const shape *s, slot *v, run_result *r)
     return 0;
 }
 
+/* Steps [r->first, r->first + s->count) with up to r->k in flight, every
+ * one counted (no warm-up, no clock but the elapsed time). */
+static int run_counted(const bench *b, const shape *s, slot *v, run_result *r)
+{
+    uint64_t next = r->first, end = r->first + s->count, ns, t0 = bench_now_ns();
+    size_t k = r->k < s->count ? r->k : (size_t)s->count;
+    for (size_t i = 0; i < k; i++)
+        if (slot_start(b, s, &v[i], next++, r->flags))
+            return 2;
+    /* Slots start and finish in the same round-robin order, so a slot
+     * without a handle is one the last steps no longer needed. */
+    for (size_t i = 0; r->steps < s->count; i = (i + 1) % k) {
+        if (!v[i].h)
+            continue;
+        if (slot_finish(&v[i], &ns))
+            return 2;
+        r->steps++;
+        lat_push(&r->lat, ns);
+        if (next < end && slot_start(b, s, &v[i], next++, r->flags))
+            return 2;
+    }
+    r->elapsed_s = (double)(bench_now_ns() - t0) / 1e9;
+    r->steps_made = s->count;
+    return 0;
+}
+
 /* ---- de-dup ratio (untimed) --------------------------------------------------- */
 
 /* Distinct values among rows[0..n), with an open-addressing set of `cap`
@@ -377,7 +442,8 @@ static size_t step_unique(const bench *b, const shape *s, uint64_t step,
 }
 
 /* Average unique rows per step over up to DEDUP_SAMPLES of the steps made. */
-static double dedup_unique(const bench *b, const shape *s, uint64_t steps_made)
+static double dedup_unique(const bench *b, const shape *s, uint64_t first,
+                           uint64_t steps_made)
 {
     size_t per = s->B * s->T * b->info.heads;
     int64_t *tok = xmalloc(s->B * s->T * sizeof *tok);
@@ -387,7 +453,7 @@ static double dedup_unique(const bench *b, const shape *s, uint64_t steps_made)
     uint64_t n = steps_made < DEDUP_SAMPLES ? steps_made : DEDUP_SAMPLES;
     double sum = 0;
     for (uint64_t i = 0; i < n; i++)
-        sum += (double)step_unique(b, s, i * steps_made / n, tok, hist, rows, set);
+        sum += (double)step_unique(b, s, first + i * steps_made / n, tok, hist, rows, set);
     free(tok);
     free(hist);
     free(rows);
@@ -435,9 +501,22 @@ static double baseline_hash(const bench *b, const shape *s)
     return rc ? -1.0 : (double)(now - t0) / (double)step;
 }
 
-/* Dense local tables of each layer's size, filled (so every page is real). */
+/* Dense local tables of each layer's size, filled (so every page is real),
+ * unless --no-gather or they would take more than half of physical memory
+ * (a copy of a disk-sized table cannot be made: the gather is skipped). */
 static void dense_alloc(bench *b)
 {
+    double total = 0, ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    for (uint32_t l = 0; l < b->info.n_layers; l++)
+        total += (double)b->table_rows[l] * b->info.row_bytes;
+    if (b->o->no_gather)
+        return;
+    if (ram > 0 && total > ram / 2) {
+        printf("note: memcpy gather baseline skipped: the tables' %.1f GB would not fit "
+               "half of the %.1f GB of RAM (as with --no-gather)\n\n", total / 1e9, ram / 1e9);
+        return;
+    }
+    b->gather = 1;
     for (uint32_t l = 0; l < b->info.n_layers; l++) {
         size_t bytes = b->table_rows[l] * b->info.row_bytes;
         b->dense[l] = xmalloc(bytes);
@@ -515,14 +594,24 @@ static void print_human(const bench *b, const shape *s, const run_result *r,
            "hashing %s\n", s->name, s->B, s->T, layer_list(b, layers, sizeof layers),
            b->info.heads, rows, r->k,
            r->flags & ENGRAM_PREFETCH_HASH_ASYNC ? "async (HASH_ASYNC)" : "on the caller's thread");
-    printf("  timed %.2f s after %.1f s warm-up: %" PRIu64 " steps, %.1f steps/s, "
-           "%.0f tokens/s\n", r->elapsed_s, b->o->warmup, r->steps, steps_s,
-           steps_s * (double)(s->B * s->T));
+    if (s->count)
+        printf("  steps %" PRIu64 "..%" PRIu64 ", no warm-up: %.2f s, %.1f steps/s, "
+               "%.0f tokens/s\n", r->first, r->first + r->steps - 1, r->elapsed_s,
+               steps_s, steps_s * (double)(s->B * s->T));
+    else
+        printf("  timed %.2f s after %.1f s warm-up: %" PRIu64 " steps, %.1f steps/s, "
+               "%.0f tokens/s\n", r->elapsed_s, b->o->warmup, r->steps, steps_s,
+               steps_s * (double)(s->B * s->T));
     printf("  latency ms  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", pct_ms(l, 50),
            pct_ms(l, 90), pct_ms(l, 99), pct_ms(l, 100));
     printf("  de-dup      %.1f unique of %.0f rows/step (ratio %.3f; %d sampled steps, "
            "per layer, untimed)\n", r->uniq_per_step, rows, r->uniq_per_step / rows,
            DEDUP_SAMPLES);
+    if (!b->gather) {
+        printf("  local       hash %.3f ms/step (1 thread); memcpy gather skipped\n",
+               bl->hash_ns / 1e6);
+        return;
+    }
     printf("  local       hash %.3f ms + memcpy gather %.3f ms = %.3f ms/step (1 thread)\n",
            bl->hash_ns / 1e6, bl->gather_ns / 1e6, local_ms);
     printf("  ratios      prefetch p50 / local %.2f; prefetch time per step at "
@@ -537,14 +626,15 @@ static void print_machine(const bench *b, const shape *s, const run_result *r,
     double steps_s = (double)r->steps / r->elapsed_s, rows = (double)rows_per_step(b, s);
     double local_ms = (bl->hash_ns + bl->gather_ns) / 1e6;
     printf("bench: scenario=%s%s model=%s batch=%zu seq=%zu layers=%u heads=%u "
-           "inflight=%zu hash_async=%d seconds=%.2f steps=%" PRIu64 " steps_per_s=%.1f "
+           "inflight=%zu hash_async=%d seconds=%.2f steps=%" PRIu64 " first_step=%" PRIu64
+           " steps_per_s=%.1f "
            "tokens_per_s=%.0f rows_per_step=%.0f unique_rows_per_step=%.1f "
            "dedup_ratio=%.4f p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f "
            "hash_ms=%.4f gather_ms=%.4f local_ms=%.4f ratio_p50=%.3f ratio_tput=%.3f\n",
            s->name, r->k > 1 ? "_inflight" : "", b->info.name, s->B, s->T,
            b->info.n_layers, b->info.heads, r->k,
            (r->flags & ENGRAM_PREFETCH_HASH_ASYNC) != 0, r->elapsed_s, r->steps,
-           steps_s, steps_s * (double)(s->B * s->T), rows, r->uniq_per_step,
+           r->first, steps_s, steps_s * (double)(s->B * s->T), rows, r->uniq_per_step,
            r->uniq_per_step / rows, pct_ms(l, 50), pct_ms(l, 90), pct_ms(l, 99),
            pct_ms(l, 100), bl->hash_ns / 1e6, bl->gather_ns / 1e6, local_ms,
            pct_ms(l, 50) / local_ms, 1e3 / steps_s / local_ms);
@@ -567,23 +657,24 @@ static void print_result(const bench *b, const shape *s, run_result *r,
 static int timed_prefetch(const bench *b, const shape *s, run_result *r)
 {
     slot *v = slots_new(b, s, r->k);
-    int rc = run_timed(b, s, v, r);
+    int rc = s->count ? run_counted(b, s, v, r) : run_timed(b, s, v, r);
     slots_free(v, r->k);
     if (rc == 0)
-        r->uniq_per_step = dedup_unique(b, s, r->steps_made);
+        r->uniq_per_step = dedup_unique(b, s, r->first, r->steps_made);
     return rc;
 }
 
 static int bench_shape(const bench *b, const shape *s)
 {
     run_result one = {.k = 1, .flags = 0};
-    run_result many = {.k = b->o->inflight, .flags = ENGRAM_PREFETCH_HASH_ASYNC};
+    run_result many = {.k = b->o->inflight, .flags = ENGRAM_PREFETCH_HASH_ASYNC,
+                       .first = s->count};
     baseline bl = {0};
     int rc = timed_prefetch(b, s, &one);
     if (rc == 0 && (bl.hash_ns = baseline_hash(b, s)) < 0)
         rc = 2;
     if (rc == 0) {
-        bl.gather_ns = baseline_gather(b, s);
+        bl.gather_ns = b->gather ? baseline_gather(b, s) : NAN;
         rc = timed_prefetch(b, s, &many);
     }
     if (rc == 0) {
@@ -677,6 +768,12 @@ static int check_workload(const bench *b, const shape *s)
                 "%s has %zu\n", s->name, b->hist + s->B * s->T, b->o->tokens, b->ntok);
         return 2;
     }
+    if (s->count > s->nsteps / 2) {
+        fprintf(stderr, "engram-prefetch-bench: --%s-steps %" PRIu64 ": at most %zu (two "
+                "runs of distinct steps in %zu)\n", s->name, s->count, s->nsteps / 2,
+                s->nsteps);
+        return 2;
+    }
     return 0;
 }
 
@@ -697,6 +794,8 @@ static int run_all(bench *b)
 {
     shape shapes[2] = {make_shape(b, "decode", 256, 1),
                        make_shape(b, "prefill", 1, 4096)};
+    shapes[0].count = b->o->decode_steps;
+    shapes[1].count = b->o->prefill_steps;
     int rc = check_workload(b, &shapes[0]) || check_workload(b, &shapes[1]) ? 2 : 0;
     if (rc)
         return rc;
