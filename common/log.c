@@ -30,6 +30,16 @@ int log_level_parse(const char *name)
     return -1;
 }
 
+log_level log_get_level(void)
+{
+    return (log_level)__atomic_load_n(&log_min, __ATOMIC_RELAXED);
+}
+
+const char *log_level_name(log_level lvl)
+{
+    return (unsigned)lvl < 4 ? level_names[lvl] : "unknown";
+}
+
 int log_enabled(log_level lvl)
 {
     return (int)lvl >= __atomic_load_n(&log_min, __ATOMIC_RELAXED);

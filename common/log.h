@@ -15,6 +15,8 @@ typedef enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
 void log_setup(FILE *out, log_level min);
 void log_set_level(log_level min);
 int log_level_parse(const char *name); /* -1 when unknown */
+log_level log_get_level(void);         /* the lowest level let through */
+const char *log_level_name(log_level lvl); /* "debug", "info", "warn", "error" */
 int log_enabled(log_level lvl);
 void log_event(log_level lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

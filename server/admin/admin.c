@@ -1,6 +1,6 @@
-/* admin.c: ListTables, GetTable, ActivateVersion, DropVersion and
- * GetClusterMap. They answer from the registry's in-memory metadata; only
- * version changes write (through the store). */
+/* admin.c: ListTables, GetTable, ActivateVersion, DropVersion,
+ * GetClusterMap and SetLogLevel. The table calls answer from the registry's
+ * in-memory metadata; only version changes write (through the store). */
 #include "admin.h"
 
 #include <stdio.h>
@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "grpc_util.h"
+#include "log.h"
 #include "status.h"
 
 static store *A;
@@ -238,5 +239,38 @@ int admin_get_cluster_map(server_call *c, grpc_byte_buffer *req, grpc_byte_buffe
     cm.json = (char *)__atomic_load_n(&A_cluster, __ATOMIC_ACQUIRE);
     store_shard(A, &cm.shard_count, &cm.shard_index);
     *reply = pb_to_byte_buffer(&cm.base);
+    return ES_OK;
+}
+
+/* ---- SetLogLevel ----------------------------------------------------------- */
+
+int admin_set_log_level(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
+                        char *msg, size_t msglen)
+{
+    char why[160] = "no message";
+    Engram__V1__SetLogLevelRequest *rq = (Engram__V1__SetLogLevelRequest *)pb_unpack(
+        &engram__v1__set_log_level_request__descriptor, req, why, sizeof why);
+    if (!rq) {
+        snprintf(msg, msglen, "malformed SetLogLevelRequest: %s", why);
+        return ES_INVALID_ARGUMENT;
+    }
+    int level = log_level_parse(rq->level);
+    if (level < 0) {
+        snprintf(msg, msglen, "unknown log level \"%.64s\": want debug, info, warn or error",
+                 rq->level);
+        protobuf_c_message_free_unpacked(&rq->base, NULL);
+        return ES_INVALID_ARGUMENT;
+    }
+    protobuf_c_message_free_unpacked(&rq->base, NULL);
+    log_level previous = log_get_level();
+    log_set_level((log_level)level);
+    /* At warn so the change is on record whichever level it set (error
+     * aside, which hides it by request). */
+    log_warn("log_level_changed", "previous=%s level=%s", log_level_name(previous),
+             log_level_name((log_level)level));
+    Engram__V1__SetLogLevelResponse r = ENGRAM__V1__SET_LOG_LEVEL_RESPONSE__INIT;
+    r.previous = (char *)log_level_name(previous);
+    r.level = (char *)log_level_name((log_level)level);
+    *reply = pb_to_byte_buffer(&r.base);
     return ES_OK;
 }

@@ -25,6 +25,10 @@ int admin_drop_version(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer *
                        char *msg, size_t msglen);
 int admin_get_cluster_map(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                           char *msg, size_t msglen);
+/* SetLogLevel: the process's log level (common/log.h), answered with the
+ * level it replaced. */
+int admin_set_log_level(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
+                        char *msg, size_t msglen);
 
 /* A TableInfo of one version plus the list of every live version of its
  * table; strings point into the versions, which the buffer holds

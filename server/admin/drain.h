@@ -21,7 +21,7 @@
 void drain_setup(const lookup_metrics *lm);
 void drain_teardown(void);
 
-/* 1 while draining. Read by the stats module (weak symbol): keep the name. */
+/* 1 while draining (main hands it to the stats module). */
 int drain_is_draining(void);
 
 /* The admission check (registered by drain_setup). */

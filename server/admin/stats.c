@@ -1,6 +1,7 @@
 /* stats.c: per-method and per-table call statistics, the process figures
- * around them, and the Admin.Stats and Admin.SetLogLevel handlers (see
- * stats.h for what is counted).
+ * around them, and the Admin.Stats handler (see stats.h for what is
+ * counted). Figures other modules own (draining, health watchers) come in
+ * through stats_options, so this module depends on none of them.
  *
  * Entries live in two fixed open-addressing maps (methods, tables) of
  * pointers published with a release store and never removed, so the call
@@ -35,10 +36,6 @@
  * links and reports 0. */
 int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen)
     __attribute__((weak));
-/* The drain module's state, when it is linked in. */
-int drain_is_draining(void) __attribute__((weak));
-/* Open health Watch calls, when health.c is linked in. */
-int health_watchers(void) __attribute__((weak));
 
 #define STATS_MAX_ENTRIES 768
 #define MAP_SLOTS 1024                 /* power of two, > STATS_MAX_ENTRIES */
@@ -362,8 +359,8 @@ void stats_process_read(stats_process *out)
     out->uptime_ms = (now_ns() - T.start_ns) / 1000000;
     if (T.o.server_metrics)
         out->in_flight = __atomic_load_n(&T.o.server_metrics->calls_in_flight, __ATOMIC_RELAXED);
-    out->draining = drain_is_draining ? drain_is_draining() != 0 : 0;
-    out->health_watchers = health_watchers ? (uint64_t)health_watchers() : 0;
+    out->draining = T.o.draining ? T.o.draining() != 0 : 0;
+    out->health_watchers = T.o.health_watchers ? (uint64_t)T.o.health_watchers() : 0;
     out->shard_count = 1;
     if (T.o.store) {
         store_shard(T.o.store, &out->shard_count, &out->shard_index);
@@ -631,49 +628,4 @@ int stats_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply
     }
     reply_free(&b);
     return code;
-}
-
-/* ---- Admin.SetLogLevel ------------------------------------------------------ */
-
-static const char *const level_names[] = {"debug", "info", "warn", "error"};
-
-/* log.h keeps the level to itself: the lowest level it lets through. */
-static int current_level(void)
-{
-    for (int l = LOG_DEBUG; l < LOG_ERROR; l++)
-        if (log_enabled((log_level)l))
-            return l;
-    return LOG_ERROR;
-}
-
-int stats_set_log_level(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
-                        char *msg, size_t msglen)
-{
-    char why[160] = "no message";
-    Engram__V1__SetLogLevelRequest *rq = (Engram__V1__SetLogLevelRequest *)pb_unpack(
-        &engram__v1__set_log_level_request__descriptor, req, why, sizeof why);
-    if (!rq) {
-        snprintf(msg, msglen,
-                 "malformed SetLogLevelRequest: %s", why);
-        return ES_INVALID_ARGUMENT;
-    }
-    int level = log_level_parse(rq->level);
-    if (level < 0) {
-        snprintf(msg, msglen, "unknown log level \"%.64s\": want debug, info, warn or error",
-                 rq->level);
-        protobuf_c_message_free_unpacked(&rq->base, NULL);
-        return ES_INVALID_ARGUMENT;
-    }
-    protobuf_c_message_free_unpacked(&rq->base, NULL);
-    int previous = current_level();
-    log_set_level((log_level)level);
-    /* At warn so the change is on record whichever level it set (error
-     * aside, which hides it by request). */
-    log_warn("log_level_changed", "previous=%s level=%s", level_names[previous],
-             level_names[level]);
-    Engram__V1__SetLogLevelResponse r = ENGRAM__V1__SET_LOG_LEVEL_RESPONSE__INIT;
-    r.previous = (char *)level_names[previous];
-    r.level = (char *)level_names[level];
-    *reply = pb_to_byte_buffer(&r.base);
-    return ES_OK;
 }

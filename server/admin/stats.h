@@ -39,6 +39,10 @@ typedef struct stats_options {
     store *store;                      /* RocksDB figures, shard */
     const store_metrics *store_metrics;   /* resident tier bytes/budget */
     const server_metrics *server_metrics; /* calls in flight */
+    /* Figures other modules own, handed in by main (NULL: reported as 0)
+     * so this module depends on none of them. */
+    int (*draining)(void);             /* drain_is_draining */
+    int (*health_watchers)(void);      /* open health Watch calls */
 } stats_options;
 
 void stats_setup(const stats_options *opts);
@@ -99,7 +103,5 @@ void stats_process_read(stats_process *out);
 
 int stats_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                  char *msg, size_t msglen);
-int stats_set_log_level(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
-                        char *msg, size_t msglen);
 
 #endif

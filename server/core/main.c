@@ -543,7 +543,7 @@ int main(int argc, char **argv)
         {METHOD_WARM, PLANE_ADMIN, NULL, warm_stream, 1, 1},
         {METHOD_VERIFY, PLANE_ADMIN, NULL, verify_stream, 1, 1},
         {METHOD_STATS, PLANE_ADMIN, stats_handle, NULL, 2},
-        {METHOD_SET_LOG_LEVEL, PLANE_ADMIN, stats_set_log_level, NULL, 1},
+        {METHOD_SET_LOG_LEVEL, PLANE_ADMIN, admin_set_log_level, NULL, 1},
     };
     server_options sopts = {.listen = o.listen, .admin_listen = o.admin_listen, .threads = o.threads,
                             .max_message_bytes = (int)o.max_message,
@@ -555,7 +555,7 @@ int main(int argc, char **argv)
                             .admin_creds = o.admin_listen ? security_server_creds() : NULL};
     /* Stats count from the first call; a metrics address that cannot be
      * bound stops the start (exit 2) rather than leaving it unscraped. */
-    stats_options sto = {st, &sm, &svm};
+    stats_options sto = {st, &sm, &svm, drain_is_draining, health_watchers};
     stats_setup(&sto);
     hooks_add_done(stats_done);
     char merr[512];
