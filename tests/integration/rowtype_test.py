@@ -112,9 +112,10 @@ class Mxfp8RowsTest(unittest.TestCase):
                                                "of dtype mxfp8_e4m3"))
         self.assert_absent("odd")
 
-    def ctl(self, *args):
+    def ctl(self, *args, stdin=None):
         return subprocess.run([h.ARGS.engramctl, "--server", self.srv.address] + list(args),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
 
     def test_import_synthetic_typed_rows(self):
         r = self.ctl("import-synthetic", "--table", "syn", "--rows", "3000", "--row-bytes",
@@ -153,10 +154,8 @@ class Mxfp8RowsTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
         seqs = "1 5 -1 9 300\n7 7 7\n"
         for dq in ((), ("--dequant", "bf16")):
-            r = subprocess.run([h.ARGS.engramctl, "--server", self.srv.address, "prefetch",
-                                "--model", "tiny-v41", "--layer", "1,14", "--verify-seed", "3"]
-                               + list(dq), input=seqs, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+            r = self.ctl("prefetch", "--model", "tiny-v41", "--layer", "1,14", "--verify-seed",
+                         "3", *dq, stdin=seqs)
             self.assertEqual(r.returncode, 0, r.stderr)
             per = 2 * 24 * (512 if dq else RB)   # layers x heads x output row bytes
             lines = r.stdout.splitlines()
@@ -166,17 +165,15 @@ class Mxfp8RowsTest(unittest.TestCase):
             self.assertRegex(lines[1], r"^seq 2: 3 tokens, %d bytes%s, crc32 [0-9a-f]{8}, verified$"
                              % (3 * per, " of bf16" if dq else ""))
         # Another seed's rows differ, dequantized or not.
-        r = subprocess.run([h.ARGS.engramctl, "--server", self.srv.address, "prefetch", "--model",
-                            "tiny-v41", "--layer", "14", "--verify-seed", "4", "--dequant", "bf16"],
-                           input="1 2\n", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        r = self.ctl("prefetch", "--model", "tiny-v41", "--layer", "14", "--verify-seed", "4",
+                     "--dequant", "bf16", stdin="1 2\n")
         self.assertEqual(r.returncode, 1)
         self.assertIn("row 0 of the output differs from the synthetic rule", r.stderr)
         # --show: the first values of layer 14's first row, as numbers:
         # e4m3(code) x 2^(scale - 127) of the typed rule's row (exact in BF16
         # at these scales), printed as C's %g prints them.
-        r = subprocess.run([h.ARGS.engramctl, "--server", self.srv.address, "prefetch", "--model",
-                            "tiny-v41", "--layer", "14", "--dequant", "bf16", "--show", "3"],
-                           input="1 2\n", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        r = self.ctl("prefetch", "--model", "tiny-v41", "--layer", "14", "--dequant", "bf16",
+                     "--show", "3", stdin="1 2\n")
         self.assertEqual(r.returncode, 0, r.stderr)
         show = r.stdout.splitlines()[1]
         self.assertTrue(show.startswith("  layer 14, token 0, column 0: "), show)
