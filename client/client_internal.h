@@ -196,7 +196,7 @@ void ec_table_info_from_pb(engram_table_info *out,
 
 /* An opened model (model.c). Prefetches started with
  * ENGRAM_PREFETCH_HASH_ASYNC queue on `queue` and are hashed and sent by
- * the model's one worker thread, started on first use. */
+ * the model's one worker thread, started on first use (prefetch.c). */
 struct engram_model {
     engram_client *client;
     engram_manifest *man;
@@ -209,13 +209,9 @@ struct engram_model {
     struct engram_prefetch *queue_head, *queue_tail;
 };
 
-/* Runs on the model's worker: hashes and sends one queued prefetch
- * (prefetch.c). */
-void ec_prefetch_run(struct engram_prefetch *p);
-/* Hands a prefetch to the model's worker (model.c). */
-void ec_model_enqueue(engram_model *m, struct engram_prefetch *p);
-/* The queue link of a prefetch (prefetch.c owns the struct). */
-struct engram_prefetch **ec_prefetch_next(struct engram_prefetch *p);
+/* Stops the model's prefetch worker after the prefetches queued on it
+ * (prefetch.c, which runs the worker; engram_model_close calls it). */
+void ec_model_stop_worker(engram_model *m);
 
 /* An admin (small unary) call: its reply is unpacked with protobuf-c. */
 typedef struct admin_call {

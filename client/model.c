@@ -1,6 +1,6 @@
 /* model.c: opening a model (manifest fetched from the server, hashing state
- * derived, every layer's table checked), hashing token ids into row ids,
- * and the model's background worker for asynchronous prefetches.
+ * derived, every layer's table checked) and hashing token ids into row
+ * ids. The background worker of asynchronous prefetches is prefetch.c's.
  *
  * The tables are checked at open so that a client never hashes into a
  * table of another shape: a wrong row count would silently read the wrong
@@ -114,56 +114,11 @@ int engram_model_hash(const engram_model *m, int64_t layer_id, const int64_t *to
     return ec_ok(err);
 }
 
-/* ---- background worker ---------------------------------------------------- */
-
-static void *worker_main(void *arg)
-{
-    engram_model *m = arg;
-    pthread_mutex_lock(&m->mu);
-    for (;;) {
-        while (!m->queue_head && !m->stopping)
-            pthread_cond_wait(&m->cv, &m->mu);
-        struct engram_prefetch *p = m->queue_head;
-        if (!p)
-            break;               /* stopping and drained */
-        m->queue_head = *ec_prefetch_next(p);
-        if (!m->queue_head)
-            m->queue_tail = NULL;
-        pthread_mutex_unlock(&m->mu);
-        ec_prefetch_run(p);
-        pthread_mutex_lock(&m->mu);
-    }
-    pthread_mutex_unlock(&m->mu);
-    return NULL;
-}
-
-void ec_model_enqueue(engram_model *m, struct engram_prefetch *p)
-{
-    pthread_mutex_lock(&m->mu);
-    if (!m->worker_started) {
-        pthread_create(&m->worker, NULL, worker_main, m);
-        m->worker_started = 1;
-    }
-    *ec_prefetch_next(p) = NULL;
-    if (m->queue_tail)
-        *ec_prefetch_next(m->queue_tail) = p;
-    else
-        m->queue_head = p;
-    m->queue_tail = p;
-    pthread_cond_signal(&m->cv);
-    pthread_mutex_unlock(&m->mu);
-}
-
 void engram_model_close(engram_model *m)
 {
     if (!m)
         return;
-    pthread_mutex_lock(&m->mu);
-    m->stopping = 1;
-    pthread_cond_broadcast(&m->cv);
-    pthread_mutex_unlock(&m->mu);
-    if (m->worker_started)
-        pthread_join(m->worker, NULL);
+    ec_model_stop_worker(m);
     manifest_free(m->man);
     pthread_cond_destroy(&m->cv);
     pthread_mutex_destroy(&m->mu);

@@ -59,11 +59,6 @@ struct engram_prefetch {
     char message[sizeof(((engram_error *)0)->message)];
 };
 
-struct engram_prefetch **ec_prefetch_next(struct engram_prefetch *p)
-{
-    return &p->next;
-}
-
 static size_t rows_per_layer(const engram_prefetch *p)
 {
     return p->B * p->T * p->nheads;
@@ -181,9 +176,57 @@ static void hash_and_send(engram_prefetch *p)
     pthread_mutex_unlock(&p->mu);
 }
 
-void ec_prefetch_run(struct engram_prefetch *p)
+/* ---- the model's worker (ENGRAM_PREFETCH_HASH_ASYNC) ------------------------ */
+
+/* Hashes and sends the model's queued prefetches in order, one thread per
+ * model, started on first use; it lives here, with what it runs, and
+ * model.c only stops it (ec_model_stop_worker). */
+static void *worker_main(void *arg)
 {
-    hash_and_send(p);
+    engram_model *m = arg;
+    pthread_mutex_lock(&m->mu);
+    for (;;) {
+        while (!m->queue_head && !m->stopping)
+            pthread_cond_wait(&m->cv, &m->mu);
+        engram_prefetch *p = m->queue_head;
+        if (!p)
+            break;               /* stopping and drained */
+        m->queue_head = p->next;
+        if (!m->queue_head)
+            m->queue_tail = NULL;
+        pthread_mutex_unlock(&m->mu);
+        hash_and_send(p);
+        pthread_mutex_lock(&m->mu);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
+static void enqueue(engram_model *m, engram_prefetch *p)
+{
+    pthread_mutex_lock(&m->mu);
+    if (!m->worker_started) {
+        pthread_create(&m->worker, NULL, worker_main, m);
+        m->worker_started = 1;
+    }
+    p->next = NULL;
+    if (m->queue_tail)
+        m->queue_tail->next = p;
+    else
+        m->queue_head = p;
+    m->queue_tail = p;
+    pthread_cond_signal(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void ec_model_stop_worker(engram_model *m)
+{
+    pthread_mutex_lock(&m->mu);
+    m->stopping = 1;
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+    if (m->worker_started)
+        pthread_join(m->worker, NULL);
 }
 
 /* ---- start --------------------------------------------------------------- */
@@ -316,7 +359,7 @@ int engram_prefetch_start(engram_model *m, const engram_prefetch_request *req,
             return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory copying %zu tokens",
                             r->batch * r->seq_len);
         }
-        ec_model_enqueue(m, p);
+        enqueue(m, p);
         *handle = p;
         return ec_ok(err);
     }
