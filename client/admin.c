@@ -26,15 +26,15 @@ static int admin_decode(ec_call *c, grpc_byte_buffer *reply)
     return ENGRAM_OK;
 }
 
-int ec_admin_run(engram_client *cl, void *method,
-                     const ProtobufCMessage *req,
-                     const ProtobufCMessageDescriptor *desc, admin_call *a,
-                     engram_error *err)
+int ec_admin_run_deadline(engram_client *cl, void *method, const ProtobufCMessage *req,
+                          const ProtobufCMessageDescriptor *desc, int64_t timeout_ms,
+                          admin_call *a, engram_error *err)
 {
     memset(a, 0, sizeof *a);
     a->desc = desc;
     ec_call_init(&a->c, cl, admin_decode);
-    int rc = ec_call_start(&a->c, method, req, err);
+    int rc = ec_call_start_on(&a->c, cl->channel, method, pb_to_byte_buffer(req), timeout_ms,
+                              err);
     if (rc == ENGRAM_OK)
         rc = ec_call_wait(&a->c, -1, err);
     ec_call_release(&a->c);
@@ -43,6 +43,14 @@ int ec_admin_run(engram_client *cl, void *method,
         a->reply = NULL;
     }
     return rc;
+}
+
+int ec_admin_run(engram_client *cl, void *method,
+                     const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *desc, admin_call *a,
+                     engram_error *err)
+{
+    return ec_admin_run_deadline(cl, method, req, desc, cl->deadline_ms, a, err);
 }
 
 /* snprintf truncates safely; a NULL string (never sent by protobuf-c, but

@@ -220,11 +220,16 @@ typedef struct admin_call {
     ProtobufCMessage *reply;             /* unpacked on success */
 } admin_call;
 
-/* Runs one admin call to completion. On success a->reply is set and the
- * caller frees it with protobuf_c_message_free_unpacked. Defined in admin.c. */
+/* Runs one admin call to completion on the bootstrap channel, with the
+ * client's deadline. On success a->reply is set and the caller frees it
+ * with protobuf_c_message_free_unpacked. Defined in admin.c. */
 int ec_admin_run(engram_client *cl, void *method, const ProtobufCMessage *req,
                  const ProtobufCMessageDescriptor *desc, admin_call *a,
                  engram_error *err);
+/* The same with a deadline timeout_ms from now (<= 0: none). */
+int ec_admin_run_deadline(engram_client *cl, void *method, const ProtobufCMessage *req,
+                          const ProtobufCMessageDescriptor *desc, int64_t timeout_ms,
+                          admin_call *a, engram_error *err);
 
 /* ---- cluster mode (cluster.c) ---- */
 

@@ -5,8 +5,7 @@
  * channel), never through cluster routing: an operator drains, checks or
  * warms one node; engramctl fans Warm out to every replica itself.
  *
- * Check, Drain and Undrain are unary ec_calls (client.c) whose decode hook
- * unpacks the reply with protobuf-c, as admin.c's calls do. Drain's
+ * Check, Drain and Undrain are admin.c's unary calls (ec_admin_run). Drain's
  * deadline is the client's plus the drain's own timeout_ms, so a long wait
  * for in-flight lookups is not cut short by the default deadline (the
  * server bounds its wait by the call's deadline too).
@@ -33,40 +32,6 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc_util.h"
 
-/* ---- unary calls ----------------------------------------------------------- */
-
-static int ops_decode(ec_call *c, grpc_byte_buffer *reply)
-{
-    admin_call *a = (admin_call *)c;
-    if (reply)
-        a->reply = pb_from_byte_buffer(a->desc, reply);
-    if (!a->reply) {
-        snprintf(c->message, sizeof c->message, "malformed %s reply", a->desc->name);
-        return ENGRAM_INTERNAL;
-    }
-    return ENGRAM_OK;
-}
-
-/* Runs one unary call on the bootstrap channel with a deadline timeout_ms
- * from now (<= 0: none). On success a->reply is set; the caller frees it. */
-static int run_unary(engram_client *cl, void *method, const ProtobufCMessage *req,
-                     const ProtobufCMessageDescriptor *desc, int64_t timeout_ms,
-                     admin_call *a, engram_error *err)
-{
-    memset(a, 0, sizeof *a);
-    a->desc = desc;
-    ec_call_init(&a->c, cl, ops_decode);
-    int rc = ec_call_start_on(&a->c, cl->channel, method, pb_to_byte_buffer(req), timeout_ms, err);
-    if (rc == ENGRAM_OK)
-        rc = ec_call_wait(&a->c, -1, err);
-    ec_call_release(&a->c);
-    if (rc && a->reply) {
-        protobuf_c_message_free_unpacked(a->reply, NULL);
-        a->reply = NULL;
-    }
-    return rc;
-}
-
 int engram_health_check(engram_client *client, const char *service, int *serving,
                         engram_error *err)
 {
@@ -75,9 +40,8 @@ int engram_health_check(engram_client *client, const char *service, int *serving
     Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     req.service = (char *)(service ? service : ""); /* only read by pack */
     admin_call a;
-    int rc = run_unary(client, client->m_health_check, &req.base,
-                       &grpc__health__v1__health_check_response__descriptor, client->deadline_ms,
-                       &a, err);
+    int rc = ec_admin_run(client, client->m_health_check, &req.base,
+                          &grpc__health__v1__health_check_response__descriptor, &a, err);
     if (rc)
         return rc;
     Grpc__Health__V1__HealthCheckResponse *r = (Grpc__Health__V1__HealthCheckResponse *)a.reply;
@@ -96,8 +60,8 @@ int engram_drain(engram_client *client, uint32_t timeout_ms, int *drained, uint6
     req.timeout_ms = timeout_ms;
     int64_t deadline = client->deadline_ms > 0 ? client->deadline_ms + (int64_t)timeout_ms : 0;
     admin_call a;
-    int rc = run_unary(client, client->m_drain, &req.base, &engram__v1__drain_response__descriptor,
-                       deadline, &a, err);
+    int rc = ec_admin_run_deadline(client, client->m_drain, &req.base,
+                                   &engram__v1__drain_response__descriptor, deadline, &a, err);
     if (rc)
         return rc;
     Engram__V1__DrainResponse *r = (Engram__V1__DrainResponse *)a.reply;
@@ -115,8 +79,8 @@ int engram_undrain(engram_client *client, engram_error *err)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT, "client is NULL");
     Engram__V1__UndrainRequest req = ENGRAM__V1__UNDRAIN_REQUEST__INIT;
     admin_call a;
-    int rc = run_unary(client, client->m_undrain, &req.base,
-                       &engram__v1__drain_response__descriptor, client->deadline_ms, &a, err);
+    int rc = ec_admin_run(client, client->m_undrain, &req.base,
+                          &engram__v1__drain_response__descriptor, &a, err);
     if (rc)
         return rc;
     protobuf_c_message_free_unpacked(a.reply, NULL);
