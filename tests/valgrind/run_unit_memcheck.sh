@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# run_unit_memcheck.sh: every unit test under valgrind memcheck, failing on
+# run_unit_memcheck.sh: every unit test, and the cluster client's test
+# (tests/integration/test_client_cluster: the client's most intricate
+# memory handling), under valgrind memcheck, failing on
 # any memory error and on any definite, indirect or possible leak that
 # tests/valgrind/unit.supp does not explain (third-party noise only).
 #
 #   tests/valgrind/run_unit_memcheck.sh BUILD_DIR
 #
-# Use a non-sanitizer build (valgrind and ASan do not mix). The unit tests
-# that start real servers (test_client_cluster) run ~30x slower under
-# valgrind; their timing-dependent checks allow for that.
+# Use a non-sanitizer build (valgrind and ASan do not mix).
+# test_client_cluster starts real servers and runs ~30x slower under
+# valgrind; its timing-dependent checks allow for that.
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 BUILD_DIR" >&2; exit 2; }
 BUILD=$(cd "$1" && pwd)
@@ -15,7 +17,7 @@ SUPP=$(cd "$(dirname "$0")" && pwd)/unit.supp
 command -v valgrind > /dev/null || { echo "run_unit_memcheck.sh: valgrind is not installed" >&2; exit 2; }
 LOGS=$(mktemp -d /tmp/engram-memcheck.XXXXXX)
 rc=0
-for t in "$BUILD"/tests/unit/test_*; do
+for t in "$BUILD"/tests/unit/test_* "$BUILD"/tests/integration/test_client_cluster; do
   [ -x "$t" ] || continue
   name=$(basename "$t")
   start=$(date +%s)
