@@ -1,7 +1,8 @@
-/* store_internal.h: what store.c (RocksDB: options, keys, metadata, reads,
- * ingest, resident loads), tables.c (the registry of tables and the
- * version life cycle) and store_scan.c (reading a version's rows in order
- * for Admin.Verify) share. Nothing outside those files includes it. */
+/* store_internal.h: what store.c (RocksDB: options, keys, metadata,
+ * ingest, resident loads), store_read.c (row reads and the hot-row tier),
+ * tables.c (the registry of tables and the version life cycle) and
+ * store_scan.c (reading a version's rows in order for Admin.Verify) share.
+ * Nothing outside those files includes it. */
 #ifndef ENGRAM_SERVER_STORE_INTERNAL_H
 #define ENGRAM_SERVER_STORE_INTERNAL_H
 
@@ -76,8 +77,8 @@ struct store {
     uint64_t reclaim_pending;        /* queued or being deleted */
     int reclaim_stop;
 
-    /* The hot-row tier, created at the first RocksDB read with that read's
-     * row size; tables of another row size bypass it. */
+    /* The hot-row tier (store_read.c), created at the first RocksDB read
+     * with that read's row size; tables of another row size bypass it. */
     pthread_mutex_t hot_lock;
     hotcache *hot;
     uint64_t hot_budget;
