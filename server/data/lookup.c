@@ -153,7 +153,7 @@ typedef struct outcome {
 } outcome;
 
 static int gather(const request *rq, table_version *tv,
-                  grpc_byte_buffer **reply, uint64_t *hot, char *msg, size_t msglen)
+                  grpc_byte_buffer **reply, store_tiers *tiers, char *msg, size_t msglen)
 {
     uint64_t data = (uint64_t)rq->n_rows * tv->row_bytes;
     size_t head = lookup_response_head_len(data);
@@ -161,7 +161,7 @@ static int gather(const request *rq, table_version *tv,
     grpc_slice s = grpc_slice_malloc(head + data + tail);
     uint8_t *p = GRPC_SLICE_START_PTR(s);
     lookup_response_put_head(p, data);
-    int rc = store_read_rows_tiered(tv, rq->rows, rq->n_rows, p + head, hot, msg, msglen);
+    int rc = store_read_rows_tiered(tv, rq->rows, rq->n_rows, p + head, tiers, msg, msglen);
     if (rc < 0) {
         grpc_slice_unref(s);
         int code = rc == STORE_READ_NOMEM ? ES_RESOURCE_EXHAUSTED : ES_DATA_LOSS;
@@ -199,21 +199,18 @@ static int lookup_request(server_call *c, request *rq, grpc_byte_buffer **reply,
         return ES_NOT_FOUND;
     }
     int code = validate(rq, tv, msg, msglen);
-    uint64_t hot = 0;
+    store_tiers tiers = {0};
     /* Charged before the reply is built, so a refusal costs no memory. */
     if (code == ES_OK && c)
         code = reply_budget_take(c, (uint64_t)rq->n_rows * tv->row_bytes, msg, msglen);
     if (code == ES_OK)
-        code = gather(rq, tv, reply, &hot, msg, msglen);
+        code = gather(rq, tv, reply, &tiers, msg, msglen);
     oc->known = 1;
     if (code == ES_OK) {
         oc->bytes = (uint64_t)rq->n_rows * tv->row_bytes;
-        if (tv->resident) {
-            oc->tier_rows[STATS_TIER_RESIDENT] = rq->n_rows;
-        } else {
-            oc->tier_rows[STATS_TIER_HOT] = hot;
-            oc->tier_rows[STATS_TIER_ROCKSDB] = rq->n_rows - hot;
-        }
+        oc->tier_rows[STATS_TIER_RESIDENT] = tiers.resident;
+        oc->tier_rows[STATS_TIER_HOT] = tiers.hot;
+        oc->tier_rows[STATS_TIER_ROCKSDB] = tiers.rocksdb;
     }
     table_version_release(tv);
     return code;

@@ -141,11 +141,17 @@ size_t store_versions(store *s, const char *name, table_version ***out);
 #define STORE_READ_NOMEM (-2)
 int store_read_rows(table_version *tv, const uint64_t *local, size_t n,
                     uint8_t *out, char *msg, size_t msglen);
-/* The same, telling how many rows came from the hot-row cache (the others
- * of a non-resident table came from RocksDB). Misses are read in one
- * MultiGet with sorted keys and then enter the cache. */
+/* Rows of one read by the tier that served them. */
+typedef struct store_tiers {
+    uint64_t resident;           /* the version's dense RAM array */
+    uint64_t hot;                /* the hot-row cache */
+    uint64_t rocksdb;            /* RocksDB (then put into the hot cache) */
+} store_tiers;
+/* The same, telling which tier served the rows (tiers may be NULL): the
+ * store decides the tier, so callers never re-derive it. Misses of the hot
+ * cache are read in one MultiGet with sorted keys and then enter it. */
 int store_read_rows_tiered(table_version *tv, const uint64_t *local, size_t n, uint8_t *out,
-                           uint64_t *hot_hits, char *msg, size_t msglen);
+                           store_tiers *tiers, char *msg, size_t msglen);
 
 /* A cursor over the rows of a version as RocksDB stores them, in local
  * row order, bypassing the resident array and every cache (the block cache

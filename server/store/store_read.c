@@ -172,7 +172,7 @@ static int read_misses(table_version *tv, hotcache *hc, miss *ms, size_t nm, uin
 }
 
 static int read_rocksdb_tier(table_version *tv, const uint64_t *rows, size_t n, uint8_t *out,
-                             uint64_t *hot_hits, char *msg, size_t msglen)
+                             store_tiers *tiers, char *msg, size_t msglen)
 {
     const size_t rb = tv->row_bytes;
     hotcache *hc = tv->vr->cache_id < HOT_ID_LIMIT ? hot_for(tv->s, tv->row_bytes) : NULL;
@@ -196,23 +196,25 @@ static int read_rocksdb_tier(table_version *tv, const uint64_t *rows, size_t n, 
         return rc;
     __atomic_add_fetch(&tv->s->m->rows_hot, hits, __ATOMIC_RELAXED);
     __atomic_add_fetch(&tv->s->m->rows_rocksdb, n - hits, __ATOMIC_RELAXED);
-    if (hot_hits)
-        *hot_hits = hits;
+    if (tiers)
+        *tiers = (store_tiers){.hot = hits, .rocksdb = n - hits};
     return rc;
 }
 
 int store_read_rows_tiered(table_version *tv, const uint64_t *rows, size_t n, uint8_t *out,
-                           uint64_t *hot_hits, char *msg, size_t msglen)
+                           store_tiers *tiers, char *msg, size_t msglen)
 {
     const size_t rb = tv->row_bytes;
-    if (hot_hits)
-        *hot_hits = 0;
+    if (tiers)
+        *tiers = (store_tiers){0};
     if (!tv->resident)
-        return read_rocksdb_tier(tv, rows, n, out, hot_hits, msg, msglen);
+        return read_rocksdb_tier(tv, rows, n, out, tiers, msg, msglen);
     const uint8_t *arr = tv->resident;
     for (size_t i = 0; i < n; i++)
         memcpy(out + i * rb, arr + rows[i] * rb, rb);
     __atomic_add_fetch(&tv->s->m->rows_resident, n, __ATOMIC_RELAXED);
+    if (tiers)
+        tiers->resident = n;
     return 0;
 }
 

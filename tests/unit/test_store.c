@@ -156,6 +156,14 @@ static void test_resident_and_rocksdb_tiers(void **state)
     table_version *a = store_acquire(s, "small", 0), *b = store_acquire(s, "large", 0);
     assert_non_null(a->resident);
     assert_null(b->resident);
+    /* The store says which tier served a read. */
+    uint8_t got[7 * 64];
+    char msg[256];
+    store_tiers t = {99, 99, 99};
+    assert_int_equal(store_read_rows_tiered(a, probe, 7, got, &t, msg, sizeof msg), 0);
+    assert_true(t.resident == 7 && t.hot == 0 && t.rocksdb == 0);
+    assert_int_equal(store_read_rows_tiered(b, probe, 7, got, &t, msg, sizeof msg), 0);
+    assert_true(t.resident == 0 && t.hot + t.rocksdb == 7);
     table_version_release(a);
     table_version_release(b);
     check_rows(s, "small", 11, probe, 7);
@@ -294,15 +302,18 @@ static void test_hot_tier(void **state)
     assert_null(tv->resident);
     uint8_t got[5 * 64], want[64];
     char msg[256];
-    uint64_t hits = 99;
-    assert_int_equal(store_read_rows_tiered(tv, rows, 5, got, &hits, msg, sizeof msg), 0);
-    assert_int_equal(hits, 0);
+    store_tiers t = {99, 99, 99};
+    assert_int_equal(store_read_rows_tiered(tv, rows, 5, got, &t, msg, sizeof msg), 0);
+    assert_int_equal(t.hot, 0);
+    assert_int_equal(t.rocksdb, 5);
+    assert_int_equal(t.resident, 0);
     for (int i = 0; i < 5; i++) {                 /* row 5 twice, read once */
         synthetic_row(31, rows[i], want, 64);
         assert_memory_equal(got + i * 64, want, 64);
     }
-    assert_int_equal(store_read_rows_tiered(tv, rows, 5, got, &hits, msg, sizeof msg), 0);
-    assert_int_equal(hits, 5);
+    assert_int_equal(store_read_rows_tiered(tv, rows, 5, got, &t, msg, sizeof msg), 0);
+    assert_int_equal(t.hot, 5);
+    assert_int_equal(t.rocksdb, 0);
     for (int i = 0; i < 5; i++) {
         synthetic_row(31, rows[i], want, 64);
         assert_memory_equal(got + i * 64, want, 64);
@@ -310,8 +321,8 @@ static void test_hot_tier(void **state)
     table_version_release(tv);
     import_table(s, "hot", 2000, 64, 32);          /* version 2, other bytes */
     tv = store_acquire(s, "hot", 0);
-    assert_int_equal(store_read_rows_tiered(tv, rows, 5, got, &hits, msg, sizeof msg), 0);
-    assert_int_equal(hits, 0);
+    assert_int_equal(store_read_rows_tiered(tv, rows, 5, got, &t, msg, sizeof msg), 0);
+    assert_int_equal(t.hot, 0);
     synthetic_row(32, 1999, want, 64);
     assert_memory_equal(got + 64, want, 64);
     table_version_release(tv);
