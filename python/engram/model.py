@@ -17,11 +17,13 @@ pinned for a device copy) or into a fresh array (a torch tensor when
 as_torch=True)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _arrays, _engram
+
+_I64 = np.dtype(np.int64)
 
 
 class Model:
@@ -40,6 +42,8 @@ class Model:
         self.row_bytes: int = info["row_bytes"]
         self.dtype: str = info["dtype"]
         self.pad_id: int = info["pad_id"]
+        # prefetch's per-shape derivations, by (B, T, dtype, layers, cols)
+        self._plans: Dict[Tuple[Any, ...], Tuple[Any, ...]] = {}
 
     def close(self) -> None:
         """Closes the model (free its prefetches first)."""
@@ -98,17 +102,57 @@ class Model:
         all) and columns `cols` (default: all); see the module docstring
         for the output. hash_async hashes on the model's background thread
         (returns at once). Returns a Prefetch."""
+        # A decode loop's call (C-contiguous int64 tokens [B, T] and history
+        # [B, max_ngram - 1], the same shapes step after step, a preallocated
+        # numpy out) takes a few attribute reads and one dict lookup: this
+        # Python runs on caches the previous step's rows evicted, at several
+        # times its warm cost, which was a few percent of a decode step.
+        tok, hist = tokens, history
+        if not (type(tok) is np.ndarray and tok.dtype == _I64 and tok.ndim == 2
+                and tok.flags.c_contiguous
+                and (hist is None or (type(hist) is np.ndarray and hist.dtype == _I64
+                                      and hist.shape == (tok.shape[0], self.max_ngram - 1)
+                                      and hist.flags.c_contiguous))):
+            tok, hist = self._tokens(tokens, history, self.max_ngram - 1)
+        B, T = tok.shape
+        key = (B, T, dtype, None if layers is None else tuple(layers),
+               None if cols is None else tuple(cols))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(B, T, dtype, layers, cols)
+            if len(self._plans) < 64:
+                self._plans[key] = plan
+        lays, col_list, shape, elem, itemsize, allowed, flags, nbytes = plan
+        if hash_async:
+            flags |= _engram.PREFETCH_HASH_ASYNC
+        if out is None:
+            arr, view = _arrays.new_out(shape, elem, as_torch)
+        elif (dtype != "float32" and type(out) is np.ndarray and out.dtype == elem
+              and out.nbytes == nbytes
+              and out.flags.c_contiguous and out.flags.writeable):
+            arr = view = out        # the extension writes it through its buffer
+        else:
+            arr, view = _arrays.out_buffer(out, shape, itemsize, allowed)
+        raw = view
+        if dtype == "float32":
+            # The rows land in a raw buffer, then become float32 in `out`.
+            raw = np.empty(shape[:-1] + (self.row_bytes,), dtype=np.uint8).reshape(-1)
+        h = self._m.prefetch_start(lays, tok, B, T, hist, col_list, flags, raw)
+        return Prefetch(self, h, arr, view, raw, lays, dtype)
+
+    def _plan(self, B: int, T: int, dtype: str, layers: Optional[Sequence[int]],
+              cols: Optional[Sequence[int]]) -> Tuple[Any, ...]:
+        """What prefetch derives from a call's shape: (layers, cols, out
+        shape, element dtype, itemsize, allowed out dtypes, flags, out
+        bytes)."""
         if dtype not in ("raw", "bf16", "float32"):
             raise ValueError("dtype must be 'raw', 'bf16' or 'float32', not %r" % (dtype,))
         if dtype != "raw" and self.dtype != "mxfp8_e4m3":
             raise ValueError("dtype=%r dequantises mxfp8_e4m3 rows; model %s holds %s"
                              % (dtype, self.name, self.dtype))
-        tok, hist = self._tokens(tokens, history, self.max_ngram - 1)
-        B, T = tok.shape
         lays = list(self.layer_ids if layers is None else layers)
         ncols = self.heads if cols is None else len(cols)
-        flags = (_engram.PREFETCH_HASH_ASYNC if hash_async else 0) | (
-            _engram.PREFETCH_DEQUANT_BF16 if dtype == "bf16" else 0)
+        flags = _engram.PREFETCH_DEQUANT_BF16 if dtype == "bf16" else 0
         shape = (len(lays), B, T, ncols)
         if dtype == "raw":
             shape, elem, itemsize = shape + (self.row_bytes,), np.dtype(np.uint8), 1
@@ -119,17 +163,11 @@ class Model:
         else:
             shape, elem, itemsize = shape + (self.dim,), np.dtype(np.float32), 4
             allowed = ("float32",)
-        if out is None:
-            arr, view = _arrays.new_out(shape, elem, as_torch)
-        else:
-            arr, view = _arrays.out_buffer(out, shape, itemsize, allowed)
-        raw = view
-        if dtype == "float32":
-            # The rows land in a raw buffer, then become float32 in `out`.
-            raw = np.empty(shape[:-1] + (self.row_bytes,), dtype=np.uint8).reshape(-1)
-        h = self._m.prefetch_start(lays, tok, B, T, hist, None if cols is None else list(cols),
-                                   flags, raw)
-        return Prefetch(self, h, arr, view, raw, lays, dtype)
+        nbytes = itemsize
+        for d in shape:
+            nbytes *= d
+        return (lays, None if cols is None else list(cols), shape, elem, itemsize, allowed,
+                flags, nbytes)
 
 
 class Prefetch:
