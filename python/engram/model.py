@@ -108,9 +108,9 @@ class Model:
         # Python runs on caches the previous step's rows evicted, at several
         # times its warm cost, which was a few percent of a decode step.
         tok, hist = tokens, history
-        if not (type(tok) is np.ndarray and tok.dtype == _I64 and tok.ndim == 2
+        if not (type(tok) is np.ndarray and tok.dtype is _I64 and tok.ndim == 2
                 and tok.flags.c_contiguous
-                and (hist is None or (type(hist) is np.ndarray and hist.dtype == _I64
+                and (hist is None or (type(hist) is np.ndarray and hist.dtype is _I64
                                       and hist.shape == (tok.shape[0], self.max_ngram - 1)
                                       and hist.flags.c_contiguous))):
             tok, hist = self._tokens(tokens, history, self.max_ngram - 1)
@@ -184,7 +184,7 @@ class Prefetch:
         self.out = out
         self._view = view
         self._raw = raw
-        self._layers = list(layers)
+        self._layers = layers        # prefetch's own list, never changed
         self._dtype = dtype
         self._converted: set = set()
 
@@ -208,7 +208,8 @@ class Prefetch:
         ms = -1 if timeout is None else int(timeout * 1000)
         if not self._h.wait(ms):
             raise TimeoutError("the prefetch is not done after %s s" % timeout)
-        self._convert(range(len(self._layers)))
+        if self._dtype == "float32":
+            self._convert(range(len(self._layers)))
         return self.out
 
     def wait_layer(self, layer: int, timeout: Optional[float] = None) -> Any:
