@@ -235,14 +235,20 @@ class Client:
     # ---- lifetime ----
 
     def close(self) -> None:
-        """Cancels lookups in flight, closes the models this client opened,
-        then the client. Not while other threads still use it."""
-        self._waiter.close()
+        """Closes the models this client opened, cancels lookups in flight,
+        then closes the client. A model with an open Prefetch, or an open
+        import, raises RuntimeError and leaves the client open and usable.
+        Not while other threads still use the client."""
         with self._lock:
-            models, self._models = self._models, []
+            models = list(self._models)
         for m in models:
-            m.close()
-        self._c.close()
+            m.close()                 # removes itself from _models
+        self._waiter.close()
+        try:
+            self._c.close()
+        except RuntimeError:
+            self._waiter = _Waiter()  # still open: async lookups work again
+            raise
 
     @property
     def closed(self) -> bool:

@@ -396,11 +396,17 @@ def test_prefetch_equals_engramctl(v41, client):
             m.prefetch(SEQS, dtype="bf16", out=torch.empty((2, 2, 7, 24, 256)))
 
 
-def test_prefetch_bf16_needs_mxfp8(server, client):
+@pytest.fixture(scope="module")
+def tiny(server):
+    """The bf16 tiny model (deploy/examples/tiny-model.json), imported."""
     r = server.ctl("put-manifest", TINY)
     assert r.returncode == 0, r.stderr
     r = server.ctl("import-synthetic", "--manifest", "tiny", "--seed", "1")
     assert r.returncode == 0, r.stderr
+    return "tiny"
+
+
+def test_prefetch_bf16_needs_mxfp8(tiny, client):
     with client.model("tiny") as m:
         with pytest.raises(ValueError, match="dequantises mxfp8_e4m3 rows; model tiny holds bf16"):
             m.prefetch([[1, 2]], dtype="bf16")
@@ -408,7 +414,21 @@ def test_prefetch_bf16_needs_mxfp8(server, client):
         assert type(out).__module__.startswith("torch") and tuple(out.shape) == (2, 1, 2, 8, 64)
 
 
-def test_close_with_open_model(server):
+def test_close_refused_while_a_prefetch_is_open(server, tiny, tables):
+    c = engram.Client(server.address)
+    m = c.model("tiny")
+    p = m.prefetch([[1, 2, 3]])
+    with pytest.raises(RuntimeError, match="free the model's 1 prefetches first"):
+        c.close()
+    assert not c.closed                     # still open and usable
+    assert c.lookup_async("u8", [0]).result(10).shape == (1, 64)
+    p.wait()
+    p.close()
+    c.close()
+    assert c.closed
+
+
+def test_close_with_open_model(server, tiny):
     c = engram.Client(server.address)
     m = c.model("tiny")
     p = m.prefetch([[1, 2, 3]])
