@@ -300,18 +300,36 @@ void server_kill(test_server *s)
         server_reap(s, &st);
 }
 
+/* Each probe socket is closed before the next, so the kernel may hand the
+ * same port out twice: ports this process already chose are skipped, or
+ * two servers of one test would share a port and one of them could not
+ * start. */
 int harness_free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
+    static int chosen[256];
+    static int nchosen;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof a;
+        int port = 0;
+        if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+            getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+            port = ntohs(a.sin_port);
+        if (fd >= 0)
+            close(fd);
+        if (!port)
+            return 0;
+        int dup = 0;
+        for (int i = 0; i < nchosen; i++)
+            dup |= chosen[i] == port;
+        if (!dup) {
+            if (nchosen < 256)
+                chosen[nchosen++] = port;
+            return port;
+        }
+    }
+    return 0;
 }
 
 /* One Lookup call; the reply message, if any, goes to *keep (NULL: dropped). */

@@ -45,17 +45,34 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* A port nothing listens on, and not one this test already chose: each
+ * probe socket is closed before the next bind, so the kernel may hand the
+ * same port out twice, and two replicas on one port look like one server
+ * answering for both (the second cannot bind and exits). */
 static int free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) || getsockname(fd, (struct sockaddr *)&a, &len)) {
+    static int chosen[64];
+    static int nchosen;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof a;
+        if (bind(fd, (struct sockaddr *)&a, sizeof a) ||
+            getsockname(fd, (struct sockaddr *)&a, &len)) {
+            close(fd);
+            return -1;
+        }
         close(fd);
-        return -1;
+        int port = ntohs(a.sin_port), dup = 0;
+        for (int i = 0; i < nchosen; i++)
+            dup |= chosen[i] == port;
+        if (!dup) {
+            if (nchosen < 64)
+                chosen[nchosen++] = port;
+            return port;
+        }
     }
-    close(fd);
-    return ntohs(a.sin_port);
+    return -1;
 }
 
 static int start(int s, int r)
@@ -88,6 +105,13 @@ static int start(int s, int r)
             usleep(25000);
     }
     engram_client_close(c);
+    /* The answer must be ours: a server that could not bind its port has
+     * exited while another process answered there. */
+    if (rc == 0 && waitpid(p, NULL, WNOHANG) == p) {
+        pids[s][r] = 0;
+        fprintf(stderr, "replica %d/%d exited at start (port %s taken?)\n", s, r, addrs[s][r]);
+        return -1;
+    }
     return rc;
 }
 
