@@ -28,6 +28,8 @@
 #include "health.h"
 #include "hooks.h"
 #include "log.h"
+#include "metric.h"
+#include "stats.h"
 #include "status.h"
 
 /* Longest wait one Drain call does; a longer one can simply be repeated. */
@@ -36,18 +38,33 @@
 #define DRAIN_REPLY_MARGIN_MS 50
 
 static int draining;
-static const lookup_metrics *D_lm;
 
-void drain_setup(const lookup_metrics *lm)
+#define DRAIN_METRIC(ACTION)                                                    \
+    ACTION(draining, METRIC_GAUGE, "engram_draining", "draining",                \
+           "1 while the server is draining.")
+typedef struct drain_metrics {
+    DRAIN_METRIC(METRIC_DECLARE)
+} drain_metrics;
+static drain_metrics M = {DRAIN_METRIC(METRIC_INIT)};
+
+/* The flag stays a plain int (admission reads it with one load); the
+ * metric copies it when read. */
+static void refresh(void *arg)
 {
-    D_lm = lm;
+    (void)arg;
+    METRIC_SET(&M, draining, __atomic_load_n(&draining, __ATOMIC_SEQ_CST));
+}
+
+void drain_setup(void)
+{
     __atomic_store_n(&draining, 0, __ATOMIC_SEQ_CST);
     hooks_add_admit(drain_admit);
+    metric_register((metric *)&M, METRIC_CARDINALITY(M), refresh, NULL);
 }
 
 void drain_teardown(void)
 {
-    D_lm = NULL;
+    metric_deregister(&M);
 }
 
 int drain_is_draining(void)
@@ -63,9 +80,11 @@ int drain_admit(server_call *c, const method_def *m, char *msg, size_t msglen)
     return ES_UNAVAILABLE;
 }
 
+/* Lookups served so far, for the log lines: an operator sees the count
+ * stop growing while drained. */
 static unsigned long long lookups_so_far(void)
 {
-    return D_lm ? (unsigned long long)__atomic_load_n(&D_lm->calls, __ATOMIC_RELAXED) : 0;
+    return (unsigned long long)stats_lookups();
 }
 
 /* How long this call may wait: the request's timeout, capped. */

@@ -14,14 +14,13 @@
 #include "lookup.h"
 #include "server.h"
 
-/* lm: the lookup counters, for the calls count in the log lines (so an
- * operator sees the count stop growing while drained). Registers the
- * admission check: call after any authentication module's setup, so an
- * unauthenticated caller learns that first. */
-void drain_setup(const lookup_metrics *lm);
+/* Registers the admission check (call after any authentication module's
+ * setup, so an unauthenticated caller learns that first) and the
+ * engram_draining metric. */
+void drain_setup(void);
 void drain_teardown(void);
 
-/* 1 while draining (main hands it to the stats module). */
+/* 1 while draining. */
 int drain_is_draining(void);
 
 /* The admission check (registered by drain_setup). */

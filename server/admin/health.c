@@ -37,6 +37,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc_util.h"
 #include "log.h"
+#include "metric.h"
 #include "status.h"
 
 #define HEALTH_MAX_WATCHERS 1024
@@ -310,12 +311,25 @@ void health_watch(server_call *c)
     start_send(w);
 }
 
-int health_watchers(void)
+/* ---- metrics ------------------------------------------------------------- */
+
+#define HEALTH_METRIC(ACTION)                                                     \
+    ACTION(serving, METRIC_GAUGE, "engram_serving", NULL,                          \
+           "1 while health service \"\" is SERVING (0 while draining or stopping).") \
+    ACTION(watchers, METRIC_GAUGE, "engram_health_watchers", NULL,                 \
+           "Open grpc.health.v1 Watch calls (1024 at most, 64 per connection).")
+typedef struct health_metrics {
+    HEALTH_METRIC(METRIC_DECLARE)
+} health_metrics;
+static health_metrics M = {HEALTH_METRIC(METRIC_INIT)};
+
+static void metrics_refresh(void *arg)
 {
+    (void)arg;
     pthread_mutex_lock(&H.mu);
-    int n = H.n;
+    METRIC_SET(&M, serving, status_of("") == ST_SERVING);
+    METRIC_SET(&M, watchers, H.n);
     pthread_mutex_unlock(&H.mu);
-    return n;
 }
 
 /* ---- changes ------------------------------------------------------------- */
@@ -326,6 +340,12 @@ void health_setup(void)
     H.draining = 0;
     H.shutting_down = 0;
     pthread_mutex_unlock(&H.mu);
+    metric_register((metric *)&M, METRIC_CARDINALITY(M), metrics_refresh, NULL);
+}
+
+void health_teardown(void)
+{
+    metric_deregister(&M);
 }
 
 void health_set_draining(int draining)

@@ -13,7 +13,11 @@
 
 #include "server.h"
 
+/* Registers engram_serving and engram_health_watchers (open Watch calls,
+ * each holding one of the server's 1,024 watcher slots, 64 at most from one
+ * connection); teardown, after server_teardown, deregisters them. */
 void health_setup(void);
+void health_teardown(void);
 /* Ends every open Watch (after telling it NOT_SERVING) and makes every
  * service NOT_SERVING. Call before server_teardown: its graceful shutdown
  * waits for open calls, and a Watch would otherwise never end. */
@@ -29,8 +33,5 @@ int health_check(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply
 /* Watch (server streaming): the status at once, then every change, until
  * the client goes away or the server shuts down. */
 void health_watch(server_call *c);
-/* Open Watch calls (each holds one of the server's 1,024 watcher slots;
- * 64 at most from one connection). For stats and /metrics. */
-int health_watchers(void);
 
 #endif

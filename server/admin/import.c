@@ -79,8 +79,7 @@ struct import_state {
 static struct {
     store *s;
     import_options o;
-    import_metrics *m;
-    import_metrics m_none;
+    import_metrics *m;           /* NULL: not counted */
     uint64_t seq;
     pthread_mutex_t lock;        /* guards what follows */
     pthread_cond_t wake;
@@ -95,7 +94,11 @@ void import_setup(store *s, const import_options *opts, import_metrics *metrics)
 {
     I.s = s;
     I.o = *opts;
-    I.m = metrics ? metrics : &I.m_none;
+    I.m = metrics;
+    if (metrics) {
+        *metrics = (import_metrics){IMPORT_METRIC(METRIC_INIT)};
+        metric_register((metric *)metrics, METRIC_CARDINALITY(*metrics), NULL, NULL);
+    }
     I.stopping = 0;
     uint64_t free_bytes, reserve;
     store_disk_read(s, &free_bytes, &reserve);
@@ -115,6 +118,7 @@ void import_teardown(void)
     pthread_mutex_unlock(&I.lock);
     if (started)
         pthread_join(I.reaper, NULL);
+    metric_deregister(I.m);
     I.s = NULL;
 }
 
@@ -296,7 +300,7 @@ void import_state_free(import_state *st)
 static void fail(server_call *c, int code, const char *msg)
 {
     import_state *st = c->state;
-    __atomic_add_fetch(&I.m->failed, 1, __ATOMIC_RELAXED);
+    METRIC_INCR(I.m, failed);
     log_warn("import_failed", "table=%s status=%s rows_received=%llu error=\"%s\"",
              st->have_header ? st->tv.name : "-", es_code_name(code),
              (unsigned long long)st->next_row, msg);
@@ -651,8 +655,8 @@ static int on_chunk(import_state *st, const Engram__V1__ImportChunk *ch, char *m
     st->crc = (uint32_t)crc32_z(st->crc, ch->data.data, ch->data.len);
     XXH3_64bits_update(st->xxh, ch->data.data, ch->data.len);
     st->next_row += n;
-    __atomic_add_fetch(&I.m->rows, n, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&I.m->bytes, ch->data.len, __ATOMIC_RELAXED);
+    METRIC_ADD(I.m, rows, n);
+    METRIC_ADD(I.m, bytes, ch->data.len);
     return ES_OK;
 }
 
@@ -748,7 +752,7 @@ static void on_end(server_call *c)
              (unsigned long long)((now_ns() - st->started_ns) / 1000000));
     table_info_release(&tb);
     table_version_release(tv);
-    __atomic_add_fetch(&I.m->completed, 1, __ATOMIC_RELAXED);
+    METRIC_INCR(I.m, completed);
     drop_files(st);              /* the ingest moved the files; the directory is left */
     call_finish(c, ES_OK, NULL, reply);
 }
@@ -834,13 +838,13 @@ void import_stream(server_call *c)
     int code = admit_stream(st, c, msg, sizeof msg);
     if (code != ES_OK) {
         import_state_free(st);
-        __atomic_add_fetch(&I.m->failed, 1, __ATOMIC_RELAXED);
+        METRIC_INCR(I.m, failed);
         log_warn("import_refused", "status=%s error=\"%s\"", es_code_name(code), msg);
         call_finish(c, code, msg, NULL);
         return;
     }
     c->state = st;
     c->state_free = state_free;
-    __atomic_add_fetch(&I.m->started, 1, __ATOMIC_RELAXED);
+    METRIC_INCR(I.m, started);
     recv_next(c, on_message);
 }

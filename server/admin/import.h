@@ -30,14 +30,25 @@ typedef struct import_options {
     uint32_t max_imports;        /* streams at once; 0: no limit */
 } import_options;
 
+/* Imports since start. A stream refused before it starts (admission, too
+ * large, too many at once) counts as failed and not as started. */
+#define IMPORT_METRIC(ACTION)                                                      \
+    ACTION(started, METRIC_COUNTER, "engram_imports_started_total", NULL,           \
+           "Import streams admitted.")                                             \
+    ACTION(completed, METRIC_COUNTER, "engram_imports_completed_total", NULL,       \
+           "Imports that activated their table version.")                         \
+    ACTION(failed, METRIC_COUNTER, "engram_imports_failed_total", NULL,             \
+           "Import streams refused or failed (nothing of them is served).")       \
+    ACTION(rows, METRIC_COUNTER, "engram_import_rows_total", NULL,                  \
+           "Rows received by import streams.")                                     \
+    ACTION(bytes, METRIC_COUNTER, "engram_import_bytes_total", NULL,                \
+           "Row bytes received by import streams.")
 typedef struct import_metrics {
-    uint64_t started;
-    uint64_t completed;
-    uint64_t failed;
-    uint64_t rows;
-    uint64_t bytes;
+    IMPORT_METRIC(METRIC_DECLARE)
 } import_metrics;
 
+/* metrics: the caller's storage (NULL: not counted), initialized and
+ * registered here until import_teardown. */
 void import_setup(store *s, const import_options *opts, import_metrics *metrics);
 void import_teardown(void);
 

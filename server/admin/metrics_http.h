@@ -1,6 +1,6 @@
 /* metrics_http.h: the Prometheus endpoint. GET /metrics on --metrics-listen
- * answers stats.c's figures in the text exposition format 0.0.4; anything
- * else is 404. libmicrohttpd serves it on its own thread, so a scrape
+ * answers the metrics registry (metric.h) in the text exposition format
+ * 0.0.4; anything else is 404. libmicrohttpd serves it on its own thread, so a scrape
  * never waits behind a gRPC queue. */
 #ifndef ENGRAM_SERVER_METRICS_HTTP_H
 #define ENGRAM_SERVER_METRICS_HTTP_H
@@ -12,9 +12,5 @@
  * port, or 0 with err filled (the address and why). */
 int metrics_http_setup(const char *listen, char *err, size_t errlen);
 void metrics_http_teardown(void);
-
-/* The whole exposition document, malloc'd, NUL-terminated (*len without
- * the NUL). NULL when out of memory. Exposed for tests. */
-char *metrics_render(size_t *len);
 
 #endif

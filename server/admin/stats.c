@@ -1,7 +1,7 @@
-/* stats.c: per-method and per-table call statistics, the process figures
- * around them, and the Admin.Stats handler (see stats.h for what is
- * counted). Figures other modules own (draining, health watchers) come in
- * through stats_options, so this module depends on none of them.
+/* stats.c: per-method and per-table call statistics (see stats.h for what
+ * is counted), offered to the metrics registry as labeled families. Other
+ * modules' figures are their own metrics; this one holds only what needs a
+ * map by name and latency histograms.
  *
  * Entries live in two fixed open-addressing maps (methods, tables) of
  * pointers published with a release store and never removed, so the call
@@ -25,17 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engram/v1/engram.pb-c.h"
 #include "grpc_util.h"
-#include "hooks.h"
 #include "log.h"
+#include "metric.h"
 #include "methods.h"
 #include "status.h"
-
-/* jemalloc's control interface; weak so a sanitizer build (no jemalloc)
- * links and reports 0. */
-int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen)
-    __attribute__((weak));
 
 #define STATS_MAX_ENTRIES 768
 #define MAP_SLOTS 1024                 /* power of two, > STATS_MAX_ENTRIES */
@@ -84,8 +78,6 @@ typedef struct emap {
 
 static struct {
     int ready;
-    stats_options o;
-    uint64_t start_ns;
     emap methods, tables;
 } T = {.methods = {.what = "method", .mu = PTHREAD_MUTEX_INITIALIZER},
        .tables = {.what = "table", .mu = PTHREAD_MUTEX_INITIALIZER}};
@@ -246,7 +238,7 @@ void stats_lookup(const char *table, int code, uint64_t bytes,
 
 /* ---- reading -------------------------------------------------------------- */
 
-static void summarize(const uint64_t *n, uint64_t max_ns, stats_latency *out)
+static void summarize(const uint64_t *n, uint64_t max_ns, metric_summary *out)
 {
     static const double qs[4] = {0.5, 0.9, 0.99, 0.999};
     double *dst[4] = {&out->p50_ms, &out->p90_ms, &out->p99_ms, &out->p999_ms};
@@ -267,7 +259,7 @@ static void summarize(const uint64_t *n, uint64_t max_ns, stats_latency *out)
     out->max_ms = (double)max_ns / 1e6;
 }
 
-static void read_window(entry *e, stats_latency *out)
+static void read_window(entry *e, metric_summary *out)
 {
     uint64_t n[LL_BUCKETS] = {0}, max = 0;
     uint64_t period = now_ns() / WINDOW_PERIOD_NS;
@@ -284,7 +276,19 @@ static void read_window(entry *e, stats_latency *out)
     summarize(n, max, out);
 }
 
-static void entry_view(entry *e, stats_entry_view *v)
+/* A consistent-enough copy of one entry: each number is read atomically,
+ * the whole is not one instant. hist.count is the sum of its buckets, so a
+ * rendered histogram always adds up. */
+typedef struct entry_view {
+    const char *name;                  /* method path or table name */
+    uint64_t codes[STATS_CODES];       /* calls by final code */
+    uint64_t calls, rows, bytes;
+    uint64_t tier_rows[STATS_TIERS];
+    uint64_t buckets[STATS_PROM_BUCKETS + 1];   /* last: +Inf */
+    metric_histogram hist;
+} entry_view;
+
+static void entry_read(entry *e, entry_view *v)
 {
     memset(v, 0, sizeof *v);
     v->name = e->name;
@@ -296,11 +300,14 @@ static void entry_view(entry *e, stats_entry_view *v)
     uint64_t total[LL_BUCKETS];
     for (size_t i = 0; i < LL_BUCKETS; i++)
         total[i] = __atomic_load_n(&e->total[i], __ATOMIC_RELAXED);
-    summarize(total, __atomic_load_n(&e->max, __ATOMIC_RELAXED), &v->total);
-    read_window(e, &v->window);
+    summarize(total, __atomic_load_n(&e->max, __ATOMIC_RELAXED), &v->hist.total);
+    read_window(e, &v->hist.window);
+    v->hist.nle = STATS_PROM_BUCKETS;
+    v->hist.le = stats_prom_le;
+    v->hist.buckets = v->buckets;
     for (int b = 0; b <= STATS_PROM_BUCKETS; b++)
-        v->prom_count += v->prom_buckets[b] = __atomic_load_n(&e->prom[b], __ATOMIC_RELAXED);
-    v->prom_sum_s = (double)__atomic_load_n(&e->sum_ns, __ATOMIC_RELAXED) / 1e9;
+        v->hist.count += v->buckets[b] = __atomic_load_n(&e->prom[b], __ATOMIC_RELAXED);
+    v->hist.sum = (double)__atomic_load_n(&e->sum_ns, __ATOMIC_RELAXED) / 1e9;
 }
 
 static int by_name(const void *a, const void *b)
@@ -308,7 +315,10 @@ static int by_name(const void *a, const void *b)
     return strcmp((*(entry *const *)a)->name, (*(entry *const *)b)->name);
 }
 
-static void map_each(emap *m, stats_entry_fn fn, void *ctx)
+/* Calls fn for every entry of m, sorted by name. */
+static void map_each(emap *m, void (*fn)(const entry_view *v, const metric_family *f,
+                                         metric_sink *s),
+                     const metric_family *f, metric_sink *s)
 {
     entry *list[MAP_SLOTS];
     size_t n = 0;
@@ -316,316 +326,148 @@ static void map_each(emap *m, stats_entry_fn fn, void *ctx)
         if ((list[n] = __atomic_load_n(&m->slot[i], __ATOMIC_ACQUIRE)) != NULL)
             n++;
     qsort(list, n, sizeof list[0], by_name);
-    stats_entry_view *v = malloc(sizeof *v);
+    entry_view *v = malloc(sizeof *v);
     for (size_t i = 0; v && i < n; i++) {
-        entry_view(list[i], v);
-        fn(v, ctx);
+        entry_read(list[i], v);
+        fn(v, f, s);
     }
     free(v);
 }
 
-void stats_each_rpc(stats_entry_fn fn, void *ctx)
+/* ---- the families ------------------------------------------------------------
+ *
+ * Each entry's figures, as labeled families of the metrics registry; Stats
+ * paths put the same numbers into StatsResponse's rpcs and tables. The
+ * Lookup method's rows and bytes are those of every table's lookups (the
+ * table families add them in). */
+
+static const char *const tier_names[STATS_TIERS] = {"resident", "hot", "rocksdb"};
+
+static void emit(metric_sink *s, const metric_family *f, const char *key, const char *name,
+                 const char *k2, const char *v2, uint64_t value, const metric_histogram *h)
 {
-    map_each(&T.methods, fn, ctx);
+    metric_label l[2] = {{key, name}, {k2, v2}};
+    metric_sample x = {.labels = l, .nlabels = k2 ? 2 : 1, .value = value, .hist = h};
+    s->sample(s, f, &x);
 }
 
-void stats_each_table(stats_entry_fn fn, void *ctx)
+/* Every non-zero code (OK included when ok is set), as label `code`. */
+static void emit_codes(const entry_view *v, const metric_family *f, metric_sink *s,
+                       const char *key, int ok)
 {
-    map_each(&T.tables, fn, ctx);
+    for (int c = ok ? 0 : 1; c < STATS_CODES; c++)
+        if (v->codes[c])
+            emit(s, f, key, v->name, "code", es_code_name(c), v->codes[c], NULL);
 }
 
-static uint64_t mallctl_u64(const char *name)
+static void rpc_calls(const entry_view *v, const metric_family *f, metric_sink *s)
 {
-    size_t v = 0, len = sizeof v;
-    return mallctl(name, &v, &len, NULL, 0) == 0 ? (uint64_t)v : 0;
+    emit_codes(v, f, s, "method", 1);
 }
 
-/* jemalloc's figures are a snapshot taken at the last "epoch" write. */
-static void read_memory(stats_process *out)
+static void rpc_latency(const entry_view *v, const metric_family *f, metric_sink *s)
 {
-    if (!mallctl)
-        return;
-    uint64_t epoch = 1;
-    size_t len = sizeof epoch;
-    mallctl("epoch", &epoch, &len, &epoch, len);
-    out->mem_allocated = mallctl_u64("stats.allocated");
-    out->mem_resident = mallctl_u64("stats.resident");
-    out->mem_mapped = mallctl_u64("stats.mapped");
+    emit(s, f, "method", v->name, NULL, NULL, 0, &v->hist);
 }
 
-void stats_process_read(stats_process *out)
+static void table_calls(const entry_view *v, const metric_family *f, metric_sink *s)
 {
-    memset(out, 0, sizeof *out);
-    out->uptime_ms = (now_ns() - T.start_ns) / 1000000;
-    if (T.o.server_metrics)
-        out->in_flight = __atomic_load_n(&T.o.server_metrics->calls_in_flight, __ATOMIC_RELAXED);
-    out->draining = T.o.draining ? T.o.draining() != 0 : 0;
-    out->health_watchers = T.o.health_watchers ? (uint64_t)T.o.health_watchers() : 0;
-    out->shard_count = 1;
-    if (T.o.store) {
-        store_shard(T.o.store, &out->shard_count, &out->shard_index);
-        store_rocksdb_stats_read(T.o.store, &out->rocksdb);
-        store_hot_stats_read(T.o.store, &out->hot);
+    emit(s, f, "table", v->name, NULL, NULL, v->calls, NULL);
+}
+
+static void table_rows(const entry_view *v, const metric_family *f, metric_sink *s)
+{
+    emit(s, f, "table", v->name, NULL, NULL, v->rows, NULL);
+}
+
+static void table_bytes(const entry_view *v, const metric_family *f, metric_sink *s)
+{
+    emit(s, f, "table", v->name, NULL, NULL, v->bytes, NULL);
+}
+
+static void table_errors(const entry_view *v, const metric_family *f, metric_sink *s)
+{
+    emit_codes(v, f, s, "table", 0);
+}
+
+static void table_tiers(const entry_view *v, const metric_family *f, metric_sink *s)
+{
+    for (int t = 0; t < STATS_TIERS; t++)
+        emit(s, f, "table", v->name, "tier", tier_names[t], v->tier_rows[t], NULL);
+}
+
+static void table_latency(const entry_view *v, const metric_family *f, metric_sink *s)
+{
+    emit(s, f, "table", v->name, NULL, NULL, 0, &v->hist);
+}
+
+#define COLLECTOR(fn, map)                                                   \
+    static void collect_##fn(const metric_family *f, metric_sink *s)        \
+    {                                                                        \
+        map_each(&T.map, fn, f, s);                                          \
     }
-    read_memory(out);
-    if (T.o.store_metrics) {
-        const resident_metrics *r = &T.o.store_metrics->resident;
-        out->resident_tier_bytes = __atomic_load_n(&r->used_bytes, __ATOMIC_RELAXED);
-        out->resident_tier_budget = r->budget_bytes;
+COLLECTOR(rpc_calls, methods)
+COLLECTOR(rpc_latency, methods)
+COLLECTOR(table_calls, tables)
+COLLECTOR(table_rows, tables)
+COLLECTOR(table_bytes, tables)
+COLLECTOR(table_errors, tables)
+COLLECTOR(table_tiers, tables)
+COLLECTOR(table_latency, tables)
+
+#define LOOKUP_RPC "rpcs[method=" METHOD_LOOKUP "]"
+static const metric_family families[] = {
+    {"engram_calls_total", METRIC_COUNTER, "gRPC calls finished, by method and status code.",
+     {"rpcs[method=$method].calls", "rpcs[method=$method].errors[code=$code!=OK].count"},
+     0, collect_rpc_calls},
+    {"engram_call_duration_seconds", METRIC_HISTOGRAM,
+     "gRPC call latency from arrival to final status, by method.",
+     {"rpcs[method=$method]"}, 0, collect_rpc_latency},
+    {"engram_lookup_calls_total", METRIC_COUNTER, "Lookup calls of a known table.",
+     {"tables[table=$table].calls"}, 0, collect_table_calls},
+    {"engram_lookup_rows_total", METRIC_COUNTER, "Rows returned by lookups.",
+     {"tables[table=$table].rows", LOOKUP_RPC ".rows"}, 0, collect_table_rows},
+    {"engram_lookup_bytes_total", METRIC_COUNTER, "Row bytes returned by lookups.",
+     {"tables[table=$table].bytes", LOOKUP_RPC ".bytes"}, 0, collect_table_bytes},
+    {"engram_lookup_errors_total", METRIC_COUNTER,
+     "Failed lookups of a known table, by status code.",
+     {"tables[table=$table].errors[code=$code].count"}, 0, collect_table_errors},
+    {"engram_tier_rows_total", METRIC_COUNTER,
+     "Rows served by each tier: resident arrays, the hot-row cache, RocksDB.",
+     {"tables[table=$table].rows_$tier"}, 0, collect_table_tiers},
+    {"engram_lookup_duration_seconds", METRIC_HISTOGRAM,
+     "Lookup latency from arrival to the reply being ready, by table.",
+     {"tables[table=$table]"}, 0, collect_table_latency},
+};
+#define NFAMILIES (sizeof families / sizeof families[0])
+
+uint64_t stats_lookups(void)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < MAP_SLOTS; i++) {
+        entry *e = __atomic_load_n(&T.tables.slot[i], __ATOMIC_ACQUIRE);
+        for (int c = 0; e && c < STATS_CODES; c++)
+            n += __atomic_load_n(&e->codes[c], __ATOMIC_RELAXED);
     }
-    for (int c = 1; c < STATS_CODES; c++)
-        out->refusals[c] = hooks_refusals(c);
-    for (int r = 0; r < REFUSAL_REASONS; r++)
-        out->refusals_by_reason[r] = hooks_refusals_by_reason((refusal_reason)r);
+    return n;
 }
 
 /* ---- setup ---------------------------------------------------------------- */
 
-void stats_setup(const stats_options *opts)
+void stats_setup(void)
 {
-    T.o = *opts;
-    T.start_ns = now_ns();
+    for (size_t i = 0; i < NFAMILIES; i++)
+        metric_register_family(&families[i]);
     __atomic_store_n(&T.ready, 1, __ATOMIC_RELEASE);
 }
 
-/* After the server is torn down: no call records any more. */
+/* After the server is torn down: no call records any more. Deregistering
+ * waits for a reader, so the entries are never freed under one. */
 void stats_teardown(void)
 {
     __atomic_store_n(&T.ready, 0, __ATOMIC_RELEASE);
+    for (size_t i = 0; i < NFAMILIES; i++)
+        metric_deregister(&families[i]);
     map_clear(&T.methods);
     map_clear(&T.tables);
-    memset(&T.o, 0, sizeof T.o);
-}
-
-/* ---- Admin.Stats ---------------------------------------------------------- */
-
-/* Everything a StatsResponse points into, freed in one place after packing. */
-typedef struct reply_buf {
-    Engram__V1__StatsResponse r;
-    Engram__V1__RocksdbStats rocks;
-    Engram__V1__MemoryStats mem;
-    Engram__V1__HotCacheStats hot;
-    Engram__V1__RpcStats **rpcs;
-    Engram__V1__TableStats **tables;
-    Engram__V1__RefusalCount reasons[REFUSAL_REASONS];
-    Engram__V1__RefusalCount *reason_ptrs[REFUSAL_REASONS];
-    size_t cap_rpcs, cap_tables;
-    int oom;
-} reply_buf;
-
-/* StatusCounts of the non-zero codes 1..16 of codes[], in one allocation. */
-static Engram__V1__StatusCount **status_counts(const uint64_t *codes, size_t *n)
-{
-    size_t k = 0;
-    for (int c = 1; c < STATS_CODES; c++)
-        k += codes[c] != 0;
-    *n = k;
-    if (!k)
-        return NULL;
-    Engram__V1__StatusCount **p = malloc(k * (sizeof *p + sizeof **p));
-    if (!p) {
-        *n = 0;
-        return NULL;
-    }
-    Engram__V1__StatusCount *v = (Engram__V1__StatusCount *)(p + k);
-    for (int c = 1, i = 0; c < STATS_CODES; c++) {
-        if (!codes[c])
-            continue;
-        engram__v1__status_count__init(&v[i]);
-        v[i].code = (char *)es_code_name(c);
-        v[i].count = codes[c];
-        p[i] = &v[i];
-        i++;
-    }
-    return p;
-}
-
-static Engram__V1__LatencySummary *latency_msg(const stats_latency *l)
-{
-    Engram__V1__LatencySummary *m = malloc(sizeof *m);
-    if (!m)
-        return NULL;
-    engram__v1__latency_summary__init(m);
-    m->count = l->count;
-    m->p50_ms = l->p50_ms;
-    m->p90_ms = l->p90_ms;
-    m->p99_ms = l->p99_ms;
-    m->p999_ms = l->p999_ms;
-    m->max_ms = l->max_ms;
-    return m;
-}
-
-static int grow(void ***arr, size_t n, size_t *cap)
-{
-    if (n < *cap)
-        return 0;
-    size_t nc = *cap ? *cap * 2 : 16;
-    void **p = realloc(*arr, nc * sizeof *p);
-    if (!p)
-        return -1;
-    *arr = p;
-    *cap = nc;
-    return 0;
-}
-
-static void add_rpc(const stats_entry_view *v, void *ctx)
-{
-    reply_buf *b = ctx;
-    Engram__V1__RpcStats *m = calloc(1, sizeof *m);
-    if (!m || grow((void ***)&b->rpcs, b->r.n_rpcs, &b->cap_rpcs) < 0) {
-        free(m);
-        b->oom = 1;
-        return;
-    }
-    engram__v1__rpc_stats__init(m);
-    m->method = strdup(v->name);
-    m->calls = v->calls;
-    m->errors = status_counts(v->codes, &m->n_errors);
-    m->window = latency_msg(&v->window);
-    m->total = latency_msg(&v->total);
-    b->rpcs[b->r.n_rpcs++] = m;
-}
-
-static void add_table(const stats_entry_view *v, void *ctx)
-{
-    reply_buf *b = ctx;
-    Engram__V1__TableStats *m = calloc(1, sizeof *m);
-    if (!m || grow((void ***)&b->tables, b->r.n_tables, &b->cap_tables) < 0) {
-        free(m);
-        b->oom = 1;
-        return;
-    }
-    engram__v1__table_stats__init(m);
-    m->table = strdup(v->name);
-    m->calls = v->calls;
-    m->rows = v->rows;
-    m->bytes = v->bytes;
-    m->errors = status_counts(v->codes, &m->n_errors);
-    m->rows_resident = v->tier_rows[STATS_TIER_RESIDENT];
-    m->rows_hot = v->tier_rows[STATS_TIER_HOT];
-    m->rows_rocksdb = v->tier_rows[STATS_TIER_ROCKSDB];
-    m->window = latency_msg(&v->window);
-    m->total = latency_msg(&v->total);
-    b->tables[b->r.n_tables++] = m;
-}
-
-/* The Lookup method's rows and bytes are those of every table's lookups. */
-static void lookup_totals(reply_buf *b)
-{
-    for (size_t i = 0; i < b->r.n_rpcs; i++) {
-        if (strcmp(b->rpcs[i]->method, METHOD_LOOKUP) != 0)
-            continue;
-        for (size_t t = 0; t < b->r.n_tables; t++) {
-            b->rpcs[i]->rows += b->tables[t]->rows;
-            b->rpcs[i]->bytes += b->tables[t]->bytes;
-        }
-    }
-}
-
-static void fill_hot(Engram__V1__HotCacheStats *m, const store_hot_stats *h)
-{
-    engram__v1__hot_cache_stats__init(m);
-    m->budget_bytes = h->budget_bytes;
-    m->row_bytes = h->row_bytes;
-    m->capacity_rows = h->capacity_rows;
-    m->rows_held = h->rows_held;
-    m->hits = h->counters.hits;
-    m->misses = h->counters.misses;
-    m->inserts = h->counters.inserts;
-    m->evictions = h->counters.evictions;
-    m->promotions = h->counters.promotions;
-    m->ghost_hits = h->counters.ghost_hits;
-}
-
-static void fill_process(reply_buf *b, const stats_process *p)
-{
-    Engram__V1__StatsResponse *r = &b->r;
-    r->uptime_ms = p->uptime_ms;
-    r->build_version = (char *)ENGRAM_VERSION;
-    r->in_flight = p->in_flight;
-    r->draining = p->draining;
-    r->shard_index = p->shard_index;
-    r->shard_count = p->shard_count;
-    engram__v1__rocksdb_stats__init(&b->rocks);
-    b->rocks.block_cache_usage = p->rocksdb.block_cache_usage;
-    b->rocks.block_cache_capacity = p->rocksdb.block_cache_capacity;
-    b->rocks.block_cache_hits = p->rocksdb.block_cache_hits;
-    b->rocks.block_cache_misses = p->rocksdb.block_cache_misses;
-    b->rocks.bytes_read = p->rocksdb.bytes_read;
-    b->rocks.get_calls = p->rocksdb.get_calls;
-    b->rocks.multiget_calls = p->rocksdb.multiget_calls;
-    r->rocksdb = &b->rocks;
-    engram__v1__memory_stats__init(&b->mem);
-    b->mem.allocated = p->mem_allocated;
-    b->mem.resident = p->mem_resident;
-    b->mem.mapped = p->mem_mapped;
-    b->mem.resident_tier_bytes = p->resident_tier_bytes;
-    b->mem.resident_tier_budget = p->resident_tier_budget;
-    r->memory = &b->mem;
-    fill_hot(&b->hot, &p->hot);
-    r->hot_cache = &b->hot;
-    Engram__V1__StatusCount **refusals = status_counts(p->refusals, &r->n_refusals);
-    r->refusals = refusals;
-    for (int i = 0; i < REFUSAL_REASONS; i++) {
-        engram__v1__refusal_count__init(&b->reasons[i]);
-        b->reasons[i].reason = (char *)hooks_refusal_name((refusal_reason)i);
-        b->reasons[i].code = (char *)es_code_name(hooks_refusal_code((refusal_reason)i));
-        b->reasons[i].count = p->refusals_by_reason[i];
-        b->reason_ptrs[i] = &b->reasons[i];
-    }
-    r->n_refusals_by_reason = REFUSAL_REASONS;
-    r->refusals_by_reason = b->reason_ptrs;
-}
-
-static void reply_free(reply_buf *b)
-{
-    for (size_t i = 0; i < b->r.n_rpcs; i++) {
-        free(b->rpcs[i]->method);
-        free(b->rpcs[i]->errors);
-        free(b->rpcs[i]->window);
-        free(b->rpcs[i]->total);
-        free(b->rpcs[i]);
-    }
-    for (size_t i = 0; i < b->r.n_tables; i++) {
-        free(b->tables[i]->table);
-        free(b->tables[i]->errors);
-        free(b->tables[i]->window);
-        free(b->tables[i]->total);
-        free(b->tables[i]);
-    }
-    free(b->rpcs);
-    free(b->tables);
-    free(b->r.refusals);
-}
-
-int stats_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
-                 char *msg, size_t msglen)
-{
-    char why[160] = "no message";
-    ProtobufCMessage *rq = pb_unpack(&engram__v1__stats_request__descriptor, req, why, sizeof why);
-    if (!rq) {
-        snprintf(msg, msglen, "malformed StatsRequest: %s", why);
-        return ES_INVALID_ARGUMENT;
-    }
-    protobuf_c_message_free_unpacked(rq, NULL);
-    reply_buf b;
-    memset(&b, 0, sizeof b);
-    engram__v1__stats_response__init(&b.r);
-    stats_process p;
-    stats_process_read(&p);
-    fill_process(&b, &p);
-    stats_each_rpc(add_rpc, &b);
-    stats_each_table(add_table, &b);
-    lookup_totals(&b);
-    b.r.rpcs = b.rpcs;
-    b.r.tables = b.tables;
-    int code = ES_OK;
-    if (b.oom) {
-        snprintf(msg, msglen, "out of memory while building the StatsResponse");
-        code = ES_RESOURCE_EXHAUSTED;
-    } else {
-        *reply = pb_to_byte_buffer(&b.r.base);
-    }
-    reply_free(&b);
-    return code;
 }

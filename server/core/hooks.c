@@ -2,6 +2,10 @@
  * hooks.h), and the refusal counters. Fixed arrays: the set is decided at
  * start-up and read-only afterwards, so the call path takes no lock.
  *
+ * A refusal is counted once, by reason. Stats' `refusals` (admission
+ * refusals by status code) is a view of the admission reasons' counts,
+ * each of which has its own code, not a second counter.
+ *
  * An admission refusal's reason is read from its status code: each check
  * answers with its own code (security.c: UNAUTHENTICATED, PERMISSION_DENIED,
  * RESOURCE_EXHAUSTED for --max-calls; drain.c: UNAVAILABLE), so the code
@@ -18,6 +22,7 @@
 
 #include <stdint.h>
 
+#include "metric.h"
 #include "status.h"
 
 #define MAX_HOOKS 8
@@ -26,7 +31,6 @@
 static admit_fn admits[MAX_HOOKS];
 static done_fn dones[MAX_HOOKS];
 static int nadmits, ndones;
-static uint64_t refused[17];
 static uint64_t by_reason[REFUSAL_REASONS];
 static server_call *marked[MARK_SLOTS];
 
@@ -62,36 +66,14 @@ void hooks_add_done(done_fn fn)
         dones[ndones++] = fn;
 }
 
-void hooks_reset(void)
-{
-    nadmits = ndones = 0;
-}
-
 void hooks_refused(refusal_reason r)
 {
     if ((unsigned)r < REFUSAL_REASONS)
         __atomic_add_fetch(&by_reason[r], 1, __ATOMIC_RELAXED);
 }
 
-uint64_t hooks_refusals_by_reason(refusal_reason r)
-{
-    return (unsigned)r < REFUSAL_REASONS ? __atomic_load_n(&by_reason[r], __ATOMIC_RELAXED) : 0;
-}
-
-const char *hooks_refusal_name(refusal_reason r)
-{
-    return (unsigned)r < REFUSAL_REASONS ? reasons[r].name : "?";
-}
-
-int hooks_refusal_code(refusal_reason r)
-{
-    return (unsigned)r < REFUSAL_REASONS ? reasons[r].code : ES_UNKNOWN;
-}
-
 static void count_admission(int code)
 {
-    if (code > 0 && code < 17)
-        __atomic_add_fetch(&refused[code], 1, __ATOMIC_RELAXED);
     for (size_t i = 0; i < sizeof admission_reasons / sizeof admission_reasons[0]; i++)
         if (reasons[admission_reasons[i]].code == code) {
             hooks_refused(admission_reasons[i]);
@@ -156,13 +138,58 @@ static void done_all(server_call *c, const method_def *m, int code, uint64_t dur
         dones[i](c, m, code, duration_ns);
 }
 
-uint64_t hooks_refusals(int code)
-{
-    return code > 0 && code < 17 ? __atomic_load_n(&refused[code], __ATOMIC_RELAXED) : 0;
-}
-
 const server_hooks *hooks_get(void)
 {
     static const server_hooks h = {admit_all, done_all};
     return &h;
+}
+
+/* ---- metrics ------------------------------------------------------------------ */
+
+/* Every reason, 0 included, so a dashboard sees the series before the
+ * first refusal. */
+static void collect_reasons(const metric_family *f, metric_sink *s)
+{
+    for (int r = 0; r < REFUSAL_REASONS; r++) {
+        metric_label l[2] = {{"reason", reasons[r].name}, {"code", es_code_name(reasons[r].code)}};
+        metric_sample x = {.labels = l, .nlabels = 2,
+                           .value = __atomic_load_n(&by_reason[r], __ATOMIC_RELAXED)};
+        s->sample(s, f, &x);
+    }
+}
+
+/* The admission reasons by code, in code order (Stats only). */
+static void collect_admission(const metric_family *f, metric_sink *s)
+{
+    for (int code = 1; code < 17; code++)
+        for (size_t i = 0; i < sizeof admission_reasons / sizeof admission_reasons[0]; i++) {
+            refusal_reason r = admission_reasons[i];
+            if (reasons[r].code != code)
+                continue;
+            metric_label l = {"code", es_code_name(code)};
+            metric_sample x = {.labels = &l, .nlabels = 1,
+                               .value = __atomic_load_n(&by_reason[r], __ATOMIC_RELAXED)};
+            s->sample(s, f, &x);
+        }
+}
+
+static const metric_family refusal_families[] = {
+    {"engram_refusals_total", METRIC_COUNTER,
+     "Calls refused, by reason and the status they got (every reason, 0 included).",
+     {"refusals_by_reason[reason=$reason].count"}, 0, collect_reasons},
+    {NULL, METRIC_COUNTER, "Calls refused at admission, by status code.",
+     {"?refusals[code=$code].count"}, 0, collect_admission},
+};
+
+void hooks_setup(void)
+{
+    for (size_t i = 0; i < sizeof refusal_families / sizeof refusal_families[0]; i++)
+        metric_register_family(&refusal_families[i]);
+}
+
+void hooks_teardown(void)
+{
+    for (size_t i = 0; i < sizeof refusal_families / sizeof refusal_families[0]; i++)
+        metric_deregister(&refusal_families[i]);
+    nadmits = ndones = 0;
 }

@@ -6,10 +6,10 @@
  * order and the first refusal answers the call, so the cheapest and most
  * fundamental checks (authentication) go first.
  *
- * Refusals are also counted here by reason, for Stats and /metrics: the
- * admission ones by hooks_admit itself, the others (--max-rows,
- * --max-import-bytes, the reply caps) by the module that refuses, through
- * hooks_refused. */
+ * Refusals are also counted here, once each, by reason: the admission ones
+ * by hooks_admit itself, the others (--max-rows, --max-import-bytes, the
+ * reply caps) by the module that refuses, through hooks_refused. The
+ * counts are the registry's engram_refusals_total family (hooks_setup). */
 #ifndef ENGRAM_SERVER_HOOKS_H
 #define ENGRAM_SERVER_HOOKS_H
 
@@ -21,10 +21,11 @@ typedef void (*done_fn)(server_call *c, const method_def *m, int code, uint64_t 
 /* Registration happens before server_setup, from one thread. */
 void hooks_add_admit(admit_fn fn);
 void hooks_add_done(done_fn fn);
-void hooks_reset(void);
 
-/* Calls refused at admission, by status code (counted here, for Stats). */
-uint64_t hooks_refusals(int code);
+/* Registers the refusal counts with the metrics registry; teardown
+ * deregisters them and forgets every hook. */
+void hooks_setup(void);
+void hooks_teardown(void);
 
 /* Why a call was refused, each with the one status such a call gets.
  * --max-calls-per-conn has no reason: it is HTTP/2's
@@ -50,11 +51,6 @@ typedef enum refusal_reason {
 
 /* Counts one refusal. Thread-safe (a relaxed atomic add). */
 void hooks_refused(refusal_reason r);
-uint64_t hooks_refusals_by_reason(refusal_reason r);
-/* "max_rows", ...: the label Stats and /metrics show. */
-const char *hooks_refusal_name(refusal_reason r);
-/* The status code a call refused for r gets. */
-int hooks_refusal_code(refusal_reason r);
 
 /* The server_hooks to pass to server_setup. */
 const server_hooks *hooks_get(void);

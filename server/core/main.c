@@ -24,10 +24,12 @@
 #include "manifests.h"
 #include "methods.h"
 #include "metrics_http.h"
+#include "procinfo.h"
 #include "reply_budget.h"
 #include "security.h"
 #include "server.h"
 #include "stats.h"
+#include "stats_reply.h"
 #include "store.h"
 #include "verify.h"
 #include "warm.h"
@@ -474,6 +476,8 @@ int main(int argc, char **argv)
      * token exits 2 here. It also registers the first admission hooks
      * (auth, then limits): hooks run in registration order, so this stays
      * above every other module's setup, drain's in particular. */
+    procinfo_setup();
+    hooks_setup();
     static server_metrics svm;
     char serr[600];
     if (security_setup(&o.sec, &svm, serr, sizeof serr)) {
@@ -503,13 +507,11 @@ int main(int argc, char **argv)
         cluster_free(cl);
         return held.count ? 2 : 1;
     }
-    static lookup_metrics lm;
     static import_metrics im;
-    static reply_budget_metrics rbm;
     reply_budget_options rbo = {o.max_reply_bytes, o.max_reply_bytes_per_conn};
-    reply_budget_setup(&rbo, &rbm);
+    reply_budget_setup(&rbo);
     lookup_options lo = {o.max_rows, o.max_message};
-    lookup_setup(st, &lo, &lm);
+    lookup_setup(st, &lo);
     admin_setup(st, cluster_json);
     manifests_setup(st, o.max_manifest_bytes);
     import_options io = {(uint32_t)(o.max_message / 2 < (1u << 20) ? o.max_message / 2 : (1u << 20)),
@@ -517,7 +519,7 @@ int main(int argc, char **argv)
                          (uint32_t)o.max_imports};
     import_setup(st, &io, &im);
     health_setup();
-    drain_setup(&lm);            /* after security_setup: auth refuses first */
+    drain_setup();               /* after security_setup: auth refuses first */
     warm_setup(st);
     verify_setup(st);
 
@@ -555,8 +557,7 @@ int main(int argc, char **argv)
                             .admin_creds = o.admin_listen ? security_server_creds() : NULL};
     /* Stats count from the first call; a metrics address that cannot be
      * bound stops the start (exit 2) rather than leaving it unscraped. */
-    stats_options sto = {st, &sm, &svm, drain_is_draining, health_watchers};
-    stats_setup(&sto);
+    stats_setup();
     hooks_add_done(stats_done);
     char merr[512];
     int metrics_ok = !o.metrics_listen || metrics_http_setup(o.metrics_listen, merr, sizeof merr);
@@ -595,13 +596,17 @@ int main(int argc, char **argv)
     manifests_teardown();
     admin_teardown();
     metrics_http_teardown();
+    log_info("server_stopped", "lookups=%llu imports=%llu",
+             (unsigned long long)stats_lookups(),
+             (unsigned long long)METRIC_GET(&im, completed));
     stats_teardown();
+    health_teardown();
+    hooks_teardown();
     lookup_teardown();
     reply_budget_teardown();
     store_teardown(st);
+    procinfo_teardown();
     grpc_shutdown();
-    log_info("server_stopped", "lookups=%llu rows=%llu imports=%llu", (unsigned long long)lm.calls,
-             (unsigned long long)lm.rows, (unsigned long long)im.completed);
     free(cluster_json);
     free(bound_json);
     cluster_free(cl);

@@ -31,21 +31,36 @@ typedef struct conn {
 
 static struct {
     reply_budget_options o;
-    reply_budget_metrics *m;
-    reply_budget_metrics m_none;
     pthread_mutex_t lock;
-    uint64_t total;
+    uint64_t total;              /* the ledger; the metric copies it */
     conn *bucket[BUCKETS];
-} B = {.lock = PTHREAD_MUTEX_INITIALIZER, .m = &B.m_none};
+} B = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-void reply_budget_setup(const reply_budget_options *o, reply_budget_metrics *m)
+#define REPLY_BUDGET_METRIC(ACTION)                                              \
+    ACTION(held, METRIC_GAUGE, "engram_reply_bytes_held", NULL,                   \
+           "Reply bytes held for clients that have not read them yet (--max-reply-bytes caps them).")
+typedef struct reply_budget_metrics {
+    REPLY_BUDGET_METRIC(METRIC_DECLARE)
+} reply_budget_metrics;
+static reply_budget_metrics M = {REPLY_BUDGET_METRIC(METRIC_INIT)};
+
+static void refresh(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&B.lock);
+    METRIC_SET(&M, held, B.total);
+    pthread_mutex_unlock(&B.lock);
+}
+
+void reply_budget_setup(const reply_budget_options *o)
 {
     B.o = *o;
-    B.m = m ? m : &B.m_none;
+    metric_register((metric *)&M, METRIC_CARDINALITY(M), refresh, NULL);
 }
 
 void reply_budget_teardown(void)
 {
+    metric_deregister(&M);
     /* Every call is freed before teardown, so the table is empty; free any
      * entry all the same rather than leak it. */
     for (size_t i = 0; i < BUCKETS; i++)
@@ -85,7 +100,6 @@ static void release(server_call *c)
         free(e);
     }
     pthread_mutex_unlock(&B.lock);
-    __atomic_sub_fetch(&B.m->bytes_in_flight, c->charged_bytes, __ATOMIC_RELAXED);
     c->charge = NULL;
     c->charged_bytes = 0;
 }
@@ -147,8 +161,6 @@ int reply_budget_take(server_call *c, uint64_t bytes, char *msg, size_t msglen)
         }
     }
     pthread_mutex_unlock(&B.lock);
-    if (code == ES_OK)
-        __atomic_add_fetch(&B.m->bytes_in_flight, bytes, __ATOMIC_RELAXED);
     gpr_free(peer);
     return code;
 }

@@ -24,13 +24,10 @@ typedef struct reply_budget_options {
     uint64_t max_bytes_per_conn;   /* one connection; 0: no cap */
 } reply_budget_options;
 
-typedef struct reply_budget_metrics {
-    uint64_t bytes_in_flight;      /* charged and not yet released (gauge) */
-    /* Refusals are counted by reason in hooks.c (reply_bytes,
-     * reply_bytes_per_conn), with the others. */
-} reply_budget_metrics;
-
-void reply_budget_setup(const reply_budget_options *o, reply_budget_metrics *m);
+/* Registers engram_reply_bytes_held (the bytes charged and not yet
+ * released). Refusals are counted by reason in hooks.c (reply_bytes,
+ * reply_bytes_per_conn), with the others. */
+void reply_budget_setup(const reply_budget_options *o);
 void reply_budget_teardown(void);
 
 /* Charges `bytes` of reply to call c (once per call). ES_OK, or

@@ -28,6 +28,7 @@
 #include "hooks.h"
 #include "log.h"
 #include "methods.h"
+#include "metric.h"
 #include "status.h"
 #include "tls.h"
 
@@ -242,7 +243,7 @@ static int limits_admit(server_call *c, const method_def *m, char *msg, size_t m
 {
     if (!S.max_calls || strncmp(m->path, METHOD_HEALTH_PREFIX, sizeof METHOD_HEALTH_PREFIX - 1) == 0)
         return ES_OK;
-    uint64_t others = __atomic_load_n(&S.m->calls_in_flight, __ATOMIC_RELAXED) - 1;
+    uint64_t others = METRIC_GET(S.m, calls_in_flight) - 1;
     if (others < S.max_calls)
         return ES_OK;
     snprintf(msg, msglen, "%llu calls in flight; the limit is %llu (--max-calls)",
@@ -342,6 +343,8 @@ static void reset(void)
     S.mu = mu;
 }
 
+static void metrics_register(void);
+
 int security_setup(const security_options *o, const server_metrics *m, char *err, size_t errlen)
 {
     reset();
@@ -349,6 +352,7 @@ int security_setup(const security_options *o, const server_metrics *m, char *err
     S.m = m;
     S.max_calls = o->max_calls;
     S.default_deadline_ms = o->default_deadline_ms;
+    metrics_register();
     if (check_combination(o, err, errlen))
         return -1;
     tls_files *f = NULL;
@@ -476,21 +480,55 @@ int security_reload(const char *trigger)
     return 0;
 }
 
-void security_reload_counts(uint64_t *ok, uint64_t *failed)
+/* ---- metrics ------------------------------------------------------------------
+ *
+ * Reloads by result and the certificate's expiry, for alerts on both: a
+ * rotation that keeps failing, or a certificate about to run out. */
+
+static void collect_reloads(const metric_family *f, metric_sink *s)
 {
-    *ok = __atomic_load_n(&S.reloads[0], __ATOMIC_RELAXED);
-    *failed = __atomic_load_n(&S.reloads[1], __ATOMIC_RELAXED);
+    static const char *const results[2] = {"ok", "failed"};
+    for (int i = 0; i < 2; i++) {
+        metric_label l = {"result", results[i]};
+        metric_sample x = {.labels = &l, .nlabels = 1,
+                           .value = __atomic_load_n(&S.reloads[i], __ATOMIC_RELAXED)};
+        s->sample(s, f, &x);
+    }
 }
 
-int64_t security_cert_not_after(void)
+/* Registered only with TLS: an expiry of 0 would look like an expired
+ * certificate. */
+static void collect_not_after(const metric_family *f, metric_sink *s)
 {
     int64_t t;
     tls_cert_info(NULL, 0, &t);
-    return t;
+    if (t) {
+        metric_sample x = {.value = (uint64_t)t};
+        s->sample(s, f, &x);
+    }
+}
+
+static const metric_family reloads_family = {
+    "engram_reloads_total", METRIC_COUNTER,
+    "SIGHUP reloads of the TLS and token files, by result.", {NULL}, 0, collect_reloads};
+static const metric_family not_after_family = {
+    "engram_tls_cert_not_after_seconds", METRIC_GAUGE,
+    "When the serving TLS certificate expires (Unix time).", {NULL}, 0, collect_not_after};
+
+/* Once, however often setup runs (tests set up again without teardown). */
+static void metrics_register(void)
+{
+    metric_deregister(&reloads_family);
+    metric_deregister(&not_after_family);
+    metric_register_family(&reloads_family);
+    if (S.o.tls_cert)
+        metric_register_family(&not_after_family);
 }
 
 void security_teardown(void)
 {
+    metric_deregister(&reloads_family);
+    metric_deregister(&not_after_family);
     reset();
     tls_teardown();
 }

@@ -78,12 +78,6 @@ int security_reload(const char *trigger);
  * files change again. Main thread only. */
 void security_reload_if_changed(void);
 
-/* Reloads done and refused so far (for /metrics). Any thread. */
-void security_reload_counts(uint64_t *ok, uint64_t *failed);
-
-/* The serving certificate's notAfter in Unix seconds; 0 without TLS. */
-int64_t security_cert_not_after(void);
-
 /* After the servers are destroyed (gRPC may fetch certificates until then). */
 void security_teardown(void);
 

@@ -109,8 +109,7 @@ static void call_free(server_call *c)
     grpc_metadata_array_destroy(&c->md);
     if (c->call) {
         grpc_call_unref(c->call);
-        __atomic_sub_fetch(&S.m->calls_in_flight, 1, __ATOMIC_RELAXED);
-        __atomic_add_fetch(&S.m->calls_finished, 1, __ATOMIC_RELAXED);
+        METRIC_SUB(S.m, calls_in_flight, 1);
     }
     free(c);
 }
@@ -193,8 +192,7 @@ static void on_generic_call(server_call *c, int ok)
         call_free(c);
         return;
     }
-    __atomic_add_fetch(&S.m->calls_in_flight, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&S.m->calls_started, 1, __ATOMIC_RELAXED);
+    METRIC_INCR(S.m, calls_in_flight);
     c->start_ns = now_ns();
     c->holds = 1;                /* call_finish's */
     const grpc_call_details *d = c->state;
@@ -232,8 +230,7 @@ static void on_new_call(server_call *c, int ok)
         call_free(c);
         return;
     }
-    __atomic_add_fetch(&S.m->calls_in_flight, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&S.m->calls_started, 1, __ATOMIC_RELAXED);
+    METRIC_INCR(S.m, calls_in_flight);
     c->start_ns = now_ns();
     c->holds = 1;                /* call_finish's */
     c->step = NULL;
@@ -487,6 +484,11 @@ int server_setup(const server_options *o, const method_def *methods, size_t nmet
                  const server_hooks *hooks, server_metrics *metrics)
 {
     S.m = metrics ? metrics : &S.m_none;
+    if (metrics) {
+        /* Before the first call: nothing is in flight to lose. */
+        *metrics = (server_metrics){SERVER_METRIC(METRIC_INIT)};
+        metric_register((metric *)metrics, METRIC_CARDINALITY(*metrics), NULL, NULL);
+    }
     if (hooks)
         S.hooks = *hooks;
     S.nservers = o->admin_listen ? 2 : 1;
@@ -551,6 +553,7 @@ void server_teardown(int64_t grace_ms)
 {
     if (!S.server[0])
         return;
+    metric_deregister(S.m);
     pthread_mutex_lock(&S.arm_lock);
     S.stopping = 1;
     pthread_mutex_unlock(&S.arm_lock);
@@ -570,10 +573,10 @@ void server_teardown(int64_t grace_ms)
      * shut down under such a step aborts the process in grpc_cq_begin_op,
      * so the workers drain every call first. A call that some other thread
      * still holds past the bound is left to the exit, queues and all. */
-    for (int waited = 0; __atomic_load_n(&S.m->calls_in_flight, __ATOMIC_RELAXED) > 0; waited++) {
+    for (int waited = 0; METRIC_GET(S.m, calls_in_flight) > 0; waited++) {
         if (waited == 1000) {
             log_error("shutdown_calls_stuck", "calls=%llu waited_ms=10000",
-                      (unsigned long long)__atomic_load_n(&S.m->calls_in_flight, __ATOMIC_RELAXED));
+                      (unsigned long long)METRIC_GET(S.m, calls_in_flight));
             return;
         }
         if (waited == 0)             /* harmless for calls already ended */

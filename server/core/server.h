@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metric.h"
+
 typedef struct server_call server_call;
 typedef void (*call_step)(server_call *c, int ok);
 
@@ -99,14 +101,17 @@ typedef struct server_hooks {
     void (*done)(server_call *c, const method_def *m, int code, uint64_t duration_ns);
 } server_hooks;
 
+/* Calls in flight: security.c's --max-calls and teardown's wait read it. */
+#define SERVER_METRIC(ACTION)                                                  \
+    ACTION(calls_in_flight, METRIC_GAUGE, "engram_calls_in_flight", "in_flight", \
+           "gRPC calls being served now.")
 typedef struct server_metrics {
-    uint64_t calls_started;
-    uint64_t calls_finished;
-    uint64_t calls_in_flight;
+    SERVER_METRIC(METRIC_DECLARE)
 } server_metrics;
 
 /* Creates and starts the server; returns the bound port, or 0 on failure
- * (with a log line). */
+ * (with a log line). metrics (initialized with SERVER_METRIC(METRIC_INIT))
+ * is registered until server_teardown. */
 int server_setup(const server_options *opts, const method_def *methods,
                  size_t nmethods, const server_hooks *hooks, server_metrics *metrics);
 /* The admin listener's bound port (0 when there is none). */

@@ -30,8 +30,7 @@
 static struct {
     store *s;
     lookup_options o;
-    lookup_metrics *m;
-    lookup_metrics m_none;
+    uint64_t in_flight;          /* handlers running now, for Drain */
     uint32_t shards, shard;
     pthread_key_t scratch_key;
 } L;
@@ -72,11 +71,10 @@ typedef struct request {
     uint64_t version;
 } request;
 
-void lookup_setup(store *s, const lookup_options *opts, lookup_metrics *metrics)
+void lookup_setup(store *s, const lookup_options *opts)
 {
     L.s = s;
     L.o = *opts;
-    L.m = metrics ? metrics : &L.m_none;
     store_shard(s, &L.shards, &L.shard);
     pthread_key_create(&L.scratch_key, scratch_free);
 }
@@ -174,8 +172,6 @@ static int gather(const request *rq, table_version *tv,
     lookup_response_put_tail(p + head + data, tv->row_bytes, tv->version);
     *reply = grpc_raw_byte_buffer_create(&s, 1);
     grpc_slice_unref(s);
-    __atomic_add_fetch(&L.m->rows, rq->n_rows, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&L.m->bytes, data, __ATOMIC_RELAXED);
     return ES_OK;
 }
 
@@ -218,7 +214,7 @@ static int lookup_request(server_call *c, request *rq, grpc_byte_buffer **reply,
 
 uint64_t lookup_in_flight(void)
 {
-    return __atomic_load_n(&L.m->in_flight, __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&L.in_flight, __ATOMIC_ACQUIRE);
 }
 
 /* The request's bytes in one piece: the message's only slice when gRPC
@@ -283,8 +279,7 @@ static int request_parse(grpc_byte_buffer *req, scratch *sc, request *rq, char *
 int lookup_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **reply,
                   char *msg, size_t msglen)
 {
-    __atomic_add_fetch(&L.m->calls, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&L.m->in_flight, 1, __ATOMIC_ACQ_REL);
+    __atomic_add_fetch(&L.in_flight, 1, __ATOMIC_ACQ_REL);
     scratch *sc = scratch_get();
     request rq;
     int code;
@@ -302,8 +297,6 @@ int lookup_handle(server_call *c, grpc_byte_buffer *req, grpc_byte_buffer **repl
         sc->rows = NULL;
         sc->cap = 0;
     }
-    if (code != ES_OK)
-        __atomic_add_fetch(&L.m->errors, 1, __ATOMIC_RELAXED);
-    __atomic_sub_fetch(&L.m->in_flight, 1, __ATOMIC_ACQ_REL);
+    __atomic_sub_fetch(&L.in_flight, 1, __ATOMIC_ACQ_REL);
     return code;
 }

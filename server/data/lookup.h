@@ -11,15 +11,9 @@ typedef struct lookup_options {
     uint64_t max_message_bytes;  /* the reply must fit */
 } lookup_options;
 
-typedef struct lookup_metrics {
-    uint64_t calls;
-    uint64_t rows;
-    uint64_t bytes;
-    uint64_t errors;
-    uint64_t in_flight;          /* handlers running now */
-} lookup_metrics;
-
-void lookup_setup(store *s, const lookup_options *opts, lookup_metrics *metrics);
+/* Lookups are counted by stats.c (stats_lookup, per table, with the tier
+ * the store says served each row) and by the core's per-method figures. */
+void lookup_setup(store *s, const lookup_options *opts);
 void lookup_teardown(void);
 
 /* Lookups being served right now (for Drain). */

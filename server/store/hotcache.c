@@ -45,8 +45,7 @@ typedef struct segment {
 struct hotcache {
     uint32_t row_bytes;
     uint64_t capacity;
-    hotcache_metrics *m;
-    hotcache_metrics m_none;
+    hotcache_metrics *m;               /* NULL: not counted */
     segment seg[SEGMENTS];
 };
 
@@ -170,7 +169,7 @@ static uint32_t evict_small(segment *s, hotcache_metrics *m)
             s->freq[t] = 0;
             s->where[t] = IN_MAIN;
             ring_push(&s->main, t);
-            __atomic_add_fetch(&m->promotions, 1, __ATOMIC_RELAXED);
+            METRIC_INCR(m, promotions);
             if (s->main.count > s->nslots - s->small_cap)
                 return evict_main(s);
             continue;
@@ -187,7 +186,7 @@ static uint32_t take_slot(segment *s, hotcache_metrics *m)
 {
     if (s->nfree)
         return s->freelist[--s->nfree];
-    __atomic_add_fetch(&m->evictions, 1, __ATOMIC_RELAXED);
+    METRIC_INCR(m, evictions);
     if (s->small.count >= s->small_cap || !s->main.count)
         return evict_small(s, m);
     return evict_main(s);
@@ -276,7 +275,7 @@ hotcache *hotcache_create(uint64_t budget, uint32_t row_bytes, hotcache_metrics 
         return NULL;
     hotcache *c = calloc(1, sizeof *c);
     c->row_bytes = row_bytes;
-    c->m = metrics ? metrics : &c->m_none;
+    c->m = metrics;
     uint32_t per = (uint32_t)(slots / SEGMENTS);
     c->capacity = (uint64_t)per * SEGMENTS;
     for (int i = 0; i < SEGMENTS; i++)
@@ -309,7 +308,10 @@ int hotcache_get(hotcache *c, uint64_t key, uint8_t *out)
             s->freq[t]++;
     }
     pthread_mutex_unlock(&s->mu);
-    __atomic_add_fetch(t >= 0 ? &c->m->hits : &c->m->misses, 1, __ATOMIC_RELAXED);
+    if (t >= 0)
+        METRIC_INCR(c->m, hits);
+    else
+        METRIC_INCR(c->m, misses);
     return t >= 0;
 }
 
@@ -327,11 +329,11 @@ void hotcache_put(hotcache *c, uint64_t key, const uint8_t *row)
         if (ghost) {
             /* the ghost ring entry ages out on its own; membership goes now */
             map_erase(&s->ghosts, key);
-            __atomic_add_fetch(&c->m->ghost_hits, 1, __ATOMIC_RELAXED);
+            METRIC_INCR(c->m, ghost_hits);
         }
         ring_push(ghost ? &s->main : &s->small, (uint64_t)t);
         map_put(&s->index, key, (uint32_t)t);
-        __atomic_add_fetch(&c->m->inserts, 1, __ATOMIC_RELAXED);
+        METRIC_INCR(c->m, inserts);
     }
     memcpy(s->rows + (size_t)t * c->row_bytes, row, c->row_bytes);
     pthread_mutex_unlock(&s->mu);

@@ -23,15 +23,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metric.h"
+
 typedef struct hotcache hotcache;
 
+/* Since start; the store owns them (its cache may be made and remade). */
+#define HOTCACHE_METRIC(ACTION)                                                       \
+    ACTION(hits, METRIC_COUNTER, "engram_hot_cache_hits_total", "hot_cache.hits",       \
+           "Hot-row cache lookups that found the row.")                                \
+    ACTION(misses, METRIC_COUNTER, "engram_hot_cache_misses_total", "hot_cache.misses", \
+           "Hot-row cache lookups that did not.")                                      \
+    ACTION(inserts, METRIC_COUNTER, "engram_hot_cache_inserts_total", "hot_cache.inserts", \
+           "Rows put into the hot-row cache.")                                         \
+    ACTION(evictions, METRIC_COUNTER, "engram_hot_cache_evictions_total",              \
+           "hot_cache.evictions", "Rows evicted from the hot-row cache.")              \
+    ACTION(promotions, METRIC_COUNTER, "engram_hot_cache_promotions_total",            \
+           "hot_cache.promotions",                                                      \
+           "Rows moved from the hot-row cache's small FIFO to its main one.")          \
+    ACTION(ghost_hits, METRIC_COUNTER, "engram_hot_cache_ghost_hits_total",            \
+           "hot_cache.ghost_hits",                                                      \
+           "Misses on rows recently evicted from the small FIFO (inserted into main).")
 typedef struct hotcache_metrics {
-    uint64_t hits;
-    uint64_t misses;
-    uint64_t inserts;
-    uint64_t evictions;
-    uint64_t promotions;      /* small -> main */
-    uint64_t ghost_hits;      /* misses that went straight to main */
+    HOTCACHE_METRIC(METRIC_DECLARE)
 } hotcache_metrics;
 
 /* A cache of rows of row_bytes bytes using at most budget_bytes for rows

@@ -15,10 +15,8 @@ static resident_metrics rm_none;
 void resident_setup(uint64_t budget_bytes, resident_metrics *metrics)
 {
     rm = metrics ? metrics : &rm_none;
-    rm->budget_bytes = budget_bytes;
-    rm->used_bytes = 0;
-    rm->tables = 0;
-    rm->refused = 0;
+    *rm = (resident_metrics){RESIDENT_METRIC(METRIC_INIT)};
+    rm->budget_bytes.value = budget_bytes;
 }
 
 void resident_teardown(void)
@@ -28,33 +26,30 @@ void resident_teardown(void)
 
 static int reserve(uint64_t bytes)
 {
-    uint64_t used = __atomic_load_n(&rm->used_bytes, __ATOMIC_RELAXED);
+    uint64_t budget = rm->budget_bytes.value;
+    uint64_t used = __atomic_load_n(&rm->used_bytes.value, __ATOMIC_RELAXED);
     do {
-        if (bytes > rm->budget_bytes || used > rm->budget_bytes - bytes)
+        if (bytes > budget || used > budget - bytes)
             return -1;
-    } while (!__atomic_compare_exchange_n(&rm->used_bytes, &used, used + bytes,
+    } while (!__atomic_compare_exchange_n(&rm->used_bytes.value, &used, used + bytes,
                                           0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
     return 0;
 }
 
 uint8_t *resident_alloc(size_t bytes)
 {
-    if (bytes == 0 || reserve(bytes) < 0) {
-        __atomic_add_fetch(&rm->refused, 1, __ATOMIC_RELAXED);
+    if (bytes == 0 || reserve(bytes) < 0)
         return NULL;
-    }
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
-        __atomic_sub_fetch(&rm->used_bytes, bytes, __ATOMIC_RELAXED);
-        __atomic_add_fetch(&rm->refused, 1, __ATOMIC_RELAXED);
+        METRIC_SUB(rm, used_bytes, bytes);
         return NULL;
     }
 #ifdef MADV_HUGEPAGE
     if (bytes >= (2u << 20))
         madvise(p, bytes, MADV_HUGEPAGE);
 #endif
-    __atomic_add_fetch(&rm->tables, 1, __ATOMIC_RELAXED);
     return p;
 }
 
@@ -63,6 +58,5 @@ void resident_free(uint8_t *array, size_t bytes)
     if (!array)
         return;
     munmap(array, bytes);
-    __atomic_sub_fetch(&rm->used_bytes, bytes, __ATOMIC_RELAXED);
-    __atomic_sub_fetch(&rm->tables, 1, __ATOMIC_RELAXED);
+    METRIC_SUB(rm, used_bytes, bytes);
 }

@@ -10,13 +10,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metric.h"
+
+/* used_bytes is also the budget's ledger: reserve() takes bytes from it
+ * with a CAS, so what Stats shows is exactly what is held. */
+#define RESIDENT_METRIC(ACTION)                                                   \
+    ACTION(used_bytes, METRIC_GAUGE, "engram_resident_bytes", "memory.resident_tier_bytes", \
+           "Bytes of tables held as dense arrays in RAM.")                         \
+    ACTION(budget_bytes, METRIC_GAUGE, "engram_resident_budget_bytes",             \
+           "memory.resident_tier_budget", "The resident tier's budget (--resident-budget).")
 typedef struct resident_metrics {
-    uint64_t budget_bytes;
-    uint64_t used_bytes;     /* atomically updated */
-    uint64_t tables;         /* arrays currently held */
-    uint64_t refused;        /* loads refused for lack of budget */
+    RESIDENT_METRIC(METRIC_DECLARE)
 } resident_metrics;
 
+/* Initializes *metrics (the caller's storage; NULL: kept here). */
 void resident_setup(uint64_t budget_bytes, resident_metrics *metrics);
 void resident_teardown(void);
 

@@ -658,22 +658,37 @@ static uint64_t ticker(const char *dump, const char *name)
     return 0;
 }
 
-void store_rocksdb_stats_read(store *s, store_rocksdb_stats *out)
+/* RocksDB's own figures (DB-wide statistics are enabled at open): the
+ * block cache's bytes, and tickers since start. */
+static void rocksdb_refresh(store *s)
 {
-    memset(out, 0, sizeof *out);
-    out->block_cache_usage = rocksdb_cache_get_usage(s->block_cache);
-    out->block_cache_capacity = rocksdb_cache_get_capacity(s->block_cache);
+    store_metrics *m = s->m;
+    METRIC_SET(m, block_cache_usage, rocksdb_cache_get_usage(s->block_cache));
+    METRIC_SET(m, block_cache_capacity, rocksdb_cache_get_capacity(s->block_cache));
     char *dump = rocksdb_options_statistics_get_string(s->db_opts);
     if (!dump)
         return;
-    out->block_cache_hits = ticker(dump, "rocksdb.block.cache.hit");
-    out->block_cache_misses = ticker(dump, "rocksdb.block.cache.miss");
+    METRIC_SET(m, block_cache_hits, ticker(dump, "rocksdb.block.cache.hit"));
+    METRIC_SET(m, block_cache_misses, ticker(dump, "rocksdb.block.cache.miss"));
     /* Get's bytes and MultiGet's are separate tickers; lookups use both. */
-    out->bytes_read = ticker(dump, "rocksdb.bytes.read") +
-                      ticker(dump, "rocksdb.number.multiget.bytes.read");
-    out->get_calls = ticker(dump, "rocksdb.number.keys.read");
-    out->multiget_calls = ticker(dump, "rocksdb.number.multiget.get");
+    METRIC_SET(m, bytes_read, ticker(dump, "rocksdb.bytes.read") +
+                                  ticker(dump, "rocksdb.number.multiget.bytes.read"));
+    METRIC_SET(m, get_calls, ticker(dump, "rocksdb.number.keys.read"));
+    METRIC_SET(m, multiget_calls, ticker(dump, "rocksdb.number.multiget.get"));
     rocksdb_free(dump);
+}
+
+void store_metrics_refresh(void *arg)
+{
+    store *s = arg;
+    uint64_t free_bytes, reserve;
+    METRIC_SET(s->m, shard_index, s->shard_index);
+    METRIC_SET(s->m, shard_count, s->shard_count);
+    rocksdb_refresh(s);
+    store_hot_refresh(s);
+    store_disk_read(s, &free_bytes, &reserve);
+    METRIC_SET(s->m, disk_free, free_bytes);
+    METRIC_SET(s->m, disk_reserve, reserve);
 }
 
 /* ---- documents ---------------------------------------------------------- */

@@ -91,13 +91,45 @@ typedef struct store_options {
     int64_t disk_reserve_bytes;
 } store_options;
 
+/* The store's figures. The first are read, not bumped: store_setup
+ * registers them with a refresh that reads RocksDB's statistics, the hot
+ * cache's state, the disk and the placement when a reader collects. The
+ * tiers' own counters follow (resident.h, hotcache.h). Rows served per
+ * tier are counted by whoever is told the tier (store_tiers). */
+#define STORE_METRIC(ACTION)                                                          \
+    ACTION(shard_index, METRIC_GAUGE, "engram_shard_index", "shard_index",             \
+           "This server's shard.")                                                    \
+    ACTION(shard_count, METRIC_GAUGE, "engram_shard_count", "shard_count",             \
+           "Shards of the cluster.")                                                  \
+    ACTION(block_cache_usage, METRIC_GAUGE, "engram_rocksdb_block_cache_usage_bytes",  \
+           "rocksdb.block_cache_usage", "Bytes in RocksDB's block cache.")            \
+    ACTION(block_cache_capacity, METRIC_GAUGE,                                         \
+           "engram_rocksdb_block_cache_capacity_bytes", "rocksdb.block_cache_capacity", \
+           "RocksDB's block cache capacity.")                                         \
+    ACTION(block_cache_hits, METRIC_COUNTER, "engram_rocksdb_block_cache_hits_total",  \
+           "rocksdb.block_cache_hits", "RocksDB block cache hits.")                   \
+    ACTION(block_cache_misses, METRIC_COUNTER, "engram_rocksdb_block_cache_misses_total", \
+           "rocksdb.block_cache_misses", "RocksDB block cache misses.")               \
+    ACTION(bytes_read, METRIC_COUNTER, "engram_rocksdb_read_bytes_total",              \
+           "rocksdb.bytes_read", "Bytes RocksDB read (rocksdb.bytes.read).")          \
+    ACTION(get_calls, METRIC_COUNTER, "engram_rocksdb_get_calls_total",                \
+           "rocksdb.get_calls", "RocksDB point reads (rocksdb.number.keys.read).")    \
+    ACTION(multiget_calls, METRIC_COUNTER, "engram_rocksdb_multiget_calls_total",      \
+           "rocksdb.multiget_calls", "RocksDB MultiGet calls.")                        \
+    ACTION(hot_budget, METRIC_GAUGE, "engram_hot_cache_budget_bytes",                  \
+           "hot_cache.budget_bytes", "The hot-row cache's budget (--hot-cache-bytes); 0: off.") \
+    ACTION(hot_row_bytes, METRIC_GAUGE, "engram_hot_cache_row_bytes", "hot_cache.row_bytes", \
+           "The row size the hot-row cache was made for (0 until made).")             \
+    ACTION(hot_capacity, METRIC_GAUGE, "engram_hot_cache_capacity_rows",               \
+           "hot_cache.capacity_rows", "Rows the hot-row cache can hold.")              \
+    ACTION(hot_rows, METRIC_GAUGE, "engram_hot_cache_rows", "hot_cache.rows_held",     \
+           "Rows the hot-row cache holds now.")                                       \
+    ACTION(disk_free, METRIC_GAUGE, "engram_disk_free_bytes", NULL,                    \
+           "Bytes free to the server on its data directory's filesystem.")            \
+    ACTION(disk_reserve, METRIC_GAUGE, "engram_disk_reserve_bytes", NULL,              \
+           "Bytes the server keeps free there (--disk-reserve-bytes); writes stop under it.")
 typedef struct store_metrics {
-    uint64_t rows_resident;      /* rows served from dense arrays */
-    uint64_t rows_rocksdb;       /* rows served by MultiGet */
-    uint64_t rows_hot;           /* rows served by the hot-row cache */
-    uint64_t multiget_calls;
-    uint64_t imports_done;
-    uint64_t imports_failed;
+    STORE_METRIC(METRIC_DECLARE)
     resident_metrics resident;
     hotcache_metrics hot;
 } store_metrics;
@@ -166,30 +198,6 @@ store_scan *store_scan_open(table_version *tv);
  * row come first, with a positive count. */
 int64_t store_scan_next(store_scan *sc, uint8_t *out, size_t max, char *msg, size_t msglen);
 void store_scan_close(store_scan *sc);
-
-/* RocksDB's own figures (DB-wide statistics are enabled at open): the
- * block cache's bytes, and tickers since start. For Stats and /metrics. */
-typedef struct store_rocksdb_stats {
-    uint64_t block_cache_usage, block_cache_capacity;
-    uint64_t block_cache_hits, block_cache_misses;  /* rocksdb.block.cache.hit/.miss */
-    uint64_t bytes_read;                            /* rocksdb.bytes.read + multiget's */
-    uint64_t get_calls;                             /* rocksdb.number.keys.read */
-    uint64_t multiget_calls;                        /* rocksdb.number.multiget.get */
-} store_rocksdb_stats;
-void store_rocksdb_stats_read(store *s, store_rocksdb_stats *out);
-
-/* The hot-row tier's figures, for Stats and /metrics. The cache is made
- * at the first RocksDB-tier read: before that row_bytes, capacity_rows and
- * rows_held are 0 and budget_bytes is the configured budget (0: off, or
- * too small to hold any rows). rows_held takes every segment's lock, so
- * this is for when figures are asked for, never for the lookup path. */
-typedef struct store_hot_stats {
-    uint64_t budget_bytes;
-    uint32_t row_bytes;
-    uint64_t capacity_rows, rows_held;
-    hotcache_metrics counters;   /* since start */
-} store_hot_stats;
-void store_hot_stats_read(store *s, store_hot_stats *out);
 
 /* ---- documents ---------------------------------------------------------- */
 

@@ -46,6 +46,7 @@ struct store {
     rocksdb_readoptions_t *ropts;
     rocksdb_writeoptions_t *wopts_sync;
     store_metrics *m;
+    store_metrics m_none;        /* m without the caller's storage */
     uint32_t shard_count, shard_index, keep_versions;
 
     pthread_rwlock_t lock;       /* guards tables/ntables and entries' v[] */
@@ -113,6 +114,10 @@ void store_collect_orphans(store *s, uint64_t (*live)[2], size_t n);
 int store_persist_next_id(store *s, uint32_t next, char *msg, size_t msglen);
 int store_read_next_id(store *s, uint32_t *next, char **err);
 uint64_t store_unix_ms(void);
+/* The metrics' refresh (store_setup registers it with the store as arg),
+ * and its hot-tier part (store_read.c). */
+void store_metrics_refresh(void *arg);
+void store_hot_refresh(store *s);
 
 /* tables.c: store_drop with change_lock already held. */
 int store_drop_locked(store *s, const char *name, uint64_t version, char *msg, size_t msglen);

@@ -86,29 +86,22 @@ static hotcache *hot_for(store *s, uint32_t row_bytes)
     return hc && hotcache_row_bytes(hc) == row_bytes ? hc : NULL;
 }
 
-/* Under hot_lock, which hot_for holds while it makes the cache and turns a
- * too-small budget off: budget and cache are then read as one state. The
- * lookup path never waits on this (it takes hot_lock only before the
- * cache exists). */
-void store_hot_stats_read(store *s, store_hot_stats *out)
+/* The hot tier's gauges. Under hot_lock, which hot_for holds while it
+ * makes the cache and turns a too-small budget off: budget and cache are
+ * then read as one state. The cache is made at the first RocksDB-tier
+ * read: before that its row size, capacity and rows read 0 and the budget
+ * is the configured one (0: off, or too small for any rows). Counting rows
+ * held takes every segment's lock, so this runs when a reader collects,
+ * never on the lookup path. */
+void store_hot_refresh(store *s)
 {
-    memset(out, 0, sizeof *out);
     pthread_mutex_lock(&s->hot_lock);
-    out->budget_bytes = s->hot_budget;
+    METRIC_SET(s->m, hot_budget, s->hot_budget);
     hotcache *hc = __atomic_load_n(&s->hot, __ATOMIC_ACQUIRE);
     pthread_mutex_unlock(&s->hot_lock);
-    if (hc) {
-        out->row_bytes = hotcache_row_bytes(hc);
-        out->capacity_rows = hotcache_capacity(hc);
-        out->rows_held = hotcache_count(hc);
-    }
-    const hotcache_metrics *m = &s->m->hot;
-    out->counters.hits = __atomic_load_n(&m->hits, __ATOMIC_RELAXED);
-    out->counters.misses = __atomic_load_n(&m->misses, __ATOMIC_RELAXED);
-    out->counters.inserts = __atomic_load_n(&m->inserts, __ATOMIC_RELAXED);
-    out->counters.evictions = __atomic_load_n(&m->evictions, __ATOMIC_RELAXED);
-    out->counters.promotions = __atomic_load_n(&m->promotions, __ATOMIC_RELAXED);
-    out->counters.ghost_hits = __atomic_load_n(&m->ghost_hits, __ATOMIC_RELAXED);
+    METRIC_SET(s->m, hot_row_bytes, hc ? hotcache_row_bytes(hc) : 0);
+    METRIC_SET(s->m, hot_capacity, hc ? hotcache_capacity(hc) : 0);
+    METRIC_SET(s->m, hot_rows, hc ? hotcache_count(hc) : 0);
 }
 
 typedef struct miss {
@@ -165,7 +158,6 @@ static int read_misses(table_version *tv, hotcache *hc, miss *ms, size_t nm, uin
             if (hc && rows[j] < (1ull << HOT_ROW_BITS))
                 hotcache_put(hc, tv->vr->cache_id << HOT_ROW_BITS | rows[j], tmp + j * rb);
         }
-        __atomic_add_fetch(&tv->s->m->multiget_calls, 1, __ATOMIC_RELAXED);
     }
     free(tmp);
     return rc ? -1 : 0;
@@ -194,8 +186,6 @@ static int read_rocksdb_tier(table_version *tv, const uint64_t *rows, size_t n, 
     free(ms);
     if (rc == STORE_READ_NOMEM)
         return rc;
-    __atomic_add_fetch(&tv->s->m->rows_hot, hits, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&tv->s->m->rows_rocksdb, n - hits, __ATOMIC_RELAXED);
     if (tiers)
         *tiers = (store_tiers){.hot = hits, .rocksdb = n - hits};
     return rc;
@@ -212,7 +202,6 @@ int store_read_rows_tiered(table_version *tv, const uint64_t *rows, size_t n, ui
     const uint8_t *arr = tv->resident;
     for (size_t i = 0; i < n; i++)
         memcpy(out + i * rb, arr + rows[i] * rb, rb);
-    __atomic_add_fetch(&tv->s->m->rows_resident, n, __ATOMIC_RELAXED);
     if (tiers)
         tiers->resident = n;
     return 0;

@@ -266,11 +266,11 @@ store *store_setup(const store_options *o, store_metrics *metrics, char **err)
 store *store_setup_placed(const store_options *o, store_metrics *metrics, store_placement *held,
                           char **err)
 {
-    static store_metrics none;
     held->index = held->count = 0;
     store *s = calloc(1, sizeof *s);
-    s->m = metrics ? metrics : &none;
-    memset(s->m, 0, sizeof *s->m);
+    /* Without the caller's storage the figures are kept (and seen) nowhere. */
+    s->m = metrics ? metrics : &s->m_none;
+    *s->m = (store_metrics){STORE_METRIC(METRIC_INIT) .hot = {HOTCACHE_METRIC(METRIC_INIT)}};
     s->shard_count = o->shard_count ? o->shard_count : 1;
     s->shard_index = o->shard_index;
     s->keep_versions = o->keep_versions >= 2 ? o->keep_versions : 2;
@@ -291,6 +291,8 @@ store *store_setup_placed(const store_options *o, store_metrics *metrics, store_
         return NULL;
     }
     collect_orphans(s);
+    if (metrics)
+        metric_register((metric *)metrics, METRIC_CARDINALITY(*metrics), store_metrics_refresh, s);
     return s;
 }
 
@@ -298,6 +300,7 @@ void store_teardown(store *s)
 {
     if (!s)
         return;
+    metric_deregister(s->m);
     for (size_t i = 0; i < s->ntables; i++) {
         for (int j = 0; j < s->tables[i]->nv; j++)
             table_version_release(s->tables[i]->v[j]);
@@ -571,7 +574,6 @@ int store_commit_import(store *s, const table_version *proto, int stage, const c
         free(tv);
         snprintf(msg, msglen, "out of memory registering version %llu of table \"%s\"",
                  (unsigned long long)proto->version, proto->name);
-        __atomic_add_fetch(&s->m->imports_failed, 1, __ATOMIC_RELAXED);
         store_import_unclaim(s, proto->name);
         return ES_RESOURCE_EXHAUSTED;
     }
@@ -614,9 +616,6 @@ int store_commit_import(store *s, const table_version *proto, int stage, const c
     if (rc != ES_OK) {
         __atomic_store_n(&tv->vr->drop, ingested, __ATOMIC_RELEASE);
         table_version_release(tv);
-        __atomic_add_fetch(&s->m->imports_failed, 1, __ATOMIC_RELAXED);
-    } else {
-        __atomic_add_fetch(&s->m->imports_done, 1, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&s->change_lock);
     store_import_unclaim(s, proto->name);

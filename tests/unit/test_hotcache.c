@@ -35,7 +35,7 @@ static int use(hotcache *c, uint64_t key)
 
 static void test_get_put_and_budget(void **state)
 {
-    hotcache_metrics m = {0};
+    hotcache_metrics m = {HOTCACHE_METRIC(METRIC_INIT)};
     assert_null(hotcache_create(1000, RB, NULL));        /* too small to be useful */
     hotcache *c = hotcache_create(1 << 20, RB, &m);
     assert_non_null(c);
@@ -46,14 +46,14 @@ static void test_get_put_and_budget(void **state)
     for (uint64_t k = 0; k < 10 * cap; k++)
         use(c, 1000 + k);
     assert_true(hotcache_count(c) <= cap);
-    assert_int_equal(m.hits, 1);
-    assert_true(m.evictions >= 9 * cap);
+    assert_int_equal(m.hits.value, 1);
+    assert_true(m.evictions.value >= 9 * cap);
     hotcache_destroy(c);
 }
 
 static void test_scan_does_not_flush_hot_rows(void **state)
 {
-    hotcache_metrics m = {0};
+    hotcache_metrics m = {HOTCACHE_METRIC(METRIC_INIT)};
     hotcache *c = hotcache_create(1 << 20, RB, &m);
     uint64_t cap = hotcache_capacity(c), hot = cap / 5, hits = 0, tries = 0;
     for (int round = 0; round < 4; round++)      /* warm the hot set */
@@ -73,14 +73,14 @@ static void test_scan_does_not_flush_hot_rows(void **state)
 
 static void test_ghost_readmits_to_main(void **state)
 {
-    hotcache_metrics m = {0};
+    hotcache_metrics m = {HOTCACHE_METRIC(METRIC_INIT)};
     hotcache *c = hotcache_create(1 << 20, RB, &m);
     uint64_t cap = hotcache_capacity(c);
     use(c, 42);                                   /* into small, never hit */
     for (uint64_t k = 0; k < cap + cap / 4; k++)  /* fills up, pushes 42 to the ghost */
         use(c, 10000000 + k);
     assert_int_equal(use(c, 42), 0);
-    assert_true(m.ghost_hits >= 1);
+    assert_true(m.ghost_hits.value >= 1);
     for (uint64_t k = 0; k < cap / 2; k++)        /* main keeps it through a scan */
         use(c, 20000000 + k);
     assert_int_equal(use(c, 42), 1);

@@ -479,7 +479,7 @@ static void test_lookup_statuses(void **state)
 {
     store *s = open_store(1 << 20);
     lookup_options lo = {4, 1 << 20};
-    lookup_setup(s, &lo, NULL);
+    lookup_setup(s, &lo);
     char msg[512];
     Engram__V1__LookupResponse *resp = NULL;
 
