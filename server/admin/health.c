@@ -337,6 +337,14 @@ void health_set_draining(int draining)
     log_info("health_changed", "draining=%d watchers=%d", draining != 0, watchers);
 }
 
+int health_serving(void)
+{
+    pthread_mutex_lock(&H.mu);
+    int serving = status_of("") == ST_SERVING;
+    pthread_mutex_unlock(&H.mu);
+    return serving;
+}
+
 void health_shutdown(void)
 {
     pthread_mutex_lock(&H.mu);

@@ -32,5 +32,7 @@ void health_watch(server_call *c);
 /* Open Watch calls (each holds one of the server's 1,024 watcher slots;
  * 64 at most from one connection). For stats and /metrics. */
 int health_watchers(void);
+/* 1 while service "" is SERVING (not draining, not shutting down). */
+int health_serving(void);
 
 #endif

@@ -40,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "health.h"
 #include "log.h"
 #include "security.h"
 #include "stats.h"
@@ -309,6 +310,15 @@ static void process_families(sbuf *b, const stats_process *p)
     sb_printf(b, "engram_uptime_seconds %.3f\n", (double)p->uptime_ms / 1000.0);
     gauge(b, "engram_calls_in_flight", "gRPC calls being served now.", p->in_flight);
     gauge(b, "engram_draining", "1 while the server is draining.", (uint64_t)p->draining);
+    /* Health's own answer, so shutdown's grace period reads 0 too: what
+     * clients and balancers see, for alerts on ejected replicas. */
+    gauge(b, "engram_serving", "1 while health service \"\" is SERVING (not draining or stopping).",
+          (uint64_t)health_serving());
+    gauge(b, "engram_disk_free_bytes", "Free bytes on the data directory's filesystem.",
+          p->disk_free_bytes);
+    gauge(b, "engram_disk_reserve_bytes",
+          "Free bytes the server keeps on it (--disk-reserve-bytes); under it, writes are refused.",
+          p->disk_reserve_bytes);
     gauge(b, "engram_health_watchers",
           "Open grpc.health.v1 Watch calls (1024 at most, 64 per connection).",
           p->health_watchers);

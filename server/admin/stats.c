@@ -366,6 +366,7 @@ void stats_process_read(stats_process *out)
         store_shard(T.o.store, &out->shard_count, &out->shard_index);
         store_rocksdb_stats_read(T.o.store, &out->rocksdb);
         store_hot_stats_read(T.o.store, &out->hot);
+        store_disk_read(T.o.store, &out->disk_free_bytes, &out->disk_reserve_bytes);
     }
     read_memory(out);
     if (T.o.store_metrics) {

@@ -92,6 +92,7 @@ typedef struct stats_process {
     store_rocksdb_stats rocksdb;
     uint64_t mem_allocated, mem_resident, mem_mapped;  /* 0 without jemalloc */
     uint64_t resident_tier_bytes, resident_tier_budget;
+    uint64_t disk_free_bytes, disk_reserve_bytes;  /* the data dir's (store_disk_read) */
     store_hot_stats hot;               /* the hot-row cache (zero without a store) */
     uint64_t refusals[STATS_CODES];    /* admission refusals by code */
     uint64_t refusals_by_reason[REFUSAL_REASONS];   /* every refusal (hooks.h) */
