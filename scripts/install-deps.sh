@@ -21,6 +21,8 @@ PKGS=(
   help2man                   # man pages from the binaries' --help (packaging/)
   dpkg-dev file              # cpack -G DEB: dpkg-shlibdeps, and file to find ELF objects
   binutils                   # tests/install: nm -D and readelf on libengram.so
+  prometheus                 # deploy/prometheus: promtool for the rules' tests, and a
+                             # real Prometheus scraping a server (integration_prometheus)
 )
 
 missing=()
