@@ -186,9 +186,10 @@ static void step(server_call *c, int ok)
         return;
     }
     char msg[512];
-    int64_t n = store_scan_next(j->scan, j->buf, j->batch_rows, msg, sizeof msg);
-    if (n <= 0) {
-        if (n < 0)
+    size_t n;
+    int code = store_scan_next(j->scan, j->buf, j->batch_rows, &n, msg, sizeof msg);
+    if (code != ES_OK || n == 0) {
+        if (code != ES_OK)
             keep_problem(j, msg);
         finish_job(c, j);
         return;

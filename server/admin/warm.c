@@ -292,8 +292,9 @@ static void step(server_call *c, int ok)
     target *t = &j->t[j->cur];
     size_t k = t->n - t->done < WARM_BATCH_ROWS ? t->n - t->done : WARM_BATCH_ROWS;
     char msg[512];
-    if (store_read_rows(t->tv, t->local + t->done, k, j->buf, msg, sizeof msg)) {
-        call_finish(c, ES_DATA_LOSS, msg, NULL);
+    int code = store_read_rows(t->tv, t->local + t->done, k, j->buf, msg, sizeof msg);
+    if (code != ES_OK) {
+        call_finish(c, code, msg, NULL);
         return;
     }
     t->done += k;

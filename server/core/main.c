@@ -490,22 +490,22 @@ int main(int argc, char **argv)
     char *cluster_json = cluster_to_json(cl);
     grpc_init();
     static store_metrics sm;
-    char *err = NULL;
+    char err[600];
     store_options so = {o.data, o.resident_budget, o.block_cache, cl->shards,
                         o.shard < 0 ? 0 : (uint32_t)o.shard, (uint32_t)o.keep_versions,
                         o.hot_cache, o.disk_reserve};
     store_placement held;
-    store *st = store_setup_placed(&so, &sm, &held, &err);
-    if (!st) {
-        if (held.count)
+    store *st;
+    int code = store_setup(&so, &sm, &st, &held, err, sizeof err);
+    if (code != ES_OK) {
+        if (code == ES_FAILED_PRECONDITION)
             refuse_placement(&o, cl, &held);
         else
             log_error("store_open_failed", "data=%s error=\"%s\"", o.data, err);
-        free(err);
         grpc_shutdown();
         free(cluster_json);
         cluster_free(cl);
-        return held.count ? 2 : 1;
+        return code == ES_FAILED_PRECONDITION ? 2 : 1;
     }
     static import_metrics im;
     reply_budget_options rbo = {o.max_reply_bytes, o.max_reply_bytes_per_conn};

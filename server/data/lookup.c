@@ -159,10 +159,9 @@ static int gather(const request *rq, table_version *tv,
     grpc_slice s = grpc_slice_malloc(head + data + tail);
     uint8_t *p = GRPC_SLICE_START_PTR(s);
     lookup_response_put_head(p, data);
-    int rc = store_read_rows_tiered(tv, rq->rows, rq->n_rows, p + head, tiers, msg, msglen);
-    if (rc < 0) {
+    int code = store_read_rows_tiered(tv, rq->rows, rq->n_rows, p + head, tiers, msg, msglen);
+    if (code != ES_OK) {
         grpc_slice_unref(s);
-        int code = rc == STORE_READ_NOMEM ? ES_RESOURCE_EXHAUSTED : ES_DATA_LOSS;
         static uint64_t last_log;   /* one line a second, whatever the storm */
         if (log_allow(&last_log, 1000000000ull))
             log_error("lookup_read_failed", "table=%s status=%s error=\"%s\"", tv->name,

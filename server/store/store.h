@@ -35,7 +35,12 @@
  * reference-counted table_version; state changes swap in new objects, so a
  * lookup never sees a version change under it. A dropped version's rows are
  * deleted when the last reader lets go, by a background thread (the
- * reclaimer), never on the thread that let go. */
+ * reclaimer), never on the thread that let go.
+ *
+ * Errors, one convention: a call that can fail returns an engram status
+ * (status.h: ES_OK, or the gRPC code the caller answers with) and writes a
+ * message naming the problem into msg (msglen bytes). Lookups that find
+ * nothing return NULL or 0 (store_acquire, store_doc_get, store_list). */
 #ifndef ENGRAM_SERVER_STORE_H
 #define ENGRAM_SERVER_STORE_H
 
@@ -45,6 +50,7 @@
 
 #include "hotcache.h"
 #include "resident.h"
+#include "status.h"
 
 #define TABLE_NAME_MAX 128
 #define ROW_KEY_LEN 20
@@ -134,22 +140,20 @@ typedef struct store_metrics {
     hotcache_metrics hot;
 } store_metrics;
 
-/* Opens (or creates) the store in opts->dir and brings every table back,
- * loading active versions that fit the budget into RAM. On failure returns
- * NULL and *err (malloc'd) says why. */
-store *store_setup(const store_options *opts, store_metrics *metrics, char **err);
-
 /* Which rows a data directory holds: those of shard `index` of `count`. */
 typedef struct store_placement {
     uint32_t index, count;
 } store_placement;
 
-/* store_setup, telling a refused placement apart from other failures: when
- * the directory holds another placement than opts asks for, *held gets it
- * and *err reads "data dir DIR holds shard I of S; opened as shard J of
- * T". Otherwise held->count is 0. */
-store *store_setup_placed(const store_options *opts, store_metrics *metrics,
-                          store_placement *held, char **err);
+/* Opens (or creates) the store in opts->dir into *out and brings every
+ * table back, loading active versions that fit the budget into RAM.
+ * metrics (may be NULL) is initialized and registered until teardown.
+ * ES_FAILED_PRECONDITION: the directory holds another placement than opts
+ * asks for; *held (may be NULL) gets it and msg reads "data dir DIR holds
+ * shard I of S; opened as shard J of T" (otherwise held->count is 0).
+ * ES_INTERNAL: anything else (RocksDB's reason in msg). */
+int store_setup(const store_options *opts, store_metrics *metrics, store **out,
+                store_placement *held, char *msg, size_t msglen);
 void store_teardown(store *s);
 
 void store_shard(const store *s, uint32_t *count, uint32_t *index);
@@ -167,10 +171,9 @@ size_t store_list(store *s, table_version ***out);
 size_t store_versions(store *s, const char *name, table_version ***out);
 
 /* Gathers local rows local[0..n) of tv into out (n * row_bytes bytes). The
- * rows must already be checked against tv->local_rows. Returns 0, or -1
- * with msg filled (a storage failure: the caller answers DATA_LOSS), or
- * STORE_READ_NOMEM with msg "out of memory ..." (RESOURCE_EXHAUSTED). */
-#define STORE_READ_NOMEM (-2)
+ * rows must already be checked against tv->local_rows. ES_DATA_LOSS: a
+ * storage failure (a row missing, of the wrong length, or unreadable);
+ * ES_RESOURCE_EXHAUSTED: out of memory. */
 int store_read_rows(table_version *tv, const uint64_t *local, size_t n,
                     uint8_t *out, char *msg, size_t msglen);
 /* Rows of one read by the tier that served them. */
@@ -191,12 +194,13 @@ int store_read_rows_tiered(table_version *tv, const uint64_t *local, size_t n, u
  * holds a reference to tv until closed. (store_scan.c) */
 typedef struct store_scan store_scan;
 store_scan *store_scan_open(table_version *tv);
-/* Reads the next rows (at most max) into out (max * row_bytes bytes).
- * Returns how many (0 once every local row was read), or -1 with msg
- * naming the first row that is missing, of the wrong length, beyond the
+/* Reads the next rows (at most max) into out (max * row_bytes bytes) and
+ * sets *got to how many (0 once every local row was read). ES_DATA_LOSS
+ * names the first row that is missing, of the wrong length, beyond the
  * version's rows, or unreadable (RocksDB's error); the rows before such a
- * row come first, with a positive count. */
-int64_t store_scan_next(store_scan *sc, uint8_t *out, size_t max, char *msg, size_t msglen);
+ * row come first, in an ES_OK call. */
+int store_scan_next(store_scan *sc, uint8_t *out, size_t max, size_t *got, char *msg,
+                    size_t msglen);
 void store_scan_close(store_scan *sc);
 
 /* ---- documents ---------------------------------------------------------- */

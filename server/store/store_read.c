@@ -146,7 +146,7 @@ static int read_misses(table_version *tv, hotcache *hc, miss *ms, size_t nm, uin
     if (!tmp) {
         snprintf(msg, msglen, "out of memory reading %zu rows of table \"%s\" from RocksDB",
                  nm, tv->name);
-        return STORE_READ_NOMEM;
+        return ES_RESOURCE_EXHAUSTED;
     }
     int rc = 0;
     for (size_t i = 0; i < nm && !rc;) {
@@ -160,7 +160,7 @@ static int read_misses(table_version *tv, hotcache *hc, miss *ms, size_t nm, uin
         }
     }
     free(tmp);
-    return rc ? -1 : 0;
+    return rc ? ES_DATA_LOSS : ES_OK;
 }
 
 static int read_rocksdb_tier(table_version *tv, const uint64_t *rows, size_t n, uint8_t *out,
@@ -171,7 +171,7 @@ static int read_rocksdb_tier(table_version *tv, const uint64_t *rows, size_t n, 
     miss *ms = malloc((n ? n : 1) * sizeof *ms);
     if (!ms) {
         snprintf(msg, msglen, "out of memory reading %zu rows of table \"%s\"", n, tv->name);
-        return STORE_READ_NOMEM;
+        return ES_RESOURCE_EXHAUSTED;
     }
     size_t nm = 0;
     uint64_t hits = 0;
@@ -184,7 +184,7 @@ static int read_rocksdb_tier(table_version *tv, const uint64_t *rows, size_t n, 
     }
     int rc = read_misses(tv, hc, ms, nm, out, msg, msglen);
     free(ms);
-    if (rc == STORE_READ_NOMEM)
+    if (rc == ES_RESOURCE_EXHAUSTED)
         return rc;
     if (tiers)
         *tiers = (store_tiers){.hot = hits, .rocksdb = n - hits};
@@ -204,7 +204,7 @@ int store_read_rows_tiered(table_version *tv, const uint64_t *rows, size_t n, ui
         memcpy(out + i * rb, arr + rows[i] * rb, rb);
     if (tiers)
         tiers->resident = n;
-    return 0;
+    return ES_OK;
 }
 
 int store_read_rows(table_version *tv, const uint64_t *rows, size_t n,

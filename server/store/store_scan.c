@@ -76,39 +76,44 @@ static int check_row(const store_scan *sc, char *msg, size_t msglen)
 }
 
 /* After the iterator ran out: its error, or rows missing at the end. */
-static int64_t at_end(store_scan *sc, char *msg, size_t msglen)
+static int at_end(store_scan *sc, char *msg, size_t msglen)
 {
     char *rerr = NULL;
     rocksdb_iter_get_error(sc->it, &rerr);
     if (rerr) {
         snprintf(msg, msglen, "reading row %llu failed: %s", (unsigned long long)sc->next, rerr);
         free(rerr);
-        return -1;
+        return ES_DATA_LOSS;
     }
     if (sc->next < sc->tv->local_rows) {
         snprintf(msg, msglen, "rows %llu..%llu are missing (the version has %llu rows)",
                  (unsigned long long)sc->next, (unsigned long long)sc->tv->local_rows - 1,
                  (unsigned long long)sc->tv->local_rows);
-        return -1;
+        return ES_DATA_LOSS;
     }
-    return 0;
+    return ES_OK;
 }
 
 /* Rows read before a problem are returned first; the problem comes with
  * the next call (the iterator stays on the bad key), so a caller hashes
  * everything that was intact. */
-int64_t store_scan_next(store_scan *sc, uint8_t *out, size_t max, char *msg, size_t msglen)
+int store_scan_next(store_scan *sc, uint8_t *out, size_t max, size_t *got, char *msg,
+                    size_t msglen)
 {
     const size_t rb = sc->tv->row_bytes;
-    int64_t n = 0;
-    for (; (size_t)n < max && rocksdb_iter_valid(sc->it); n++, sc->next++) {
-        if (check_row(sc, msg, msglen))
-            return n ? n : -1;
+    size_t n = 0;
+    *got = 0;
+    for (; n < max && rocksdb_iter_valid(sc->it); n++, sc->next++) {
+        if (check_row(sc, msg, msglen)) {
+            *got = n;
+            return n ? ES_OK : ES_DATA_LOSS;   /* the good rows first */
+        }
         size_t vl;
-        memcpy(out + (size_t)n * rb, rocksdb_iter_value(sc->it, &vl), rb);
+        memcpy(out + n * rb, rocksdb_iter_value(sc->it, &vl), rb);
         rocksdb_iter_next(sc->it);
     }
-    return n ? n : at_end(sc, msg, msglen);
+    *got = n;
+    return n ? ES_OK : at_end(sc, msg, msglen);
 }
 
 void store_scan_close(store_scan *sc)

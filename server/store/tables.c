@@ -257,17 +257,33 @@ static void collect_orphans(store *s)
     free(live);
 }
 
-store *store_setup(const store_options *o, store_metrics *metrics, char **err)
+static store *store_open(const store_options *o, store_metrics *metrics, store_placement *held,
+                         char **err);
+
+/* The opening steps below report with a malloc'd *err (RocksDB's own
+ * convention, which they pass on); the header's one convention is applied
+ * here, at the boundary. */
+int store_setup(const store_options *o, store_metrics *metrics, store **out,
+                store_placement *held, char *msg, size_t msglen)
 {
-    store_placement held;
-    return store_setup_placed(o, metrics, &held, err);
+    store_placement none;
+    char *err = NULL;
+    held = held ? held : &none;
+    *out = store_open(o, metrics, held, &err);
+    if (*out)
+        return ES_OK;
+    snprintf(msg, msglen, "%s", err ? err : "out of memory opening the store");
+    free(err);
+    return held->count ? ES_FAILED_PRECONDITION : ES_INTERNAL;
 }
 
-store *store_setup_placed(const store_options *o, store_metrics *metrics, store_placement *held,
-                          char **err)
+static store *store_open(const store_options *o, store_metrics *metrics, store_placement *held,
+                         char **err)
 {
     held->index = held->count = 0;
     store *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
     /* Without the caller's storage the figures are kept (and seen) nowhere. */
     s->m = metrics ? metrics : &s->m_none;
     *s->m = (store_metrics){STORE_METRIC(METRIC_INIT) .hot = {HOTCACHE_METRIC(METRIC_INIT)}};

@@ -43,9 +43,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     atexit(cleanup);
     log_setup(stderr, LOG_ERROR);        /* every refusal logs a warning */
     store_options so = {dir, 1 << 20, 8 << 20, 1, 0, 2, 0};
-    char *err = NULL;
-    store *s = store_setup(&so, NULL, &err);
-    if (!s) {
+    char err[600];
+    store *s;
+    if (store_setup(&so, NULL, &s, NULL, err, sizeof err) != ES_OK) {
         fprintf(stderr, "store_setup: %s\n", err);
         abort();
     }

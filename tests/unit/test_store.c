@@ -32,9 +32,9 @@ static char dir[256];
 static store *open_store_hot(uint64_t budget, uint64_t hot)
 {
     store_options o = {dir, budget, 8 << 20, 1, 0, 2, hot};
-    char *err = NULL;
-    store *s = store_setup(&o, NULL, &err);
-    if (!s)
+    char err[600];
+    store *s;
+    if (store_setup(&o, NULL, &s, NULL, err, sizeof err) != ES_OK)
         fail_msg("store_setup: %s", err);
     return s;
 }
@@ -254,10 +254,12 @@ static void test_one_import_per_table(void **state)
     uint32_t rb = tv->row_bytes;
     uint8_t *all = malloc(n * rb), want[64];
     store_scan *sc = store_scan_open(tv);        /* RocksDB's copy, not the RAM one */
-    int64_t got = 0, k;
-    while ((k = store_scan_next(sc, all + got * rb, n - got, msg, sizeof msg)) > 0)
+    size_t got = 0, k;
+    int code;
+    while ((code = store_scan_next(sc, all + got * rb, n - got, &k, msg, sizeof msg)) == ES_OK &&
+           k > 0)
         got += k;
-    assert_int_equal(k, 0);
+    assert_int_equal(code, ES_OK);
     assert_int_equal(got, n);
     store_scan_close(sc);
     for (uint64_t r = 0; r < n; r++) {
@@ -357,26 +359,30 @@ static void test_cold_duplicates(void **state)
 
 /* ---- placement ---------------------------------------------------------- */
 
+/* The store, or NULL with *code and err (512 bytes) saying why. */
 static store *open_placed(const char *d, uint32_t count, uint32_t index, store_placement *held,
-                          char **err)
+                          int *code, char *err)
 {
     store_options o = {d, 1 << 20, 8 << 20, count, index, 2, 0};
-    *err = NULL;
-    return store_setup_placed(&o, NULL, held, err);
+    store *s = NULL;
+    *code = store_setup(&o, NULL, &s, held, err, 512);
+    return *code == ES_OK ? s : NULL;
 }
 
 /* Refuses an open of `d` as shard `index` of `count`, with exactly `want`
- * and the held placement. */
+ * and the held placement: FAILED_PRECONDITION when another placement is
+ * held, INTERNAL when the record cannot be read. */
 static void expect_refused(const char *d, uint32_t count, uint32_t index, uint32_t held_index,
                            uint32_t held_count, const char *want)
 {
     store_placement held = {99, 99};
-    char *err;
-    assert_null(open_placed(d, count, index, &held, &err));
+    char err[512];
+    int code;
+    assert_null(open_placed(d, count, index, &held, &code, err));
+    assert_int_equal(code, held_count ? ES_FAILED_PRECONDITION : ES_INTERNAL);
     assert_string_equal(err, want);
     assert_int_equal(held.index, held_index);
     assert_int_equal(held.count, held_count);
-    free(err);
 }
 
 /* Replaces (len > 0) or deletes (val NULL) the placement record of `d`
@@ -413,8 +419,9 @@ static void test_placement(void **state)
     char d[300], want[512];
     snprintf(d, sizeof d, "%s/placed", dir);
     store_placement held = {99, 99};
-    char *err;
-    store *s = open_placed(d, 3, 0, &held, &err);
+    char err[512];
+    int code;
+    store *s = open_placed(d, 3, 0, &held, &code, err);
     assert_non_null(s);
     assert_int_equal(held.count, 0);
     import_table(s, "p", 1000, 32, 51);
@@ -428,11 +435,10 @@ static void test_placement(void **state)
     snprintf(want, sizeof want, "data dir %s holds shard 0 of 3; opened as shard 0 of 1", d);
     expect_refused(d, 1, 0, 0, 3, want);
     store_options o = {d, 1 << 20, 8 << 20, 1, 0, 2, 0};
-    assert_null(store_setup(&o, NULL, &err));
+    assert_int_equal(store_setup(&o, NULL, &s, NULL, err, sizeof err), ES_FAILED_PRECONDITION);
     assert_string_equal(err, want);
-    free(err);
 
-    s = open_placed(d, 3, 0, &held, &err);
+    s = open_placed(d, 3, 0, &held, &code, err);
     assert_non_null(s);
     assert_int_equal(held.count, 0);
     check_rows(s, "p", 51, probe, 7);
@@ -440,7 +446,7 @@ static void test_placement(void **state)
 
     /* no record (written before placements were): adopted, then kept */
     poke_placement(d, NULL, 0);
-    s = open_placed(d, 4, 2, &held, &err);
+    s = open_placed(d, 4, 2, &held, &code, err);
     assert_non_null(s);
     assert_int_equal(held.count, 0);
     check_rows(s, "p", 51, probe, 7);
