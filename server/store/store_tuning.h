@@ -7,7 +7,7 @@
  * block is read for one row, whether the index and filter of a file must be
  * fetched through the block cache, whether a bloom filter saves a block
  * read for a key that is not there. The study behind the defaults is in
- * tests/bench/README.md ("RocksDB tuning"). */
+ * tests/bench/results/rocksdb_tuning.md. */
 #ifndef ENGRAM_STORE_TUNING_H
 #define ENGRAM_STORE_TUNING_H
 

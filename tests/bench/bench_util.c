@@ -14,6 +14,13 @@ uint64_t bench_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+void bench_sleep_until(uint64_t t)
+{
+    struct timespec ts = {(time_t)(t / 1000000000ull), (long)(t % 1000000000ull)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
 void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
@@ -65,6 +72,14 @@ double pct_ms(const lat_log *l, double p)
     return (double)l->ns[rank - 1] / 1e6;
 }
 
+double lat_mean_ms(const lat_log *l)
+{
+    double sum = 0;
+    for (size_t i = 0; i < l->len; i++)
+        sum += (double)l->ns[i];
+    return l->len ? sum / (double)l->len / 1e6 : 0;
+}
+
 int parse_num(const char *s, double *out)
 {
     char *end;
@@ -113,4 +128,23 @@ int load_tokens_file(const char *path, int64_t **tok, size_t *ntok)
     *tok = t;
     *ntok = got;
     return 0;
+}
+
+int bench_getopt(int argc, char **argv, const struct option *lo, bench_apply_fn apply,
+                 void *o, int (*usage)(const char *why))
+{
+    int c, li = 0;
+    while ((c = getopt_long(argc, argv, "", lo, &li)) != -1) {
+        if (c == 'h' || c == '?')
+            return usage(NULL);
+        int rc = apply(o, c, optarg);
+        if (rc == 1)
+            return 1;
+        if (rc) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "bad value '%s' for --%s", optarg, lo[li].name);
+            return usage(msg);
+        }
+    }
+    return optind < argc ? usage("unexpected argument") : 0;
 }

@@ -46,7 +46,6 @@
  * Output: a human-readable block and one `bench: key=value` line per run.
  * Exit status: 0 ok, 1 a byte mismatch, 2 usage, RPC error or failed
  * lookups. */
-#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -89,13 +88,6 @@ typedef struct opts {
 } opts;
 
 /* ---- small utilities ---------------------------------------------------------- */
-
-static void sleep_until(uint64_t t)
-{
-    struct timespec ts = {(time_t)(t / 1000000000ull), (long)(t % 1000000000ull)};
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-        ;
-}
 
 /* Entries of a sorted log above ms milliseconds. */
 static size_t over_ms(const lat_log *l, double ms)
@@ -159,8 +151,9 @@ static int apply_int_opt(opts *o, int c, const char *arg)
     return rc;
 }
 
-static int apply_opt(opts *o, int c, const char *arg)
+static int apply_opt(void *ctx, int c, const char *arg)
 {
+    opts *o = ctx;
     switch (c) {
     case 'm': o->model = arg; return 0;
     case 't': o->tokens = arg; return 0;
@@ -204,18 +197,9 @@ static int parse_args(int argc, char **argv, opts *o)
                 .rounds = 2, .stall_ms = 50, .stall_every_ms = 1000, .hedge_pct = 95,
                 .hedge_min_ms = 2, .threads = 2, .rows_per_call = 512};
     o->seconds = o->hedge_mode ? 6 : 3;
-    int c, li = 0;
-    optind = 2;
-    while ((c = getopt_long(argc, argv, "", lo, &li)) != -1) {
-        if (c == 'h' || c == '?')
-            return usage(NULL);
-        if (apply_opt(o, c, optarg)) {
-            char msg[200];
-            snprintf(msg, sizeof msg, "bad value '%s' for --%s", optarg, lo[li].name);
-            return usage(msg);
-        }
-    }
-    return optind < argc ? usage("unexpected argument") : check_opts(o);
+    optind = 2;   /* after the mode */
+    int rc = bench_getopt(argc, argv, lo, apply_opt, o, usage);
+    return rc ? rc : check_opts(o);
 }
 
 /* =============================== throughput ================================= */
@@ -547,12 +531,12 @@ static void *staller_main(void *p)
     while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
         if (bench_now_ns() < next) {
             uint64_t t = bench_now_ns() + 10000000ull;   /* re-check stop every 10 ms */
-            sleep_until(t < next ? t : next);
+            bench_sleep_until(t < next ? t : next);
             continue;
         }
         uint64_t t0 = bench_now_ns();
         if (kill(s->pid, SIGSTOP) == 0) {
-            sleep_until(t0 + (uint64_t)s->ms * 1000000ull);
+            bench_sleep_until(t0 + (uint64_t)s->ms * 1000000ull);
             kill(s->pid, SIGCONT);
             s->stalls++;
             s->stopped_ns += bench_now_ns() - t0;
@@ -690,11 +674,11 @@ static void hedge_window(hedge_run *r, const scenario *sc, hedge_result *res)
         w[i] = (worker){.run = r, .id = (int)i + 1};
         pthread_create(&w[i].th, NULL, worker_main, &w[i]);
     }
-    sleep_until(r->t_start);
+    bench_sleep_until(r->t_start);
     if (sc->stall == STALL_WINDOW && kill(r->o->stall_pid, SIGSTOP) == 0)
         res->stalls = 1;
     engram_client_get_counters(r->client, &c0);
-    sleep_until(r->t_end);
+    bench_sleep_until(r->t_end);
     engram_client_get_counters(r->client, &c1);
     if (res->stalls && sc->stall == STALL_WINDOW) {
         kill(r->o->stall_pid, SIGCONT);   /* the workers' last calls may wait on it */

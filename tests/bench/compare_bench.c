@@ -61,6 +61,7 @@ typedef struct opts {
     size_t batches[MAX_BATCHES];
     uint64_t hot_rows, hot_seed, cold_seed, cold_cache, stream_rows;
     uint32_t row_bytes;
+    int one_shot;   /* 'D' (--demo-rows) or 'R' (--has-redis): answer and exit */
 } opts;
 
 typedef struct cell {
@@ -301,9 +302,11 @@ static int parse_size(const char *arg, size_t *out)
     return 0;
 }
 
-static int apply_opt(opts *o, int c, const char *arg)
+static int apply_opt(void *ctx, int c, const char *arg)
 {
+    opts *o = ctx;
     switch (c) {
+    case 'D': case 'R': o->one_shot = c; return 1;   /* answered before anything runs */
     case 'e': o->engram = arg; return 0;
     case 'f': o->floor = arg; return 0;
     case 'r': o->redis = arg; return 0;
@@ -348,22 +351,11 @@ static int parse_args(int argc, char **argv, opts *o, int *rc)
         {"has-redis", 0, 0, 'R'}, {"cold-warmup", 1, 0, 'W'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     defaults(o);
-    int c, li = 0;
-    while ((c = getopt_long(argc, argv, "", lo, &li)) != -1) {
-        if (c == 'D' || c == 'R') {
-            *rc = c;
-            return 1;
-        }
-        if (c == 'h' || c == '?')
-            return usage(NULL);
-        if (apply_opt(o, c, optarg)) {
-            char msg[200];
-            snprintf(msg, sizeof msg, "bad value '%s' for --%s", optarg, lo[li].name);
-            return usage(msg);
-        }
-    }
-    if (optind < argc)
-        return usage("unexpected argument");
+    int r = bench_getopt(argc, argv, lo, apply_opt, o, usage);
+    if (r == 1)
+        *rc = o->one_shot;
+    if (r)
+        return r;
     if (!o->engram)
         return usage("--engram is required");
     if (o->seconds <= 0 || o->hot_rows == 0 || o->hot_rows > UINT32_MAX)

@@ -50,18 +50,17 @@
  * passed through engram_dequant_bf16. Untimed.
  *
  * Output: per shape a human-readable block and one `bench: key=value` line.
- * Exit status: 0 ok, 1 verification mismatch, 2 usage or RPC error. */
-#include <getopt.h>
+ * Exit status: 0 ok, 1 verification mismatch, 2 usage or RPC error.
+ * The setup, workload shapes and verification are prefetch_common.c's,
+ * shared with engram-prefetch-bench. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "engram/engram.h"
-#include "synthetic.h"
-#include "manifest.h"
 #include "bench_util.h"
+#include "prefetch_common.h"
 
 const char bench_prog[] = "engram-decode-loop-bench";
 
@@ -77,32 +76,19 @@ typedef struct bench_opts {
     int dequant;           /* --dequant bf16: ENGRAM_PREFETCH_DEQUANT_BF16 */
 } bench_opts;
 
-/* One request shape and where its batches come from. */
+/* One request shape and the worker's compute for it. */
 typedef struct shape {
-    const char *name;
-    size_t B, T;
-    size_t span, nsteps;  /* workload tokens per sequence; steps before wrap */
-    uint64_t layer_ns;    /* busy-wait per layer */
+    pf_shape w;
+    uint64_t layer_ns;    /* compute per layer */
     uint64_t steps;       /* timed steps per mode */
 } shape;
 
 typedef struct bench {
     const bench_opts *o;
-    engram_client *client;
-    engram_model *model;
-    engram_model_info info;
+    pf_bench p;
     size_t first_engram;  /* the layer before which the worker waits */
     size_t out_rb;        /* bytes a row takes in out: row_bytes, or 2 * dim */
-    int64_t *tok;
-    size_t ntok, hist;
 } bench;
-
-/* One step's buffers. */
-typedef struct stepbuf {
-    int64_t *tokens, *history;
-    uint8_t *out;
-    size_t out_bytes;
-} stepbuf;
 
 typedef struct mode_result {
     uint64_t steps, total_ns;
@@ -125,8 +111,9 @@ static int usage(const char *why)
     return 2;
 }
 
-static int apply_opt(bench_opts *o, int c, const char *arg)
+static int apply_opt(void *ctx, int c, const char *arg)
 {
+    bench_opts *o = ctx;
     switch (c) {
     case 's': o->server = arg; return 0;
     case 'm': o->model = arg; return 0;
@@ -177,48 +164,30 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     *o = (bench_opts){.layers = 30, .batch = 512, .chunk = 4096, .warmup = 3,
                       .tok_per_s = 9000};
-    int c, li = 0;
-    while ((c = getopt_long(argc, argv, "", lo, &li)) != -1) {
-        if (c == 'h' || c == '?')
-            return usage(NULL);
-        if (apply_opt(o, c, optarg)) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "bad value '%s' for --%s", optarg,
-                     lo[li].name);
-            return usage(msg);
-        }
-    }
-    if (optind < argc)
-        return usage("unexpected argument");
-    return check_opts(o);
+    int rc = bench_getopt(argc, argv, lo, apply_opt, o, usage);
+    return rc ? rc : check_opts(o);
 }
 
 /* ---- setup ------------------------------------------------------------------ */
 
 static int open_bench(bench *b)
 {
-    engram_error err = {0};
     engram_client_options co;
     engram_client_options_init(&co);
     if (b->o->chunk_rows)
         co.prefetch_chunk_rows = b->o->chunk_rows > INT32_MAX ? INT32_MAX : (int32_t)b->o->chunk_rows;
-    int rc = engram_client_open(b->o->server, &co, &b->client, &err);
+    int rc = pf_open(&b->p, b->o->server, &co, b->o->model);
     if (rc)
-        return rpc_fail("connect", rc, &err);
-    rc = engram_model_open(b->client, b->o->model, &b->model, &err);
-    if (rc)
-        return rpc_fail("model open", rc, &err);
-    engram_model_get_info(b->model, &b->info);
-    b->hist = b->info.max_ngram - 1;
-    if (b->o->dequant && strcmp(b->info.dtype, "mxfp8_e4m3") != 0) {
+        return rc;
+    if (b->o->dequant && strcmp(b->p.info.dtype, "mxfp8_e4m3") != 0) {
         fprintf(stderr, "engram-decode-loop-bench: --dequant bf16 needs a model of "
-                "dtype mxfp8_e4m3; %s holds %s\n", b->info.name, b->info.dtype);
+                "dtype mxfp8_e4m3; %s holds %s\n", b->p.info.name, b->p.info.dtype);
         return 2;
     }
-    b->out_rb = b->o->dequant ? (size_t)b->info.dim * 2 : b->info.row_bytes;
+    b->out_rb = b->o->dequant ? (size_t)b->p.info.dim * 2 : b->p.info.row_bytes;
     b->first_engram = (size_t)-1;
-    for (uint32_t l = 0; l < b->info.n_layers; l++) {
-        int64_t id = b->info.layer_ids[l];
+    for (uint32_t l = 0; l < b->p.info.n_layers; l++) {
+        int64_t id = b->p.info.layer_ids[l];
         if (id < 0 || (uint64_t)id >= b->o->layers) {
             fprintf(stderr, "engram-decode-loop-bench: Engram layer %" PRId64
                     " is outside the %" PRIu64 "-layer model\n", id, b->o->layers);
@@ -230,12 +199,12 @@ static int open_bench(bench *b)
     return 0;
 }
 
-/* Per-layer busy-wait: the option, else tokens per step / R / L. */
+/* Per-layer compute: the option, else tokens per step / R / L. */
 static shape make_shape(const bench *b, const char *name, size_t B, size_t T,
                         double layer_us, uint64_t steps)
 {
     const bench_opts *o = b->o;
-    shape s = {.name = name, .B = B, .T = T};
+    shape s = {.w = pf_shape_make(&b->p, name, B, T)};
     double step_s = (double)(B * T) / o->tok_per_s;
     if (layer_us <= 0)
         layer_us = step_s / (double)o->layers * 1e6;
@@ -243,56 +212,28 @@ static shape make_shape(const bench *b, const char *name, size_t B, size_t T,
     /* default: ~10 s of steps per mode at the nominal step time */
     s.steps = steps ? steps : (uint64_t)(10.0 / ((double)s.layer_ns * 1e-9 *
                                                  (double)o->layers)) + 1;
-    s.span = b->ntok > b->hist ? (b->ntok - b->hist) / B : 0;
-    s.nsteps = s.span / T;
     return s;
 }
 
 static size_t rows_per_step(const bench *b, const shape *s)
 {
-    return s->B * s->T * b->info.heads * b->info.n_layers;
+    return pf_rows_per_step(&b->p, &s->w);
 }
 
-static void stepbuf_init(const bench *b, const shape *s, stepbuf *sb)
+static void stepbuf_init(const bench *b, const shape *s, pf_buf *sb)
 {
-    sb->tokens = xmalloc(s->B * s->T * sizeof(int64_t));
-    sb->history = xmalloc(s->B * b->hist * sizeof(int64_t));
-    sb->out_bytes = rows_per_step(b, s) * b->out_rb;
-    sb->out = xmalloc(sb->out_bytes);
+    pf_buf_init(&b->p, &s->w, b->out_rb, sb);
     memset(sb->out, 0, sb->out_bytes);  /* every page real before timing */
 }
 
-static void stepbuf_free(stepbuf *sb)
-{
-    free(sb->tokens);
-    free(sb->history);
-    free(sb->out);
-}
-
-/* Step `step` of shape s: sequence j starts at hist + j * span + (step mod
- * nsteps) * T; its history is the hist tokens before that. */
-static void fill_batch(const bench *b, const shape *s, uint64_t step, stepbuf *sb)
-{
-    size_t within = (size_t)(step % s->nsteps) * s->T;
-    for (size_t j = 0; j < s->B; j++) {
-        size_t start = b->hist + j * s->span + within;
-        memcpy(sb->tokens + j * s->T, b->tok + start, s->T * sizeof(int64_t));
-        memcpy(sb->history + j * b->hist, b->tok + start - b->hist,
-               b->hist * sizeof(int64_t));
-    }
-}
-
-static int prefetch_start(const bench *b, const shape *s, stepbuf *sb,
+static int prefetch_start(const bench *b, const shape *s, pf_buf *sb,
                           engram_prefetch **h)
 {
     engram_error err = {0};
-    engram_prefetch_request r = {
-        .layer_ids = b->info.layer_ids, .n_layers = b->info.n_layers,
-        .tokens = sb->tokens, .batch = s->B, .seq_len = s->T,
-        .history = sb->history, .out = sb->out, .out_cap = sb->out_bytes,
-        .flags = ENGRAM_PREFETCH_HASH_ASYNC |
-                 (b->o->dequant ? ENGRAM_PREFETCH_DEQUANT_BF16 : 0)};
-    int rc = engram_prefetch_start(b->model, &r, h, &err);
+    engram_prefetch_request r = pf_request(
+        &b->p, &s->w, sb, ENGRAM_PREFETCH_HASH_ASYNC |
+                              (b->o->dequant ? ENGRAM_PREFETCH_DEQUANT_BF16 : 0));
+    int rc = engram_prefetch_start(b->p.model, &r, h, &err);
     return rc ? rpc_fail("prefetch start", rc, &err) : 0;
 }
 
@@ -305,8 +246,8 @@ static int prefetch_wait(engram_prefetch *h)
 
 static int is_engram_layer(const bench *b, size_t l)
 {
-    for (uint32_t i = 0; i < b->info.n_layers; i++)
-        if ((size_t)b->info.layer_ids[i] == l)
+    for (uint32_t i = 0; i < b->p.info.n_layers; i++)
+        if ((size_t)b->p.info.layer_ids[i] == l)
             return 1;
     return 0;
 }
@@ -333,10 +274,7 @@ static volatile uint64_t spin_sink;
 static void busy_wait(uint64_t ns, int sleep_instead)
 {
     if (sleep_instead) {
-        uint64_t end = bench_now_ns() + ns;
-        struct timespec ts = {(time_t)(end / 1000000000u), (long)(end % 1000000000u)};
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0)
-            ;
+        bench_sleep_until(bench_now_ns() + ns);
         return;
     }
     uint64_t end = bench_now_ns() + ns, n = 0;
@@ -347,12 +285,12 @@ static void busy_wait(uint64_t ns, int sleep_instead)
 
 /* One step; with_engram starts a prefetch first and waits for each Engram
  * layer's rows just before it. Records into r when r is non-NULL. */
-static int one_step(const bench *b, const shape *s, stepbuf *sb, uint64_t step,
+static int one_step(const bench *b, const shape *s, pf_buf *sb, uint64_t step,
                     int with_engram, mode_result *r)
 {
     engram_prefetch *h = NULL;
     uint64_t t0 = bench_now_ns(), t_start = 0, t_wait = 0, t1;
-    fill_batch(b, s, step, sb);
+    pf_fill_batch(&b->p, &s->w, step, sb);
     if (with_engram && prefetch_start(b, s, sb, &h))
         return 2;
     t_start = bench_now_ns() - t0;
@@ -388,7 +326,7 @@ static int one_step(const bench *b, const shape *s, stepbuf *sb, uint64_t step,
  * first); both modes walk the same batches. */
 static int run_shape(const bench *b, const shape *s, mode_result *on, mode_result *off)
 {
-    stepbuf sb;
+    pf_buf sb;
     stepbuf_init(b, s, &sb);
     int rc = 0;
     uint64_t total = b->o->warmup + s->steps;
@@ -398,7 +336,7 @@ static int run_shape(const bench *b, const shape *s, mode_result *on, mode_resul
         if (rc == 0)
             rc = one_step(b, s, &sb, i, 0, timed ? off : NULL);
     }
-    stepbuf_free(&sb);
+    pf_buf_free(&sb);
     return rc;
 }
 
@@ -409,19 +347,14 @@ static const char *form_name(const bench *b)
     return b->o->dequant ? "bf16" : "raw";
 }
 
-static const char *layer_list(const bench *b, char *buf, size_t cap)
+static const char *compute_name(const bench *b)
 {
-    size_t off = 0;
-    buf[0] = 0;
-    for (uint32_t l = 0; l < b->info.n_layers && off < cap; l++)
-        off += (size_t)snprintf(buf + off, cap - off, "%s%" PRId64, l ? "," : "",
-                                b->info.layer_ids[l]);
-    return buf;
+    return b->o->sleep_compute ? "sleep" : "busy-wait";
 }
 
 static double tps(const shape *s, const mode_result *r)
 {
-    return r->total_ns ? (double)(r->steps * s->B * s->T) / ((double)r->total_ns / 1e9) : 0;
+    return r->total_ns ? (double)(r->steps * s->w.B * s->w.T) / ((double)r->total_ns / 1e9) : 0;
 }
 
 /* Steps whose wait blocked for more than 50 us. */
@@ -433,25 +366,18 @@ static uint64_t blocked_steps(const mode_result *r)
     return n;
 }
 
-static double mean_ms(const lat_log *l)
-{
-    double sum = 0;
-    for (size_t i = 0; i < l->len; i++)
-        sum += (double)l->ns[i];
-    return l->len ? sum / (double)l->len / 1e6 : 0;
-}
-
 static void print_human(const bench *b, const shape *s, const mode_result *on,
                         const mode_result *off)
 {
     double t_on = tps(s, on), t_off = tps(s, off);
     double nominal_ms = (double)s->layer_ns * (double)b->o->layers / 1e6;
     char layers[256];
-    printf("%s: B %zu x T %zu, %" PRIu64 " layers x %.3f ms busy-wait (nominal "
+    printf("%s: B %zu x T %zu, %" PRIu64 " layers x %.3f ms %s (nominal "
            "%.2f ms/step), Engram at layers %s (%s), %zu rows/prefetch, "
            "%.2f MiB as %s\n",
-           s->name, s->B, s->T, b->o->layers, (double)s->layer_ns / 1e6, nominal_ms,
-           layer_list(b, layers, sizeof layers),
+           s->w.name, s->w.B, s->w.T, b->o->layers, (double)s->layer_ns / 1e6,
+           compute_name(b), nominal_ms,
+           pf_layer_list(&b->p, layers, sizeof layers),
            b->o->wait_all_first ? "all waited for before the first" : "each waited for just before it",
            rows_per_step(b, s), (double)(rows_per_step(b, s) * b->out_rb) / (1 << 20),
            form_name(b));
@@ -466,7 +392,7 @@ static void print_human(const bench *b, const shape *s, const mode_result *on,
     printf("  wait ms         p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f; "
            "blocked > 50 us in %" PRIu64 " of %" PRIu64 " steps\n",
            pct_ms(&on->wait, 50), pct_ms(&on->wait, 90), pct_ms(&on->wait, 99),
-           pct_ms(&on->wait, 100), mean_ms(&on->wait), blocked_steps(on), on->steps);
+           pct_ms(&on->wait, 100), lat_mean_ms(&on->wait), blocked_steps(on), on->steps);
     printf("  start ms        p50 %.3f  p99 %.3f  max %.3f (batch fill + "
            "engram_prefetch_start, HASH_ASYNC)\n", pct_ms(&on->start, 50),
            pct_ms(&on->start, 99), pct_ms(&on->start, 100));
@@ -484,13 +410,13 @@ static void print_machine(const bench *b, const shape *s, const mode_result *on,
            "step_p50_ms_on=%.3f wait_p50_ms=%.4f wait_p90_ms=%.4f wait_p99_ms=%.4f "
            "wait_max_ms=%.4f wait_mean_ms=%.4f blocked_steps=%" PRIu64
            " start_p50_ms=%.4f start_max_ms=%.4f\n",
-           s->name, b->info.name, form_name(b), b->info.dtype, b->info.heads,
-           b->info.row_bytes, b->out_rb, rows_per_step(b, s),
-           rows_per_step(b, s) * b->out_rb, s->B, s->T, b->o->layers, b->info.n_layers,
+           s->w.name, b->p.info.name, form_name(b), b->p.info.dtype, b->p.info.heads,
+           b->p.info.row_bytes, b->out_rb, rows_per_step(b, s),
+           rows_per_step(b, s) * b->out_rb, s->w.B, s->w.T, b->o->layers, b->p.info.n_layers,
            (double)s->layer_ns / 1e6, on->steps, t_off, t_on,
            t_off > 0 ? (1 - t_on / t_off) * 100 : 0, pct_ms(&off->step, 50),
            pct_ms(&on->step, 50), pct_ms(&on->wait, 50), pct_ms(&on->wait, 90),
-           pct_ms(&on->wait, 99), pct_ms(&on->wait, 100), mean_ms(&on->wait),
+           pct_ms(&on->wait, 99), pct_ms(&on->wait, 100), lat_mean_ms(&on->wait),
            blocked_steps(on), pct_ms(&on->start, 50), pct_ms(&on->start, 100));
 }
 
@@ -522,60 +448,18 @@ static int bench_shape(const bench *b, const shape *s)
 
 /* ---- verification (untimed) -------------------------------------------------- */
 
-/* Mismatching rows of layer index l in sb->out, or -1 on a hashing error.
- * want holds row_bytes + out_rb: the stored row, then (BF16 form) its
- * dequantised values, which is what out must hold. */
-static long verify_layer(const bench *b, const shape *s, const stepbuf *sb,
-                         uint32_t l, uint64_t *rows, uint8_t *want)
-{
-    size_t per = s->B * s->T * b->info.heads, rb = b->info.row_bytes, orb = b->out_rb;
-    uint8_t *expect = b->o->dequant ? want + rb : want;
-    int64_t id = b->info.layer_ids[l];
-    engram_error err = {0};
-    int rc = engram_model_hash(b->model, id, sb->tokens, s->B, s->T, sb->history,
-                               rows, &err);
-    if (rc) {
-        rpc_fail("hash", rc, &err);
-        return -1;
-    }
-    uint64_t seed = manifest_synthetic_seed(b->o->verify_seed, id);
-    long bad = 0;
-    for (size_t i = 0; i < per; i++) {
-        synthetic_row_typed(seed, rows[i], want, rb, b->info.dtype);
-        if (b->o->dequant)
-            engram_dequant_bf16(want, 1, b->info.dim, (uint16_t *)(void *)expect, NULL);
-        if (memcmp(sb->out + (l * per + i) * orb, expect, orb) == 0)
-            continue;
-        if (bad++ < 5)
-            fprintf(stderr, "engram-decode-loop-bench: mismatch: %s layer %" PRId64
-                    " row %" PRIu64 " (index %zu)\n", s->name, id, rows[i], i);
-    }
-    return bad;
-}
-
 /* Prefetches step 0 of s and checks every row; -1 on an error. */
 static long verify_shape(const bench *b, const shape *s, uint64_t *checked)
 {
-    stepbuf sb;
+    pf_buf sb;
     engram_prefetch *h = NULL;
     long bad = -1;
     stepbuf_init(b, s, &sb);
-    fill_batch(b, s, 0, &sb);
-    if (prefetch_start(b, s, &sb, &h) == 0 && prefetch_wait(h) == 0) {
-        size_t per = s->B * s->T * b->info.heads;
-        uint64_t *rows = xmalloc(per * sizeof *rows);
-        uint8_t *want = xmalloc(b->info.row_bytes + b->out_rb);
-        bad = 0;
-        for (uint32_t l = 0; l < b->info.n_layers && bad >= 0; l++) {
-            long m = verify_layer(b, s, &sb, l, rows, want);
-            bad = m < 0 ? -1 : bad + m;
-        }
-        *checked += per * b->info.n_layers;
-        free(rows);
-        free(want);
-    }
+    pf_fill_batch(&b->p, &s->w, 0, &sb);
+    if (prefetch_start(b, s, &sb, &h) == 0 && prefetch_wait(h) == 0)
+        bad = pf_verify(&b->p, &s->w, &sb, b->o->verify_seed, b->o->dequant, checked);
     engram_prefetch_free(h);
-    stepbuf_free(&sb);
+    pf_buf_free(&sb);
     return bad;
 }
 
@@ -600,31 +484,22 @@ static int run_verify(const bench *b, const shape *shapes, size_t n)
 
 /* ---- main --------------------------------------------------------------------- */
 
-static int check_workload(const bench *b, const shape *s)
-{
-    if (s->nsteps == 0) {
-        fprintf(stderr, "engram-decode-loop-bench: %s needs at least %zu tokens; "
-                "%s has %zu\n", s->name, b->hist + s->B * s->T, b->o->tokens, b->ntok);
-        return 2;
-    }
-    return 0;
-}
-
 static int run_all(bench *b)
 {
     const bench_opts *o = b->o;
     shape shapes[2] = {
         make_shape(b, "decode", o->batch, 1, o->decode_us, o->steps),
         make_shape(b, "prefill", 1, o->chunk, o->prefill_us, o->prefill_steps)};
-    if (check_workload(b, &shapes[0]) || check_workload(b, &shapes[1]))
+    if (pf_check_workload(&b->p, &shapes[0].w, o->tokens) ||
+        pf_check_workload(&b->p, &shapes[1].w, o->tokens))
         return 2;
     printf("engram-decode-loop-bench: server %s, model %s (manifest version %" PRIu64
            "), %u heads x %u-byte rows of %s, delivered %s (%zu bytes a row); "
            "tokens %s: %zu; compute model %.0f tokens/s over %" PRIu64 " layers (%s)\n\n",
-           o->server, b->info.name, b->info.manifest_version, b->info.heads,
-           b->info.row_bytes, b->info.dtype,
+           o->server, b->p.info.name, b->p.info.manifest_version, b->p.info.heads,
+           b->p.info.row_bytes, b->p.info.dtype,
            o->dequant ? "as BF16 (--dequant bf16)" : "raw", b->out_rb, o->tokens,
-           b->ntok, o->tok_per_s, o->layers, o->sleep_compute ? "sleep" : "busy-wait");
+           b->p.ntok, o->tok_per_s, o->layers, compute_name(b));
     fflush(stdout);
     int rc = 0;
     for (size_t i = 0; i < 2 && rc == 0; i++)
@@ -640,15 +515,11 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &o))
         return 2;
     bench b = {.o = &o};
-    int rc = load_tokens_file(o.tokens, &b.tok, &b.ntok);
+    int rc = load_tokens_file(o.tokens, &b.p.tok, &b.p.ntok);
     if (rc == 0)
         rc = open_bench(&b);
     if (rc == 0)
         rc = run_all(&b);
-    if (b.model)
-        engram_model_close(b.model);
-    if (b.client)
-        engram_client_close(b.client);
-    free(b.tok);
+    pf_close(&b.p);
     return rc;
 }

@@ -30,7 +30,6 @@
  *
  * Output: a human-readable block, then one line `bench: key=value ...`.
  * Exit status: 0 ok, 1 verification mismatch, 2 usage or RPC error. */
-#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -113,8 +112,9 @@ static int usage(const char *why)
     return 2;
 }
 
-static int apply_opt(bench_opts *o, int c, const char *arg)
+static int apply_opt(void *ctx, int c, const char *arg)
 {
+    bench_opts *o = ctx;
     uint64_t u = 0;
     switch (c) {
     case 's': o->server = arg; return 0;
@@ -156,19 +156,9 @@ static int parse_args(int argc, char **argv, bench_opts *o)
     *o = (bench_opts){.rows_per_call = 4096, .inflight = 8, .seconds = 10,
                       .warmup = 1, .verify_calls = 256, .rng_seed = 1,
                       .deadline_ms = 10000};
-    int c, li = 0;
-    while ((c = getopt_long(argc, argv, "", lo, &li)) != -1) {
-        if (c == 'h' || c == '?')
-            return usage(NULL);
-        if (apply_opt(o, c, optarg)) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "bad value '%s' for --%s", optarg,
-                     lo[li].name);
-            return usage(msg);
-        }
-    }
-    if (optind < argc)
-        return usage("unexpected argument");
+    int rc = bench_getopt(argc, argv, lo, apply_opt, o, usage);
+    if (rc)
+        return rc;
     if (!o->server || !o->table)
         return usage("--server and --table are required");
     if (o->verify && !o->have_seed)

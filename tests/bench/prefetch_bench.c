@@ -54,21 +54,21 @@
  * than the library's default 10 s.
  *
  * Output: per scenario a human-readable block and one `bench: key=value`
- * line. Exit status: 0 ok, 1 verification mismatch, 2 usage or RPC error. */
-#include <errno.h>
-#include <getopt.h>
+ * line. Exit status: 0 ok, 1 verification mismatch, 2 usage or RPC error.
+ * The setup, workload shapes and verification are prefetch_common.c's,
+ * shared with engram-decode-loop-bench. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "engram/engram.h"
 #include "manifest.h"
 #include "synthetic.h"
 #include "bench_util.h"
+#include "prefetch_common.h"
 
 const char bench_prog[] = "engram-prefetch-bench";
 
@@ -85,33 +85,23 @@ typedef struct bench_opts {
     uint64_t decode_steps, prefill_steps;  /* 0: time-bound runs */
 } bench_opts;
 
-/* One request shape and where its batches come from. */
+/* One request shape and how many steps a run of it makes. */
 typedef struct shape {
-    const char *name;
-    size_t B, T;
-    size_t span;     /* workload tokens reserved per sequence */
-    size_t nsteps;   /* steps before the offsets wrap */
+    pf_shape w;
     uint64_t count;  /* steps per run (--decode-steps ...); 0: --seconds */
 } shape;
 
 typedef struct bench {
     const bench_opts *o;
-    engram_client *client;
-    engram_model *model;
-    engram_model_info info;
+    pf_bench p;
     uint64_t table_rows[ENGRAM_MAX_LAYERS];
-    int64_t *tok;    /* the workload, widened to int64 */
-    size_t ntok;
-    size_t hist;     /* max_ngram - 1 */
     uint8_t *dense[ENGRAM_MAX_LAYERS];  /* local gather baseline's tables */
     int gather;      /* run the gather baseline (dense tables allocated) */
 } bench;
 
 /* One prefetch in flight. */
 typedef struct slot {
-    int64_t *tokens, *history;
-    uint8_t *out;
-    size_t out_bytes;
+    pf_buf buf;
     engram_prefetch *h;
     uint64_t t0;
 } slot;
@@ -125,6 +115,7 @@ typedef struct run_result {
     double elapsed_s;
     lat_log lat;
     double uniq_per_step;
+    uint64_t dedup_samples;  /* steps the de-dup ratio was counted over */
 } run_result;
 
 typedef struct baseline {
@@ -145,8 +136,9 @@ static int usage(const char *why)
     return 2;
 }
 
-static int apply_opt(bench_opts *o, int c, const char *arg)
+static int apply_opt(void *ctx, int c, const char *arg)
 {
+    bench_opts *o = ctx;
     uint64_t u = 0;
     switch (c) {
     case 's': o->server = arg; return 0;
@@ -181,19 +173,9 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"decode-steps", 1, 0, 'D'}, {"prefill-steps", 1, 0, 'P'},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     *o = (bench_opts){.seconds = 10, .warmup = 1, .inflight = 4, .deadline_ms = 10000};
-    int c, li = 0;
-    while ((c = getopt_long(argc, argv, "", lo, &li)) != -1) {
-        if (c == 'h' || c == '?')
-            return usage(NULL);
-        if (apply_opt(o, c, optarg)) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "bad value '%s' for --%s", optarg,
-                     lo[li].name);
-            return usage(msg);
-        }
-    }
-    if (optind < argc)
-        return usage("unexpected argument");
+    int rc = bench_getopt(argc, argv, lo, apply_opt, o, usage);
+    if (rc)
+        return rc;
     if (!o->server || !o->model || !o->tokens)
         return usage("--server, --model and --tokens are required");
     if (o->seconds <= 0)
@@ -208,7 +190,7 @@ static int load_table_rows(bench *b)
 {
     char *json = NULL, why[512];
     engram_error err = {0};
-    int rc = engram_manifest_get(b->client, b->o->model, &json, NULL, &err);
+    int rc = engram_manifest_get(b->p.client, b->o->model, &json, NULL, &err);
     if (rc)
         return rpc_fail("manifest", rc, &err);
     engram_manifest *m = manifest_parse(json, strlen(json), why, sizeof why);
@@ -217,7 +199,7 @@ static int load_table_rows(bench *b)
         fprintf(stderr, "engram-prefetch-bench: stored manifest: %s\n", why);
         return 2;
     }
-    for (uint32_t i = 0; i < b->info.n_layers; i++)
+    for (uint32_t i = 0; i < b->p.info.n_layers; i++)
         b->table_rows[i] = m->model->layers[i].total_rows;
     manifest_free(m);
     return 0;
@@ -225,71 +207,27 @@ static int load_table_rows(bench *b)
 
 static int open_bench(bench *b)
 {
-    engram_error err = {0};
     engram_client_options co;
     engram_client_options_init(&co);
     co.deadline_ms = b->o->deadline_ms;
-    int rc = engram_client_open(b->o->server, &co, &b->client, &err);
-    if (rc)
-        return rpc_fail("connect", rc, &err);
-    rc = engram_model_open(b->client, b->o->model, &b->model, &err);
-    if (rc)
-        return rpc_fail("model open", rc, &err);
-    engram_model_get_info(b->model, &b->info);
-    b->hist = b->info.max_ngram - 1;
-    return load_table_rows(b);
-}
-
-static shape make_shape(const bench *b, const char *name, size_t B, size_t T)
-{
-    shape s = {.name = name, .B = B, .T = T};
-    s.span = (b->ntok - b->hist) / B;
-    s.nsteps = s.span / T;
-    return s;
+    int rc = pf_open(&b->p, b->o->server, &co, b->o->model);
+    return rc ? rc : load_table_rows(b);
 }
 
 static size_t rows_per_step(const bench *b, const shape *s)
 {
-    return s->B * s->T * b->info.heads * b->info.n_layers;
+    return pf_rows_per_step(&b->p, &s->w);
 }
 
-/* ---- batches ------------------------------------------------------------------ */
-
-/* Step `step` of shape s: sequence j starts at hist + j * span + (step mod
- * nsteps) * T; its history is the hist tokens before that. */
-static void fill_batch(const bench *b, const shape *s, uint64_t step,
-                       int64_t *tokens, int64_t *history)
-{
-    size_t within = (size_t)(step % s->nsteps) * s->T;
-    for (size_t j = 0; j < s->B; j++) {
-        size_t start = b->hist + j * s->span + within;
-        memcpy(tokens + j * s->T, b->tok + start, s->T * sizeof *tokens);
-        memcpy(history + j * b->hist, b->tok + start - b->hist,
-               b->hist * sizeof *history);
-    }
-}
-
-static engram_prefetch_request make_req(const bench *b, const shape *s,
-                                        slot *sl, unsigned flags)
-{
-    return (engram_prefetch_request){
-        .layer_ids = b->info.layer_ids, .n_layers = b->info.n_layers,
-        .tokens = sl->tokens, .batch = s->B, .seq_len = s->T,
-        .history = sl->history, .out = sl->out, .out_cap = sl->out_bytes,
-        .flags = flags};
-}
+/* ---- slots -------------------------------------------------------------------- */
 
 static slot *slots_new(const bench *b, const shape *s, size_t k)
 {
     slot *v = calloc(k, sizeof *v);
     if (!v)
         exit(2);
-    for (size_t i = 0; i < k; i++) {
-        v[i].tokens = xmalloc(s->B * s->T * sizeof(int64_t));
-        v[i].history = xmalloc(s->B * b->hist * sizeof(int64_t));
-        v[i].out_bytes = rows_per_step(b, s) * b->info.row_bytes;
-        v[i].out = xmalloc(v[i].out_bytes);
-    }
+    for (size_t i = 0; i < k; i++)
+        pf_buf_init(&b->p, &s->w, b->p.info.row_bytes, &v[i].buf);
     return v;
 }
 
@@ -297,9 +235,7 @@ static void slots_free(slot *v, size_t k)
 {
     for (size_t i = 0; i < k; i++) {
         engram_prefetch_free(v[i].h);
-        free(v[i].tokens);
-        free(v[i].history);
-        free(v[i].out);
+        pf_buf_free(&v[i].buf);
     }
     free(v);
 }
@@ -310,10 +246,10 @@ static int slot_start(const bench *b, const shape *s, slot *sl, uint64_t step,
                       unsigned flags)
 {
     engram_error err = {0};
-    fill_batch(b, s, step, sl->tokens, sl->history);
-    engram_prefetch_request r = make_req(b, s, sl, flags);
+    pf_fill_batch(&b->p, &s->w, step, &sl->buf);
+    engram_prefetch_request r = pf_request(&b->p, &s->w, &sl->buf, flags);
     sl->t0 = bench_now_ns();
-    int rc = engram_prefetch_start(b->model, &r, &sl->h, &err);
+    int rc = engram_prefetch_start(b->p.model, &r, &sl->h, &err);
     return rc ? rpc_fail("prefetch start", rc, &err) : 0;
 }
 
@@ -422,16 +358,18 @@ static size_t set_cap(size_t n)
 }
 
 /* Unique rows of one step, summed over layers (prefetch de-dups per
- * layer, since each layer is its own table); 0 on a hashing error. */
-static size_t step_unique(const bench *b, const shape *s, uint64_t step,
-                          int64_t *tok, int64_t *hist, uint64_t *rows, uint64_t *set)
+ * layer, since each layer is its own table); 0 on a hashing error. in's
+ * output holds one layer's row ids. */
+static size_t step_unique(const bench *b, const shape *s, uint64_t step, pf_buf *in,
+                          uint64_t *set)
 {
-    size_t per = s->B * s->T * b->info.heads, uniq = 0;
-    fill_batch(b, s, step, tok, hist);
-    for (uint32_t l = 0; l < b->info.n_layers; l++) {
+    size_t per = s->w.B * s->w.T * b->p.info.heads, uniq = 0;
+    uint64_t *rows = (uint64_t *)(void *)in->out;
+    pf_fill_batch(&b->p, &s->w, step, in);
+    for (uint32_t l = 0; l < b->p.info.n_layers; l++) {
         engram_error err = {0};
-        int rc = engram_model_hash(b->model, b->info.layer_ids[l], tok, s->B,
-                                   s->T, hist, rows, &err);
+        int rc = engram_model_hash(b->p.model, b->p.info.layer_ids[l], in->tokens, s->w.B,
+                                   s->w.T, in->history, rows, &err);
         if (rc) {
             rpc_fail("hash", rc, &err);
             return 0;
@@ -441,37 +379,35 @@ static size_t step_unique(const bench *b, const shape *s, uint64_t step,
     return uniq;
 }
 
-/* Average unique rows per step over up to DEDUP_SAMPLES of the steps made. */
-static double dedup_unique(const bench *b, const shape *s, uint64_t first,
-                           uint64_t steps_made)
+/* Average unique rows per step over up to DEDUP_SAMPLES of the steps made;
+ * r->dedup_samples receives how many. */
+static void dedup_unique(const bench *b, const shape *s, run_result *r)
 {
-    size_t per = s->B * s->T * b->info.heads;
-    int64_t *tok = xmalloc(s->B * s->T * sizeof *tok);
-    int64_t *hist = xmalloc(s->B * b->hist * sizeof *hist);
-    uint64_t *rows = xmalloc(per * sizeof *rows);
+    size_t per = s->w.B * s->w.T * b->p.info.heads;
+    pf_buf in;
+    pf_buf_init(&b->p, &s->w, sizeof(uint64_t), &in);   /* row ids: all layers fit */
     uint64_t *set = xmalloc(set_cap(per) * sizeof *set);
-    uint64_t n = steps_made < DEDUP_SAMPLES ? steps_made : DEDUP_SAMPLES;
+    uint64_t made = r->steps_made, n = made < DEDUP_SAMPLES ? made : DEDUP_SAMPLES;
     double sum = 0;
     for (uint64_t i = 0; i < n; i++)
-        sum += (double)step_unique(b, s, first + i * steps_made / n, tok, hist, rows, set);
-    free(tok);
-    free(hist);
-    free(rows);
+        sum += (double)step_unique(b, s, r->first + i * made / n, &in, set);
+    pf_buf_free(&in);
     free(set);
-    return n ? sum / (double)n : 0.0;
+    r->uniq_per_step = n ? sum / (double)n : 0.0;
+    r->dedup_samples = n;
 }
 
 /* ---- baselines ------------------------------------------------------------------ */
 
 /* Hashes every layer of one step into rows (layer after layer). */
-static int hash_step(const bench *b, const shape *s, const int64_t *tok,
-                     const int64_t *hist, uint64_t *rows)
+static int hash_step(const bench *b, const shape *s, const pf_buf *in)
 {
-    size_t per = s->B * s->T * b->info.heads;
-    for (uint32_t l = 0; l < b->info.n_layers; l++) {
+    size_t per = s->w.B * s->w.T * b->p.info.heads;
+    uint64_t *rows = (uint64_t *)(void *)in->out;
+    for (uint32_t l = 0; l < b->p.info.n_layers; l++) {
         engram_error err = {0};
-        int rc = engram_model_hash(b->model, b->info.layer_ids[l], tok, s->B,
-                                   s->T, hist, rows + l * per, &err);
+        int rc = engram_model_hash(b->p.model, b->p.info.layer_ids[l], in->tokens, s->w.B,
+                                   s->w.T, in->history, rows + l * per, &err);
         if (rc)
             return rpc_fail("hash", rc, &err);
     }
@@ -482,22 +418,19 @@ static int hash_step(const bench *b, const shape *s, const int64_t *tok,
  * prefetch runs (batch filling included, as it is in theirs); -1 on error. */
 static double baseline_hash(const bench *b, const shape *s)
 {
-    int64_t *tok = xmalloc(s->B * s->T * sizeof *tok);
-    int64_t *hist = xmalloc(s->B * b->hist * sizeof *hist);
-    uint64_t *rows = xmalloc(rows_per_step(b, s) * sizeof *rows);
+    pf_buf in;
+    pf_buf_init(&b->p, &s->w, sizeof(uint64_t), &in);   /* output: the row ids */
     uint64_t step = 0, t0 = 0, t_end = 0, now = 0;
     int rc = 0;
-    fill_batch(b, s, step, tok, hist);
-    rc = hash_step(b, s, tok, hist, rows);       /* warm-up, untimed */
+    pf_fill_batch(&b->p, &s->w, step, &in);
+    rc = hash_step(b, s, &in);                   /* warm-up, untimed */
     t0 = bench_now_ns();
     t_end = t0 + (uint64_t)(b->o->seconds * 1e9);
     for (step = 0; !rc && (now = bench_now_ns()) < t_end; step++) {
-        fill_batch(b, s, step, tok, hist);
-        rc = hash_step(b, s, tok, hist, rows);
+        pf_fill_batch(&b->p, &s->w, step, &in);
+        rc = hash_step(b, s, &in);
     }
-    free(tok);
-    free(hist);
-    free(rows);
+    pf_buf_free(&in);
     return rc ? -1.0 : (double)(now - t0) / (double)step;
 }
 
@@ -507,8 +440,8 @@ static double baseline_hash(const bench *b, const shape *s)
 static void dense_alloc(bench *b)
 {
     double total = 0, ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-    for (uint32_t l = 0; l < b->info.n_layers; l++)
-        total += (double)b->table_rows[l] * b->info.row_bytes;
+    for (uint32_t l = 0; l < b->p.info.n_layers; l++)
+        total += (double)b->table_rows[l] * b->p.info.row_bytes;
     if (b->o->no_gather)
         return;
     if (ram > 0 && total > ram / 2) {
@@ -517,10 +450,10 @@ static void dense_alloc(bench *b)
         return;
     }
     b->gather = 1;
-    for (uint32_t l = 0; l < b->info.n_layers; l++) {
-        size_t bytes = b->table_rows[l] * b->info.row_bytes;
+    for (uint32_t l = 0; l < b->p.info.n_layers; l++) {
+        size_t bytes = b->table_rows[l] * b->p.info.row_bytes;
         b->dense[l] = xmalloc(bytes);
-        synthetic_rows(l, 0, b->table_rows[l], b->dense[l], b->info.row_bytes);
+        synthetic_rows(l, 0, b->table_rows[l], b->dense[l], b->p.info.row_bytes);
     }
 }
 
@@ -529,7 +462,7 @@ static volatile uint8_t gather_sink;
 /* Random row indices for GATHER_INDEX_SETS steps, [set][layer][per]. */
 static uint64_t *gather_indices(const bench *b, size_t per)
 {
-    size_t L = b->info.n_layers;
+    size_t L = b->p.info.n_layers;
     uint64_t *idx = xmalloc(GATHER_INDEX_SETS * L * per * sizeof *idx), rng = 1;
     for (size_t i = 0; i < GATHER_INDEX_SETS * L * per; i++) {
         uint64_t rows = b->table_rows[(i / per) % L];
@@ -541,8 +474,8 @@ static uint64_t *gather_indices(const bench *b, size_t per)
 /* One step's gather: every layer's rows memcpy'd into out, back to back. */
 static void gather_step(const bench *b, const uint64_t *idx, size_t per, uint8_t *out)
 {
-    size_t rb = b->info.row_bytes;
-    for (uint32_t l = 0; l < b->info.n_layers; l++) {
+    size_t rb = b->p.info.row_bytes;
+    for (uint32_t l = 0; l < b->p.info.n_layers; l++) {
         const uint8_t *t = b->dense[l];
         const uint64_t *ix = idx + l * per;
         uint8_t *o = out + l * per * rb;
@@ -555,15 +488,15 @@ static void gather_step(const bench *b, const uint64_t *idx, size_t per, uint8_t
  * random indices (precomputed, outside the clock) from the dense tables. */
 static double baseline_gather(const bench *b, const shape *s)
 {
-    size_t per = s->B * s->T * b->info.heads, L = b->info.n_layers;
+    size_t per = s->w.B * s->w.T * b->p.info.heads, L = b->p.info.n_layers;
     uint64_t *idx = gather_indices(b, per);
-    uint8_t *out = xmalloc(L * per * b->info.row_bytes);
+    uint8_t *out = xmalloc(L * per * b->p.info.row_bytes);
     gather_step(b, idx, per, out);              /* warm-up, untimed */
     uint64_t steps = 0, now, t0 = bench_now_ns();
     uint64_t t_end = t0 + (uint64_t)(b->o->seconds * 1e9);
     do {
         gather_step(b, idx + (steps % GATHER_INDEX_SETS) * L * per, per, out);
-        gather_sink ^= out[steps % (L * per * b->info.row_bytes)];
+        gather_sink ^= out[steps % (L * per * b->p.info.row_bytes)];
         steps++;
     } while ((now = bench_now_ns()) < t_end);
     free(idx);
@@ -573,16 +506,6 @@ static double baseline_gather(const bench *b, const shape *s)
 
 /* ---- report ---------------------------------------------------------------------- */
 
-static const char *layer_list(const bench *b, char *buf, size_t cap)
-{
-    size_t off = 0;
-    buf[0] = 0;
-    for (uint32_t l = 0; l < b->info.n_layers && off < cap; l++)
-        off += (size_t)snprintf(buf + off, cap - off, "%s%" PRId64, l ? "," : "",
-                                b->info.layer_ids[l]);
-    return buf;
-}
-
 static void print_human(const bench *b, const shape *s, const run_result *r,
                         const baseline *bl)
 {
@@ -591,22 +514,22 @@ static void print_human(const bench *b, const shape *s, const run_result *r,
     double local_ms = (bl->hash_ns + bl->gather_ns) / 1e6;
     char layers[256];
     printf("%s: B %zu x T %zu, layers %s, %u heads, %.0f rows/step; %zu in flight, "
-           "hashing %s\n", s->name, s->B, s->T, layer_list(b, layers, sizeof layers),
-           b->info.heads, rows, r->k,
+           "hashing %s\n", s->w.name, s->w.B, s->w.T, pf_layer_list(&b->p, layers, sizeof layers),
+           b->p.info.heads, rows, r->k,
            r->flags & ENGRAM_PREFETCH_HASH_ASYNC ? "async (HASH_ASYNC)" : "on the caller's thread");
     if (s->count)
         printf("  steps %" PRIu64 "..%" PRIu64 ", no warm-up: %.2f s, %.1f steps/s, "
                "%.0f tokens/s\n", r->first, r->first + r->steps - 1, r->elapsed_s,
-               steps_s, steps_s * (double)(s->B * s->T));
+               steps_s, steps_s * (double)(s->w.B * s->w.T));
     else
         printf("  timed %.2f s after %.1f s warm-up: %" PRIu64 " steps, %.1f steps/s, "
                "%.0f tokens/s\n", r->elapsed_s, b->o->warmup, r->steps, steps_s,
-               steps_s * (double)(s->B * s->T));
+               steps_s * (double)(s->w.B * s->w.T));
     printf("  latency ms  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", pct_ms(l, 50),
            pct_ms(l, 90), pct_ms(l, 99), pct_ms(l, 100));
-    printf("  de-dup      %.1f unique of %.0f rows/step (ratio %.3f; %d sampled steps, "
-           "per layer, untimed)\n", r->uniq_per_step, rows, r->uniq_per_step / rows,
-           DEDUP_SAMPLES);
+    printf("  de-dup      %.1f unique of %.0f rows/step (ratio %.3f; %" PRIu64 " sampled "
+           "steps, per layer, untimed)\n", r->uniq_per_step, rows, r->uniq_per_step / rows,
+           r->dedup_samples);
     if (!b->gather) {
         printf("  local       hash %.3f ms/step (1 thread); memcpy gather skipped\n",
                bl->hash_ns / 1e6);
@@ -631,10 +554,10 @@ static void print_machine(const bench *b, const shape *s, const run_result *r,
            "tokens_per_s=%.0f rows_per_step=%.0f unique_rows_per_step=%.1f "
            "dedup_ratio=%.4f p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f "
            "hash_ms=%.4f gather_ms=%.4f local_ms=%.4f ratio_p50=%.3f ratio_tput=%.3f\n",
-           s->name, r->k > 1 ? "_inflight" : "", b->info.name, s->B, s->T,
-           b->info.n_layers, b->info.heads, r->k,
+           s->w.name, r->k > 1 ? "_inflight" : "", b->p.info.name, s->w.B, s->w.T,
+           b->p.info.n_layers, b->p.info.heads, r->k,
            (r->flags & ENGRAM_PREFETCH_HASH_ASYNC) != 0, r->elapsed_s, r->steps,
-           r->first, steps_s, steps_s * (double)(s->B * s->T), rows, r->uniq_per_step,
+           r->first, steps_s, steps_s * (double)(s->w.B * s->w.T), rows, r->uniq_per_step,
            r->uniq_per_step / rows, pct_ms(l, 50), pct_ms(l, 90), pct_ms(l, 99),
            pct_ms(l, 100), bl->hash_ns / 1e6, bl->gather_ns / 1e6, local_ms,
            pct_ms(l, 50) / local_ms, 1e3 / steps_s / local_ms);
@@ -660,7 +583,7 @@ static int timed_prefetch(const bench *b, const shape *s, run_result *r)
     int rc = s->count ? run_counted(b, s, v, r) : run_timed(b, s, v, r);
     slots_free(v, r->k);
     if (rc == 0)
-        r->uniq_per_step = dedup_unique(b, s, r->first, r->steps_made);
+        dedup_unique(b, s, r);
     return rc;
 }
 
@@ -688,33 +611,6 @@ static int bench_shape(const bench *b, const shape *s)
 
 /* ---- verification (untimed) ----------------------------------------------------- */
 
-/* Compares one layer's block of a prefetch output with the synthetic rule
- * at the rows engram_model_hash gives; returns mismatching rows, or -1. */
-static long verify_layer(const bench *b, const shape *s, const slot *sl,
-                         uint32_t l, uint64_t *rows, uint8_t *want)
-{
-    size_t per = s->B * s->T * b->info.heads, rb = b->info.row_bytes;
-    engram_error err = {0};
-    int rc = engram_model_hash(b->model, b->info.layer_ids[l], sl->tokens, s->B,
-                               s->T, sl->history, rows, &err);
-    if (rc) {
-        rpc_fail("hash", rc, &err);
-        return -1;
-    }
-    uint64_t seed = manifest_synthetic_seed(b->o->verify_seed, b->info.layer_ids[l]);
-    long bad = 0;
-    for (size_t i = 0; i < per; i++) {
-        synthetic_row_typed(seed, rows[i], want, rb, b->info.dtype);
-        if (memcmp(sl->out + (l * per + i) * rb, want, rb) == 0)
-            continue;
-        if (bad++ < 5)
-            fprintf(stderr, "engram-prefetch-bench: mismatch: %s layer %" PRId64
-                    " row %" PRIu64 " (index %zu)\n", s->name, b->info.layer_ids[l],
-                    rows[i], i);
-    }
-    return bad;
-}
-
 /* Prefetches step 0 of shape s with `flags` and checks every byte; returns
  * mismatching rows (adds checked rows to *checked), or -1 on an error. */
 static long verify_shape(const bench *b, const shape *s, unsigned flags,
@@ -723,19 +619,8 @@ static long verify_shape(const bench *b, const shape *s, unsigned flags,
     slot *v = slots_new(b, s, 1);
     uint64_t ns;
     long bad = -1;
-    if (slot_start(b, s, v, 0, flags) == 0 && slot_finish(v, &ns) == 0) {
-        size_t per = s->B * s->T * b->info.heads;
-        uint64_t *rows = xmalloc(per * sizeof *rows);
-        uint8_t *want = xmalloc(b->info.row_bytes);
-        bad = 0;
-        for (uint32_t l = 0; l < b->info.n_layers && bad >= 0; l++) {
-            long m = verify_layer(b, s, v, l, rows, want);
-            bad = m < 0 ? -1 : bad + m;
-        }
-        *checked += per * b->info.n_layers;
-        free(rows);
-        free(want);
-    }
+    if (slot_start(b, s, v, 0, flags) == 0 && slot_finish(v, &ns) == 0)
+        bad = pf_verify(&b->p, &s->w, &v->buf, b->o->verify_seed, 0, checked);
     slots_free(v, 1);
     return bad;
 }
@@ -763,15 +648,12 @@ static int run_verify(const bench *b, const shape *shapes, size_t n)
 
 static int check_workload(const bench *b, const shape *s)
 {
-    if (s->nsteps == 0) {
-        fprintf(stderr, "engram-prefetch-bench: %s needs at least %zu tokens; "
-                "%s has %zu\n", s->name, b->hist + s->B * s->T, b->o->tokens, b->ntok);
+    if (pf_check_workload(&b->p, &s->w, b->o->tokens))
         return 2;
-    }
-    if (s->count > s->nsteps / 2) {
+    if (s->count > s->w.nsteps / 2) {
         fprintf(stderr, "engram-prefetch-bench: --%s-steps %" PRIu64 ": at most %zu (two "
-                "runs of distinct steps in %zu)\n", s->name, s->count, s->nsteps / 2,
-                s->nsteps);
+                "runs of distinct steps in %zu)\n", s->w.name, s->count, s->w.nsteps / 2,
+                s->w.nsteps);
         return 2;
     }
     return 0;
@@ -782,20 +664,18 @@ static void print_header(const bench *b)
     char layers[256];
     printf("engram-prefetch-bench: server %s, model %s (manifest version %" PRIu64
            "), layers %s, %u heads x %u-byte rows (%s, D %u)\n", b->o->server,
-           b->info.name, b->info.manifest_version, layer_list(b, layers, sizeof layers),
-           b->info.heads, b->info.row_bytes, b->info.dtype, b->info.dim);
+           b->p.info.name, b->p.info.manifest_version, pf_layer_list(&b->p, layers, sizeof layers),
+           b->p.info.heads, b->p.info.row_bytes, b->p.info.dtype, b->p.info.dim);
     printf("  tokens %s: %zu; each prefetch run %.1f s after %.1f s warm-up; "
-           "baselines %.1f s each\n\n", b->o->tokens, b->ntok, b->o->seconds,
+           "baselines %.1f s each\n\n", b->o->tokens, b->p.ntok, b->o->seconds,
            b->o->warmup, b->o->seconds);
     fflush(stdout);
 }
 
 static int run_all(bench *b)
 {
-    shape shapes[2] = {make_shape(b, "decode", 256, 1),
-                       make_shape(b, "prefill", 1, 4096)};
-    shapes[0].count = b->o->decode_steps;
-    shapes[1].count = b->o->prefill_steps;
+    shape shapes[2] = {{pf_shape_make(&b->p, "decode", 256, 1), b->o->decode_steps},
+                       {pf_shape_make(&b->p, "prefill", 1, 4096), b->o->prefill_steps}};
     int rc = check_workload(b, &shapes[0]) || check_workload(b, &shapes[1]) ? 2 : 0;
     if (rc)
         return rc;
@@ -814,17 +694,13 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &o))
         return 2;
     bench b = {.o = &o};
-    int rc = load_tokens_file(o.tokens, &b.tok, &b.ntok);
+    int rc = load_tokens_file(o.tokens, &b.p.tok, &b.p.ntok);
     if (rc == 0)
         rc = open_bench(&b);
     if (rc == 0)
         rc = run_all(&b);
     for (size_t l = 0; l < ENGRAM_MAX_LAYERS; l++)
         free(b.dense[l]);
-    if (b.model)
-        engram_model_close(b.model);
-    if (b.client)
-        engram_client_close(b.client);
-    free(b.tok);
+    pf_close(&b.p);
     return rc;
 }
