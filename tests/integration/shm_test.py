@@ -40,7 +40,6 @@ here (common/synthetic.h's rule, in numpy). Then:
 
 usage: shm_test.py --server-bin PATH --engramctl PATH --pydir DIR
 """
-import argparse
 import grp
 import mmap
 import os
@@ -515,26 +514,19 @@ class ShmOptionsTest(unittest.TestCase):
                          ([], "", boot_id, socket.gethostname(), 1))
         self.assertTrue(s.table_info("t").resident)
         # the control of ShmTest.test_3: here the resident array is
-        # anonymous memory, and loading it grows that by the table
+        # anonymous memory, and loading it grows that by about the table
+        # (less what the process gave back meanwhile)
         size = RSS_ROWS * RSS_ROW_BYTES
-        self.assertGreaterEqual(anon_growth_of_activation(s, "rss", RSS_ROWS, RSS_ROW_BYTES),
-                                size)
+        self.assertGreater(anon_growth_of_activation(s, "rss", RSS_ROWS, RSS_ROW_BYTES),
+                           size - size // 8)
         self.assertEqual(s.stop(), 0)
 
 
-def main():
+def setUpModule():
+    """abuse_test.run parsed the command line and loaded the messages."""
     global ARGS, pb
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--server-bin", required=True)
-    ap.add_argument("--engramctl", required=True)
-    ap.add_argument("--pydir", required=True)
-    ARGS, rest = ap.parse_known_args()
-    sys.path.insert(0, ARGS.pydir)
-    from engram.v1 import engram_pb2
-    pb = engram_pb2
-    abuse_test.ARGS, abuse_test.pb = ARGS, pb
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    ARGS, pb = abuse_test.ARGS, abuse_test.pb
 
 
 if __name__ == "__main__":
-    main()
+    abuse_test.run(("--engramctl",))
