@@ -72,6 +72,12 @@
  * and whether it is the version the table serves by default now. Empty
  * (no files, no directory) without --shm-dir.
  *
+ * Trust: the server maps its own files read-write and serves from them,
+ * so DIR must be writable by the server's user alone (the files are its,
+ * mode 0600/0640): a process of that user (or root) that truncated a file
+ * would fault the server, as one that edited its RocksDB files would
+ * corrupt it. Clients get read access through the group at most.
+ *
  * Threads: every call is thread-safe (one mutex; file creation and rename
  * run under it, the filling of rows does not). One module per process, as
  * the resident tier. Errors follow store.h's convention. */
