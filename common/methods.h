@@ -23,6 +23,7 @@
 #define METHOD_VERIFY METHOD_ADMIN("Verify")
 #define METHOD_STATS METHOD_ADMIN("Stats")
 #define METHOD_SET_LOG_LEVEL METHOD_ADMIN("SetLogLevel")
+#define METHOD_LIST_LOCAL_TABLES METHOD_ADMIN("ListLocalTables")
 
 /* grpc.health.v1: every method of the service starts with the prefix. */
 #define METHOD_HEALTH_PREFIX "/grpc.health.v1."

@@ -6,6 +6,7 @@
  * run as ordinary code rather than in a handler. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <grpc/grpc.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@
 #include "health.h"
 #include "hooks.h"
 #include "import.h"
+#include "local_tables.h"
 #include "log.h"
 #include "lookup.h"
 #include "manifests.h"
@@ -28,6 +30,7 @@
 #include "reply_budget.h"
 #include "security.h"
 #include "server.h"
+#include "shm.h"
 #include "stats.h"
 #include "stats_reply.h"
 #include "store.h"
@@ -80,6 +83,7 @@ typedef struct options {
     int64_t import_idle_ms;
     uint64_t max_imports;
     int64_t disk_reserve;        /* < 0: max(64M, 1% of the filesystem) */
+    shm_options shm;             /* --shm-dir, --shm-group */
 } options;
 
 /* Long-only options of the security module: values past any letter. */
@@ -97,6 +101,8 @@ enum { OPT_MAX_MANIFEST_BYTES = 440 };
 enum { OPT_IMPORT_IDLE_MS = 460, OPT_MAX_IMPORTS, OPT_DISK_RESERVE_BYTES };
 /* --allow-plaintext-token: long-only, clear of the ranges above. */
 enum { OPT_ALLOW_PLAINTEXT_TOKEN = 480 };
+/* Same-host table files, clear of the ranges above. */
+enum { OPT_SHM_DIR = 500, OPT_SHM_GROUP };
 
 static void usage(FILE *f)
 {
@@ -122,6 +128,14 @@ static void usage(FILE *f)
 "                           first started with and refuses others (exit 2)\n"
 "  --keep-versions N        activated versions kept per table, default 2\n"
 "  --port-file FILE         write the bound port to FILE once serving\n"
+"  --shm-dir DIR            keep each resident table version as a file in\n"
+"                           DIR (a tmpfs such as /dev/shm/engram), mapped by\n"
+"                           the server and by clients on this host instead\n"
+"                           of calling Lookup (Admin.ListLocalTables lists\n"
+"                           them); DIR is made if missing and locked: one\n"
+"                           server per DIR. Default: off\n"
+"  --shm-group GROUP        those files get mode 0640 and group GROUP (a name\n"
+"                           or gid) instead of mode 0600\n"
 "security (plaintext and an open admin plane by default, for local use):\n"
 "  --tls-cert FILE --tls-key FILE  serve TLS with this PEM certificate and key\n"
 "  --tls-client-ca FILE     require client certificates signed by this CA (mTLS)\n"
@@ -207,6 +221,23 @@ static void bad_value(const char *opt, const char *val)
     exit(2);
 }
 
+/* A group name, or a number (a gid need not have a name: a container's
+ * fsGroup often has none). */
+static void parse_group(const char *val, shm_options *o)
+{
+    uint64_t v;
+    struct group *g = getgrnam(val);
+    if (g)
+        o->gid = g->gr_gid;
+    else if (parse_u64(val, &v, 0) == 0 && v < (gid_t)-1)
+        o->gid = (gid_t)v;
+    else {
+        fprintf(stderr, "engram-server: --shm-group: unknown group \"%s\"\n", val);
+        exit(2);
+    }
+    o->group_set = 1;
+}
+
 static void defaults(options *o)
 {
     memset(o, 0, sizeof *o);
@@ -269,6 +300,7 @@ static void parse_args(int argc, char **argv, options *o)
         {"import-idle-ms", 1, 0, OPT_IMPORT_IDLE_MS}, {"max-imports", 1, 0, OPT_MAX_IMPORTS},
         {"disk-reserve-bytes", 1, 0, OPT_DISK_RESERVE_BYTES},
         {"allow-plaintext-token", 0, 0, OPT_ALLOW_PLAINTEXT_TOKEN},
+        {"shm-dir", 1, 0, OPT_SHM_DIR}, {"shm-group", 1, 0, OPT_SHM_GROUP},
         {0, 0, 0, 0}};
     defaults(o);
     int ch;
@@ -355,6 +387,10 @@ static void parse_args(int argc, char **argv, options *o)
         case OPT_DISK_RESERVE_BYTES:
             if (parse_u64(optarg, &v, 1) || v > INT64_MAX) bad_value(name, optarg);
             o->disk_reserve = (int64_t)v; break;
+        case OPT_SHM_DIR:
+            if (!*optarg) bad_value(name, optarg);
+            o->shm.dir = optarg; break;
+        case OPT_SHM_GROUP: parse_group(optarg, &o->shm); break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -364,6 +400,10 @@ static void parse_args(int argc, char **argv, options *o)
         exit(2);
     }
     o->sec.admin_plane_listen = o->admin_listen ? o->admin_listen : o->listen;
+    if (o->shm.group_set && !o->shm.dir) {
+        fprintf(stderr, "engram-server: --shm-group needs --shm-dir\n");
+        exit(2);
+    }
     if (!o->cluster != (o->shard < 0)) {
         fprintf(stderr, "engram-server: --cluster and --shard go together\n");
         exit(2);
@@ -488,9 +528,18 @@ int main(int argc, char **argv)
     if (!cl)
         return 2;
     char *cluster_json = cluster_to_json(cl);
+    /* Before the store: its start-up loads publish files there, and the
+     * files a crashed run left must be gone first. */
+    static shm_metrics shmm;
+    char err[600];
+    if (shm_setup(&o.shm, &shmm, err, sizeof err) != ES_OK) {
+        fprintf(stderr, "engram-server: %s\n", err);
+        free(cluster_json);
+        cluster_free(cl);
+        return 2;
+    }
     grpc_init();
     static store_metrics sm;
-    char err[600];
     store_options so = {o.data, o.resident_budget, o.block_cache, cl->shards,
                         o.shard < 0 ? 0 : (uint32_t)o.shard, (uint32_t)o.keep_versions,
                         o.hot_cache, o.disk_reserve};
@@ -503,6 +552,7 @@ int main(int argc, char **argv)
         else
             log_error("store_open_failed", "data=%s error=\"%s\"", o.data, err);
         grpc_shutdown();
+        shm_teardown();
         free(cluster_json);
         cluster_free(cl);
         return code == ES_FAILED_PRECONDITION ? 2 : 1;
@@ -513,6 +563,7 @@ int main(int argc, char **argv)
     lookup_options lo = {o.max_rows, o.max_message};
     lookup_setup(st, &lo);
     admin_setup(st, cluster_json);
+    local_tables_setup(st);
     manifests_setup(st, o.max_manifest_bytes);
     import_options io = {(uint32_t)(o.max_message / 2 < (1u << 20) ? o.max_message / 2 : (1u << 20)),
                          256ull << 20, o.max_import_bytes, o.import_idle_ms,
@@ -524,9 +575,9 @@ int main(int argc, char **argv)
     verify_setup(st);
 
     /* The reads a worker needs to route and open models (table info,
-     * manifests, the cluster map) are PLANE_ANY: served on every listener
-     * and admitted without admin credentials, like Lookup itself. Writes and
-     * operations stay on the admin plane. */
+     * manifests, the cluster map, the local table files) are PLANE_ANY:
+     * served on every listener and admitted without admin credentials, like
+     * Lookup itself. Writes and operations stay on the admin plane. */
     const method_def methods[] = {
         {METHOD_LOOKUP, PLANE_DATA, lookup_handle, NULL, 32},
         {METHOD_LIST_TABLES, PLANE_ANY, admin_list_tables, NULL, 2},
@@ -546,6 +597,7 @@ int main(int argc, char **argv)
         {METHOD_VERIFY, PLANE_ADMIN, NULL, verify_stream, 1, 1},
         {METHOD_STATS, PLANE_ADMIN, stats_handle, NULL, 2},
         {METHOD_SET_LOG_LEVEL, PLANE_ADMIN, admin_set_log_level, NULL, 1},
+        {METHOD_LIST_LOCAL_TABLES, PLANE_ANY, local_tables_list, NULL, 2},
     };
     server_options sopts = {.listen = o.listen, .admin_listen = o.admin_listen, .threads = o.threads,
                             .max_message_bytes = (int)o.max_message,
@@ -594,6 +646,7 @@ int main(int argc, char **argv)
     security_teardown();
     import_teardown();
     manifests_teardown();
+    local_tables_teardown();
     admin_teardown();
     metrics_http_teardown();
     log_info("server_stopped", "lookups=%llu imports=%llu",
@@ -604,7 +657,8 @@ int main(int argc, char **argv)
     hooks_teardown();
     lookup_teardown();
     reply_budget_teardown();
-    store_teardown(st);
+    store_teardown(st);          /* unlinks every shm file it published */
+    shm_teardown();
     procinfo_teardown();
     grpc_shutdown();
     free(cluster_json);

@@ -2,7 +2,8 @@
  *
  * Arrays are mmap'd rather than malloc'd: they are large, long-lived and
  * freed whole, so the allocator's arenas gain nothing, and MADV_HUGEPAGE
- * cuts TLB misses on random-row gathers over gigabytes. The budget is
+ * cuts TLB misses on random-row gathers over gigabytes. With --shm-dir,
+ * shm.c makes the mapping (a file) and this file keeps the budget. The budget is
  * reserved with a CAS loop so two imports finishing together cannot both
  * take the last bytes. */
 #include "resident.h"
@@ -36,10 +37,13 @@ static int reserve(uint64_t bytes)
     return 0;
 }
 
-uint8_t *resident_alloc(size_t bytes)
+uint8_t *resident_alloc(size_t bytes, const shm_ident *id)
 {
     if (bytes == 0 || reserve(bytes) < 0)
         return NULL;
+    uint8_t *f = id ? shm_create(id, bytes) : NULL;
+    if (f)
+        return f;
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
@@ -53,10 +57,16 @@ uint8_t *resident_alloc(size_t bytes)
     return p;
 }
 
+void resident_publish(uint8_t *array)
+{
+    shm_publish(array);
+}
+
 void resident_free(uint8_t *array, size_t bytes)
 {
     if (!array)
         return;
-    munmap(array, bytes);
+    if (shm_release(array) < 0)
+        munmap(array, bytes);
     METRIC_SUB(rm, used_bytes, bytes);
 }

@@ -231,11 +231,18 @@ static int mkdir_p(const char *path)
 
 /* Scans the version's rows in key order into a dense array and checks the
  * checksum, so a table is only served from RAM when every row is there and
- * intact. Tables that do not fit stay on RocksDB. */
+ * intact. Tables that do not fit stay on RocksDB. With --shm-dir the array
+ * is a file's mapping (shm.h), published only once it passed the check. */
 void store_resident_load(store *s, table_version *tv)
 {
     size_t bytes = (size_t)tv->local_rows * tv->row_bytes;
-    uint8_t *arr = resident_alloc(bytes);
+    shm_ident id = {.version = tv->version, .rows = tv->rows, .local_rows = tv->local_rows,
+                    .created_unix_ms = tv->created_unix_ms, .xxh3 = tv->xxh3,
+                    .row_bytes = tv->row_bytes, .dim = tv->dim, .shard_index = s->shard_index,
+                    .shard_count = s->shard_count, .crc32 = tv->checksum};
+    snprintf(id.table, sizeof id.table, "%s", tv->name);
+    snprintf(id.dtype, sizeof id.dtype, "%s", tv->dtype);
+    uint8_t *arr = resident_alloc(bytes, &id);
     if (!arr) {
         log_info("resident_skip", "table=%s bytes=%zu reason=budget", tv->name, bytes);
         return;
@@ -277,6 +284,7 @@ void store_resident_load(store *s, table_version *tv)
                   (unsigned long long)expect, bad);
         resident_free(arr, bytes);
     } else {
+        resident_publish(arr);   /* complete and checked: clients may map it */
         tv->resident = arr;
     }
     free(rerr);

@@ -1437,6 +1437,134 @@ class StalledConnectionClosed(AbuseBase):
         self.assert_alive_and_intact()
 
 
+# ==== Same-host files (--shm-dir, issue 16) =================================
+
+class ShmChurnTest(AbuseBase):
+    """The files of --shm-dir under churn: 20 cutovers of table "c" while
+    one thread looks rows up and another plays a same-host client that
+    lists the files, maps one, reads it and lets go (or finds it already
+    gone: a client then uses gRPC). The server must keep nothing per
+    cutover or per client: afterwards exactly one file of "c" (and "t"'s)
+    in the directory, one mapping of each in the process, no descriptor
+    open in the directory but the lock's, every row read (by Lookup or from a mapping)
+    the right version's; a mapping held across all cutovers still reads
+    its old rows."""
+    CUTOVERS, ROWS_C = 20, 500
+
+    @classmethod
+    def setUpClass(cls):
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        cls.shm_base = tempfile.mkdtemp(prefix="engram-abuse-shm-", dir=base)
+        cls.shm = os.path.join(cls.shm_base, "shm")
+        cls.EXTRA = ("--shm-dir", cls.shm)
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            shutil.rmtree(cls.shm_base, ignore_errors=True)
+
+    def seed(self, version):
+        return 1000 + version
+
+    def rows_of(self, version, rows):
+        return b"".join(synthetic_row(self.seed(version), r, 64) for r in rows)
+
+    def list_local(self):
+        code, details, reply = self.srv.unary(A + "ListLocalTables", b"")
+        self.assertEqual((code, details), (OK, ""))
+        return pb.ListLocalTablesResponse.FromString(reply).files
+
+    def shm_mappings(self):
+        with open("/proc/%d/maps" % self.srv.proc.pid) as f:
+            return sorted(line.split()[-1] for line in f if os.path.realpath(self.shm) in line)
+
+    def shm_fds(self):
+        fd_dir = "/proc/%d/fd" % self.srv.proc.pid
+        links = []
+        for fd in os.listdir(fd_dir):
+            try:
+                links.append(os.readlink(os.path.join(fd_dir, fd)))
+            except FileNotFoundError:
+                pass
+        return sorted(p for p in links if p.startswith(os.path.realpath(self.shm)))
+
+    def test_cutovers_with_lookups_and_mapping_clients(self):
+        import mmap
+        import struct
+        self.assertEqual(self.srv.import_rows("c", self.ROWS_C, self.seed(1))[:2], (OK, ""))
+        first = [f for f in self.list_local() if f.table == "c"][0]
+        held_fd = os.open(first.path, os.O_RDONLY)
+        held = mmap.mmap(held_fd, first.file_bytes, prot=mmap.PROT_READ)
+        os.close(held_fd)
+        stop = threading.Event()
+        problems, counts = [], {"lookups": 0, "mapped": 0, "gone": 0}
+
+        def looker():
+            while not stop.is_set():
+                code, details, reply = self.srv.unary(L, lookup_req("c", [0, 7, 499]))
+                if code != OK:
+                    problems.append("lookup: %s %s" % (code, details))
+                    return
+                r = pb.LookupResponse.FromString(reply)
+                if r.data != self.rows_of(r.version, [0, 7, 499]):
+                    problems.append("lookup of version %d: wrong rows" % r.version)
+                counts["lookups"] += 1
+
+        def mapper():
+            while not stop.is_set():
+                for f in [f for f in self.list_local() if f.table == "c"]:
+                    try:
+                        fd = os.open(f.path, os.O_RDONLY)
+                    except FileNotFoundError:
+                        counts["gone"] += 1          # cut over meanwhile: gRPC then
+                        continue
+                    try:
+                        st = os.fstat(fd)
+                        if (st.st_ino, st.st_size) != (f.st_ino, f.file_bytes):
+                            counts["gone"] += 1      # replaced meanwhile: not the file named
+                            continue
+                        with mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ) as m:
+                            version = struct.unpack_from("<Q", m, 32)[0]
+                            if m[88:104] != f.nonce or version != f.version:
+                                problems.append("%s: header is not the listed file's" % f.path)
+                            elif m[4096 + 7 * 64:4096 + 8 * 64] != self.rows_of(version, [7]):
+                                problems.append("%s: row 7 is not version %d's" % (f.path, version))
+                            counts["mapped"] += 1
+                    finally:
+                        os.close(fd)
+
+        threads = [threading.Thread(target=looker), threading.Thread(target=mapper)]
+        for t in threads:
+            t.start()
+        try:
+            for v in range(2, self.CUTOVERS + 2):
+                code, details, resp = self.srv.import_rows("c", self.ROWS_C, self.seed(v))
+                self.assertEqual((code, details, resp.table.version), (OK, "", v))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        self.assertEqual(problems, [])
+        self.assertGreater(counts["lookups"], 0)
+        self.assertGreater(counts["mapped"], 0)
+        last = self.CUTOVERS + 1
+        names = ["c@v%d@s0of1.engram" % last, "t@v1@s0of1.engram"]
+        self.assertEqual(sorted(os.listdir(self.shm)), [".engram-shm.lock"] + names)
+        self.assertEqual(self.shm_mappings(), [os.path.join(os.path.realpath(self.shm), n)
+                                               for n in names])
+        self.assertEqual([(f.table, f.version) for f in self.list_local()], [("c", last), ("t", 1)])
+        # RocksDB's own descriptors follow its SST files; of the directory
+        # the server holds only the lock open
+        self.assertEqual(self.shm_fds(), [os.path.join(os.path.realpath(self.shm),
+                                                       ".engram-shm.lock")])
+        self.assertEqual(held[4096:4096 + 3 * 64], self.rows_of(1, [0, 1, 2]))
+        held.close()
+        self.assert_alive_and_intact()
+
+
 def run(extra_options=()):
     """A test script's command line on this harness: --server-bin, --pydir
     and `extra_options` (each required, kept in ARGS); loads the generated

@@ -47,6 +47,14 @@ before it died may the import complete (import_done with
 client_xxh3=match); every row without the trailer is refused, since the
 header announced one.
 
+The server runs with --shm-dir (on /dev/shm when there is one), so every
+check of the state also checks the same-host files (issue 16): after each
+kill and restart, and after each import, the directory holds the lock
+file and exactly one file, the active version's, whose rows (mapped here)
+are that seed's rows and whose nonce, inode and version are the ones
+Admin.ListLocalTables gives: a crash never leaves a stale or partial file
+behind a restart, and never a file of the version that did not win.
+
 The kill moments come from a seeded RNG; the seed is printed (--seed
 replays a run). A summary of every kill and its outcome is printed at the
 end.
@@ -54,6 +62,7 @@ end.
 usage: crash_test.py --server-bin PATH --engramctl PATH --pydir DIR [--seed N]
 """
 import argparse
+import mmap
 import os
 import random
 import re
@@ -113,6 +122,10 @@ class CrashTest(unittest.TestCase):
         cls.sums = {s: (xxhash.xxh3_64_intdigest(d), zlib.crc32(d)) for s, d in cls.data_of.items()}
         cls.tmp = tempfile.mkdtemp(prefix="engram-crash-")
         cls.data = os.path.join(cls.tmp, "data")
+        # tmpfs when the host has one, as deployments use
+        shm_base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else cls.tmp
+        cls.shm_dir = os.path.join(tempfile.mkdtemp(prefix="engram-crash-shm-", dir=shm_base),
+                                   "shm")
         cls.tmp_dir = os.path.join(cls.data, "import-tmp")
         cls.log_path = os.path.join(cls.tmp, "server.log")
         cls.proc = None
@@ -148,7 +161,8 @@ class CrashTest(unittest.TestCase):
             cls.log_start = log.tell()
             cls.proc = subprocess.Popen(
                 [ARGS.server_bin, "--data", cls.data, "--listen", "127.0.0.1:0", "--port-file",
-                 port_file, "--threads", "2", "--resident-budget", str(128 << 20)],
+                 port_file, "--threads", "2", "--resident-budget", str(128 << 20),
+                 "--shm-dir", cls.shm_dir],
                 stdout=log, stderr=log)
         deadline = time.monotonic() + 60
         port = ""
@@ -174,6 +188,10 @@ class CrashTest(unittest.TestCase):
         cls.stats = cls.channel.unary_unary(
             "/engram.v1.Admin/Stats", request_serializer=pb.StatsRequest.SerializeToString,
             response_deserializer=pb.StatsResponse.FromString)
+        cls.list_local = cls.channel.unary_unary(
+            "/engram.v1.Admin/ListLocalTables",
+            request_serializer=pb.ListLocalTablesRequest.SerializeToString,
+            response_deserializer=pb.ListLocalTablesResponse.FromString)
 
     @classmethod
     def log_since(cls, offset):
@@ -336,6 +354,25 @@ class CrashTest(unittest.TestCase):
                              (0, self.verify_line(v.version, self.seed_of[v.version],
                                                   v.version == version), ""))
         self.assertEqual(os.listdir(self.tmp_dir), [])
+        self.check_shm_file(version, seed)
+
+    def check_shm_file(self, version, seed):
+        """--shm-dir holds the lock and the active version's file only: the
+        one ListLocalTables names (inode, nonce), holding seed's rows."""
+        name = "%s@v%d@s0of1.engram" % (TABLE, version)
+        self.assertEqual(sorted(os.listdir(self.shm_dir)), [".engram-shm.lock", name])
+        files = self.list_local(self.pb.ListLocalTablesRequest(), timeout=30).files
+        self.assertEqual([(f.table, f.version, f.active) for f in files], [(TABLE, version, True)])
+        fd = os.open(os.path.join(self.shm_dir, name), os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            self.assertEqual((st.st_ino, st.st_size), (files[0].st_ino, 4096 + ROWS * ROW_BYTES))
+            with mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ) as m:
+                self.assertEqual((m[:8], m[88:104]), (b"ENGRSHM1", files[0].nonce))
+                self.assertTrue(m[4096:] == self.data_of[seed], "%s: not seed %d's rows"
+                                % (name, seed))
+        finally:
+            os.close(fd)
 
     def other(self, seed):
         return SEED_B if seed == SEED_A else SEED_A
@@ -500,6 +537,7 @@ def main():
               "--seed %d" % (CrashTest.tmp, ARGS.seed))
         sys.exit(1)
     shutil.rmtree(CrashTest.tmp)
+    shutil.rmtree(os.path.dirname(CrashTest.shm_dir))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <grpc/byte_buffer.h>
@@ -24,6 +25,7 @@
 #include "lookup.h"
 #include "status.h"
 #include "store.h"
+#include "shm.h"
 #include "store_internal.h"
 #include "synthetic.h"
 
@@ -709,6 +711,77 @@ static void test_drop_reclaimed_off_the_releasing_thread(void **state)
     snprintf(dir, sizeof dir, "%s", saved);
 }
 
+/* --shm-dir: the resident array is the file's rows; a version activated
+ * again while a reader still holds its previous array gets a new file
+ * under the same name, and that reader letting go must not unlink it. */
+static int shm_nonce(const char *path, uint8_t nonce[16])
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    int ok = fseek(f, 88, SEEK_SET) == 0 && fread(nonce, 1, 16, f) == 16;
+    fclose(f);
+    return ok ? 0 : -1;
+}
+
+static void test_shm_files(void **state)
+{
+    char saved[256], shm[300], v1[400], v2[400];
+    snprintf(saved, sizeof saved, "%s", dir);
+    snprintf(shm, sizeof shm, "%s/shm", saved);
+    snprintf(dir, sizeof dir, "%.200s/shmdata", saved);
+    shm_options so = {shm, 0, 0};
+    shm_metrics m;
+    char msg[600];
+    assert_int_equal(shm_setup(&so, &m, msg, sizeof msg), ES_OK);
+    snprintf(v1, sizeof v1, "%s/t@v1@s0of1.engram", shm_dir());
+    snprintf(v2, sizeof v2, "%s/t@v2@s0of1.engram", shm_dir());
+    store *s = open_store(1 << 20);
+    assert_int_equal(import_table(s, "t", 1000, 32, 1), 1);
+    table_version *held = store_acquire(s, "t", 1);
+    struct stat st;
+    assert_int_equal(stat(v1, &st), 0);
+    assert_int_equal(st.st_size, 4096 + 1000 * 32);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    /* the array served is the file's rows */
+    FILE *f = fopen(v1, "rb");
+    uint8_t row[32];
+    assert_int_equal(fseek(f, 4096 + 7 * 32, SEEK_SET), 0);
+    assert_int_equal(fread(row, 1, 32, f), 32);
+    fclose(f);
+    assert_memory_equal(row, held->resident + 7 * 32, 32);
+    uint8_t first[16], again[16];
+    assert_int_equal(shm_nonce(v1, first), 0);
+
+    assert_int_equal(import_table(s, "t", 1000, 32, 2), 2);
+    assert_int_equal(stat(v2, &st), 0);
+    assert_int_equal(stat(v1, &st), 0);           /* held: still served */
+    assert_int_equal(store_activate(s, "t", 1, msg, sizeof msg), ES_OK);
+    assert_int_equal(stat(v2, &st), -1);          /* nobody holds v2's array */
+    assert_int_equal(shm_nonce(v1, again), 0);
+    assert_memory_not_equal(first, again, 16);    /* a new file, renamed over */
+    assert_int_equal(METRIC_GET(&m, files), 1);
+    table_version_release(held);                  /* must not unlink the new v1 */
+    assert_int_equal(stat(v1, &st), 0);
+    assert_int_equal(shm_nonce(v1, first), 0);
+    assert_memory_equal(first, again, 16);
+    shm_file_info *files;
+    size_t n;
+    assert_int_equal(shm_list(&files, &n, msg, sizeof msg), ES_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(files[0].path, v1);
+    assert_memory_equal(files[0].nonce, again, 16);
+    assert_int_equal(files[0].ino, st.st_ino);
+    free(files);
+    assert_int_equal(METRIC_GET(&m, files), 1);
+    assert_int_equal(METRIC_GET(&m, bytes), 4096 + 1000 * 32);
+    store_teardown(s);
+    assert_int_equal(stat(v1, &st), -1);          /* a clean stop unlinks */
+    assert_int_equal(METRIC_GET(&m, files), 0);
+    shm_teardown();
+    snprintf(dir, sizeof dir, "%s", saved);
+}
+
 int main(void)
 {
     grpc_init();
@@ -724,6 +797,7 @@ int main(void)
         cmocka_unit_test(test_placement),
         cmocka_unit_test(test_version_limit),
         cmocka_unit_test(test_drop_reclaimed_off_the_releasing_thread),
+        cmocka_unit_test(test_shm_files),
     };
     int rc = cmocka_run_group_tests(tests, setup_dir, remove_dir);
     grpc_shutdown();
