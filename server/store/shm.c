@@ -28,6 +28,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "fsutil.h"
 #include "log.h"
 #include "status.h"
 
@@ -54,24 +55,6 @@ static struct {
 static shm_metrics m_none;
 
 /* ---- setup ---------------------------------------------------------------- */
-
-static int mkdir_p(const char *path)
-{
-    char buf[PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    return mkdir(buf, 0755) < 0 && errno != EEXIST ? -1 : 0;
-}
 
 /* A file this module makes: "<...>@<...>.engram" (shm.h). */
 static int ours(const char *name)
@@ -162,7 +145,7 @@ int shm_setup(const shm_options *o, shm_metrics *metrics, char *msg, size_t msgl
         return ES_FAILED_PRECONDITION;
     }
     struct stat st;
-    if (mkdir_p(o->dir) < 0 || stat(o->dir, &st) < 0) {
+    if (fs_mkdir_p(o->dir) < 0 || stat(o->dir, &st) < 0) {
         snprintf(msg, msglen, "--shm-dir %s: cannot create it: %s", o->dir, strerror(errno));
         return ES_FAILED_PRECONDITION;
     }

@@ -20,6 +20,7 @@
 #include <zlib.h>
 
 #include "engram/v1/engram.pb-c.h"
+#include "fsutil.h"
 #include "log.h"
 #include "status.h"
 
@@ -212,21 +213,6 @@ static int open_db(store *s, char **err)
     return 0;
 }
 
-static int mkdir_p(const char *path)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    return mkdir(buf, 0755) < 0 && errno != EEXIST ? -1 : 0;
-}
-
 /* ---- resident loading --------------------------------------------------- */
 
 /* Scans the version's rows in key order into a dense array and checks the
@@ -407,7 +393,7 @@ int store_open_db(store *s, const store_options *o, store_placement *held, char 
         return -1;
     }
     snprintf(s->tmp_dir, tl, "%s/import-tmp", o->dir);
-    if (mkdir_p(s->dir) < 0 || mkdir_p(s->tmp_dir) < 0) {
+    if (fs_mkdir_p(s->dir) < 0 || fs_mkdir_p(s->tmp_dir) < 0) {
         set_err(err, "cannot create data directory", strerror(errno));
         return -1;
     }

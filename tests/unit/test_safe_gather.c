@@ -108,6 +108,15 @@ static int run_mode(const char *mode)
     return st;
 }
 
+/* file mapped read-only, as a client maps it, then shortened to one page
+ * under the mapping; *f is its descriptor. NULL when any step failed. */
+static const uint8_t *map_shortened(const char *file, int *f)
+{
+    *f = open(file, O_RDWR);
+    uint8_t *m = *f < 0 ? MAP_FAILED : mmap(NULL, len, PROT_READ, MAP_SHARED, *f, 0);
+    return m == MAP_FAILED || ftruncate(*f, 4096) != 0 ? NULL : m;
+}
+
 /* The file shortened to one page: rows in it still read, a row past it
  * returns -1 (no SIGBUS reaches us), again and again on one thread; grown
  * back, the rows past the page read as zeros. Exits 0 when all held. */
@@ -115,9 +124,9 @@ static int shortened_child(const char *file)
 {
     if (safe_gather_setup() != 0)
         return 2;
-    int f = open(file, O_RDWR);
-    uint8_t *m = f < 0 ? MAP_FAILED : mmap(NULL, len, PROT_READ, MAP_SHARED, f, 0);
-    if (m == MAP_FAILED || ftruncate(f, 4096) != 0)
+    int f;
+    const uint8_t *m = map_shortened(file, &f);
+    if (!m)
         return 3;
     uint64_t ok[3] = {0, 5, 4096 / RB - 1}, past[3] = {1, ROWS - 1, 2};
     uint8_t out[3 * RB];
@@ -147,9 +156,9 @@ static int outside_child(const char *file)
 {
     if (safe_gather_setup() != 0)
         return 2;
-    int f = open(file, O_RDWR);
-    uint8_t *m = f < 0 ? MAP_FAILED : mmap(NULL, len, PROT_READ, MAP_SHARED, f, 0);
-    if (m == MAP_FAILED || ftruncate(f, 4096) != 0)
+    int f;
+    const uint8_t *m = map_shortened(file, &f);
+    if (!m)
         return 3;
     volatile uint8_t v = m[len - 1];
     (void)v;
@@ -172,9 +181,9 @@ static int chain_child(const char *file)
     signal(SIGBUS, owner_handler);
     if (safe_gather_setup() != 0)
         return 2;
-    int f = open(file, O_RDWR);
-    uint8_t *m = f < 0 ? MAP_FAILED : mmap(NULL, len, PROT_READ, MAP_SHARED, f, 0);
-    if (m == MAP_FAILED || ftruncate(f, 4096) != 0)
+    int f;
+    const uint8_t *m = map_shortened(file, &f);
+    if (!m)
         return 3;
     uint64_t past = ROWS - 1;
     uint8_t out[RB];
