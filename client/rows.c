@@ -114,40 +114,37 @@ static void put_row(scatter *sc, size_t to, uint32_t o, const uint8_t *p, size_t
         memcpy(dst + o, p, k);
 }
 
+/* Writes request row i (or its part [o, o + k)) to every place it goes. */
+static void put_dests(scatter *sc, size_t i, uint32_t o, const uint8_t *row, size_t k)
+{
+    const ec_dest *d = sc->d;
+    if (d->first)
+        for (uint32_t t = d->first[i]; t < d->first[i + 1]; t++)
+            put_row(sc, d->idx[t], o, row, k);
+    else
+        put_row(sc, i, o, row, k);
+}
+
 static void sc_put(void *ctx, uint64_t off, const uint8_t *p, size_t n)
 {
     scatter *sc = ctx;
-    const ec_dest *d = sc->d;
-    while (n) {
-        size_t j = (size_t)(off / sc->rb);
-        uint32_t o = (uint32_t)(off % sc->rb);
+    size_t j = (size_t)(off / sc->rb);     /* reply row, and where in it */
+    uint32_t o = (uint32_t)(off % sc->rb);
+    for (; n; j++, o = 0) {
         size_t k = sc->rb - o < n ? sc->rb - o : n;
-        const uint8_t *row = p;
-        uint32_t ro = o;
-        size_t rk = k;
-        if (d->dequant_dim && k != sc->rb) {
-            /* Part of a row: stage it; convert once the row is whole. */
+        size_t i = sc->pos ? sc->pos[j] : j;
+        if (!sc->d->dequant_dim || k == sc->rb) {
+            put_dests(sc, i, o, p, k);
+        } else {
+            /* Part of a row to dequantise: stage it; convert it whole. */
             if (!sc->stage && !(sc->stage = malloc(sc->rb))) {
                 sc->oom = 1;
                 return;
             }
             memcpy(sc->stage + o, p, k);
-            row = NULL;
-            if (o + k == sc->rb) {
-                row = sc->stage;
-                ro = 0;
-                rk = sc->rb;
-            }
+            if (o + k == sc->rb)
+                put_dests(sc, i, 0, sc->stage, sc->rb);
         }
-        if (row) {
-            size_t i = sc->pos ? sc->pos[j] : j;
-            if (d->first)
-                for (uint32_t t = d->first[i]; t < d->first[i + 1]; t++)
-                    put_row(sc, d->idx[t], ro, row, rk);
-            else
-                put_row(sc, i, ro, row, rk);
-        }
-        off += k;
         p += k;
         n -= k;
     }
