@@ -95,7 +95,8 @@ struct attempt {
 
 struct engram_lookup {
     ec_cluster *cs;
-    char *table;
+    char *table;                     /* name_buf, or strdup'd when longer */
+    char name_buf[ENGRAM_NAME_MAX + 1];
     ec_dest dest;
     size_t n;
     uint64_t version;
@@ -104,7 +105,8 @@ struct engram_lookup {
     int64_t deadline, deadline_ms;   /* monotonic ns, 0: none */
     uint64_t *rows;
     uint32_t *pos;
-    sub *subs;
+    sub *subs;                       /* &one on a router of one shard */
+    sub one;
     uint32_t nsubs, subs_left;
     attempt *attempts;               /* in flight */
     uint32_t outstanding;            /* attempts in flight + a queued re-pin */
@@ -628,8 +630,7 @@ static int split(engram_lookup *lk, const uint64_t *rows)
     if (S == 1) {
         if (lk->n == 0 && lk->pinned)
             return ENGRAM_OK;
-        if (!(lk->subs = calloc(1, sizeof *lk->subs)))
-            return ENGRAM_RESOURCE_EXHAUSTED;
+        lk->subs = &lk->one;
         sub *s = &lk->subs[lk->nsubs++];
         s->lk = lk;
         s->n = lk->n;
@@ -685,8 +686,14 @@ int ec_route_start(ec_cluster *cs, const char *table, const uint64_t *rows, size
     if (cs->nshards > 1 && n > UINT32_MAX)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT, "%zu rows in one lookup; at most %u",
                         n, UINT32_MAX);
+    /* (Allocations per lookup are few: the handle, with its name and a
+     * one-shard lookup's sub-request inside, and one attempt.) */
     engram_lookup *lk = calloc(1, sizeof *lk);
-    if (!lk || !(lk->table = strdup(table))) {
+    size_t tlen = strlen(table);
+    if (lk)
+        lk->table = tlen < sizeof lk->name_buf ? memcpy(lk->name_buf, table, tlen + 1)
+                                                : strdup(table);
+    if (!lk || !lk->table) {
         free(lk);
         return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory");
     }
@@ -816,10 +823,12 @@ void ec_route_free(engram_lookup *lk)
     }
     for (uint32_t i = 0; i < lk->nsubs; i++)
         grpc_slice_unref(lk->subs[i].req);
-    free(lk->subs);
+    if (lk->subs != &lk->one)
+        free(lk->subs);
     free(lk->rows);
     free(lk->pos);
-    free(lk->table);
+    if (lk->table != lk->name_buf)
+        free(lk->table);
     pthread_cond_destroy(&lk->cv);
     pthread_mutex_destroy(&lk->mu);
     free(lk);
