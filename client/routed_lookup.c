@@ -7,7 +7,9 @@
  *
  *  - The caller's thread, in ec_route_start: the table's pinned version
  *    (version_pin.c; none on the single router), the split by shard, and
- *    the first attempt of every sub-request.
+ *    the first attempt of every sub-request, whose gRPC call is started
+ *    outside cs->mu (an attempt finishing before its starter is back under
+ *    the lock is settled by the starter: `landed`).
  *  - The client's completion thread (client.c), for every finished
  *    attempt: decode the reply's rows straight into the destination
  *    (attempt_decode, rows.c: the one copy), then decide (attempt_done):
@@ -88,6 +90,9 @@ struct attempt {
     int64_t sent;
     int hedge, probe;
     int cancelled;               /* by us: hedge lost, lookup failed or freed */
+    int launching;               /* being started outside cs->mu (ec_route_start) */
+    int landed;                  /* finished while launching: its starter settles it */
+    int64_t tmo;                 /* its gRPC deadline, ms from `sent` (0: none) */
     int decoded;                 /* its rows were written to the destination */
     int superseded;              /* answered, but nobody wanted it any more */
     struct attempt *prev, *next; /* lk->attempts */
@@ -129,7 +134,8 @@ static void cancel_attempt(attempt *a, const char *why)
     if (a->cancelled)
         return;
     a->cancelled = 1;
-    ec_call_cancel(&a->c, why);
+    if (!a->launching)           /* else its starter cancels it once started */
+        ec_call_cancel(&a->c, why);
 }
 
 static void fail_lookup(engram_lookup *lk, int code, const char *fmt, ...)
@@ -241,9 +247,9 @@ static void maybe_finish(engram_lookup *lk)
 static int attempt_decode(ec_call *c, grpc_byte_buffer *reply);
 static void attempt_done(ec_call *c);
 
-/* Sends s to r (cs->mu held). On failure nothing is in flight and s's
- * last_code/last_msg/last_raw say why. */
-static int start_attempt(engram_lookup *lk, sub *s, replica *r, int hedge)
+/* An attempt of s on r, counted in flight but not started yet (cs->mu
+ * held); NULL, with s's last_code/last_msg/last_raw saying why. */
+static attempt *prepare_attempt(engram_lookup *lk, sub *s, replica *r, int hedge)
 {
     ec_cluster *cs = lk->cs;
     int64_t now = mono_now();
@@ -260,13 +266,15 @@ static int start_attempt(engram_lookup *lk, sub *s, replica *r, int hedge)
         s->last_code = ENGRAM_RESOURCE_EXHAUSTED;
         snprintf(s->last_msg, sizeof s->last_msg, "RESOURCE_EXHAUSTED: out of memory");
         snprintf(s->last_raw, sizeof s->last_raw, "out of memory");
-        return s->last_code;
+        return NULL;
     }
     ec_call_init(&a->c, cs->cl, attempt_decode);
     a->c.on_done = attempt_done;
+    a->c.data_plane = 1;   /* a Lookup: no admin token */
     a->s = s;
     a->r = r;
     a->sent = now;
+    a->tmo = tmo;
     a->hedge = hedge;
     a->probe = rp_begin(&r->h, now);
     s->tried |= 1u << r->idx;
@@ -278,13 +286,24 @@ static int start_attempt(engram_lookup *lk, sub *s, replica *r, int hedge)
     if (a->next)
         a->next->prev = a;
     lk->attempts = a;
+    return a;
+}
 
-    engram_error e;
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s->req, 1);
-    a->c.data_plane = 1;   /* a Lookup: no admin token */
-    int rc = ec_call_start_on(&a->c, r->ch, r->m_lookup, bb, tmo, &e);
-    if (rc == ENGRAM_OK)
-        return rc;
+/* Starts a prepared attempt's call (cs->mu held or not). */
+static int launch(attempt *a, engram_error *e)
+{
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&a->s->req, 1);
+    return ec_call_start_on(&a->c, a->r->ch, a->r->m_lookup, bb, a->tmo, e);
+}
+
+/* A prepared attempt whose call did not start: nothing of it is in flight
+ * any more, and s's last_code/last_msg/last_raw say why (cs->mu held). */
+static void unprepare(engram_lookup *lk, attempt *a, int rc, const char *why)
+{
+    sub *s = a->s;
+    s->last_code = rc;
+    snprintf(s->last_msg, sizeof s->last_msg, "%s: %.200s", engram_status_name(rc), why);
+    snprintf(s->last_raw, sizeof s->last_raw, "%s", why);   /* (why may be in a) */
     if (a->prev)
         a->prev->next = a->next;
     else
@@ -293,12 +312,22 @@ static int start_attempt(engram_lookup *lk, sub *s, replica *r, int hedge)
         a->next->prev = a->prev;
     s->inflight--;
     lk->outstanding--;
-    rp_abandon(&r->h, a->probe);
+    rp_abandon(&a->r->h, a->probe);
     ec_call_release(&a->c);
     free(a);
-    s->last_code = rc;
-    snprintf(s->last_msg, sizeof s->last_msg, "%s: %.200s", engram_status_name(rc), e.message);
-    snprintf(s->last_raw, sizeof s->last_raw, "%s", e.message);
+}
+
+/* Sends s to r (cs->mu held). On failure nothing is in flight and s's
+ * last_code/last_msg/last_raw say why. */
+static int start_attempt(engram_lookup *lk, sub *s, replica *r, int hedge)
+{
+    attempt *a = prepare_attempt(lk, s, r, hedge);
+    if (!a)
+        return s->last_code;
+    engram_error e;
+    int rc = launch(a, &e);
+    if (rc)
+        unprepare(lk, a, rc, e.message);
     return rc;
 }
 
@@ -310,9 +339,9 @@ static replica *pick(ec_cluster *cs, sub *s, int hedge)
     return i < 0 ? NULL : sh->rep[i];
 }
 
-/* Sends s to its next replica, or fails the lookup when there is none or
- * the deadline passed (cs->mu held; s pending, nothing of it in flight). */
-static void try_next(engram_lookup *lk, sub *s)
+/* The replica s goes to next, or NULL after failing the lookup: there is
+ * none left, or the deadline passed (cs->mu held). */
+static replica *next_replica(engram_lookup *lk, sub *s)
 {
     ec_cluster *cs = lk->cs;
     /* (The single router's one attempt carries the deadline itself, and
@@ -323,20 +352,35 @@ static void try_next(engram_lookup *lk, sub *s)
         snprintf(what, sizeof what, "deadline of %lld ms exceeded after %u attempt%s",
                  (long long)lk->deadline_ms, s->attempts, s->attempts == 1 ? "" : "s");
         fail_sub(lk, s, ENGRAM_DEADLINE_EXCEEDED, what);
-        return;
+        return NULL;
     }
     replica *r = pick(cs, s, 0);
     if (!r) {
         fail_sub(lk, s, s->last_code ? s->last_code : ENGRAM_UNAVAILABLE, "every replica failed");
-        return;
+        return NULL;
     }
     if (s->attempts > 0)
         count(&cs->cl->counters.retries, 1);
-    int rc = start_attempt(lk, s, r, 0);
-    if (rc && cs->single)
-        fail_lookup(lk, rc, "%s", s->last_raw);
-    else if (rc)
-        fail_lookup(lk, rc, "shard %u of %u: %s", s->shard, cs->nshards, s->last_msg);
+    return r;
+}
+
+/* s's attempt could not be sent: the lookup fails (cs->mu held). */
+static void fail_unsent(engram_lookup *lk, sub *s)
+{
+    ec_cluster *cs = lk->cs;
+    if (cs->single)
+        fail_lookup(lk, s->last_code, "%s", s->last_raw);
+    else
+        fail_lookup(lk, s->last_code, "shard %u of %u: %s", s->shard, cs->nshards, s->last_msg);
+}
+
+/* Sends s to its next replica, or fails the lookup when there is none or
+ * the deadline passed (cs->mu held; s pending, nothing of it in flight). */
+static void try_next(engram_lookup *lk, sub *s)
+{
+    replica *r = next_replica(lk, s);
+    if (r && start_attempt(lk, s, r, 0))
+        fail_unsent(lk, s);
 }
 
 /* On the completion thread, no lock held. Writes the reply's rows to the
@@ -392,17 +436,17 @@ static void unlink_attempt(engram_lookup *lk, attempt *a)
         a->next->prev = a->prev;
 }
 
-/* On the completion thread after the call released everything; owns c. */
-static void attempt_done(ec_call *c)
+/* A finished attempt's verdict (cs->mu held): the sub-request's state,
+ * the replica's health, failover, a re-pin; frees a. */
+static void attempt_settle(attempt *a)
 {
-    attempt *a = (attempt *)c;
+    ec_call *c = &a->c;
     sub *s = a->s;
     engram_lookup *lk = s->lk;
     ec_cluster *cs = lk->cs;
     replica *r = a->r;
     int64_t now = mono_now();
 
-    pthread_mutex_lock(&cs->mu);
     unlink_attempt(lk, a);
     s->inflight--;
     lk->outstanding--;
@@ -455,6 +499,19 @@ static void attempt_done(ec_call *c)
     ec_call_release(&a->c);
     free(a);
     maybe_finish(lk);
+}
+
+/* On the completion thread after the call released everything; owns c
+ * (and hands it to its starter while that is still launching it). */
+static void attempt_done(ec_call *c)
+{
+    attempt *a = (attempt *)c;
+    ec_cluster *cs = a->s->lk->cs;
+    pthread_mutex_lock(&cs->mu);
+    if (a->launching)
+        a->landed = 1;
+    else
+        attempt_settle(a);
     pthread_mutex_unlock(&cs->mu);
 }
 
@@ -735,6 +792,14 @@ int ec_route_start(ec_cluster *cs, const char *table, const uint64_t *rows, size
         return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %zu rows", n);
     }
 
+    /* The first attempts are prepared under cs->mu and started outside it:
+     * starting a gRPC call is the longest step of a start, and the
+     * completion thread needs cs->mu for every reply of every lookup
+     * meanwhile. An attempt being started (`launching`) is never cancelled
+     * by another thread; whoever fails the lookup meanwhile only marks it,
+     * and it is cancelled here once its call exists. */
+    attempt *first[CLUSTER_MAX_SHARDS];
+    uint32_t nfirst = 0;
     pthread_mutex_lock(&cs->mu);
     lk->next = cs->active;
     if (lk->next)
@@ -743,9 +808,48 @@ int ec_route_start(ec_cluster *cs, const char *table, const uint64_t *rows, size
     lk->listed = 1;
     lk->subs_left = lk->nsubs;
     count(&cl->counters.subrequests, lk->nsubs);
-    for (uint32_t i = 0; i < lk->nsubs && !lk->failed; i++)
-        try_next(lk, &lk->subs[i]);
-    int unsent = cs->single && lk->failed && !lk->outstanding;
+    for (uint32_t i = 0; i < lk->nsubs && !lk->failed; i++) {
+        sub *s = &lk->subs[i];
+        replica *r = next_replica(lk, s);
+        if (!r)
+            break;
+        attempt *a = prepare_attempt(lk, s, r, 0);
+        if (!a) {
+            fail_unsent(lk, s);
+            break;
+        }
+        a->launching = 1;
+        first[nfirst++] = a;
+    }
+    pthread_mutex_unlock(&cs->mu);
+    int launched[CLUSTER_MAX_SHARDS];
+    for (uint32_t k = 0; k < nfirst; k++) {
+        engram_error e;
+        int rc = launch(first[k], &e);
+        launched[k] = rc == ENGRAM_OK;
+        if (rc) {   /* kept in the call until unprepare reads it */
+            first[k]->c.code = rc;
+            snprintf(first[k]->c.message, sizeof first[k]->c.message, "%s", e.message);
+        }
+    }
+    pthread_mutex_lock(&cs->mu);
+    uint32_t nlaunched = 0;
+    for (uint32_t k = 0; k < nfirst; k++) {
+        attempt *a = first[k];
+        sub *s = a->s;
+        a->launching = 0;
+        if (!launched[k]) {
+            unprepare(lk, a, a->c.code, a->c.message);
+            fail_unsent(lk, s);
+            continue;
+        }
+        nlaunched++;
+        if (a->landed)
+            attempt_settle(a);       /* it finished before we got back here */
+        else if (a->cancelled)
+            ec_call_cancel(&a->c, "cancelled: the lookup failed elsewhere");
+    }
+    int unsent = cs->single && lk->failed && !nlaunched && !lk->outstanding;
     maybe_finish(lk);
     if (cs->has_thread && cs->policy.cfg.hedge_percentile > 0)
         pthread_cond_broadcast(&cs->cv);
