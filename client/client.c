@@ -10,11 +10,12 @@
  * unlinked it, and only after that does the thread unref the grpc_call, so
  * close can cancel every listed call without a use-after-free.
  *
- * Cluster mode (cluster.c) adds per-replica channels that share this one
- * completion queue and thread; its calls finish through an on_done hook
- * instead of `done`, and close stops its cluster thread first, cancels and
- * drains every call, joins the completion thread and only then frees the
- * cluster (ec_cluster_free), so no hook can run on freed state.
+ * Lookups go through a router (cluster.c): the single-server one made at
+ * open over this channel, or a cluster's, which adds per-replica channels
+ * sharing this one completion queue and thread. Their calls finish through
+ * an on_done hook instead of `done`, and close stops the routers first,
+ * cancels and drains every call, joins the completion thread and only then
+ * frees the routers (ec_cluster_free), so no hook can run on freed state.
  *
  * Security: TLS material and the admin token are read and copied at open,
  * so every channel (bootstrap and replicas, made by ec_channel_create)
@@ -392,8 +393,11 @@ int engram_client_open(const char *address, const engram_client_options *opts,
     register_methods(cl);
     cl->cq = grpc_completion_queue_create_for_next(NULL);
 
-    rc = pthread_create(&cl->thread, NULL, cq_thread, cl);
+    cl->single = ec_router_single(cl);
+    rc = cl->single ? pthread_create(&cl->thread, NULL, cq_thread, cl) : ENOMEM;
     if (rc) {
+        if (cl->single)
+            ec_cluster_free(cl->single);
         grpc_completion_queue_shutdown(cl->cq);
         grpc_completion_queue_destroy(cl->cq);
         grpc_channel_destroy(cl->channel);
@@ -432,6 +436,7 @@ void engram_client_close(engram_client *cl)
      * still starts is refused once `closing` is set below. */
     if (cl->cluster)
         ec_cluster_stop_begin(cl->cluster);
+    ec_cluster_stop_begin(cl->single);
     cancel_and_drain(cl);
     /* Nothing is in flight: the queue drains at once and the thread sees
      * GRPC_QUEUE_SHUTDOWN. */
@@ -441,6 +446,7 @@ void engram_client_close(engram_client *cl)
      * are all finished except queued re-pins, which free fails. */
     if (cl->cluster)
         ec_cluster_free(cl->cluster);
+    ec_cluster_free(cl->single);
     grpc_completion_queue_destroy(cl->cq);
     grpc_channel_destroy(cl->channel);
     grpc_shutdown();

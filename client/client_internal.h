@@ -23,11 +23,11 @@
 
 typedef struct ec_call ec_call;
 typedef struct ec_cluster ec_cluster;
-typedef struct ec_clookup ec_clookup;
 
-/* How a client serves lookups, decided on the first one (cluster.c). */
+/* Which router a client's lookups take, decided on the first one
+ * (cluster.c). */
 #define EC_MODE_UNKNOWN 0
-#define EC_MODE_SINGLE 1   /* the bootstrap channel, version 0: as always */
+#define EC_MODE_SINGLE 1   /* the single-server router: bootstrap channel, version 0 */
 #define EC_MODE_CLUSTER 2  /* routed by shard over per-replica channels */
 
 struct engram_client {
@@ -69,12 +69,14 @@ struct engram_client {
      * client (it has a thread of its own), released at close. */
     grpc_tls_certificate_provider *tls_watch;
 
-    /* Cluster mode: `mode` is read with an acquire load on every lookup;
+    /* Routers: `mode` is read with an acquire load on every lookup;
      * discovery runs once under disc_mu. `cluster` is set before mode
-     * becomes EC_MODE_CLUSTER and lives until close. */
+     * becomes EC_MODE_CLUSTER and lives until close; `single` (one shard,
+     * one replica: the bootstrap channel) is made at open. */
     int mode;
     pthread_mutex_t disc_mu;
     ec_cluster *cluster;
+    ec_cluster *single;
     engram_client_counters counters;  /* updated with __atomic adds */
 
     /* In-flight calls, so close can cancel them. Guarded by mu. */
@@ -231,36 +233,61 @@ int ec_admin_run_deadline(engram_client *cl, void *method, const ProtobufCMessag
                           const ProtobufCMessageDescriptor *desc, int64_t timeout_ms,
                           admin_call *a, engram_error *err);
 
-/* ---- cluster mode (cluster.c) ---- */
+/* ---- lookups: one path (lookup.c, rows.c, cluster.c, routed_lookup.c) ---- */
 
-/* Decides the client's mode on its first lookup: fetches the cluster map
- * over the bootstrap channel and, for a real cluster, builds the
- * per-replica channels and starts the cluster thread. Returns an engram
- * code; *mode is EC_MODE_SINGLE or EC_MODE_CLUSTER on success. */
-int ec_cluster_discover(engram_client *cl, int *mode, engram_error *err);
+/* Where a lookup's rows go, all of it borrowed until the lookup is freed.
+ * engram_lookup_*: out/out_cap only, rows back to back in request order at
+ * the reply's row size. A prefetch layer: every output row idx[t] for t in
+ * [first[i], first[i+1]) gets request row i, out_rb bytes apart, checked to
+ * be row_bytes long (and dequantised from mxfp8_e4m3 of dequant_dim values
+ * to BF16 when dequant_dim > 0). */
+typedef struct ec_dest {
+    uint8_t *out;
+    size_t out_cap;
+    size_t out_rb;           /* bytes between output rows; 0: the reply's row size */
+    uint32_t row_bytes;      /* the row size replies must have; 0: any */
+    const uint32_t *first;   /* NULL: request row i goes to output row i */
+    const uint32_t *idx;
+    uint32_t dequant_dim;
+} ec_dest;
+
+/* Decodes one LookupResponse answering n rows of a lookup of lookup_n rows
+ * (pos[j]: the request index of reply row j; NULL: j) straight into d: the
+ * one copy of every row (rows.c). Returns an engram code; on error msg
+ * says why and the destination rows of this reply are unspecified. */
+int ec_rows_decode(const ec_dest *d, const uint32_t *pos, size_t n, size_t lookup_n,
+                   grpc_byte_buffer *reply, uint32_t *row_bytes, uint64_t *version, char *msg,
+                   size_t msg_cap);
+
+/* The router this client's lookups go through now (cluster.c): on the
+ * first lookup the server is asked for its cluster map; a cluster gets a
+ * router of its own, anything else the client's single-server router. */
+int ec_router_get(engram_client *cl, ec_cluster **cs, engram_error *err);
+/* The client's single-server router, made at open (NULL: out of memory). */
+ec_cluster *ec_router_single(engram_client *cl);
 
 /* Close, in two steps: stop_begin (before every call is cancelled) makes
- * the cluster thread stop hedging; free (after the completion thread has
- * exited) joins the cluster thread, fails queued work and destroys the
- * channels. */
+ * the router's thread stop hedging; free (after the completion thread has
+ * exited) joins that thread, fails queued work and destroys the channels
+ * the router owns. */
 void ec_cluster_stop_begin(ec_cluster *cs);
 void ec_cluster_free(ec_cluster *cs);
 
-/* A routed lookup: the same contract as engram_lookup_*. */
-int ec_clookup_start(engram_client *cl, const char *table, const uint64_t *rows,
-                     size_t n, void *out, size_t out_cap, ec_clookup **out_lk,
-                     engram_error *err);
-int ec_clookup_wait(ec_clookup *lk, int64_t timeout_ms, engram_error *err);
-int ec_clookup_poll(ec_clookup *lk);
-void ec_clookup_result(const ec_clookup *lk, uint32_t *row_bytes, uint64_t *version);
-void ec_clookup_free(ec_clookup *lk);
+/* A lookup through a router into dest (routed_lookup.c): the contract of
+ * engram_lookup_start/wait/poll/result/free. rows are read before start
+ * returns; dest's pointers are borrowed until free. */
+int ec_route_start(ec_cluster *cs, const char *table, const uint64_t *rows, size_t n,
+                   const ec_dest *dest, engram_lookup **out_lk, engram_error *err);
+int ec_route_wait(engram_lookup *lk, int64_t timeout_ms, engram_error *err);
+int ec_route_poll(engram_lookup *lk);
+void ec_route_result(const engram_lookup *lk, uint32_t *row_bytes, uint64_t *version);
+void ec_route_free(engram_lookup *lk);
 
-/* LookupResponse reading (lookup.c), shared by the routed lookups: the
- * length of field 1 when the message opens with it (1) or 0; and streaming
- * every slice through a decoder (0, or -1 with d->error). */
-struct lookup_decoder;
-int ec_lookup_peek_len(grpc_byte_buffer *bb, uint64_t *len);
-int ec_lookup_decode_slices(struct lookup_decoder *d, grpc_byte_buffer *bb);
+/* engram_lookup_start with a destination of the caller's choosing
+ * (lookup.c; prefetch.c scatters to its layer output with it). */
+int ec_lookup_start_dest(engram_client *client, const char *table, const uint64_t *rows,
+                         size_t n, const ec_dest *dest, engram_lookup **handle,
+                         engram_error *err);
 
 /* Monotonic deadline timeout_ms from now, for pthread_cond_timedwait on a
  * condvar using CLOCK_MONOTONIC (client.c). */

@@ -7,15 +7,18 @@
  *      asked for;
  *   2. de-duplicate within the call (on real text about a third of a
  *      batch's rows repeat) and send the unique rows of every layer at
- *      once, in chunks, as asynchronous lookups over the client's channel;
- *   3. on wait, collect the chunks, check each layer's rows all came from
- *      one table version, and scatter the unique rows into the caller's
- *      buffer. engram_prefetch_wait_layer does this for one layer, so a
- *      worker blocks before an Engram layer only for that layer's rows
- *      (and its scatter), while later layers' rows are still arriving.
- * A layer's part of the caller's buffer is written only in step 3 and only
- * when every chunk of that layer arrived, so an error can never hide behind
- * rows of zeros. */
+ *      once, in chunks, as asynchronous lookups through the client's
+ *      router, each told where its rows go in the caller's buffer (ec_dest:
+ *      every output row that asked for a unique row, BF16 when
+ *      dequantising): the replies are written there as they arrive, the one
+ *      copy of every row (rows.c);
+ *   3. on wait, collect the chunks and check each layer's rows all came
+ *      from one table version. engram_prefetch_wait_layer does this for
+ *      one layer, so a worker blocks before an Engram layer only for that
+ *      layer's rows, while later layers' rows are still arriving.
+ * A layer is OK only when every chunk of it arrived OK from one version, so
+ * an error can never hide behind rows of zeros; on an error the output is
+ * not to be used (engram.h), whatever its rows hold. */
 #include "client_internal.h"
 
 #include "dtype.h"
@@ -32,8 +35,8 @@ typedef struct pf_layer {
     int ready;                   /* collected and scattered into out */
     uint64_t *uniq;              /* unique rows, in first-seen order */
     size_t nuniq;
-    uint32_t *slot;              /* per output row: its index in uniq */
-    uint8_t *buf;                /* nuniq * row_bytes, filled by lookups */
+    /* The output rows of unique row u: idx[first[u] .. first[u+1]). */
+    uint32_t *first, *idx;
     engram_lookup **calls;
     size_t ncalls;
 } pf_layer;
@@ -80,7 +83,8 @@ static void set_error(engram_prefetch *p, int code, const char *fmt, ...)
 
 /* ---- step 1 and 2: hash, de-duplicate, send -------------------------------- */
 
-/* Open addressing over row + 1 (0 marks an empty slot). */
+/* Open addressing over row + 1 (0 marks an empty slot); then each unique
+ * row's output rows, grouped (a counting sort of slot[]). */
 static void dedupe(pf_layer *l, const uint64_t *rows, size_t n)
 {
     size_t cap = 16;
@@ -88,8 +92,8 @@ static void dedupe(pf_layer *l, const uint64_t *rows, size_t n)
         cap <<= 1;
     uint64_t *keys = calloc(cap, sizeof *keys);
     uint32_t *vals = malloc(cap * sizeof *vals);
+    uint32_t *slot = malloc(n * sizeof *slot);
     l->uniq = malloc(n * sizeof *l->uniq);
-    l->slot = malloc(n * sizeof *l->slot);
     l->nuniq = 0;
     for (size_t i = 0; i < n; i++) {
         uint64_t k = rows[i] + 1;
@@ -101,10 +105,22 @@ static void dedupe(pf_layer *l, const uint64_t *rows, size_t n)
             vals[h] = (uint32_t)l->nuniq;
             l->uniq[l->nuniq++] = rows[i];
         }
-        l->slot[i] = vals[h];
+        slot[i] = vals[h];
     }
     free(keys);
     free(vals);
+    l->first = calloc(l->nuniq + 1, sizeof *l->first);
+    l->idx = malloc(n * sizeof *l->idx);
+    for (size_t i = 0; i < n; i++)
+        l->first[slot[i] + 1]++;
+    for (size_t u = 0; u < l->nuniq; u++)
+        l->first[u + 1] += l->first[u];
+    for (size_t i = 0; i < n; i++)    /* first[u] runs ahead, then is put back */
+        l->idx[l->first[slot[i]]++] = (uint32_t)i;
+    for (size_t u = l->nuniq; u > 0; u--)
+        l->first[u] = l->first[u - 1];
+    l->first[0] = 0;
+    free(slot);
 }
 
 /* Keeps the requested heads of [B*T, heads] rows, in the order asked. */
@@ -143,18 +159,29 @@ static size_t chunk_rows(const engram_prefetch *p)
     return by_msg < want ? (by_msg ? by_msg : 1) : want;
 }
 
-static void send_layer(engram_prefetch *p, pf_layer *l)
+/* Layer i's lookups, each writing its rows straight to their places in
+ * the layer's part of out. */
+static void send_layer(engram_prefetch *p, size_t i)
 {
-    size_t rb = p->m->man->row_bytes, per = chunk_rows(p);
+    pf_layer *l = &p->layers[i];
+    size_t per = chunk_rows(p), n_out = rows_per_layer(p);
     const char *table = p->m->man->tables[l->li];
-    l->buf = malloc(l->nuniq * rb + 1);
     l->ncalls = (l->nuniq + per - 1) / per;
     l->calls = calloc(l->ncalls + 1, sizeof *l->calls);
+    ec_dest dest = {
+        .out = p->out + i * n_out * p->out_rb,
+        .out_cap = n_out * p->out_rb,
+        .out_rb = p->out_rb,
+        .row_bytes = p->m->man->row_bytes,
+        .idx = l->idx,
+        .dequant_dim = p->dequant ? p->m->man->dim : 0,
+    };
     for (size_t c = 0; c < l->ncalls; c++) {
         size_t off = c * per, n = l->nuniq - off < per ? l->nuniq - off : per;
         engram_error e;
-        int rc = engram_lookup_start(p->m->client, table, l->uniq + off, n, l->buf + off * rb,
-                                     n * rb, &l->calls[c], &e);
+        dest.first = l->first + off;   /* chunk row j is unique row off + j */
+        int rc = ec_lookup_start_dest(p->m->client, table, l->uniq + off, n, &dest, &l->calls[c],
+                                      &e);
         if (rc) {
             set_error(p, rc, "table %s: %s", table, e.message);
             return;
@@ -169,7 +196,7 @@ static void hash_and_send(engram_prefetch *p)
     pthread_mutex_unlock(&p->mu);
     for (size_t i = 0; i < p->nlayers && !cancelled && !p->code; i++)
         if (hash_layer(p, &p->layers[i]) == 0)
-            send_layer(p, &p->layers[i]);
+            send_layer(p, i);
     pthread_mutex_lock(&p->mu);
     p->sent = 1;
     pthread_cond_broadcast(&p->cv);
@@ -452,33 +479,8 @@ static int collect_layer(engram_prefetch *p, pf_layer *l, int64_t timeout_ms,
     return ENGRAM_OK;
 }
 
-/* Writes each output row from the layer's unique rows: a copy, or with
- * ENGRAM_PREFETCH_DEQUANT_BF16 its dequantisation. */
-static void scatter_layer(engram_prefetch *p, size_t i)
-{
-    size_t orb = p->out_rb, n = rows_per_layer(p);
-    pf_layer *l = &p->layers[i];
-    uint8_t *dst = p->out + i * n * orb;
-    if (p->dequant) {
-        /* Straight from the received row into out: a row asked for twice
-         * is converted twice, which costs less than converting the unique
-         * rows into a temporary BF16 copy of the layer and copying from it.
-         * That buffer (up to 48 MiB per prefill layer) was fresh pages on
-         * every wait, and its faults and the extra copy took more time than
-         * the conversion itself (perf of the V4.1 decode loop). */
-        size_t rb = p->m->man->row_bytes;
-        uint32_t dim = p->m->man->dim;
-        for (size_t r = 0; r < n; r++)
-            engram_dequant_bf16(l->buf + (size_t)l->slot[r] * rb, 1, dim,
-                                (uint16_t *)(dst + r * orb), NULL);
-        return;
-    }
-    for (size_t r = 0; r < n; r++)
-        memcpy(dst + r * orb, l->buf + (size_t)l->slot[r] * orb, orb);
-}
-
-/* Layer i collected and scattered (once); ENGRAM_OK, ENGRAM_TIMEOUT, or the
- * error that failed the prefetch. */
+/* Layer i collected (once): its rows are in out. ENGRAM_OK, ENGRAM_TIMEOUT,
+ * or the error that failed the prefetch. */
 static int layer_ready(engram_prefetch *p, size_t i, int64_t timeout_ms, const struct timespec *dl)
 {
     pf_layer *l = &p->layers[i];
@@ -487,7 +489,6 @@ static int layer_ready(engram_prefetch *p, size_t i, int64_t timeout_ms, const s
     int rc = collect_layer(p, l, timeout_ms, dl);
     if (rc)
         return rc;
-    scatter_layer(p, i);
     l->ready = 1;
     return ENGRAM_OK;
 }
@@ -593,8 +594,8 @@ void engram_prefetch_free(engram_prefetch *p)
     free_calls(p);
     for (size_t i = 0; i < p->nlayers; i++) {
         free(p->layers[i].uniq);
-        free(p->layers[i].slot);
-        free(p->layers[i].buf);
+        free(p->layers[i].first);
+        free(p->layers[i].idx);
     }
     free(p->layers);
     free(p->tokens);

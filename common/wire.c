@@ -87,6 +87,12 @@ void lookup_decoder_init(lookup_decoder *d, uint8_t *dst, uint64_t dst_cap)
     d->state = D_TAG;
 }
 
+void lookup_decoder_init_sink(lookup_decoder *d, const lookup_sink *sink, uint64_t dst_cap)
+{
+    lookup_decoder_init(d, NULL, dst_cap);
+    d->sink = sink;
+}
+
 static int fail(lookup_decoder *d, const char *why)
 {
     d->error = why;
@@ -130,6 +136,13 @@ static int varint_done(lookup_decoder *d, int was)
             return fail(d, "data field repeated");
         if (v > d->dst_cap)
             return fail(d, "data longer than the caller's buffer");
+        if (d->sink) {
+            const char *why = "refused by the sink";
+            int rc = d->sink->open(d->sink->ctx, v, &why);
+            if (rc < 0)
+                return fail(d, why);
+            d->drop = rc == 1;
+        }
         d->seen_data = 1;
         d->data_len = v;
         d->data_got = 0;
@@ -152,7 +165,10 @@ int lookup_decoder_feed(lookup_decoder *d, const uint8_t *p, size_t n)
         if (d->state == D_DATA) {
             uint64_t want = d->data_len - d->data_got;
             size_t take = n - i < want ? n - i : (size_t)want;
-            memcpy(d->dst + d->data_got, p + i, take);
+            if (!d->sink)
+                memcpy(d->dst + d->data_got, p + i, take);
+            else if (!d->drop && take)
+                d->sink->put(d->sink->ctx, d->data_got, p + i, take);
             d->data_got += take;
             i += take;
             if (d->data_got == d->data_len)

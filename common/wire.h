@@ -29,12 +29,27 @@ size_t lookup_response_put_head(uint8_t *p, uint64_t data_len);
 size_t lookup_response_tail_len(uint32_t row_bytes, uint64_t version);
 size_t lookup_response_put_tail(uint8_t *p, uint32_t row_bytes, uint64_t version);
 
+/* Where a decoder with a sink puts field 1 instead of a flat buffer (the
+ * client scatters rows straight to their final places with it). `open` runs
+ * once the field's length is known: 0 takes the bytes (then `put` gets
+ * them in order, off counting from 0, in pieces as the reply's slices cut
+ * them), 1 drops them (data_len still says how many there were), -1 fails
+ * the decode with *why. */
+typedef struct lookup_sink {
+    int (*open)(void *ctx, uint64_t len, const char **why);
+    void (*put)(void *ctx, uint64_t off, const uint8_t *p, size_t n);
+    void *ctx;
+} lookup_sink;
+
 /* Streaming LookupResponse decoder. Field 1 is copied into `dst` (capacity
- * dst_cap); a field 1 longer than dst_cap is an error, so a misbehaving
- * server can never overrun the caller's buffer. Unknown fields are skipped. */
+ * dst_cap), or handed to a sink; a field 1 longer than dst_cap is an error,
+ * so a misbehaving server can never overrun the caller's buffer. Unknown
+ * fields are skipped. */
 typedef struct lookup_decoder {
     uint8_t *dst;
     uint64_t dst_cap;
+    const lookup_sink *sink; /* instead of dst, when set */
+    int drop;                /* the sink refused field 1's bytes */
     uint64_t data_len;   /* length of field 1 as declared */
     uint64_t data_got;
     uint32_t row_bytes;
@@ -51,6 +66,9 @@ typedef struct lookup_decoder {
 } lookup_decoder;
 
 void lookup_decoder_init(lookup_decoder *d, uint8_t *dst, uint64_t dst_cap);
+/* The same with a sink (kept by pointer until the decode ends); dst_cap
+ * still bounds field 1. */
+void lookup_decoder_init_sink(lookup_decoder *d, const lookup_sink *sink, uint64_t dst_cap);
 /* Feeds the next chunk; returns 0, or -1 with d->error set. */
 int lookup_decoder_feed(lookup_decoder *d, const uint8_t *p, size_t n);
 /* Ends the stream; returns 0 when the message was complete, else -1. */

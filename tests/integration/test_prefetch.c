@@ -384,16 +384,17 @@ static void test_async_hashing_many_in_flight(void **state)
 }
 
 /* Layer by layer, as a worker waits before each Engram layer: the later
- * layer first, then the earlier; each wait writes exactly its layer's part
- * (the other part keeps its poison until its own wait), and the final wait
- * is OK without copying again. */
+ * layer first, then the earlier; each wait returns with its layer's part
+ * complete, and the final wait is OK without copying again. (Rows are
+ * written to out as their replies arrive, the one copy: a layer not waited
+ * for yet may already hold some or all of its rows, so its part is not
+ * checked before its own wait.) */
 static void test_wait_layer_by_layer(void **state)
 {
     const batch *b = &batches[0];
     size_t bytes = 2 * b->B * b->T * HEADS * RB, half = bytes / 2;
-    uint8_t *out = malloc(bytes), poison[RB];
+    uint8_t *out = malloc(bytes);
     memset(out, 0xA5, bytes);
-    memset(poison, 0xA5, RB);
     engram_prefetch_request r = {.layer_ids = both_layers, .n_layers = 2, .tokens = b->tokens,
                                  .batch = b->B, .seq_len = b->T, .out = out, .out_cap = bytes,
                                  .flags = ENGRAM_PREFETCH_HASH_ASYNC};
@@ -403,9 +404,6 @@ static void test_wait_layer_by_layer(void **state)
     assert_int_equal(engram_prefetch_wait_layer(h, 3, 30000, &e), ENGRAM_OK);
     const int idx3[1] = {1}, idx0[1] = {0};
     check_out(out + half, b, idx3, 1, all_heads, HEADS, 0, b->T);
-    for (size_t at = 0; at < half; at += RB)
-        if (memcmp(out + at, poison, RB) != 0)
-            fail_msg("layer 0's part written at byte %zu before its wait", at);
     assert_int_equal(engram_prefetch_wait_layer(h, 7, 0, &e), ENGRAM_INVALID_ARGUMENT);
     assert_string_equal(e.message, "layer 7 is not in this prefetch");
     assert_int_equal(engram_prefetch_wait_layer(h, 0, 30000, &e), ENGRAM_OK);
