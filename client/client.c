@@ -109,6 +109,7 @@ void engram_client_options_init(engram_client_options *opts)
     opts->tls_server_name = NULL;
     opts->tls_refresh_s = 60;
     opts->admin_token = NULL;
+    opts->local = ENGRAM_LOCAL_AUTO;
 }
 
 void engram_client_get_counters(engram_client *cl, engram_client_counters *out)
@@ -203,6 +204,10 @@ static int check_open_args(const char *address,
     if (o->hedge_percentile < 0 || o->hedge_percentile > 99)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT,
                         "hedge_percentile %d is outside 0..99", (int)o->hedge_percentile);
+    if (o->local != ENGRAM_LOCAL_AUTO && o->local != ENGRAM_LOCAL_OFF &&
+        o->local != ENGRAM_LOCAL_REQUIRE)
+        return ec_error(err, ENGRAM_INVALID_ARGUMENT,
+                        "local %d is not ENGRAM_LOCAL_AUTO, _OFF or _REQUIRE", (int)o->local);
     if (o->hedge_min_ms < 0)
         return ec_error(err, ENGRAM_INVALID_ARGUMENT, "hedge_min_ms %lld is negative",
                         (long long)o->hedge_min_ms);

@@ -259,6 +259,13 @@ int ec_rows_decode(const ec_dest *d, const uint32_t *pos, size_t n, size_t looku
                    grpc_byte_buffer *reply, uint32_t *row_bytes, uint64_t *version, char *msg,
                    size_t msg_cap);
 
+/* Places n whole rows of rb bytes, back to back at `rows`, into d as
+ * ec_rows_decode places a reply's (pos as there): the local path's copy
+ * for a prefetch destination (local.c serves plain lookups directly). rb
+ * must equal d->row_bytes when that is set. */
+void ec_rows_scatter(const ec_dest *d, const uint32_t *pos, size_t n, uint32_t rb,
+                     const uint8_t *rows);
+
 /* The router this client's lookups go through now (cluster.c): on the
  * first lookup the server is asked for its cluster map; a cluster gets a
  * router of its own, anything else the client's single-server router. */

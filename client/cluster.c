@@ -56,6 +56,9 @@ static ec_cluster *router_alloc(engram_client *cl, uint32_t nshards, size_t nrep
     cs->nshards = nshards;
     cs->nreps = nreps;
     rp_init(&cs->policy, pc);
+    /* (Out of memory for it: no local path, as with ENGRAM_LOCAL_OFF.) */
+    if (cl->opts.local != ENGRAM_LOCAL_OFF)
+        cs->local = ec_local_new(cs, cl->opts.local);
     pthread_mutex_init(&cs->mu, NULL);
     ec_cond_init_mono(&cs->cv);
     pthread_cond_init(&cs->vcv, NULL);
@@ -64,6 +67,7 @@ static ec_cluster *router_alloc(engram_client *cl, uint32_t nshards, size_t nrep
 
 static void router_release(ec_cluster *cs)
 {
+    ec_local_free(cs->local);   /* its lister uses the channels */
     if (!cs->single)
         for (size_t j = 0; j < cs->nreps; j++)
             grpc_channel_destroy(cs->reps[j].ch);
@@ -90,6 +94,7 @@ ec_cluster *ec_router_single(engram_client *cl)
     r->ch = cl->channel;
     r->m_lookup = cl->m_lookup;
     r->m_get_table = cl->m_get_table;
+    r->m_list_local = grpc_channel_register_call(cl->channel, METHOD_LIST_LOCAL_TABLES, NULL, NULL);
     rp_replica_init(&cs->policy, &r->h);
     cs->shards[0].n = 1;
     cs->shards[0].rep[0] = r;
@@ -138,6 +143,8 @@ static ec_cluster *cluster_new(engram_client *cl, const engram_cluster *map, eng
             r->ch = ec_channel_create(cl, r->addr, &chargs);
             r->m_lookup = grpc_channel_register_call(r->ch, METHOD_LOOKUP, NULL, NULL);
             r->m_get_table = grpc_channel_register_call(r->ch, METHOD_GET_TABLE, NULL, NULL);
+            r->m_list_local =
+                grpc_channel_register_call(r->ch, METHOD_LIST_LOCAL_TABLES, NULL, NULL);
             cs->shards[s].rep[i] = r;
             cs->shards[s].health[i] = &r->h;
         }
@@ -214,6 +221,7 @@ void ec_cluster_stop_begin(ec_cluster *cs)
     cs->stopping = 1;
     pthread_cond_broadcast(&cs->cv);
     pthread_mutex_unlock(&cs->mu);
+    ec_local_stop(cs->local);
 }
 
 void ec_cluster_free(ec_cluster *cs)

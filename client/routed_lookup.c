@@ -7,7 +7,9 @@
  *
  *  - The caller's thread, in ec_route_start: the table's pinned version
  *    (version_pin.c; none on the single router), the split by shard, and
- *    the first attempt of every sub-request, whose gRPC call is started
+ *    the sub-requests the same-node path can serve from a mapped file
+ *    (local.c: copied on this thread, finished before anything is sent),
+ *    and the first attempt of every other sub-request, whose gRPC call is started
  *    outside cs->mu (an attempt finishing before its starter is back under
  *    the lock is settled by the starter: `landed`).
  *  - The client's completion thread (client.c), for every finished
@@ -792,6 +794,30 @@ int ec_route_start(ec_cluster *cs, const char *table, const uint64_t *rows, size
         return ec_error(err, ENGRAM_RESOURCE_EXHAUSTED, "out of memory for %zu rows", n);
     }
 
+    /* The same-node path first (local.c), on this thread: a sub-request
+     * served from a mapped file is answered before anything is sent, with
+     * the version the lookup reads (a cluster's pin; on a single server the
+     * file's, which the lookup then reports). Nothing else touches lk yet. */
+    uint32_t served = 0;
+    for (uint32_t i = 0; cs->local && i < lk->nsubs; i++) {
+        sub *s = &lk->subs[i];
+        uint64_t v = lk->pinned ? lk->version : 0;
+        uint32_t rb = 0;
+        char msg[sizeof lk->message];
+        int rc = ec_local_serve(cs, lk->table, &v, s->shard, s->rows ? s->rows : rows, s->pos,
+                                s->n, lk->n, &lk->dest, &rb, msg, sizeof msg);
+        if (rc == EC_LOCAL_SERVED) {
+            s->state = SUB_OK;
+            served++;
+            lk->row_bytes = rb;
+            lk->version = v;
+        } else if (rc != EC_LOCAL_REMOTE) {
+            *out_lk = lk;
+            prefail(lk, rc, msg);
+            return ec_ok(err);
+        }
+    }
+
     /* The first attempts are prepared under cs->mu and started outside it:
      * starting a gRPC call is the longest step of a start, and the
      * completion thread needs cs->mu for every reply of every lookup
@@ -806,10 +832,12 @@ int ec_route_start(ec_cluster *cs, const char *table, const uint64_t *rows, size
         lk->next->prev = lk;
     cs->active = lk;
     lk->listed = 1;
-    lk->subs_left = lk->nsubs;
+    lk->subs_left = lk->nsubs - served;
     count(&cl->counters.subrequests, lk->nsubs);
     for (uint32_t i = 0; i < lk->nsubs && !lk->failed; i++) {
         sub *s = &lk->subs[i];
+        if (s->state != SUB_PENDING)
+            continue;   /* served locally */
         replica *r = next_replica(lk, s);
         if (!r)
             break;

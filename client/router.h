@@ -22,6 +22,7 @@
 
 #include "cluster.h"
 #include "grpc_util.h"
+#include "local.h"
 #include "replica_policy.h"
 
 #define MS 1000000LL            /* ns per ms */
@@ -30,7 +31,7 @@ typedef struct replica {
     char addr[CLUSTER_ADDR_MAX + 1];
     uint32_t shard, idx;         /* idx: position in its shard */
     grpc_channel *ch;            /* owned unless the router is single */
-    void *m_lookup, *m_get_table;
+    void *m_lookup, *m_get_table, *m_list_local;
     rp_replica h;                /* health, under cs->mu */
 } replica;
 
@@ -72,6 +73,7 @@ struct ec_cluster {
     rp_policy policy;            /* health settings and latency window */
     engram_lookup *active;       /* unfinished lookups */
     engram_lookup *jobs;         /* lookups waiting for a re-pin */
+    ec_local *local;             /* the same-node path; NULL: local off */
 };
 
 static inline int64_t mono_now(void)

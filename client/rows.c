@@ -150,6 +150,18 @@ static void sc_put(void *ctx, uint64_t off, const uint8_t *p, size_t n)
     }
 }
 
+void ec_rows_scatter(const ec_dest *d, const uint32_t *pos, size_t n, uint32_t rb,
+                     const uint8_t *rows)
+{
+    /* The sink's put, handed all n rows as one piece: the same placement
+     * and dequantisation as a reply's rows (rows are whole, so nothing is
+     * staged). */
+    scatter sc = {.d = d, .pos = pos, .n = n, .rb = rb,
+                  .stride = d->out_rb ? d->out_rb : rb};
+    if (n)
+        sc_put(&sc, 0, rows, n * rb);
+}
+
 int ec_rows_decode(const ec_dest *d, const uint32_t *pos, size_t n, size_t lookup_n,
                    grpc_byte_buffer *reply, uint32_t *row_bytes, uint64_t *version, char *msg,
                    size_t msg_cap)

@@ -184,6 +184,7 @@ static int Client_init(ClientObject *self, PyObject *args, PyObject *kwds)
         {"eject_after_hedge_losses", &opts.eject_after_hedge_losses, 1},
         {"tls_refresh_s", &opts.tls_refresh_s, 1},
         {"prefetch_chunk_rows", &opts.prefetch_chunk_rows, 1},
+        {"local", &opts.local, 1},   /* ENGRAM_LOCAL_*: client.py maps the names */
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         v = ints[i].is32 ? *(int32_t *)ints[i].field : *(int64_t *)ints[i].field;

@@ -203,14 +203,20 @@ class Client:
     (deadline_ms, max_message_bytes, version_refresh_ms, attempt_timeout_ms,
     hedge_percentile, hedge_min_ms, eject_after_failures, eject_backoff_ms,
     prefetch_chunk_rows, max_prefetch_tokens), TLS files (tls_ca, tls_cert,
-    tls_key, tls_server_name) and the admin bearer token (token_file: a
-    file holding it). A context manager; close() closes it and the models
-    it opened."""
+    tls_key, tls_server_name), the admin bearer token (token_file: a
+    file holding it) and the same-node path (local: "auto", the default,
+    "off" or "require"; see engram_client_options.local). A context
+    manager; close() closes it and the models it opened."""
+
+    _LOCAL = {"auto": 0, "off": 1, "require": 2}   # ENGRAM_LOCAL_*
 
     def __init__(self, address: str, *, deadline_ms: Optional[int] = None,
                  tls_ca: Optional[str] = None, tls_cert: Optional[str] = None,
                  tls_key: Optional[str] = None, tls_server_name: Optional[str] = None,
-                 token_file: Optional[str] = None, **options: Optional[int]) -> None:
+                 token_file: Optional[str] = None, local: str = "auto",
+                 **options: Optional[int]) -> None:
+        if local not in self._LOCAL:
+            raise ValueError("local must be 'auto', 'off' or 'require', not %r" % (local,))
         known = {"max_message_bytes", "max_prefetch_tokens", "version_refresh_ms",
                  "attempt_timeout_ms", "eject_after_failures", "eject_backoff_ms",
                  "hedge_percentile", "hedge_min_ms", "eject_after_hedge_losses",
@@ -220,7 +226,8 @@ class Client:
                 raise TypeError("Client() got an unexpected keyword argument %r" % k)
         opts: Dict[str, Any] = dict(options, deadline_ms=deadline_ms, tls_ca_file=tls_ca,
                                     tls_cert_file=tls_cert, tls_key_file=tls_key,
-                                    tls_server_name=tls_server_name)
+                                    tls_server_name=tls_server_name,
+                                    local=self._LOCAL[local])
         if token_file is not None:
             with open(token_file) as f:
                 opts["admin_token"] = f.read().strip()

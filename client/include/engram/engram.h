@@ -139,7 +139,9 @@ typedef struct engram_client_options {
     /* Most tokens (batch x seq_len) one prefetch may cover. Default 1 Mi. */
     int64_t max_prefetch_tokens;
 
-    /* ---- cluster mode (see "cluster" below); ignored for a single server */
+    /* ---- cluster mode (see "cluster" below); ignored for a single server
+     * (except version_refresh_ms, which also bounds how long a single
+     * server's local file listing is trusted: see `local`) */
     /* How long a table's pinned version is reused before one GetTable
      * re-resolves it. The re-resolve runs in the background: the lookup
      * that finds the pin stale, and those after it until the answer is
@@ -202,7 +204,29 @@ typedef struct engram_client_options {
      * layer over the server's threads and overlap gather, transfer and
      * decode; larger ones cost fewer calls. Default 8192. */
     int32_t prefetch_chunk_rows;
+
+    /* ---- same-node path (issue 16): ENGRAM_LOCAL_* ------------------------
+     * A server started with --shm-dir keeps every resident table version as
+     * a file on its host. With ENGRAM_LOCAL_AUTO (default) a client on that
+     * host (same boot_id) asks each server it routes to for its files
+     * (Admin.ListLocalTables), maps the ones it may open read-only after
+     * proving them the files the server meant (device, inode, size, the
+     * header's nonce and layout), and serves a shard's rows of a lookup or
+     * prefetch by copying them from the mapping on the calling thread,
+     * when the mapped file is the version the lookup reads (the pinned one
+     * in a cluster; the active one, re-listed at most every
+     * version_refresh_ms, on a single server). Anything else, including
+     * out-of-range rows and a file found shortened, goes over gRPC,
+     * silently. ENGRAM_LOCAL_OFF: never. ENGRAM_LOCAL_REQUIRE: as AUTO, but
+     * a lookup of a shard whose server is on this host (a single server:
+     * always) that cannot be served locally fails with
+     * ENGRAM_FAILED_PRECONDITION naming the table and why. */
+    int32_t local;
 } engram_client_options;
+
+#define ENGRAM_LOCAL_AUTO 0
+#define ENGRAM_LOCAL_OFF 1
+#define ENGRAM_LOCAL_REQUIRE 2
 
 /* Fills `opts` with the defaults (and struct_size).
  * Thread-safe: yes (touches only opts). */
