@@ -4,7 +4,7 @@
  *   engramctl [--server HOST:PORT] [--deadline-ms N] [--max-message-bytes B]
  *             [--tls-ca FILE
  *             [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME]]
- *             [--token-file FILE] COMMAND ...
+ *             [--token-file FILE] [--local auto|off|require] COMMAND ...
  *
  * Commands list and describe tables, import a synthetic table, a raw /
  * .npy file or one tensor of a .safetensors checkpoint (streamed in chunks,
@@ -42,6 +42,9 @@ static const char usage_text[] =
     "                       it is not the host of --server\n"
     "  --token-file FILE    admin token (its first line) for admin commands\n"
     "                       (default $ENGRAM_TOKEN_FILE)\n"
+    "  --local MODE         lookups from a same-host server's --shm-dir files:\n"
+    "                       auto (default: when they can be proven, else gRPC),\n"
+    "                       off, or require (fail when they cannot be used)\n"
     "\n"
     "commands:\n"
     "  tables                               list tables\n"
@@ -151,6 +154,7 @@ typedef struct globals {
     const char *max_message;
     const char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
     const char *token_file;
+    const char *local;
 } globals;
 
 static const char **global_slot(globals *g, const char *name)
@@ -164,6 +168,7 @@ static const char **global_slot(globals *g, const char *name)
         {"--tls-key", offsetof(globals, tls_key)},
         {"--tls-server-name", offsetof(globals, tls_server_name)},
         {"--token-file", offsetof(globals, token_file)},
+        {"--local", offsetof(globals, local)},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (!strcmp(table[i].name, name))
@@ -272,6 +277,17 @@ static int fill_client_options(const globals *g)
             return die_usage("--max-message-bytes: '%s' is outside 4096..2000000000",
                              g->max_message);
         client_opts.max_message_bytes = (int32_t)v;
+    }
+    if (g->local) {
+        static const char *const modes[] = {"auto", "off", "require"};   /* ENGRAM_LOCAL_* */
+        int m = -1;
+        for (int k = 0; k < 3; k++)
+            if (!strcmp(g->local, modes[k]))
+                m = k;
+        if (m < 0)
+            return die_usage("--local: '%s' is not auto, off or require", g->local);
+        client_opts.local = m == 0 ? ENGRAM_LOCAL_AUTO : m == 1 ? ENGRAM_LOCAL_OFF
+                                                                : ENGRAM_LOCAL_REQUIRE;
     }
     if ((g->tls_cert || g->tls_key || g->tls_server_name) && !g->tls_ca)
         return die_usage("--tls-cert, --tls-key and --tls-server-name need --tls-ca");
