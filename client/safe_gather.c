@@ -22,8 +22,14 @@ static struct sigaction previous;
 static int installed;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-static __thread sigjmp_buf *volatile guard;
-static __thread const uint8_t *volatile guard_lo, *volatile guard_hi;
+/* initial-exec: the general-dynamic model of PIC code would reach them
+ * through __tls_get_addr, making every program linked with libengram
+ * need ld-linux by name (and it is not async-signal-safe on first use);
+ * 24 bytes fit the static TLS that glibc keeps for libraries loaded
+ * later, such as the Python extension's. */
+#define TLS_IE __attribute__((tls_model("initial-exec")))
+static __thread TLS_IE sigjmp_buf *volatile guard;
+static __thread TLS_IE const uint8_t *volatile guard_lo, *volatile guard_hi;
 
 static void on_sigbus(int sig, siginfo_t *si, void *ctx)
 {

@@ -20,7 +20,11 @@ client is warmed up (lookups until one leaves the count flat) first.
     (the client survives: the fault never reaches it), then re-lists and
     names the size mismatch; rows before the cut are still read locally;
   - a prefetch (raw and dequantised to BF16) through the local path equals
-    the one over gRPC byte for byte.
+    the one over gRPC byte for byte;
+  - engramctl --local;
+  - a cluster of two shards where only shard 0's server has --shm-dir:
+    shard 0 is read locally, shard 1 over gRPC, rows exact; REQUIRE names
+    shard 1's server.
 """
 import os
 import subprocess
@@ -300,3 +304,80 @@ def test_engramctl_local(shm_server):
                                            'usable local file: no file is listed for it\n')
     r = shm_server.ctl("--local", "sometimes", "tables")
     assert r.returncode == 2 and "--local: 'sometimes' is not auto, off or require" in r.stderr
+
+
+def synthetic(seed, rows, row_bytes):
+    """common/synthetic.h's rows (as tests/integration/shm_test.py makes
+    them): little-endian words splitmix64(seed + (row << 20) + k)."""
+    words = row_bytes // 8
+    z = (np.uint64(seed) + (np.arange(rows, dtype=np.uint64)[:, None] << np.uint64(20))
+         + np.arange(words, dtype=np.uint64)[None, :])
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return np.frombuffer(z.astype("<u8").tobytes(), dtype=np.uint8).reshape(rows, row_bytes)
+
+
+def free_ports(k):
+    import socket
+    socks = [socket.socket() for _ in range(k)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_cluster_local_shard_read_locally(tmp_path):
+    """Two shards of one replica each; only shard 0's server has
+    --shm-dir: its rows are read locally (its Lookup count stays flat),
+    shard 1's go over gRPC, and the rows are exact."""
+    base = shm_base()
+    ports = free_ports(2)
+    addrs = ["127.0.0.1:%d" % p for p in ports]
+    mp = tmp_path / "cluster.json"
+    mp.write_text('{"name": "lc", "placement": "mod", "shards": [{"replicas": ["%s"]}, '
+                  '{"replicas": ["%s"]}]}\n' % tuple(addrs))
+    servers = []
+    try:
+        for s in range(2):
+            extra = ["--listen", addrs[s], "--cluster", str(mp), "--shard", str(s)]
+            if s == 0:
+                extra += ["--shm-dir", os.path.join(base, "shm")]
+            d = tmp_path / ("s%d" % s)
+            d.mkdir()
+            servers.append(Server(d, *extra))
+        r = servers[0].ctl("import-synthetic", "--table", "lc", "--rows", "6000", "--row-bytes",
+                           "64", "--seed", "4")
+        assert r.returncode == 0, r.stderr
+        want = synthetic(4, 6000, 64)
+        rows = np.random.default_rng(3).integers(0, 6000, 500)
+        with engram.Client(addrs[0], version_refresh_ms=REFRESH_MS) as c:
+            deadline = time.monotonic() + 5
+            while True:   # warm: until shard 0 costs no Lookup call
+                before = lookup_calls(addrs[0])
+                assert np.array_equal(c.lookup("lc", rows), want[rows])
+                if lookup_calls(addrs[0]) == before:
+                    break
+                assert time.monotonic() < deadline, "shard 0 never read locally"
+                time.sleep(0.02)
+            b0, b1 = lookup_calls(addrs[0]), lookup_calls(addrs[1])
+            for k in range(5):
+                rows = np.random.default_rng(10 + k).integers(0, 6000, 300)
+                assert np.array_equal(c.lookup("lc", rows), want[rows])
+            assert lookup_calls(addrs[0]) == b0
+            assert lookup_calls(addrs[1]) == b1 + 5
+        with engram.Client(addrs[0], local="require") as c:
+            # Shard 1's server is on this host without files: REQUIRE names it.
+            with pytest.raises(engram.FailedPrecondition) as e:
+                c.lookup("lc", [0, 1])
+            assert e.value.message == ('table "lc" has no usable local file: %s publishes no '
+                                       'local files (no --shm-dir)' % addrs[1])
+            assert np.array_equal(c.lookup("lc", [0, 2, 4]), want[[0, 2, 4]])
+    finally:
+        rcs = [s.stop() for s in servers]
+        subprocess.run(["rm", "-rf", base])
+    assert rcs == [0, 0]
