@@ -121,9 +121,6 @@ ec_local *ec_local_new(ec_cluster *cs, int mode)
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->cv, NULL);
     read_boot_id(l->boot_id, sizeof l->boot_id);
-    /* Without the SIGBUS guard nothing is ever read locally (safe_gather
-     * refuses), so a failure here only means gRPC. */
-    (void)safe_gather_setup();
     return l;
 }
 
@@ -244,6 +241,12 @@ static int header_matches(const uint8_t *h, const Engram__V1__LocalTableFile *t)
  * set when it cannot be trusted or read). */
 static void map_file(lfile *f, const Engram__V1__LocalTableFile *t)
 {
+    /* The SIGBUS guard, installed only by a process that maps a file:
+     * without it nothing is read (safe_gather refuses). */
+    if (safe_gather_setup() != 0) {
+        snprintf(f->why, sizeof f->why, "cannot install a SIGBUS handler: %s", strerror(errno));
+        return;
+    }
     int fd = open(t->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
         snprintf(f->why, sizeof f->why, "open %.200s: %s", t->path, strerror(errno));
@@ -425,6 +428,11 @@ static int ask_listing(ec_local *l)
 
 static int listing_due(const ec_local *l, int64_t refresh_ms, int64_t now)
 {
+    /* A single server's lookups name no version: its listing is all that
+     * tells a cutover, so "never refresh" (< 0, meant for pins) would serve
+     * an old file forever; it refreshes at the default rate instead. */
+    if (refresh_ms < 0 && l->cs->single)
+        refresh_ms = 1000;
     if (!l->listed_at || refresh_ms == 0)
         return 1;
     return refresh_ms > 0 && now - l->listed_at >= refresh_ms * MS;

@@ -214,13 +214,20 @@ typedef struct engram_client_options {
      * header's nonce and layout), and serves a shard's rows of a lookup or
      * prefetch by copying them from the mapping on the calling thread,
      * when the mapped file is the version the lookup reads (the pinned one
-     * in a cluster; the active one, re-listed at most every
-     * version_refresh_ms, on a single server). Anything else, including
-     * out-of-range rows and a file found shortened, goes over gRPC,
-     * silently. ENGRAM_LOCAL_OFF: never. ENGRAM_LOCAL_REQUIRE: as AUTO, but
-     * a lookup of a shard whose server is on this host (a single server:
-     * always) that cannot be served locally fails with
-     * ENGRAM_FAILED_PRECONDITION naming the table and why. */
+     * in a cluster; on a single server the one its listing marks active,
+     * the listing being refreshed in the background once it is
+     * version_refresh_ms old, or 1000 ms when that is negative). Anything
+     * else, including out-of-range rows and a file found shortened, goes
+     * over gRPC, silently; so do a client's first lookups while its first
+     * listing is fetched (on a thread of the library's, so no lookup waits
+     * for a slow server). The SIGBUS of a file shortened under the client
+     * never reaches the caller: the first file mapped installs a SIGBUS
+     * handler, chained to the one the process had, that only ever catches
+     * the library's own copies.
+     * ENGRAM_LOCAL_OFF: never. ENGRAM_LOCAL_REQUIRE: as AUTO, but a lookup
+     * of a shard whose server is on this host (a single server: always)
+     * that cannot be served locally fails with ENGRAM_FAILED_PRECONDITION
+     * naming the table and why (it waits for the listing it needs). */
     int32_t local;
 } engram_client_options;
 
