@@ -77,8 +77,9 @@ import unittest
 import zlib
 
 import grpc
-import numpy as np
 import xxhash
+
+from synthetic import synthetic_rows  # beside this file
 
 ARGS = None
 TABLE = "crash"
@@ -90,18 +91,8 @@ SAMPLE_ROWS = 30
 
 
 def synthetic_table(seed):
-    """Rows [0, ROWS) of the synthetic rule: little-endian words
-    splitmix64(seed + (row << 20) + k), computed for the whole table at
-    once (uint64 arithmetic wraps as the C code's does)."""
-    words = ROW_BYTES // 8
-    z = (np.uint64(seed) + (np.arange(ROWS, dtype=np.uint64)[:, None] << np.uint64(20))
-         + np.arange(words, dtype=np.uint64)[None, :])
-    with np.errstate(over="ignore"):
-        z = z + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return z.astype("<u8").tobytes()
+    """The whole table's rows under the synthetic rule (synthetic.py)."""
+    return synthetic_rows(seed, ROWS, ROW_BYTES)
 
 
 def hx(x):

@@ -56,9 +56,9 @@ import urllib.request
 import zlib
 
 import grpc
-import numpy as np
 import xxhash
 
+from synthetic import synthetic_rows as synthetic  # beside this file
 import abuse_test  # beside this file: its Server (starts and stops only its own process)
 from abuse_test import A, L, OK, IA, Server
 from raw_wire import lookup_req
@@ -76,20 +76,6 @@ HEADER = 4096
 # bytes, version, rows, local rows, row bytes, dim, shard index, shard
 # count, xxh3, crc32, reserved, nonce, created, dtype, table.
 HEADER_FMT = "<8sIIQQQQQIIIIQII16sQ16s136s"
-
-
-def synthetic(seed, rows, row_bytes):
-    """Rows [0, rows) of common/synthetic.h's rule: little-endian words
-    splitmix64(seed + (row << 20) + k) (row_bytes a multiple of 8)."""
-    words = row_bytes // 8
-    z = (np.uint64(seed) + (np.arange(rows, dtype=np.uint64)[:, None] << np.uint64(20))
-         + np.arange(words, dtype=np.uint64)[None, :])
-    with np.errstate(over="ignore"):
-        z = z + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return z.astype("<u8").tobytes()
 
 
 def tmp_base():

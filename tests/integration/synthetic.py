@@ -41,3 +41,19 @@ def synthetic_row_typed(seed, row, row_bytes, dtype):
 
 def rows_bytes(seed, start, count, row_bytes=64):
     return b"".join(synthetic_row(seed, r, row_bytes) for r in range(start, start + count))
+
+
+def synthetic_rows(seed, rows, row_bytes):
+    """Rows [0, rows) of the rule at once, as bytes: numpy's uint64
+    arithmetic wraps as the C code's does (row_bytes a multiple of 8;
+    numpy is imported here so the per-row helpers above need none)."""
+    import numpy as np
+    words = row_bytes // 8
+    z = (np.uint64(seed) + (np.arange(rows, dtype=np.uint64)[:, None] << np.uint64(20))
+         + np.arange(words, dtype=np.uint64)[None, :])
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return z.astype("<u8").tobytes()
