@@ -49,13 +49,11 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import unittest
 import urllib.request
 import zlib
 
-import grpc
 import xxhash
 
 from synthetic import synthetic_rows as synthetic  # beside this file
