@@ -28,8 +28,11 @@
 # engram-server on a free loopback port with a temp data dir, --threads 2 and
 # the model's resident budget, stores the manifest and imports both tables
 # with `engramctl import-synthetic --seed 1` (typed rows for mxfp8_e4m3).
-# Sets TOKENS, CTL, BENCH, TMP, ADDR, MODEL; stop_server and an EXIT trap stop
-# the server (reporting its exit status) and remove TMP.
+# With ENGRAM_BENCH_SHM=1 the server also gets --shm-dir under /dev/shm, so
+# the benchmark's client reads the resident tables through the same-node
+# local path (issue 16). Sets TOKENS, CTL, BENCH, TMP, ADDR, MODEL;
+# stop_server and an EXIT trap stop the server (reporting its exit status)
+# and remove TMP (and the shm directory).
 
 stop_server() {
   [ -n "${SERVER_PID:-}" ] || return 0
@@ -97,12 +100,22 @@ demo_server_start() {
 
   TMP=$(mktemp -d "/tmp/$bench_name.XXXXXX")
   SERVER_PID=
-  trap 'stop_server; rm -rf "$TMP"' EXIT
+  # ENGRAM_BENCH_SHM=1: the server keeps its resident tables in files under
+  # /dev/shm (--shm-dir, issue 16), so a client on this host (local=auto,
+  # the default) reads them without gRPC.
+  SHM_DIR=
+  shm_args=()
+  if [ "${ENGRAM_BENCH_SHM:-0}" = 1 ]; then
+    shm_base=/dev/shm; [ -w "$shm_base" ] || shm_base=/tmp
+    SHM_DIR=$(mktemp -d "$shm_base/$bench_name.XXXXXX")
+    shm_args=(--shm-dir "$SHM_DIR")
+  fi
+  trap 'stop_server; rm -rf "$TMP" ${SHM_DIR:+"$SHM_DIR"}' EXIT
   trap 'exit 130' INT TERM
   "${MODEL}_write_manifest" "$TMP/$MODEL.json"
 
   "$server_bin" --data "$TMP/data" --listen 127.0.0.1:0 --port-file "$TMP/port" \
-    --threads 2 --resident-budget "$budget" --log-file "$TMP/server.log" &
+    --threads 2 --resident-budget "$budget" --log-file "$TMP/server.log" "${shm_args[@]}" &
   SERVER_PID=$!
   for _ in $(seq 200); do
     [ -s "$TMP/port" ] && break
