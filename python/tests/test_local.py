@@ -39,6 +39,9 @@ import engram
 from conftest import Server
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+# The synthetic rule's numpy form lives with the integration tests.
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from synthetic import synthetic_rows  # noqa: E402
 V41 = os.path.join(ROOT, "deploy", "examples", "tiny-deepseek-v4.1.json")
 REFRESH_MS = 200
 
@@ -314,17 +317,9 @@ def test_engramctl_local(shm_server):
 
 
 def synthetic(seed, rows, row_bytes):
-    """common/synthetic.h's rows (as tests/integration/shm_test.py makes
-    them): little-endian words splitmix64(seed + (row << 20) + k)."""
-    words = row_bytes // 8
-    z = (np.uint64(seed) + (np.arange(rows, dtype=np.uint64)[:, None] << np.uint64(20))
-         + np.arange(words, dtype=np.uint64)[None, :])
-    with np.errstate(over="ignore"):
-        z = z + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return np.frombuffer(z.astype("<u8").tobytes(), dtype=np.uint8).reshape(rows, row_bytes)
+    """common/synthetic.h's rows as a [rows, row_bytes] uint8 array."""
+    return np.frombuffer(synthetic_rows(seed, rows, row_bytes),
+                         dtype=np.uint8).reshape(rows, row_bytes)
 
 
 def free_ports(k):

@@ -24,6 +24,7 @@
 # the median rows/s and CPU us per 1000 rows of A and B and B/A.
 # Serialise with other benchmarks: flock /tmp/engram-bench.lock ...
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/cb_manifest.sh"
 
 usage() { echo "usage: $0 BUILD_A BUILD_B [--rounds R] [--seconds S] [--only prefetch|lookup]" >&2; exit 2; }
 [ $# -ge 2 ] || usage
@@ -108,19 +109,7 @@ done
 PORT[one]=$(free_port)
 start_server one 2 2G
 wait_ready "${names[@]}" one
-python3 - "$TMP/cb.json" <<'PY'
-import json, sys
-manifest = {
-    "name": "cb",
-    "engram_vocab_size": [100003, 100019], "max_ngram_size": 3,
-    "n_embed_per_ngram": 512, "n_head_per_ngram": 8,
-    "layer_ids": [1, 15], "pad_id": 2, "seed": 0, "dtype": "bf16",
-    "compression": {"lookup_table": list(range(129280))},
-    "tables": {"1": "cb.l1", "15": "cb.l15"},
-}
-with open(sys.argv[1], "w") as f:
-    json.dump(manifest, f)
-PY
+write_cb_manifest "$TMP/cb.json"
 "$CTL" --server "${ADDR[s0r0]}" put-manifest "$TMP/cb.json" > /dev/null
 "$CTL" --server "${ADDR[s0r0]}" --deadline-ms 600000 import-synthetic --manifest cb --seed 1 > /dev/null
 "$CTL" --server "${ADDR[one]}" --deadline-ms 600000 import-synthetic --table bench \

@@ -31,6 +31,7 @@
 # stopped) then SIGTERM, its exit status is reported, and the temp dir goes.
 # Exit status: the first failing benchmark's, else 0.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/cb_manifest.sh"
 
 usage() { echo "usage: $0 BUILD_DIR [--seconds S] [--hedge-seconds S]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
@@ -146,19 +147,7 @@ import_model() {   # import_model NAME: manifest cb with seed 1 from ADDR[NAME]
     "$CTL" --server "${ADDR[$1]}" --deadline-ms 600000 import-synthetic --manifest cb --seed 1
 }
 
-python3 - "$TMP/cb.json" <<'EOF'
-import json, sys
-manifest = {
-    "name": "cb",
-    "engram_vocab_size": [100003, 100019], "max_ngram_size": 3,
-    "n_embed_per_ngram": 512, "n_head_per_ngram": 8,
-    "layer_ids": [1, 15], "pad_id": 2, "seed": 0, "dtype": "bf16",
-    "compression": {"lookup_table": list(range(129280))},
-    "tables": {"1": "cb.l1", "15": "cb.l15"},
-}
-with open(sys.argv[1], "w") as f:
-    json.dump(manifest, f)
-EOF
+write_cb_manifest "$TMP/cb.json"
 
 echo "== phase 1: throughput, 1 server (--threads 1, --threads 2) vs 3 shards (--threads 1 each)"
 PORT[one_t1]=$(free_port); PORT[one_t2]=$(free_port)
