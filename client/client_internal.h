@@ -259,12 +259,15 @@ int ec_rows_decode(const ec_dest *d, const uint32_t *pos, size_t n, size_t looku
                    grpc_byte_buffer *reply, uint32_t *row_bytes, uint64_t *version, char *msg,
                    size_t msg_cap);
 
-/* Places n whole rows of rb bytes, back to back at `rows`, into d as
- * ec_rows_decode places a reply's (pos as there): the local path's copy
- * for a prefetch destination (local.c serves plain lookups directly). rb
- * must equal d->row_bytes when that is set. */
-void ec_rows_scatter(const ec_dest *d, const uint32_t *pos, size_t n, uint32_t rb,
-                     const uint8_t *rows);
+/* The local path's copy (local.c): request rows pos[j] (NULL: j) of a
+ * lookup into d, as ec_rows_decode places a reply's, each read straight
+ * from row rows[j] of the rb-byte rows at base (a mapped file), with the
+ * rows a few ahead prefetched: one copy from the file to every place a row
+ * goes, dequantised on the way when d asks. rb must equal d->row_bytes
+ * when that is set. Run it under safe_run (safe_gather.h): it holds no
+ * lock and owns no memory. */
+void ec_rows_gather(const ec_dest *d, const uint32_t *pos, size_t n, uint32_t rb,
+                    const uint8_t *base, const uint64_t *rows);
 
 /* The router this client's lookups go through now (cluster.c): on the
  * first lookup the server is asked for its cluster map; a cluster gets a

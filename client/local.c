@@ -464,6 +464,22 @@ static void why_not(const ec_local *l, const char *table, uint64_t version, uint
         snprintf(out, cap, "no file is listed for it");
 }
 
+/* ec_rows_gather's arguments, for safe_run. */
+typedef struct gather {
+    const ec_dest *d;
+    const uint32_t *pos;
+    size_t n;
+    uint32_t rb;
+    const uint8_t *base;
+    const uint64_t *rows;
+} gather;
+
+static void gather_rows(void *ctx)
+{
+    const gather *g = ctx;
+    ec_rows_gather(g->d, g->pos, g->n, g->rb, g->base, g->rows);
+}
+
 int ec_local_serve(ec_cluster *cs, const char *table, uint64_t *version, uint32_t shard,
                    const uint64_t *rows, const uint32_t *pos, size_t n, size_t lookup_n,
                    const ec_dest *d, uint32_t *rb, char *msg, size_t cap)
@@ -515,7 +531,6 @@ int ec_local_serve(ec_cluster *cs, const char *table, uint64_t *version, uint32_
     uint32_t S = cs->nshards;
     int plain = !d->first && !d->out_rb && !d->dequant_dim;
     uint64_t *local = NULL;
-    uint8_t *stage = NULL;
     int ok = !d->row_bytes || d->row_bytes == frb;
     if (ok && plain)
         ok = lookup_n <= d->out_cap / frb;
@@ -528,15 +543,11 @@ int ec_local_serve(ec_cluster *cs, const char *table, uint64_t *version, uint32_
         else if (local)
             local[i] = lr;
     }
-    if (ok && !plain)
-        ok = n <= SIZE_MAX / frb && (stage = malloc(n * frb)) != NULL;
     if (ok) {
-        const uint64_t *at = local ? local : rows;
-        int g = plain ? safe_gather(m->data, local_rows * frb, at, n, frb, pos, d->out)
-                      : safe_gather(m->data, local_rows * frb, at, n, frb, NULL, stage);
-        if (g == 0) {
-            if (!plain)
-                ec_rows_scatter(d, pos, n, frb, stage);
+        /* Straight from the mapping to every place a row goes. */
+        gather g = {.d = d, .pos = pos, .n = n, .rb = frb, .base = m->data,
+                    .rows = local ? local : rows};
+        if (safe_run(m->data, local_rows * frb, gather_rows, &g) == 0) {
             *version = ver;
             *rb = frb;
             rc = EC_LOCAL_SERVED;
@@ -554,7 +565,6 @@ int ec_local_serve(ec_cluster *cs, const char *table, uint64_t *version, uint32_
         }
     }
     free(local);
-    free(stage);
     pthread_mutex_lock(&l->mu);
     lmap_unref(m);
     pthread_mutex_unlock(&l->mu);

@@ -15,7 +15,12 @@
  *   3. on wait, collect the chunks and check each layer's rows all came
  *      from one table version. engram_prefetch_wait_layer does this for
  *      one layer, so a worker blocks before an Engram layer only for that
- *      layer's rows, while later layers' rows are still arriving.
+ *      layer's rows, while later layers are still being hashed and their
+ *      rows are still arriving.
+ * Steps 1-2 run layer by layer (nsent counts the layers done), so the
+ * first Engram layer's rows are on their way, or already in out when the
+ * same-node path (local.c) copied them on this thread, before the next
+ * layer is hashed.
  * A layer is OK only when every chunk of it arrived OK from one version, so
  * an error can never hide behind rows of zeros; on an error the output is
  * not to be used (engram.h), whatever its rows hold. */
@@ -55,7 +60,8 @@ struct engram_prefetch {
 
     pthread_mutex_t mu;          /* guards the fields below */
     pthread_cond_t cv;
-    int sent;                    /* step 1-2 over (even if failed) */
+    size_t nsent;                /* layers [0, nsent) are through steps 1-2 */
+    int sent;                    /* steps 1-2 over for every layer (even if failed) */
     int cancelled;
     int finished;
     int code;
@@ -67,18 +73,30 @@ static size_t rows_per_layer(const engram_prefetch *p)
     return p->B * p->T * p->nheads;
 }
 
-/* Records the first error; later ones keep the first's code and message. */
+/* Records the first error; later ones keep the first's code and message.
+ * Takes p->mu: the hashing thread and a waiter of an earlier layer may
+ * both fail the prefetch. */
 static void set_error(engram_prefetch *p, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void set_error(engram_prefetch *p, int code, const char *fmt, ...)
 {
-    if (p->code)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(p->message, sizeof p->message, fmt, ap);
-    va_end(ap);
-    p->code = code;
+    pthread_mutex_lock(&p->mu);
+    if (!p->code) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(p->message, sizeof p->message, fmt, ap);
+        va_end(ap);
+        p->code = code;
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+static int error_code(engram_prefetch *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int code = p->code;
+    pthread_mutex_unlock(&p->mu);
+    return code;
 }
 
 /* ---- step 1 and 2: hash, de-duplicate, send -------------------------------- */
@@ -191,13 +209,21 @@ static void send_layer(engram_prefetch *p, size_t i)
 
 static void hash_and_send(engram_prefetch *p)
 {
-    pthread_mutex_lock(&p->mu);
-    int cancelled = p->cancelled;
-    pthread_mutex_unlock(&p->mu);
-    for (size_t i = 0; i < p->nlayers && !cancelled && !p->code; i++)
+    for (size_t i = 0; i < p->nlayers; i++) {
+        pthread_mutex_lock(&p->mu);
+        int stop = p->cancelled || p->code;
+        pthread_mutex_unlock(&p->mu);
+        if (stop)
+            break;
         if (hash_layer(p, &p->layers[i]) == 0)
             send_layer(p, i);
+        pthread_mutex_lock(&p->mu);
+        p->nsent = i + 1;   /* a waiter of layer i may go on */
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
     pthread_mutex_lock(&p->mu);
+    p->nsent = p->nlayers;
     p->sent = 1;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
@@ -394,7 +420,7 @@ int engram_prefetch_start(engram_model *m, const engram_prefetch_request *req,
     p->history = (int64_t *)r->history;
     hash_and_send(p);
     p->tokens = p->history = NULL;
-    if (p->code == ENGRAM_INVALID_ARGUMENT) {   /* bad tokens: report at start */
+    if (p->code == ENGRAM_INVALID_ARGUMENT) {   /* bad tokens: report at start (no other thread) */
         rc = ec_error(err, p->code, "%s", p->message);
         engram_prefetch_free(p);
         return rc;
@@ -426,11 +452,12 @@ static int64_t ms_left(const struct timespec *dl)
     return ms < 0 ? 0 : ms;
 }
 
-/* Waits for step 2 to be over; 0, or ENGRAM_TIMEOUT. */
-static int wait_sent(engram_prefetch *p, int64_t timeout_ms)
+/* Waits for steps 1-2 to be over for layers [0, upto); 0, or
+ * ENGRAM_TIMEOUT. */
+static int wait_sent(engram_prefetch *p, size_t upto, int64_t timeout_ms)
 {
     pthread_mutex_lock(&p->mu);
-    while (!p->sent) {
+    while (p->nsent < upto) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&p->cv, &p->mu);
             continue;
@@ -440,7 +467,7 @@ static int wait_sent(engram_prefetch *p, int64_t timeout_ms)
         int64_t ns = rt.tv_nsec + (timeout_ms % 1000) * 1000000;
         rt.tv_sec += timeout_ms / 1000 + ns / 1000000000;
         rt.tv_nsec = ns % 1000000000;
-        if (pthread_cond_timedwait(&p->cv, &p->mu, &rt) != 0 && !p->sent) {
+        if (pthread_cond_timedwait(&p->cv, &p->mu, &rt) != 0 && p->nsent < upto) {
             pthread_mutex_unlock(&p->mu);
             return ENGRAM_TIMEOUT;
         }
@@ -507,9 +534,13 @@ static int wait_layers(engram_prefetch *p, int want_all, int64_t only, int64_t t
                        engram_error *err)
 {
     struct timespec dl = deadline_after(timeout_ms < 0 ? 0 : timeout_ms);
-    if (wait_sent(p, timeout_ms) == ENGRAM_TIMEOUT)
+    size_t upto = want_all ? p->nlayers : 0;   /* the layers that must be sent */
+    for (size_t i = 0; !want_all && i < p->nlayers; i++)
+        if (p->layers[i].id == only)
+            upto = i + 1;
+    if (wait_sent(p, upto, timeout_ms) == ENGRAM_TIMEOUT)
         return ec_error(err, ENGRAM_TIMEOUT, "prefetch still hashing");
-    if (p->finished || p->code)
+    if (p->finished || error_code(p))
         return finish(p, err);
     for (size_t i = 0; i < p->nlayers; i++) {
         if (!want_all && p->layers[i].id != only)
@@ -578,7 +609,7 @@ void engram_prefetch_cancel(engram_prefetch *p)
     pthread_mutex_lock(&p->mu);
     p->cancelled = 1;
     pthread_mutex_unlock(&p->mu);
-    wait_sent(p, -1);            /* the worker lets go of p */
+    wait_sent(p, p->nlayers, -1);   /* the worker lets go of p */
     if (p->finished)
         return;
     free_calls(p);

@@ -14,7 +14,8 @@
  * the row size from field 1's length (it must be rows * row_bytes, and
  * the rows come before row_bytes on the wire) and drops the bytes of a
  * reply whose length does not divide, which the size checks after the
- * decode then report. Whoever calls this decides that only one reply is
+ * decode then report. The same-node path (local.c) places rows read from
+ * a mapped file through the same placement (ec_rows_gather). Whoever calls this decides that only one reply is
  * ever written per destination at a time (routed_lookup.c). */
 #include "client_internal.h"
 
@@ -24,6 +25,7 @@
 
 #include <grpc/byte_buffer_reader.h>
 
+#include "safe_gather.h"
 #include "wire.h"
 
 /* Reads the length of field 1 when it opens the message (tag 0x0a, then a
@@ -150,16 +152,17 @@ static void sc_put(void *ctx, uint64_t off, const uint8_t *p, size_t n)
     }
 }
 
-void ec_rows_scatter(const ec_dest *d, const uint32_t *pos, size_t n, uint32_t rb,
-                     const uint8_t *rows)
+void ec_rows_gather(const ec_dest *d, const uint32_t *pos, size_t n, uint32_t rb,
+                    const uint8_t *base, const uint64_t *rows)
 {
-    /* The sink's put, handed all n rows as one piece: the same placement
-     * and dequantisation as a reply's rows (rows are whole, so nothing is
-     * staged). */
-    scatter sc = {.d = d, .pos = pos, .n = n, .rb = rb,
-                  .stride = d->out_rb ? d->out_rb : rb};
-    if (n)
-        sc_put(&sc, 0, rows, n * rb);
+    /* The sink's placement and dequantisation, one whole row at a time
+     * (so nothing is ever staged). */
+    scatter sc = {.d = d, .pos = pos, .n = n, .rb = rb, .stride = d->out_rb ? d->out_rb : rb};
+    for (size_t j = 0; j < n; j++) {
+        if (j + SAFE_GATHER_AHEAD < n)
+            safe_gather_prefetch(base + rows[j + SAFE_GATHER_AHEAD] * rb, rb);
+        put_dests(&sc, pos ? pos[j] : j, 0, base + rows[j] * rb, rb);
+    }
 }
 
 int ec_rows_decode(const ec_dest *d, const uint32_t *pos, size_t n, size_t lookup_n,

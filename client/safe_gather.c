@@ -69,12 +69,7 @@ int safe_gather_setup(void)
     return installed ? 0 : -1;
 }
 
-/* Rows this far ahead are prefetched: enough to cover a DRAM miss at the
- * rate rows are copied, few enough to stay in the line fill buffers. */
-#define PREFETCH_AHEAD 8
-
-int safe_gather(const uint8_t *base, size_t len, const uint64_t *rows, size_t n,
-                size_t row_bytes, const uint32_t *at, uint8_t *out)
+int safe_run(const uint8_t *base, size_t len, void (*fn)(void *ctx), void *ctx)
 {
     if (!installed)
         return -1;
@@ -86,13 +81,35 @@ int safe_gather(const uint8_t *base, size_t len, const uint64_t *rows, size_t n,
         return -1;
     }
     guard = &jb;
-    for (size_t i = 0; i < n; i++) {
-        if (i + PREFETCH_AHEAD < n)
-            __builtin_prefetch(base + rows[i + PREFETCH_AHEAD] * row_bytes);
-        uint8_t *dst = out + (at ? (size_t)at[i] : i) * row_bytes;
-        memcpy(dst, base + rows[i] * row_bytes, row_bytes);
-    }
+    fn(ctx);
     guard = NULL;
     guard_lo = guard_hi = NULL;
     return 0;
+}
+
+typedef struct gather {
+    const uint8_t *base;
+    const uint64_t *rows;
+    size_t n, row_bytes;
+    const uint32_t *at;
+    uint8_t *out;
+} gather;
+
+static void gather_rows(void *ctx)
+{
+    const gather *g = ctx;
+    for (size_t i = 0; i < g->n; i++) {
+        if (i + SAFE_GATHER_AHEAD < g->n)
+            safe_gather_prefetch(g->base + g->rows[i + SAFE_GATHER_AHEAD] * g->row_bytes,
+                                 g->row_bytes);
+        uint8_t *dst = g->out + (g->at ? (size_t)g->at[i] : i) * g->row_bytes;
+        memcpy(dst, g->base + g->rows[i] * g->row_bytes, g->row_bytes);
+    }
+}
+
+int safe_gather(const uint8_t *base, size_t len, const uint64_t *rows, size_t n,
+                size_t row_bytes, const uint32_t *at, uint8_t *out)
+{
+    gather g = {.base = base, .rows = rows, .n = n, .row_bytes = row_bytes, .at = at, .out = out};
+    return safe_run(base, len, gather_rows, &g);
 }

@@ -25,6 +25,27 @@
  * sigaction failed (errno set); safe_gather refuses to run without it. */
 int safe_gather_setup(void);
 
+/* Runs fn(ctx) with its reads of [base, base + len) guarded: 0, or -1
+ * when one faulted (fn was stopped there, so it must hold no lock and own
+ * no allocation while it reads the range) or the handler is not
+ * installed. fn must not call safe_run. Thread-safe;
+ * async-signal-unsafe. */
+int safe_run(const uint8_t *base, size_t len, void (*fn)(void *ctx), void *ctx);
+
+/* A gather of random rows is bound by memory latency: a row this many
+ * ahead is prefetched while the current one is copied, enough to cover a
+ * DRAM miss at the rate rows are copied and few enough to stay within the
+ * line fill buffers. */
+#define SAFE_GATHER_AHEAD 8
+
+/* Prefetches a row's first cache lines (up to 256 bytes; the hardware's
+ * next-line prefetcher follows longer rows). */
+static inline void safe_gather_prefetch(const uint8_t *row, size_t row_bytes)
+{
+    for (size_t o = 0; o < row_bytes && o < 256; o += 64)
+        __builtin_prefetch(row + o);
+}
+
 /* Copies n rows of row_bytes bytes: row rows[i] of the array at base into
  * out + at[i] * row_bytes (at NULL: out + i * row_bytes). [base, base +
  * len) is the guarded mapping; every rows[i] must already be checked to

@@ -28,9 +28,10 @@
 # engram-server on a free loopback port with a temp data dir, --threads 2 and
 # the model's resident budget, stores the manifest and imports both tables
 # with `engramctl import-synthetic --seed 1` (typed rows for mxfp8_e4m3).
-# With ENGRAM_BENCH_SHM=1 the server also gets --shm-dir under /dev/shm, so
-# the benchmark's client reads the resident tables through the same-node
-# local path (issue 16). Sets TOKENS, CTL, BENCH, TMP, ADDR, MODEL;
+# With ENGRAM_BENCH_SHM=1 the server also gets --shm-dir under /dev/shm (or
+# under ENGRAM_BENCH_SHM_BASE, e.g. a tmpfs mounted with huge=within_size
+# for 2 MiB pages), so the benchmark's client reads the resident tables
+# through the same-node local path (issue 16). Sets TOKENS, CTL, BENCH, TMP, ADDR, MODEL;
 # stop_server and an EXIT trap stop the server (reporting its exit status)
 # and remove TMP (and the shm directory).
 
@@ -106,7 +107,7 @@ demo_server_start() {
   SHM_DIR=
   shm_args=()
   if [ "${ENGRAM_BENCH_SHM:-0}" = 1 ]; then
-    shm_base=/dev/shm; [ -w "$shm_base" ] || shm_base=/tmp
+    shm_base=${ENGRAM_BENCH_SHM_BASE:-/dev/shm}; [ -w "$shm_base" ] || shm_base=/tmp
     SHM_DIR=$(mktemp -d "$shm_base/$bench_name.XXXXXX")
     shm_args=(--shm-dir "$SHM_DIR")
   fi
