@@ -18,9 +18,14 @@
 #include <signal.h>
 #include <string.h>
 
-static struct sigaction previous;
+/* The handler that was there before ours, in one of two slots: a
+ * re-install (below) writes the other slot, then flips `slot`, so a
+ * handler running meanwhile reads a whole one. */
+static struct sigaction previous[2];
+static volatile sig_atomic_t slot;
 static int installed;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t reinstall_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* initial-exec: the general-dynamic model of PIC code would reach them
  * through __tls_get_addr, making every program linked with libengram
@@ -40,12 +45,13 @@ static void on_sigbus(int sig, siginfo_t *si, void *ctx)
         siglongjmp(*g, 1);
     }
     /* Not ours: what would have happened without us. */
-    if (previous.sa_flags & SA_SIGINFO) {
-        previous.sa_sigaction(sig, si, ctx);
-    } else if (previous.sa_handler == SIG_IGN) {
+    const struct sigaction *prev = &previous[slot];
+    if (prev->sa_flags & SA_SIGINFO) {
+        prev->sa_sigaction(sig, si, ctx);
+    } else if (prev->sa_handler == SIG_IGN) {
         return;   /* the fault repeats; ignoring it was the owner's choice */
-    } else if (previous.sa_handler != SIG_DFL) {
-        previous.sa_handler(sig);
+    } else if (prev->sa_handler != SIG_DFL) {
+        prev->sa_handler(sig);
     } else {
         /* Back to the default action: returning re-runs the faulting
          * access, which now ends the process with SIGBUS as before. */
@@ -53,14 +59,49 @@ static void on_sigbus(int sig, siginfo_t *si, void *ctx)
     }
 }
 
-static void install(void)
+static struct sigaction ours(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_sigbus;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
-    installed = sigaction(SIGBUS, &sa, &previous) == 0;
+    return sa;
+}
+
+static void install(void)
+{
+    struct sigaction sa = ours();
+    installed = sigaction(SIGBUS, &sa, &previous[0]) == 0;
+}
+
+/* Ours must be the handler while a copy runs. A program (or a test
+ * framework, or Python's faulthandler) may install its own SIGBUS handler
+ * after the library installed its: then ours goes back on top, chained to
+ * that one. One rt_sigaction query per guarded copy (well under a
+ * microsecond, against the tens of microseconds of a copy worth guarding)
+ * is the price of never letting a fault of ours reach a handler that
+ * cannot know what to do with it. 0, or -1. */
+static int ensure_ours(void)
+{
+    struct sigaction now;
+    if (sigaction(SIGBUS, NULL, &now) != 0)
+        return -1;
+    if ((now.sa_flags & SA_SIGINFO) && now.sa_sigaction == on_sigbus)
+        return 0;
+    pthread_mutex_lock(&reinstall_mu);
+    int rc = 0;
+    if (sigaction(SIGBUS, NULL, &now) != 0) {
+        rc = -1;
+    } else if (!((now.sa_flags & SA_SIGINFO) && now.sa_sigaction == on_sigbus)) {
+        int other = !slot;
+        previous[other] = now;
+        slot = other;
+        struct sigaction sa = ours();
+        rc = sigaction(SIGBUS, &sa, NULL) == 0 ? 0 : -1;
+    }
+    pthread_mutex_unlock(&reinstall_mu);
+    return rc;
 }
 
 int safe_gather_setup(void)
@@ -71,7 +112,7 @@ int safe_gather_setup(void)
 
 int safe_run(const uint8_t *base, size_t len, void (*fn)(void *ctx), void *ctx)
 {
-    if (!installed)
+    if (!installed || ensure_ours() != 0)
         return -1;
     sigjmp_buf jb;
     guard_lo = base;

@@ -9,7 +9,8 @@
  * to gRPC and forgets the mapping) instead of killing the process.
  *
  * How: a SIGBUS handler, installed once per process and chained to
- * whatever handler was there before. While a thread is inside safe_gather
+ * whatever handler was there before (and put back on top, chained to the
+ * newcomer, when a guarded copy finds another one installed since). While a thread is inside safe_gather
  * it publishes the guarded address range in thread-local storage; the
  * handler jumps back (siglongjmp) only for a fault of that thread inside
  * that range, and hands every other fault to the previous handler (or to

@@ -197,6 +197,31 @@ static int chain_child(const char *file)
     return 7;
 }
 
+/* A handler installed after libengram's (a test framework's, Python's
+ * faulthandler): libengram's next gather puts its own back on top, chained
+ * to the newcomer, so its faults are still its own and the newcomer still
+ * gets the others. Exits 7 when both held. */
+static int late_child(const char *file)
+{
+    if (safe_gather_setup() != 0)
+        return 2;
+    signal(SIGBUS, owner_handler);
+    int f;
+    const uint8_t *m = map_shortened(file, &f);
+    if (!m)
+        return 3;
+    uint64_t past = ROWS - 1;
+    uint8_t out[RB];
+    if (safe_gather(m, len, &past, 1, RB, NULL, out) != -1)
+        return 4;
+    if (sigsetjmp(owner_jb, 1) == 0) {
+        volatile uint8_t v = m[len - 1];
+        (void)v;
+        return 5;
+    }
+    return 7;
+}
+
 static void test_shortened(void **state)
 {
     (void)state;
@@ -219,6 +244,9 @@ static void test_other_faults(void **state)
     st = run_mode("chain");
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 7);
+    st = run_mode("late");
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 7);
 }
 
 int main(int argc, char **argv)
@@ -230,6 +258,8 @@ int main(int argc, char **argv)
         return outside_child(argv[2]);
     if (argc == 3 && strcmp(argv[1], "chain") == 0)
         return chain_child(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "late") == 0)
+        return late_child(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gather),
         cmocka_unit_test(test_shortened),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# run_unit_memcheck.sh: every unit test, and the cluster client's test
+# run_unit_memcheck.sh: every unit test, the cluster client's test
 # (tests/integration/test_client_cluster: the client's most intricate
-# memory handling), under valgrind memcheck, failing on
+# memory handling) and the same-node path's (test_client_local: mappings,
+# gathers, a shortened file's SIGBUS), under valgrind memcheck, failing on
 # any memory error and on any definite, indirect or possible leak that
 # tests/valgrind/unit.supp does not explain (third-party noise only).
 #
@@ -17,7 +18,8 @@ SUPP=$(cd "$(dirname "$0")" && pwd)/unit.supp
 command -v valgrind > /dev/null || { echo "run_unit_memcheck.sh: valgrind is not installed" >&2; exit 2; }
 LOGS=$(mktemp -d /tmp/engram-memcheck.XXXXXX)
 rc=0
-for t in "$BUILD"/tests/unit/test_* "$BUILD"/tests/integration/test_client_cluster; do
+for t in "$BUILD"/tests/unit/test_* "$BUILD"/tests/integration/test_client_cluster \
+         "$BUILD"/tests/integration/test_client_local; do
   [ -x "$t" ] || continue
   name=$(basename "$t")
   start=$(date +%s)
