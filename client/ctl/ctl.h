@@ -82,6 +82,12 @@ int cmd_undrain(engram_client *cl, int argc, char **argv);
 int cmd_warm(engram_client *cl, int argc, char **argv);
 /* Table checksums, on the server and against a file (verify.c). */
 int cmd_verify(engram_client *cl, int argc, char **argv);
+/* verify --local, the files published on this host (verify_local.c):
+ * verify_take_local removes the `--local` flag (the one verify option
+ * without a value) from argv, returning 1 when it was there, 0 when not,
+ * -1 after a usage message; verify_local runs the rest of the command. */
+int verify_take_local(int *argc, char **argv);
+int verify_local(engram_client *cl, int argc, char **argv);
 /* Statistics and log level (stats.c). */
 int cmd_stats(engram_client *cl, int argc, char **argv);
 int cmd_log_level(engram_client *cl, int argc, char **argv);

@@ -10,7 +10,8 @@
  * .npy file or one tensor of a .safetensors checkpoint (streamed in chunks,
  * never read whole), look rows up and verify a synthetic table against the
  * rule in common/synthetic.h, or re-read every stored row and check its
- * checksums (verify), print the cluster map and drop a version on every
+ * checksums (verify; verify --local checks the files published on this
+ * host instead), print the cluster map and drop a version on every
  * replica (versions.c).
  *
  * Exit codes: 0 ok; 1 an RPC failed or verification found a mismatch;
@@ -74,6 +75,12 @@ static const char usage_text[] =
     "                                       and checks their checksums; with --file,\n"
     "                                       against the file's rows too (exit 0 match,\n"
     "                                       1 mismatch, 2 usage, RPC or file error)\n"
+    "  verify --local [--table NAME] [--version V]\n"
+    "                                       the files the servers publish on this\n"
+    "                                       host (--shm-dir): identity, header and\n"
+    "                                       rows against the recorded checksums\n"
+    "                                       (exit 0 match, 1 mismatch, 2 usage, RPC\n"
+    "                                       or file error, or no file checked)\n"
     "\n"
     "statistics:\n"
     "  stats [--json] [--watch SECONDS]     the server's statistics; --watch\n"

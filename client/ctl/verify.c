@@ -3,6 +3,7 @@
  *
  *   verify --table T [--version V] [--file F [--tensor NAME]]
  *   verify --table T [--version V] --checkpoint DIR --layer L
+ *   verify --local [--table T] [--version V]     (verify_local.c)
  *
  * Every server holding the table (each replica of each shard of the
  * cluster map the server returns; a lone server is a map of one) runs
@@ -19,7 +20,10 @@
  * Exit codes: 0 everything matches; 1 a mismatch (each is printed, saying
  * which server or which shard of the file); 2 a usage error, a call that
  * failed or a file that could not be read. A mismatch wins over a failed
- * call: it is a finding, and the failure is printed too. */
+ * call: it is a finding, and the failure is printed too.
+ *
+ * --local checks the files the servers publish on this host (--shm-dir)
+ * against the listed checksums instead; verify_local.c has it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -282,6 +286,11 @@ static int verify_all(engram_client *cl, const engram_cluster *map, const char *
 
 int cmd_verify(engram_client *cl, int argc, char **argv)
 {
+    int local = verify_take_local(&argc, argv);
+    if (local < 0)
+        return EXIT_USAGE;
+    if (local)
+        return verify_local(cl, argc, argv);
     opts o = {.names = {"--table", "--version", "--file", "--tensor", "--checkpoint", "--layer"},
               .n = 6};
     const char *c = "verify";

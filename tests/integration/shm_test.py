@@ -36,7 +36,17 @@ here (common/synthetic.h's rule, in numpy). Then:
   - a second server on the same directory exits 2 naming it;
   - --shm-group: mode 0640 and that group; an unknown group, a directory
     that cannot be made and a file in its place exit 2 with the reason;
-  - without --shm-dir, ListLocalTables answers an empty list.
+  - without --shm-dir, ListLocalTables answers an empty list;
+  - engramctl verify --local: one OK line per published file and exit 0;
+    a byte of a file's rows flipped (through the file, as root: the
+    server's mapping sees it too, so it is flipped back after) exits 1
+    naming that file and the listed and recomputed XXH3-64 and CRC-32; a
+    byte of the nonce flipped exits 1 naming the nonce and the header CRC;
+    a file renamed away exits 2 (unreadable), another file put under its
+    name exits 1 (another inode);
+    --table and --version select the files checked; a filter matching no
+    file, a server without --shm-dir (said in a line) and a bad --version
+    exit 2 with their exact messages.
 
 usage: shm_test.py --server-bin PATH --engramctl PATH --pydir DIR
 """
@@ -148,6 +158,31 @@ def run_server_expect_exit(args, timeout=30):
     p = subprocess.run([ARGS.server_bin, "--listen", "127.0.0.1:0"] + args,
                        capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stderr
+
+
+def run_ctl(address, *args):
+    """engramctl against `address`: (exit status, stdout, stderr)."""
+    p = subprocess.run([ARGS.engramctl, "--server", address] + list(args),
+                       capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def flip_byte(path, offset, mask):
+    """XORs one byte of a published file in place (never resizing it: the
+    server maps the file, and a shortened one would fault it)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        b = os.pread(fd, 1, offset)
+        os.pwrite(fd, bytes([b[0] ^ mask]), offset)
+    finally:
+        os.close(fd)
+
+
+def local_summary(ok, bad, here=1, no_dir=0):
+    checked = ok + bad
+    return ("verify --local: %d file%s checked: %d OK, %d MISMATCH, 0 unreadable; servers: %d on "
+            "this host (%d without --shm-dir), 0 on another host, 0 failed\n"
+            % (checked, "" if checked == 1 else "s", ok, bad, here, no_dir))
 
 
 def anon_kb(pid):
@@ -420,6 +455,125 @@ class ShmTest(unittest.TestCase):
         # and the running server's files are untouched
         self.expect_files([("t", 2), ("rss", 1)])
 
+    def file_line(self, f, verdict):
+        return "%s: table %s version %d shard 0 of 1: %s\n" % (f.path, f.table, f.version, verdict)
+
+    def ok_line(self, f):
+        return self.file_line(f, "OK (xxh3 %016x crc32 %08x)" % (f.xxh3, f.crc32))
+
+    def verify_local(self, *args):
+        return run_ctl(self.srv.address, "verify", "--local", *args)
+
+    def test_7_verify_local(self):
+        r = self.local()
+        files = {f.table: f for f in r.files}
+        self.assertEqual(sorted(files), ["rss", "t"])
+        head = "server %s: 2 files in %s\n" % (self.srv.address, r.shm_dir)
+        clean = (0, head + "".join(self.ok_line(f) for f in r.files) + local_summary(2, 0), "")
+        self.assertEqual(self.verify_local(), clean)
+
+        # one byte of t's rows: the file is named with the listed checksums
+        # and those of what it holds now
+        t = files["t"]
+        rows = bytearray(self.rows[("t", t.version)])
+        self.assertEqual((t.xxh3, t.crc32), (xxhash.xxh3_64_intdigest(bytes(rows)),
+                                             zlib.crc32(rows)))
+        rows[100] ^= 0x01
+        flip_byte(t.path, HEADER + 100, 0x01)
+        try:
+            got = self.verify_local()
+        finally:
+            flip_byte(t.path, HEADER + 100, 0x01)
+        bad = self.file_line(t, "MISMATCH: data xxh3: expected %016x, got %016x; data crc32: "
+                             "expected %08x, got %08x" % (t.xxh3, xxhash.xxh3_64_intdigest(
+                                 bytes(rows)), t.crc32, zlib.crc32(rows)))
+        self.assertEqual(got, (1, head + self.ok_line(files["rss"]) + bad + local_summary(1, 1),
+                               "engramctl: verify --local: 1 file differs\n"))
+        self.assertEqual(self.verify_local(), clean)
+
+        # one byte of rss's nonce: the nonce and the header's own CRC differ
+        f = files["rss"]
+        with open(f.path, "rb") as fh:
+            h = bytearray(fh.read(HEADER))
+        h[88 + 5] ^= 0x80
+        flip_byte(f.path, 88 + 5, 0x80)
+        try:
+            got = self.verify_local()
+        finally:
+            flip_byte(f.path, 88 + 5, 0x80)
+        bad = self.file_line(f, "MISMATCH: header nonce: expected %s, got %s; header crc32 of "
+                             "bytes 0-4091: expected %08x (stored at byte 4092), got %08x"
+                             % (f.nonce.hex(), bytes(h[88:104]).hex(),
+                                struct.unpack_from("<I", h, 4092)[0], zlib.crc32(h[:4092])))
+        self.assertEqual(got, (1, head + bad + self.ok_line(files["t"]) + local_summary(1, 1),
+                               "engramctl: verify --local: 1 file differs\n"))
+        self.assertEqual(self.verify_local(), clean)
+
+        # t's file renamed away (its inode, the server's mapping, untouched
+        # and put back after): unreadable, exit 2; then another file under
+        # its name: not the file listed, a mismatch
+        away = os.path.join(r.shm_dir, "moved-away")
+        os.rename(t.path, away)
+        try:
+            got_missing = self.verify_local()
+            shutil.copyfile(away, t.path)
+            try:
+                st = os.stat(t.path)
+                got_other = self.verify_local()
+            finally:
+                os.unlink(t.path)
+        finally:
+            os.rename(away, t.path)
+        rss_ok = self.ok_line(files["rss"])
+        summary = local_summary(1, 0).replace("1 file checked: 1 OK, 0 MISMATCH, 0 unreadable",
+                                              "2 files checked: 1 OK, 0 MISMATCH, 1 unreadable")
+        self.assertEqual(got_missing, (2, head + rss_ok + self.file_line(
+            t, "ERROR: open: No such file or directory (unpublished since it was listed?)")
+            + summary, ""))
+        self.assertEqual(got_other, (1, head + rss_ok + self.file_line(
+            t, "MISMATCH: st_dev:st_ino: expected %d:%d, got %d:%d (not the file listed)"
+            % (t.st_dev, t.st_ino, st.st_dev, st.st_ino)) + local_summary(1, 1),
+            "engramctl: verify --local: 1 file differs\n"))
+        self.assertEqual(self.verify_local(), clean)
+
+        # filters
+        self.assertEqual(self.verify_local("--table", "t"), (
+            0, "server %s: 1 file of table t in %s\n" % (self.srv.address, r.shm_dir)
+            + self.ok_line(t) + local_summary(1, 0), ""))
+        self.assertEqual(self.verify_local("--version", str(f.version), "--table", "rss"), (
+            0, "server %s: 1 file of table rss version %d in %s\n"
+            % (self.srv.address, f.version, r.shm_dir) + self.ok_line(f) + local_summary(1, 0),
+            ""))
+        self.assertEqual(self.verify_local("--table", "nope"), (
+            2, "server %s: 0 files of table nope in %s\n" % (self.srv.address, r.shm_dir)
+            + local_summary(0, 0), "engramctl: NOT_FOUND: verify --local: no file was checked: "
+            "no server on this host publishes one of table nope\n"))
+        self.assertEqual(self.verify_local("--version", "99"), (
+            2, "server %s: 0 files of version 99 in %s\n" % (self.srv.address, r.shm_dir)
+            + local_summary(0, 0), "engramctl: NOT_FOUND: verify --local: no file was checked: "
+            "no server on this host publishes one of version 99\n"))
+        # usage errors: nothing is asked of the server
+        usage = " (see engramctl --help)\n"
+        for args, err in (
+                (("--version", "v2"), "--version: 'v2' is not a non-negative integer"),
+                (("--version", "-1"), "--version: '-1' is not a non-negative integer"),
+                (("--version", "0"), "verify --local: --version 0 is not a table version "
+                                     "(versions start at 1)"),
+                (("--version", "18446744073709551616"),
+                 "--version: '18446744073709551616' is out of range"),
+                (("--file", "x.npy"), "verify --local: --file does not go with --local (it "
+                                      "checks the files the servers publish on this host "
+                                      "against their recorded checksums)")):
+            self.assertEqual(self.verify_local(*args),
+                             (2, "", "engramctl: INVALID_ARGUMENT: " + err + usage), args)
+        self.assertEqual(run_ctl(self.srv.address, "verify", "--local=yes"),
+                         (2, "", "engramctl: INVALID_ARGUMENT: verify: --local takes no value "
+                                 "(got '--local=yes')" + usage))
+        # "--local" as the value of --table is a table name, not the flag
+        self.assertEqual(run_ctl(self.srv.address, "verify", "--table", "--local"),
+                         (2, "", 'engramctl: NOT_FOUND: verify on %s: table "--local" not '
+                                 'found\n' % self.srv.address))
+
 
 class ShmOptionsTest(unittest.TestCase):
     """--shm-group, start-up refusals, and a server without --shm-dir."""
@@ -484,6 +638,15 @@ class ShmOptionsTest(unittest.TestCase):
         self.assertEqual((rc, err), (2, "engram-server: --shm-dir %s: cannot create it: Not a "
                                         "directory\n" % under))
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "d")))
+
+    def test_verify_local_without_shm_dir(self):
+        s = self.server([])
+        self.assertEqual(s.import_rows("t", 100, 3)[:2], (OK, ""))
+        self.assertEqual(run_ctl(s.address, "verify", "--local"), (
+            2, "server %s: publishes no files (started without --shm-dir)\n" % s.address
+            + local_summary(0, 0, no_dir=1), "engramctl: NOT_FOUND: verify --local: no file was "
+            "checked: no server on this host publishes one\n"))
+        self.assertEqual(s.stop(), 0)
 
     def test_off_by_default(self):
         s = self.server([])
