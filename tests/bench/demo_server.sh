@@ -5,6 +5,9 @@
 #
 #   demo_server_start SCRIPT_NAME BUILD_DIR BENCH_BINARY_NAME [MODEL]
 #
+# BENCH_BINARY_NAME is a binary in BUILD_DIR/tests/bench, or, for one built
+# elsewhere, its path under BUILD_DIR (tests/gpu/engram-gpu-decode-bench,
+# for tests/gpu/run_gpu_decode_bench.sh).
 # MODEL (default demo) picks the manifest, written by python3 at run time and
 # never committed:
 #   demo  the Engram paper's demo model: engram_vocab_size [646400, 646400],
@@ -93,7 +96,10 @@ demo_server_start() {
   TOKENS=$root/tests/data/workload/tokens.bin
   server_bin=$build/server/engram-server
   CTL=$build/client/engramctl
-  BENCH=$build/tests/bench/$bench_name
+  case $bench_name in
+    */*) BENCH=$build/$bench_name; bench_name=${bench_name##*/} ;;
+    *) BENCH=$build/tests/bench/$bench_name ;;
+  esac
   for b in "$server_bin" "$CTL" "$BENCH"; do
     [ -x "$b" ] || { echo "$name: missing $b (build first)" >&2; exit 2; }
   done
