@@ -16,6 +16,16 @@ the built engram-server and engramctl link (readelf -d NEEDED, resolved by
 ldd, owner by dpkg -S); without --server-bin/--engramctl the binaries are
 looked up in the CMake build tree ctest runs in (the working directory).
 
+Node-local copies (deploy/k8s/node-local/, deploy/compose/node-local.yml):
+each server's --shm-dir is the mount point of its volume (a hostPath, a
+memory emptyDir with a sizeLimit, a compose tmpfs volume), writable by it;
+every worker mounts the same hostPath/volume at that same path, read-only,
+with the files' group (--shm-group) among its groups and on the server's
+nodes; the DaemonSet's Service keeps traffic on the node. Every
+engram-server command line (these, compose, the StatefulSet, systemd) names
+only options in server/core/main.c's getopt table, every engramctl call a
+known command and global option, and the inline shell scripts parse.
+
 Needs python3-yaml, binutils (readelf) and dpkg (Debian 12, like the image). Prints `N passed, M failed`; exit 1 on failure.
 """
 import json
@@ -472,6 +482,531 @@ def _():
         sc = subprocess.run(["shellcheck", "-s", "sh", path("deploy", "docker-entrypoint.sh")],
                             capture_output=True, text=True)
         need(sc.returncode == 0, "shellcheck: " + sc.stdout.strip())
+
+
+# ---------------------------------------------------------------- node-local (--shm-dir)
+#
+# deploy/k8s/node-local/ and deploy/compose/node-local.yml: a server that
+# publishes its resident tables as files (--shm-dir) and workers that map
+# them. The client only maps a file it finds at the path the server listed,
+# so every worker must mount the server's volume at the server's --shm-dir;
+# it opens the files O_RDONLY, so read-only mounts and read permission
+# (the --shm-group) are what it needs.
+
+def server_options():
+    """{name: takes a value} of engram-server's long options, from the
+    getopt_long table in server/core/main.c (the source of truth for what
+    the server accepts; no build needed), each also named in usage()."""
+    src = open(path("server", "core", "main.c")).read()
+    m = re.search(r"struct option longopts\[\]\s*=\s*\{(.*?)\{0, 0, 0, 0\}", src, re.S)
+    need(m, "no longopts table in server/core/main.c")
+    opts = {n: a == "1" for n, a in re.findall(r'\{"([a-z][a-z-]*)",\s*([01]),', m.group(1))}
+    need(len(opts) >= 20, f"only {len(opts)} options parsed from server/core/main.c")
+    usage = src[src.index("static void usage"):src.index("static int parse_u64")]
+    for n in opts:
+        need(f"--{n}" in usage, f"--{n} is accepted but not in usage()")
+    return opts
+
+
+def check_server_argv(args, where, opts):
+    """Every --flag in args is one the server accepts, with a value where it
+    takes one; values that are shell expansions ($X) are taken as given."""
+    i = 0
+    while i < len(args):
+        a = str(args[i])
+        if a.startswith("$"):  # systemd's $ENGRAM_OPTS: checked in engram.env
+            i += 1
+            continue
+        need(a.startswith("--"), f"{where}: stray argument {a!r}")
+        name, eq, _ = a[2:].partition("=")
+        need(name in opts, f"{where}: engram-server has no option --{name}")
+        if opts[name] and not eq:
+            need(i + 1 < len(args) and not str(args[i + 1]).startswith("--"),
+                 f"{where}: --{name} needs a value")
+            i += 1
+        i += 1
+
+
+def server_bytes(v):
+    """engram-server BYTES: K, M, G, T suffixes, powers of 1024."""
+    m = re.fullmatch(r"(\d+)([KMGT]?)", str(v))
+    need(m, f"bad BYTES {v!r}")
+    return int(m.group(1)) << (10 * " KMGT".index(m.group(2) or " "))
+
+
+def k8s_bytes(v):
+    """A Kubernetes memory quantity (Ki/Mi/Gi/Ti or k/M/G/T, or plain)."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(v))
+    need(m, f"bad quantity {v!r}")
+    mult = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+            "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[m.group(2)]
+    return int(m.group(1)) * mult
+
+
+def docker_bytes(v):
+    """Compose memory or tmpfs size=: b, k, m, g suffixes, powers of 1024."""
+    m = re.fullmatch(r"(\d+)([bkmgt]?)", str(v).lower())
+    need(m, f"bad size {v!r}")
+    return int(m.group(1)) << (10 * "bkmgt".index(m.group(2) or "b"))
+
+
+def engramctl_grammar():
+    """(commands, global options) of engramctl, from client/ctl/main.c."""
+    src = open(path("client", "ctl", "main.c")).read()
+    cmds = set(re.findall(r'\{"([a-z][a-z-]*)",\s*cmd_[a-z_]+,\s*[01]\}', src))
+    globs = set(re.findall(r'\{"(--[a-z-]+)",\s*offsetof\(globals', src))
+    need(len(cmds) >= 10 and "--local" in globs, "engramctl's tables not found in client/ctl/main.c")
+    return cmds, globs
+
+
+def check_engramctl_argv(argv, where, grammar):
+    """argv[0] is engramctl: global options (each with a value), then a
+    known command; --local only auto, off or require."""
+    cmds, globs = grammar
+    i = 1
+    while i < len(argv) and argv[i].startswith("-"):
+        name, eq, val = argv[i].partition("=")
+        need(name in globs, f"{where}: engramctl has no global option {name}")
+        if not eq:
+            need(i + 1 < len(argv), f"{where}: {name} needs a value")
+            val = argv[i + 1]
+            i += 1
+        if name == "--local":
+            need(val in ("auto", "off", "require"), f"{where}: --local {val!r}")
+        i += 1
+    need(i < len(argv), f"{where}: engramctl without a command")
+    need(argv[i] in cmds, f"{where}: engramctl has no command {argv[i]!r}")
+
+
+def engramctl_calls(text):
+    """The engramctl command lines of a shell script, as argv lists (up to
+    the first ; & | < > or the end of the line; backslash-newlines joined)."""
+    import shlex
+    calls = []
+    for line in text.replace("\\\n", " ").split("\n"):
+        s = line.strip()
+        if s.startswith("#") or "engramctl" not in s:
+            continue
+        lex = shlex.shlex(s[s.index("engramctl"):], posix=True, punctuation_chars=";&|<>")
+        lex.whitespace_split = True
+        argv = []
+        for tok in lex:
+            if tok and set(tok) <= set(";&|<>"):
+                break
+            argv.append(tok)
+        calls.append(argv)
+    return calls
+
+
+def argv_lists(node):
+    """Every list of strings anywhere in a parsed YAML document."""
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from argv_lists(v)
+    elif isinstance(node, list):
+        if node and all(isinstance(x, (str, int)) for x in node):
+            yield [str(x) for x in node]
+        for v in node:
+            yield from argv_lists(v)
+
+
+def all_engramctl(doc, where, grammar):
+    """Checks every engramctl call of a document: exec/CMD lists and the
+    lines of scripts. Returns how many it found."""
+    n = 0
+    for lst in argv_lists(doc):
+        if lst[0] == "CMD":
+            lst = lst[1:]
+        if lst and lst[0].endswith("/engramctl"):
+            check_engramctl_argv(["engramctl"] + lst[1:], where, grammar)
+            n += 1
+        for s in lst:
+            if "\n" in s or s.startswith("engramctl "):
+                for argv in engramctl_calls(s):
+                    check_engramctl_argv(argv, where, grammar)
+                    n += 1
+    return n
+
+
+NL = path("deploy", "k8s", "node-local")
+nl = {}  # (kind, name) -> document of deploy/k8s/node-local
+
+
+def nl_docs(kind):
+    return [d for (k, _), d in nl.items() if k == kind]
+
+
+def pod_of(doc):
+    return doc["spec"]["template"]["spec"]
+
+
+def all_containers(pod):
+    return (pod.get("initContainers") or []) + (pod.get("containers") or [])
+
+
+def is_server(ctr):
+    return bool(ctr.get("command")) and str(ctr["command"][0]).endswith("/engram-server")
+
+
+def mounts_at(ctr, mount_path):
+    return [m for m in ctr.get("volumeMounts") or [] if m["mountPath"] == mount_path]
+
+
+def pod_volumes(pod):
+    return {v["name"]: v for v in pod.get("volumes") or []}
+
+
+def sec(pod, ctr, key):
+    """A securityContext field: the container's, else the pod's."""
+    c = ctr.get("securityContext") or {}
+    return c[key] if key in c else (pod.get("securityContext") or {}).get(key)
+
+
+def groups_of(pod, ctr, with_fs_group):
+    """The gids the container's processes run with. fsGroup only where the
+    volume in question honours it (not a hostPath)."""
+    g = {sec(pod, ctr, "runAsGroup")} | set((pod.get("securityContext") or {})
+                                            .get("supplementalGroups") or [])
+    if with_fs_group:
+        g.add((pod.get("securityContext") or {}).get("fsGroup"))
+    return {int(x) for x in g if x is not None}
+
+
+def shm_server(pod, where):
+    """(server container, its args, --shm-dir, the mount there, the volume)."""
+    servers = [c for c in all_containers(pod) if is_server(c)]
+    need(len(servers) == 1, f"{where}: {len(servers)} engram-server containers, want 1")
+    srv = servers[0]
+    args = [str(a) for a in srv.get("args") or []]
+    shm = flag(args, "--shm-dir")
+    need(shm and shm.startswith("/"), f"{where}: no absolute --shm-dir")
+    ms = mounts_at(srv, shm)
+    need(len(ms) == 1, f"{where}: --shm-dir {shm} is not the mountPath of one of its volumes")
+    need(not ms[0].get("readOnly"), f"{where}: the server's shm mount is read-only (it writes the files)")
+    vol = pod_volumes(pod).get(ms[0]["name"])
+    need(vol, f"{where}: volume {ms[0]['name']} not declared")
+    return srv, args, shm, ms[0], vol
+
+
+def mem_limit_covers_budget(srv, args, where):
+    lim = ((srv.get("resources") or {}).get("limits") or {}).get("memory")
+    need(lim, f"{where}: the server has no memory limit")
+    budget = server_bytes(flag(args, "--resident-budget") or "0")
+    need(budget > 0, f"{where}: set --resident-budget (the files' size depends on it)")
+    need(k8s_bytes(lim) > budget,
+         f"{where}: memory limit {lim} does not cover --resident-budget {budget} "
+         "(the files' tmpfs pages are charged to the server)")
+    return budget
+
+
+@check("node-local k8s: every deploy/k8s/node-local/*.yaml parses, in deploy/k8s's namespace")
+def _():
+    files = sorted(f for f in os.listdir(NL) if f.endswith((".yaml", ".yml")))
+    need(files, "no YAML files")
+    ns = {d["metadata"].get("namespace") for (k, _), d in k8s.items() if k != "Namespace"}
+    for f in files:
+        docs = load_yaml_docs(os.path.join(NL, f))
+        need(docs, f"{f} is empty")
+        for d in docs:
+            for k in ("apiVersion", "kind", "metadata"):
+                need(k in d, f"{f}: a document lacks {k}")
+            need(d["metadata"].get("name"), f"{f}: {d['kind']} without a name")
+            need({d["metadata"].get("namespace")} == ns,
+                 f"{f}: {d['kind']} {d['metadata']['name']} not in namespace {ns}")
+            nl[(d["kind"], d["metadata"]["name"])] = d
+    need(len(nl_docs("DaemonSet")) == 1, "want one DaemonSet")
+    need(len(nl_docs("Service")) == 1, "want one Service")
+    need(len(nl_docs("Deployment")) >= 2, "want a worker Deployment and a sidecar Deployment")
+
+
+@check("engram-server flags: every server command line names only options it accepts")
+def _():
+    opts = server_options()
+    n = 0
+    for name, svc in server_services.items():
+        check_server_argv(svc["command"], f"docker-compose.yml {name}", opts)
+        n += 1
+    sts_args = one("StatefulSet")["spec"]["template"]["spec"]["containers"][0].get("args") or []
+    check_server_argv(sts_args, "statefulset.yaml", opts)  # after docker-entrypoint.sh's own
+    n += 1
+    for (kind, name), d in nl.items():
+        if "template" in d.get("spec", {}):
+            for c in all_containers(pod_of(d)):
+                if is_server(c):
+                    check_server_argv(c.get("args") or [], f"node-local {kind} {name}", opts)
+                    n += 1
+    with open(path("deploy", "compose", "node-local.yml")) as f:
+        for name, svc in (yaml.safe_load(f).get("services") or {}).items():
+            if "--shm-dir" in [str(a) for a in svc.get("command") or []]:
+                check_server_argv(svc["command"], f"node-local.yml {name}", opts)
+                n += 1
+    with open(path("deploy", "systemd", "engram-server.service")) as f:
+        exe = [l.split("=", 1)[1].split() for l in f if l.startswith("ExecStart=")]
+    need(exe, "no ExecStart")
+    check_server_argv(exe[-1][1:], "engram-server.service", opts)
+    n += 1
+    with open(path("deploy", "systemd", "engram.env")) as f:
+        for l in f:
+            if l.startswith("ENGRAM_OPTS="):
+                check_server_argv(l.split("=", 1)[1].split(), "engram.env", opts)
+    need(n >= 10, f"only {n} server command lines found")
+
+
+@check("engramctl calls: known commands and global options, --local auto|off|require")
+def _():
+    grammar = engramctl_grammar()
+    n = sum(all_engramctl(d, f"node-local {k} {name}", grammar) for (k, name), d in nl.items())
+    n += sum(all_engramctl(d, f"deploy/k8s {k} {name}", grammar) for (k, name), d in k8s.items())
+    for f in ("docker-compose.yml", os.path.join("deploy", "compose", "node-local.yml")):
+        with open(path(f)) as fh:
+            n += all_engramctl(yaml.safe_load(fh), f, grammar)
+    need(n >= 20, f"only {n} engramctl calls found: the parser lost them")
+
+
+@check("node-local k8s: DaemonSet server's --shm-dir is its hostPath tmpfs mount, files grouped for readers")
+def _():
+    ds = nl_docs("DaemonSet")[0]
+    pod = pod_of(ds)
+    srv, args, shm, _, vol = shm_server(pod, "DaemonSet")
+    hp = vol.get("hostPath")
+    need(hp, "the DaemonSet's shm volume is not a hostPath (pods of other workloads cannot share it)")
+    need(hp.get("type") in ("Directory", "DirectoryOrCreate"), f"hostPath type {hp.get('type')}")
+    # DirectoryOrCreate anywhere but under /dev/shm could put the tables on
+    # the node's disk, unless an init container refuses a non-tmpfs.
+    preps = [c for c in pod.get("initContainers") or []
+             if any(m["name"] == vol["name"] for m in c.get("volumeMounts") or [])]
+    need(hp["path"].startswith("/dev/shm/") or
+         any("tmpfs" in " ".join(map(str, c.get("args") or [])) for c in preps),
+         f"hostPath {hp['path']} is not under /dev/shm and nothing checks it is a tmpfs")
+    mem_limit_covers_budget(srv, args, "DaemonSet")
+    gid = flag(args, "--shm-group")
+    need(gid and gid.isdigit(), "--shm-group must be a numeric gid (readers' pods name it by number)")
+    need(int(gid) in groups_of(pod, srv, with_fs_group=False),
+         f"the server is not in group {gid} (supplementalGroups/runAsGroup; "
+         "fsGroup does not apply to a hostPath), so it cannot give its files that group")
+    # The kubelet makes a DirectoryOrCreate hostPath root-owned: something
+    # must give it to the server's user and the readers' group.
+    uid = sec(pod, srv, "runAsUser")
+    owned = False
+    for c in preps:
+        script = " ".join(map(str, (c.get("command") or []) + (c.get("args") or [])))
+        where = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == vol["name"]][0]
+        for u, g, p in re.findall(r"chown\s+(\d+):(\d+)\s+(\S+)", script):
+            if p.rstrip("/") == where.rstrip("/"):
+                need((int(u), g) == (uid, gid),
+                     f"{c['name']} chowns the shm dir to {u}:{g}, the server is {uid} with --shm-group {gid}")
+                owned = True
+                need(re.search(r"chmod\s+0?750\s+" + re.escape(where), script),
+                     f"{c['name']} must make the shm dir 0750 (the server alone writes, its group alone reads)")
+                caps = ((c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []
+                need("CHOWN" in caps, f"{c['name']} chowns without CAP_CHOWN")
+    need(owned, "no init container chowns the shm hostPath to the server")
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    need(subset(ds["spec"]["selector"]["matchLabels"], labels), "selector does not match the pods")
+    # The cluster's headless Service and PDB must not take these pods in.
+    need(not subset(one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels),
+         "the cluster's PDB selects the node-local pods")
+    for (k, _), d in k8s.items():
+        if k == "Service":
+            need(not subset(d["spec"].get("selector") or {}, labels),
+                 f"the cluster's Service {d['metadata']['name']} selects the node-local pods")
+
+
+@check("node-local k8s: the Service keeps traffic on the node (internalTrafficPolicy: Local)")
+def _():
+    ds, svc = nl_docs("DaemonSet")[0], nl_docs("Service")[0]
+    spec = svc["spec"]
+    need(spec.get("internalTrafficPolicy") == "Local",
+         "internalTrafficPolicy must be Local (a worker must reach its own node's server)")
+    need(spec.get("clusterIP") != "None", "a headless Service ignores internalTrafficPolicy")
+    need(spec.get("type", "ClusterIP") == "ClusterIP", f"type {spec.get('type')}")
+    need(subset(spec["selector"], ds["spec"]["template"]["metadata"]["labels"]),
+         "the Service does not select the DaemonSet's pods")
+    srv = shm_server(pod_of(ds), "DaemonSet")[0]
+    ports = spec["ports"]
+    need(len(ports) == 1 and ports[0]["port"] == PORT, f"want one port {PORT}")
+    need(container_port(srv, ports[0].get("targetPort", PORT)) == PORT, "targetPort")
+    listen = flag([str(a) for a in srv.get("args") or []], "--listen") or ""
+    need(listen == f"0.0.0.0:{PORT}", f"--listen {listen!r}: the Service needs the pod IP")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        p = srv.get(probe)
+        need(p and container_port(srv, p["grpc"]["port"]) == PORT, f"{probe}")
+
+
+@check("node-local k8s: workers mount the DaemonSet's hostPath at its --shm-dir, read-only, "
+       "with the files' group, on the same nodes, via the node-local Service")
+def _():
+    ds, svc = nl_docs("DaemonSet")[0], nl_docs("Service")[0]
+    dpod = pod_of(ds)
+    srv, args, shm, _, vol = shm_server(dpod, "DaemonSet")
+    gid = int(flag(args, "--shm-group"))
+    address = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local:{PORT}"
+    workers = [d for d in nl_docs("Deployment") if not any(map(is_server, all_containers(pod_of(d))))]
+    need(workers, "no worker Deployment without a server of its own")
+    for w in workers:
+        name = w["metadata"]["name"]
+        pod = pod_of(w)
+        need(subset(dpod.get("nodeSelector") or {}, pod.get("nodeSelector") or {}) or
+             not dpod.get("nodeSelector"),
+             f"{name}: nodeSelector does not confine it to the DaemonSet's nodes")
+        vols = pod_volumes(pod)
+        for c in pod["containers"]:
+            ms = mounts_at(c, shm)
+            need(len(ms) == 1, f"{name}/{c['name']}: does not mount anything at {shm}")
+            v = vols.get(ms[0]["name"]) or {}
+            got = (v.get("hostPath") or {}).get("path")
+            need(got == vol["hostPath"]["path"],
+                 f"{name}/{c['name']}: mounts hostPath {got} at {shm}, "
+                 f"the DaemonSet's is {vol['hostPath']['path']}")
+            need(ms[0].get("readOnly") is True, f"{name}/{c['name']}: mount {shm} readOnly")
+            need(gid in groups_of(pod, c, with_fs_group=False) or
+                 sec(pod, c, "runAsUser") == sec(dpod, srv, "runAsUser"),
+                 f"{name}/{c['name']}: neither in group {gid} (supplementalGroups) nor the server's user")
+            text = json.dumps(c)
+            need(address in text, f"{name}/{c['name']}: does not use the node-local Service {address}")
+
+
+@check("node-local k8s: sidecar pod: server's --shm-dir on a sized memory emptyDir, "
+       "workers mount it there read-only")
+def _():
+    sidecars = [d for d in nl_docs("Deployment") if any(map(is_server, all_containers(pod_of(d))))]
+    need(sidecars, "no Deployment with a server sidecar")
+    for d in sidecars:
+        name = d["metadata"]["name"]
+        pod = pod_of(d)
+        srv, args, shm, _, vol = shm_server(pod, name)
+        ed = vol.get("emptyDir")
+        need(ed and ed.get("medium") == "Memory", f"{name}: shm volume is not an emptyDir of medium Memory")
+        need(ed.get("sizeLimit"), f"{name}: the memory emptyDir has no sizeLimit "
+             "(it would take up to the pod's memory limit)")
+        budget = mem_limit_covers_budget(srv, args, name)
+        need(k8s_bytes(ed["sizeLimit"]) >= budget,
+             f"{name}: sizeLimit {ed['sizeLimit']} < --resident-budget: files would not fit")
+        if srv in (pod.get("initContainers") or []):
+            need(srv.get("restartPolicy") == "Always",
+                 f"{name}: a server among initContainers must be a native sidecar (restartPolicy: Always)")
+        gid = flag(args, "--shm-group")
+        listen = flag(args, "--listen") or ""
+        need(listen.endswith(f":{PORT}"), f"{name}: --listen {listen!r}")
+        workers = [c for c in pod["containers"] if not is_server(c)]
+        need(workers, f"{name}: no worker container beside the server")
+        for c in workers:
+            ms = mounts_at(c, shm)
+            need(len(ms) == 1 and ms[0]["name"] == vol.get("name"),
+                 f"{name}/{c['name']}: does not mount the shm emptyDir at {shm}")
+            need(ms[0].get("readOnly") is True, f"{name}/{c['name']}: mount {shm} readOnly")
+            if gid:
+                need(int(gid) in groups_of(pod, c, with_fs_group=True) or
+                     sec(pod, c, "runAsUser") == sec(pod, srv, "runAsUser"),
+                     f"{name}/{c['name']}: cannot read files of group {gid}")
+            need(f"127.0.0.1:{PORT}" in json.dumps(c) or listen.split(":")[0] in json.dumps(c),
+                 f"{name}/{c['name']}: does not talk to the sidecar")
+        if gid:
+            need(int(gid) in groups_of(pod, srv, with_fs_group=True),
+                 f"{name}: the server is not in group {gid}")
+
+
+def inline_scripts(doc, compose_file):
+    """(shell, script) of every `SHELL -c`/`-ec` command with its script in
+    the next element, in a k8s container (command + args) or a compose
+    service (entrypoint + command); compose's $$ is one $ to the shell."""
+    found = []
+    ctrs = []
+    if compose_file:
+        for svc in (doc.get("services") or {}).values():
+            ep = svc.get("entrypoint") or []
+            cmd = svc.get("command") or []
+            if isinstance(ep, list) and isinstance(cmd, list):
+                ctrs.append([str(x) for x in ep + cmd])
+    elif "template" in doc.get("spec", {}):
+        for c in all_containers(pod_of(doc)):
+            ctrs.append([str(x) for x in (c.get("command") or []) + (c.get("args") or [])])
+    for argv in ctrs:
+        if len(argv) >= 3 and argv[0].endswith(("/sh", "/bash")) and re.fullmatch(r"-e?c", argv[1]):
+            script = argv[2].replace("$$", "$") if compose_file else argv[2]
+            found.append((argv[0], script))
+    return found
+
+
+@check("node-local: the inline shell scripts parse (sh -n)")
+def _():
+    n = 0
+    docs = [(f"node-local {k} {name}", d, False) for (k, name), d in nl.items()]
+    with open(path("deploy", "compose", "node-local.yml")) as f:
+        docs.append(("node-local.yml", yaml.safe_load(f), True))
+    for where, d, is_compose in docs:
+        for shell, script in inline_scripts(d, is_compose):
+            r = subprocess.run([shell, "-n", "-c", script], capture_output=True, text=True)
+            need(r.returncode == 0, f"{where}: {shell} -n: {r.stderr.strip()}")
+            n += 1
+    need(n >= 6, f"only {n} scripts found")
+
+
+def compose_mount(v):
+    """(source, target, read_only) of a compose volume, short or long syntax."""
+    if isinstance(v, dict):
+        return v.get("source"), v["target"], bool(v.get("read_only"))
+    parts = str(v).split(":")
+    need(len(parts) in (2, 3), f"bad volume {v!r}")
+    return parts[0], parts[1], len(parts) == 3 and "ro" in parts[2].split(",")
+
+
+@check("node-local compose: server's --shm-dir is its tmpfs volume's mount; workers mount it there read-only")
+def _():
+    with open(path("deploy", "compose", "node-local.yml")) as f:
+        c = yaml.safe_load(f)
+    svcs, vols = c.get("services") or {}, c.get("volumes") or {}
+    servers = {n: s for n, s in svcs.items() if "--shm-dir" in [str(a) for a in s.get("command") or []]}
+    need(len(servers) == 1, f"{len(servers)} services with --shm-dir, want 1")
+    sname, srv = next(iter(servers.items()))
+    args = [str(a) for a in srv["command"]]
+    shm = flag(args, "--shm-dir")
+    mounts = [compose_mount(v) for v in srv.get("volumes") or []]
+    at = [m for m in mounts if m[1] == shm]
+    need(len(at) == 1, f"{sname}: --shm-dir {shm} is not a volume's mount point")
+    src, _, ro = at[0]
+    need(not ro, f"{sname}: shm mount is read-only (the server writes the files)")
+    budget = server_bytes(flag(args, "--resident-budget") or "0")
+    need(budget > 0, f"{sname}: set --resident-budget")
+    gid = flag(args, "--shm-group")
+    need(gid and gid in [str(g) for g in srv.get("group_add") or []],
+         f"{sname}: --shm-group {gid} but not in group_add: it cannot give its files that group")
+    if src.startswith("/"):
+        need(src.startswith("/dev/shm/"), f"{sname}: bind {src} is not under /dev/shm (not a tmpfs)")
+    else:
+        need(src in vols, f"volume {src} not declared")
+        o = (vols[src] or {}).get("driver_opts") or {}
+        need(o.get("type") == "tmpfs", f"volume {src} is not a tmpfs")
+        opts = dict(kv.split("=", 1) for kv in str(o.get("o", "")).split(",") if "=" in kv)
+        need("size" in opts and docker_bytes(opts["size"]) >= budget,
+             f"volume {src}: size {opts.get('size')} < --resident-budget")
+        need(opts.get("uid") == "10001", "the tmpfs must belong to the image's user 10001")
+        need(opts.get("gid") == gid, f"the tmpfs's group {opts.get('gid')} is not --shm-group {gid}")
+        need(not int(opts.get("mode", "1777"), 8) & 0o002, "the tmpfs must not be world-writable")
+    lim = ((srv.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+    need(lim.get("memory") and docker_bytes(lim["memory"]) > budget,
+         f"{sname}: memory limit must cover --resident-budget (the files are charged to it)")
+    workers = {n: s for n, s in svcs.items() if n != sname and "--local" in json.dumps(s)}
+    need(workers, "no worker service (one that runs with --local)")
+    for n, s in workers.items():
+        wm = [compose_mount(v) for v in s.get("volumes") or []]
+        need([m for m in wm if m[1] == shm] == [(src, shm, True)],
+             f"{n}: must mount {src} at {shm} read-only, mounts {wm}")
+        need(gid in [str(g) for g in s.get("group_add") or []] or
+             str(s.get("user", "10001")).split(":")[0] == "10001",
+             f"{n}: cannot read files of group {gid}")
+        need(f"{sname}:{PORT}" in json.dumps(s), f"{n}: does not talk to {sname}:{PORT}")
+        need(s.get("image") == srv.get("image") or "build" in s, f"{n}: image")
+    need(flag(args, "--listen") == f"0.0.0.0:{PORT}", f"{sname}: --listen")
+
+
+@check("deploy/README.md: names the node-local files and has the section")
+def _():
+    text = open(path("deploy", "README.md")).read()
+    need("## Node-local copies vs remote shards" in text, "no section 'Node-local copies vs remote shards'")
+    need("(#node-local-copies-vs-remote-shards)" in text, "the section is not linked")
+    for f in sorted(os.listdir(NL)) + ["compose/node-local.yml"]:
+        need(f in text, f"deploy/README.md does not mention {f}")
 
 
 # ---------------------------------------------------------------- systemd
