@@ -10,8 +10,12 @@ that the stored rows still verify byte for byte afterwards.
 Requests are built by hand (grpcio with identity serializers, raw HTTP/2
 with python3-h2, raw sockets), so the server's own defences are tested,
 not a client library's checks. The rows are listed in tests/README.md.
+ClientLocalPathTest is the exception: it tests the client's same-node path
+(issue 16) in worker processes on the engram Python package
+(local_client.py), with the server's --shm-dir files abused under them.
 
-usage: abuse_test.py --server-bin PATH --pydir DIR [unittest args]
+usage: abuse_test.py --server-bin PATH --pydir DIR [--engramctl PATH
+                     --engram-python DIR] [unittest args]
 """
 import argparse
 import errno
@@ -1565,6 +1569,504 @@ class ShmChurnTest(AbuseBase):
         self.assert_alive_and_intact()
 
 
+# ==== The client's same-node path under abuse (issue 16) ===================
+
+class ClientLocalPathTest(AbuseBase):
+    """The client's half of --shm-dir (client/local.c) abused: worker
+    processes (local_client.py: the engram Python package, local=auto or
+    require) look rows of table "c" up and prefetch a model (tiny-v41, its
+    tables imported by engramctl import-synthetic --manifest) in a loop
+    while this test truncates, replaces, unlinks and squats the files of
+    the directory and cuts "c" over again and again. Every worker must end
+    with exit status 0 (a SIGBUS or any signal fails), every row it got
+    must be the synthetic rows of the version its lookup reported (seed
+    2000 + version), every prefetch the rows the model's hashing names;
+    AUTO must never fail, REQUIRE only with FAILED_PRECONDITION and the
+    exact reason local.c gives. The server must come through as every
+    class does (alive, "t" intact, exit 0 on SIGTERM).
+
+    The server maps its files read-write and serves from them (shm.h's
+    trust rule), so a file is truncated only once the server has let go of
+    it: after a cutover, through a hard link taken before it, while a
+    worker with a long version_refresh_ms still reads the old mapping."""
+    ROWS_C, RB_C, SEED_BASE = 4096, 64, 2000
+    MODEL, MODEL_SEED = "tiny-v41", 9
+
+    @classmethod
+    def setUpClass(cls):
+        if not (ARGS.engram_python and ARGS.engramctl):
+            raise unittest.SkipTest("needs --engram-python (the built engram package: not built "
+                                    "with ENGRAM_SANITIZE or without python3-dev) and --engramctl")
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        cls.shm_base = tempfile.mkdtemp(prefix="engram-abuse-local-", dir=base)
+        cls.shm = os.path.join(cls.shm_base, "shm")
+        cls.real = os.path.realpath(cls.shm_base) + "/shm"
+        cls.EXTRA = ("--shm-dir", cls.shm)
+        try:
+            super().setUpClass()
+        except BaseException:
+            shutil.rmtree(cls.shm_base, ignore_errors=True)
+            raise
+        try:
+            code, details, _ = cls.srv.import_rows("c", cls.ROWS_C, cls.SEED_BASE + 1, cls.RB_C)
+            if code != OK:
+                raise RuntimeError("import of c: %s %s" % (code, details))
+            root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+            for args in (["put-manifest", os.path.join(root, "deploy", "examples",
+                                                       "tiny-deepseek-v4.1.json")],
+                         ["import-synthetic", "--manifest", cls.MODEL, "--seed",
+                          str(cls.MODEL_SEED)]):
+                p = subprocess.run([ARGS.engramctl, "--server", cls.srv.address] + args,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                if p.returncode != 0:
+                    raise RuntimeError("engramctl %s: %s" % (args[0], p.stderr))
+        except BaseException:
+            cls.srv.cleanup()            # stops only the server this class started
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            shutil.rmtree(cls.shm_base, ignore_errors=True)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            shutil.rmtree(cls.shm_base, ignore_errors=True)
+
+    def setUp(self):
+        self.workers = []
+
+    def tearDown(self):
+        # A failed test leaves its workers running: only they are killed.
+        for w in self.workers:
+            w.kill()
+
+    # -- helpers ---------------------------------------------------------------
+    def worker(self, local, refresh_ms):
+        from local_client import LocalClient  # beside this file
+        w = LocalClient(ARGS.engram_python, self.srv.address, local, refresh_ms, "c",
+                        self.ROWS_C, self.RB_C, self.SEED_BASE, self.MODEL, self.MODEL_SEED)
+        self.workers.append(w)
+        return w
+
+    def close_all(self):
+        for w in self.workers:
+            w.close()
+
+    def path(self, version, table="c"):
+        return "%s/%s@v%d@s0of1.engram" % (self.real, table, version)
+
+    def version(self):
+        return self.srv.table_info("c").version
+
+    def cutover(self, version):
+        code, details, resp = self.srv.import_rows("c", self.ROWS_C, self.SEED_BASE + version,
+                                                   self.RB_C)
+        self.assertEqual((code, details, resp.table.version), (OK, "", version))
+
+    def listed(self):
+        code, details, reply = self.srv.unary(A + "ListLocalTables", b"")
+        self.assertEqual((code, details), (OK, ""))
+        return pb.ListLocalTablesResponse.FromString(reply).files
+
+    def server_maps(self):
+        with open("/proc/%d/maps" % self.srv.proc.pid) as f:
+            return {int(line.split()[4]) for line in f if self.real + "/" in line}
+
+    def lookup_calls(self):
+        return sum(r.calls for r in stats(self.srv).rpcs if r.method == L)
+
+    def model_files(self):
+        return [self.path(1, "tiny-v41.l1"), self.path(1, "tiny-v41.l14")]
+
+    def assert_maps(self, w, version, timeout=10):
+        """w maps every file the server lists ("t", the model's, version
+        `version` of "c"; each by the inode listed), and nothing else of
+        the directory: no old, replaced or deleted file. An AUTO client's
+        first lookups go over gRPC while it lists in the background, so
+        this looks rows up until the maps say so (or times out)."""
+        want = sorted((f.st_ino, f.path) for f in self.listed()
+                      if f.table != "c" or f.version == version)
+        self.assertEqual(len(want), 4)
+        deadline = time.monotonic() + timeout
+        while w.maps(self.shm) != want and time.monotonic() < deadline:
+            self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(version))
+            time.sleep(0.02)
+        self.assertEqual(w.maps(self.shm), want)
+
+    def ok(self, version):
+        return {"status": "OK", "version": version, "right": True}
+
+    def wait_version(self, w, version, timeout=10):
+        """Lookups of rows before any cut until w reads `version`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = w.lookup([0, 1])
+            if r == self.ok(version):
+                return
+            self.assertLess(time.monotonic(), deadline, "worker %s still answers %s" % (w.local, r))
+            time.sleep(0.02)
+
+    def loop_result(self, w, version):
+        """Waits for w's loop to read `version`, stops it; asserts it got no
+        wrong row and every prefetch was OK; returns the lookups' outcomes
+        in order."""
+        self.assertTrue(w.wait_loop("OK v%d" % version), "%s's loop never read version %d"
+                        % (w.local, version))
+        s = w.cmd("stop")
+        self.assertEqual(s["wrong"], [])
+        self.assertGreater(s["lookups"], 0)
+        self.assertEqual([k for k, _, _ in s["prefetch_seq"]], ["OK"], s["prefetch_seq"])
+        return [k for k, _, _ in s["lookup_seq"]]
+
+    def fp(self, why):
+        return 'FAILED_PRECONDITION: table "c" has no usable local file: ' + why
+
+    # -- the probes ------------------------------------------------------------
+    def test_a_file_truncated_after_cutover(self):
+        """A worker still reading an old version's mapping (version_refresh_ms
+        60 s: no listing until something breaks) when that file, no longer
+        the server's, is cut to half: rows before the cut still come from
+        it; the first lookup past it is served over gRPC (AUTO: the new
+        version) or fails (REQUIRE: "its file of version V was shortened
+        while mapped"), never SIGBUS; the next lookup re-lists and reads
+        the new version from its file; the old mapping is gone."""
+        v = self.version()
+        auto, req = self.worker("auto", 60000), self.worker("require", 60000)
+        for w in (auto, req):
+            self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(v))
+            self.assert_maps(w, v)   # AUTO's first lookup went over gRPC
+        old = os.stat(self.path(v)).st_ino
+        held = os.path.join(self.shm_base, "held")
+        os.link(self.path(v), held)
+        try:
+            for w in (auto, req):
+                w.cmd("start")
+            self.cutover(v + 1)
+            # Truncating a file the server still maps would fault the server
+            # (by design): wait until it has unmapped version v.
+            self.assertTrue(wait_until(lambda: old not in self.server_maps(), 10),
+                            "the server still maps version %d" % v)
+            for w in (auto, req):   # still the old mapping: right, and the old version
+                self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(v))
+            os.truncate(held, 4096 + self.ROWS_C * self.RB_C // 2)
+            for w in (auto, req):
+                self.wait_version(w, v + 1)
+            self.assertEqual(self.loop_result(auto, v + 1), ["OK v%d" % v, "OK v%d" % (v + 1)])
+            self.assertEqual(self.loop_result(req, v + 1), [
+                "OK v%d" % v, self.fp("its file of version %d was shortened while mapped" % v),
+                "OK v%d" % (v + 1)])
+            for w in (auto, req):
+                self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(v + 1))
+                self.assert_maps(w, v + 1)
+        finally:
+            os.unlink(held)
+        self.close_all()
+
+    def test_b_file_replaced_by_a_forgery(self):
+        """The listed file renamed over by a copy of itself whose rows are
+        another seed's: same name, size and header (nonce included), another
+        inode. Workers that mapped the real file keep reading it (a
+        re-listing keeps a mapping of the same nonce); a fresh REQUIRE client
+        refuses the forgery ("... is not the file listed (device, inode or
+        size differ)"), a fresh AUTO one reads the right rows over gRPC."""
+        v = self.version()
+        auto, req = self.worker("auto", 200), self.worker("require", 200)
+        for w in (auto, req):
+            self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(v))
+            self.assert_maps(w, v)
+            w.cmd("start")
+        real_ino = os.stat(self.path(v)).st_ino
+        with open(self.path(v), "rb") as f:
+            header = f.read(4096)
+        forged = os.path.join(self.shm, ".forged")
+        with open(forged, "wb") as f:
+            f.write(header + rows_bytes(self.SEED_BASE + 999, 0, self.ROWS_C, self.RB_C))
+        os.rename(forged, self.path(v))
+        listed = [f for f in self.listed() if f.table == "c"]
+        self.assertEqual([(f.version, f.st_ino, f.file_bytes) for f in listed],
+                         [(v, real_ino, os.stat(self.path(v)).st_size)])
+        fresh = self.worker("require", 200)
+        self.assertEqual(fresh.lookup([0, 1]), {
+            "status": "FAILED_PRECONDITION", "message": 'table "c" has no usable local file: '
+            '%s is not the file listed (device, inode or size differ)' % self.path(v)})
+        fresh_auto = self.worker("auto", 200)
+        calls = self.lookup_calls()
+        self.assertEqual(fresh_auto.lookup([0, self.ROWS_C - 1]), self.ok(v))
+        self.assertEqual(self.lookup_calls(), calls + 1)
+        time.sleep(0.5)   # the running workers re-list with the forgery in place
+        for w in (auto, req):
+            self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(v))
+            self.assertIn((real_ino, self.path(v) + " (deleted)"), w.maps(self.shm))
+        self.assertEqual([f for f in fresh_auto.maps(self.shm) if f[1].startswith(
+            self.path(v))], [])
+        self.cutover(v + 1)       # the server unlinks the name: the forgery
+        self.assertFalse(os.path.exists(self.path(v)))
+        for w in (auto, req):
+            self.wait_version(w, v + 1)
+            self.assertEqual(self.loop_result(w, v + 1), ["OK v%d" % v, "OK v%d" % (v + 1)])
+            self.assert_maps(w, v + 1)
+        self.close_all()
+
+    def test_c_files_unlinked(self):
+        """The listed file of "c" unlinked under running workers: their
+        mappings keep serving it locally (the server's Lookup count moves
+        only for a fresh AUTO client, which must use gRPC); a fresh REQUIRE
+        client gets "open PATH: No such file or directory". The next
+        cutover (whose release finds the name gone: a warning, nothing
+        more) is read from its new file."""
+        v = self.version()
+        auto, req = self.worker("auto", 200), self.worker("require", 200)
+        for w in (auto, req):
+            self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(v))
+            self.assert_maps(w, v)
+            w.cmd("start")
+        calls = self.lookup_calls()
+        os.unlink(self.path(v))
+        time.sleep(0.5)
+        fresh = self.worker("require", 200)
+        self.assertEqual(fresh.lookup([0, 1]), {
+            "status": "FAILED_PRECONDITION", "message": 'table "c" has no usable local file: '
+            'open %s: No such file or directory' % self.path(v)})
+        fresh_auto = self.worker("auto", 200)
+        self.assertEqual(fresh_auto.lookup([0, self.ROWS_C - 1]), self.ok(v))
+        for w in (auto, req):
+            self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(v))
+        # Every lookup of the running workers was served from their mapping.
+        self.assertEqual(self.lookup_calls(), calls + 1)
+        warned = self.srv.log_count("event=shm_unlink_failed path=%s " % self.path(v))
+        self.cutover(v + 1)
+        for w in (auto, req):
+            self.wait_version(w, v + 1)
+            self.assertEqual(self.loop_result(w, v + 1), ["OK v%d" % v, "OK v%d" % (v + 1)])
+            self.assert_maps(w, v + 1)
+        self.assertEqual(self.srv.log_count("event=shm_unlink_failed path=%s " % self.path(v)),
+                         warned + 1)
+        self.close_all()
+
+    def test_d_junk_symlinks_and_a_squatted_name(self):
+        """The directory filled with files that are not the server's: final
+        names of other tables and of future versions of "c" (one a copy of
+        the real file), symlinks (to /dev/zero, to itself, dangling), a FIFO
+        (an open of it would hang a worker), a directory, and the listed
+        file's name made a symlink to a copy of it. The server lists only
+        its own files; workers keep reading theirs; a fresh REQUIRE client
+        refuses the symlink (O_NOFOLLOW: "Too many levels of symbolic
+        links"). Then a directory squats the next version's name: its
+        publication fails (the server logs it and keeps serving, over gRPC),
+        so AUTO reads the new version over gRPC and REQUIRE fails with "no
+        file is listed for it" (or, while the old file is still listed
+        beside the new active version, "no file of its active version is
+        listed"); once the squatter is gone, the next version is read
+        locally again."""
+        v = self.version()
+        auto, req = self.worker("auto", 200), self.worker("require", 200)
+        for w in (auto, req):
+            self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(v))
+            self.assert_maps(w, v)
+            w.cmd("start")
+        before = sorted((f.table, f.version, f.st_ino, f.path) for f in self.listed())
+        with open(self.path(v), "rb") as f:
+            real = f.read()
+        junk = []
+
+        def put(name, data):
+            junk.append(os.path.join(self.shm, name))
+            with open(junk[-1], "wb") as f:
+                f.write(data)
+
+        for i in range(40):
+            put("j%02d@v1@s0of1.engram" % i, os.urandom(4096 + 64 * i))
+        put("c@v%d@s0of1.engram" % (v + 50), real)
+        put("zz@v1@s0of1.engram", real)
+        put(".tmp@%s.engram" % os.urandom(16).hex(), real[:5000])
+        put("notes.txt", b"not a table\n")
+        for name, target in (("c@v%d@s0of1.engram" % (v + 51), "/dev/zero"),
+                             ("self@v1@s0of1.engram", "self@v1@s0of1.engram"),
+                             ("gone@v1@s0of1.engram", "/nonexistent/file"),
+                             ("up@v1@s0of1.engram", "..")):
+            junk.append(os.path.join(self.shm, name))
+            os.symlink(target, junk[-1])
+        junk.append(os.path.join(self.shm, "fifo@v1@s0of1.engram"))
+        os.mkfifo(junk[-1])
+        junk.append(os.path.join(self.shm, "d@v1@s0of1.engram"))
+        os.mkdir(junk[-1])
+        # The listed file's name: a symlink to a copy of the file.
+        put(".copy", real)
+        link = os.path.join(self.shm, ".link")
+        os.symlink(junk[-1], link)
+        os.rename(link, self.path(v))
+        self.assertEqual(sorted((f.table, f.version, f.st_ino, f.path) for f in self.listed()),
+                         before)
+        fresh = self.worker("require", 200)
+        self.assertEqual(fresh.lookup([0, 1]), {
+            "status": "FAILED_PRECONDITION", "message": 'table "c" has no usable local file: '
+            'open %s: Too many levels of symbolic links' % self.path(v)})
+        time.sleep(0.5)
+        for w in (auto, req):
+            self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(v))
+        # A directory where the next version's file would be published.
+        os.mkdir(self.path(v + 1))
+        failed = self.srv.log_count("event=shm_file_failed ")
+        self.cutover(v + 1)
+        self.assertEqual(self.srv.log_count("event=shm_file_failed "), failed + 1)
+        self.assertIn('event=shm_file_failed dir=%s table=c version=%d error="rename: Is a '
+                      'directory"' % (self.real, v + 1), self.srv.log_tail())
+        # Version v goes once no lookup reads it; v + 1 has no file.
+        self.assertTrue(wait_until(lambda: not [f for f in self.listed() if f.table == "c"], 10))
+        self.wait_version(auto, v + 1)
+        self.assertTrue(auto.wait_loop("OK v%d" % (v + 1)))
+        self.assertTrue(req.wait_loop(self.fp("no file is listed for it")), req.cmd("last"))
+        self.assertEqual(req.lookup([0, 1]), {"status": "FAILED_PRECONDITION", "message":
+                         'table "c" has no usable local file: no file is listed for it'})
+        os.rmdir(self.path(v + 1))
+        self.cutover(v + 2)
+        for w in (auto, req):
+            self.wait_version(w, v + 2)
+        self.assertEqual(self.loop_result(auto, v + 2), ["OK v%d" % n for n in (v, v + 1, v + 2)])
+        seq = self.loop_result(req, v + 2)
+        self.assertEqual((seq[0], seq[-1]), ("OK v%d" % v, "OK v%d" % (v + 2)), seq)
+        self.assertIn(self.fp("no file is listed for it"), seq)
+        self.assertLessEqual(set(seq[1:-1]), {self.fp("no file is listed for it"),
+                                              self.fp("no file of its active version is listed")},
+                             seq)
+        for w in (auto, req):
+            self.assert_maps(w, v + 2)
+        # Nothing of the junk was touched, nothing else was added.
+        self.assertEqual(sorted(os.listdir(self.shm)), sorted(
+            [".engram-shm.lock", os.path.basename(self.path(v + 2)), "t@v1@s0of1.engram"]
+            + [os.path.basename(p) for p in self.model_files()]
+            + [os.path.basename(j) for j in junk]))
+        for j in junk:
+            if os.path.isdir(j) and not os.path.islink(j):
+                os.rmdir(j)
+            else:
+                os.unlink(j)
+        self.close_all()
+
+    def test_f_prefetch_through_a_truncated_file(self):
+        """The model's layer tables imported again (version 2, the same
+        rows) under two workers with version_refresh_ms 60 s, which keep
+        prefetching from the version-1 mappings; layer 1's old file, let go
+        by the server, is cut to its first page of rows. The next prefetch
+        is right (AUTO: layer 1's rows over gRPC) or fails (REQUIRE, exactly
+        "table tiny-v41.l1: table \"tiny-v41.l1\" has no usable local
+        file: its file of version 1 was shortened while mapped"), never a
+        SIGBUS; the one after it re-lists and reads version 2's files."""
+        v = self.version()
+        auto, req = self.worker("auto", 60000), self.worker("require", 60000)
+        for w in (auto, req):
+            self.assertEqual(w.cmd("prefetch"), {"status": "OK", "right": True})
+            self.assert_maps(w, v)
+        l1 = [f for f in self.listed() if f.table == "tiny-v41.l1"][0]
+        self.assertEqual(l1.version, 1)
+        held = os.path.join(self.shm_base, "held-l1")
+        os.link(l1.path, held)
+        try:
+            p = subprocess.run([ARGS.engramctl, "--server", self.srv.address,
+                                "import-synthetic", "--manifest", self.MODEL, "--seed",
+                                str(self.MODEL_SEED)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+            self.assertEqual((p.returncode, p.stderr), (0, ""))
+            self.assertEqual(sorted((f.table, f.version) for f in self.listed()
+                                    if f.table.startswith("tiny")),
+                             [("tiny-v41.l1", 2), ("tiny-v41.l14", 2)])
+            self.assertTrue(wait_until(lambda: l1.st_ino not in self.server_maps(), 10),
+                            "the server still maps tiny-v41.l1 version 1")
+            for w in (auto, req):   # the old mappings, still right
+                self.assertEqual(w.cmd("prefetch"), {"status": "OK", "right": True})
+                self.assertIn((l1.st_ino, l1.path + " (deleted)"), w.maps(self.shm))
+            os.truncate(held, 4096 + 4096)
+            self.assertEqual(auto.cmd("prefetch"), {"status": "OK", "right": True})
+            self.assertEqual(req.cmd("prefetch"), {
+                "status": "FAILED_PRECONDITION", "message": 'table tiny-v41.l1: table '
+                '"tiny-v41.l1" has no usable local file: its file of version 1 was shortened '
+                'while mapped'})
+            for w in (auto, req):
+                self.assertEqual(w.cmd("prefetch"), {"status": "OK", "right": True})
+                self.assert_maps(w, v)
+                self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(v))
+        finally:
+            os.unlink(held)
+        self.close_all()
+
+    @unittest.expectedFailure
+    def test_g_sigbus_handler_installed_after_the_first_mapping(self):
+        """KNOWN BUG (issue 16; remove expectedFailure with the fix): a
+        process that installs a SIGBUS handler of its own after the client
+        mapped its first file (here Python's faulthandler.enable(), which
+        chains back by restoring the previous handler and raise()-ing the
+        signal again) loses the guard: safe_gather.c installs its handler
+        once (pthread_once) and the re-raised signal carries no fault
+        address, so on_sigbus hands it to SIG_DFL and the worker dies of
+        SIGBUS on a file shortened under it, where engram.h promises the
+        fault "never reaches the caller". Otherwise the same probe as
+        test_a: this must be FAILED_PRECONDITION "its file of version V was
+        shortened while mapped", then the new version."""
+        v = self.version()
+        req = self.worker("require", 60000)
+        self.assertEqual(req.lookup([0, self.ROWS_C - 1]), self.ok(v))
+        self.assertEqual(req.cmd("faulthandler"), {"faulthandler": True})
+        old = os.stat(self.path(v)).st_ino
+        held = os.path.join(self.shm_base, "held-g")
+        os.link(self.path(v), held)
+        try:
+            self.cutover(v + 1)
+            self.assertTrue(wait_until(lambda: old not in self.server_maps(), 10))
+            os.truncate(held, 4096 + self.ROWS_C * self.RB_C // 2)
+            self.assertEqual(req.lookup([0, self.ROWS_C - 1]), {
+                "status": "FAILED_PRECONDITION", "message": 'table "c" has no usable local file: '
+                'its file of version %d was shortened while mapped' % v})
+            self.assertEqual(req.lookup([0, self.ROWS_C - 1]), self.ok(v + 1))
+        finally:
+            os.unlink(held)
+        self.close_all()
+
+    def test_e_cutover_churn(self):
+        """20 cutovers of "c" while an AUTO and a REQUIRE worker (refresh
+        50 ms) read in a loop: every row the right version's; AUTO never
+        fails; REQUIRE fails only when the file the listing named was
+        already unlinked by a later cutover when it opened it, with exactly
+        "open PATH: No such file or directory" for one of the versions cut
+        over; afterwards both map only the last version's file."""
+        v0 = self.version()
+        auto, req = self.worker("auto", 50), self.worker("require", 50)
+        for w in (auto, req):
+            self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(v0))
+            self.assert_maps(w, v0)
+            w.cmd("start")
+        last = v0 + 20
+        for v in range(v0 + 1, last + 1):
+            self.cutover(v)
+        for w in (auto, req):
+            self.wait_version(w, last)
+        time.sleep(0.2)           # a listing after the last cutover
+        seq = self.loop_result(auto, last)
+        versions = [int(k[len("OK v"):]) for k in seq if k.startswith("OK v")]
+        self.assertEqual(len(versions), len(seq), seq)
+        self.assertTrue(all(v0 <= n <= last for n in versions), seq)
+        self.assertEqual((versions[0], versions[-1]), (v0, last))
+        seq = self.loop_result(req, last)
+        print("abuse_test: churn: AUTO read %d versions; REQUIRE %d outcome changes, %d of them "
+              "a file unlinked before it was opened" % (
+                  len(set(versions)), len(seq), sum(1 for k in seq if not k.startswith("OK"))),
+              flush=True)
+        enoent = re.compile(r'FAILED_PRECONDITION: table "c" has no usable local file: open '
+                            + re.escape(self.real) + r'/c@v(\d+)@s0of1\.engram: No such file or '
+                            r'directory$')
+        for k in seq:
+            m = enoent.match(k)
+            if m:
+                self.assertTrue(v0 < int(m.group(1)) < last, k)
+            else:
+                self.assertRegex(k, r"^OK v\d+$")
+                self.assertTrue(v0 <= int(k[len("OK v"):]) <= last, k)
+        self.assertEqual((seq[0], seq[-1]), ("OK v%d" % v0, "OK v%d" % last))
+        for w in (auto, req):
+            self.assertEqual(w.lookup([0, self.ROWS_C - 1]), self.ok(last))
+            self.assert_maps(w, last)
+        self.close_all()
+
 def run(extra_options=()):
     """A test script's command line on this harness: --server-bin, --pydir
     and `extra_options` (each required, kept in ARGS); loads the generated
@@ -1574,13 +2076,20 @@ def run(extra_options=()):
     ap = argparse.ArgumentParser()
     for option in ("--server-bin", "--pydir") + tuple(extra_options):
         ap.add_argument(option, required=True)
+    # ClientLocalPathTest's (skipped without them): engramctl, and the
+    # built engram Python package's directory (build/python).
+    for option in ("--engramctl", "--engram-python"):
+        if option not in extra_options:
+            ap.add_argument(option)
     ARGS, rest = ap.parse_known_args()
     sys.path.insert(0, ARGS.pydir)
     from engram.v1 import engram_pb2
     pb = engram_pb2
     result = unittest.main(module="__main__", argv=[sys.argv[0]] + rest, exit=False,
                            verbosity=2).result
-    failed = len(result.failures) + len(result.errors)
+    # An expectedFailure (a known bug) that passes has been fixed: the
+    # marker must go, so it fails the run too.
+    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
     # A class whose setUpClass failed counts as an error without a test run.
     print("%d passed, %d failed" % (max(result.testsRun - failed, 0), failed))
     sys.exit(1 if failed else 0)

@@ -55,11 +55,17 @@ are that seed's rows and whose nonce, inode and version are the ones
 Admin.ListLocalTables gives: a crash never leaves a stale or partial file
 behind a restart, and never a file of the version that did not win.
 
+ClientLocalCrashTest (its own server) kills the server under worker
+processes that read through the client's same-node path (issue 16) and
+restarts it: see its docstring. It needs --engram-python (the built engram
+package) and is skipped without it.
+
 The kill moments come from a seeded RNG; the seed is printed (--seed
 replays a run). A summary of every kill and its outcome is printed at the
 end.
 
-usage: crash_test.py --server-bin PATH --engramctl PATH --pydir DIR [--seed N]
+usage: crash_test.py --server-bin PATH --engramctl PATH --pydir DIR
+                     [--engram-python DIR] [--seed N]
 """
 import argparse
 import mmap
@@ -501,6 +507,252 @@ class CrashTest(unittest.TestCase):
                             % (CTL_KILLS, outcomes["old kept"], outcomes["new complete"]))
 
 
+
+class ClientLocalCrashTest(unittest.TestCase):
+    """The client's same-node path (client/local.c) across a server
+    SIGKILL and restart. A server of its own (--shm-dir, a small table
+    "loc" of synthetic rows, seed 3000 + version, and the tiny-v41 model
+    imported with import-synthetic --manifest) and three worker processes
+    (local_client.py: the engram Python package) that read locally: AUTO
+    and REQUIRE with version_refresh_ms 200, looking rows up and
+    prefetching in a loop, and a REQUIRE one with 60 s that only answers
+    single lookups. The server is killed (SIGKILL: its files stay in the
+    directory) while they read. What local.c promises, asserted exactly:
+
+      - until a worker's next listing its mappings keep serving, the
+        server dead: the 60 s worker reads every row right, locally;
+      - the listing that fails drops every mapping (no listed file is kept
+        when nothing can say it is still the server's): from then AUTO's
+        lookups go over gRPC and fail with UNAVAILABLE, REQUIRE's with
+        FAILED_PRECONDITION 'table "loc" has no usable local file:
+        ListLocalTables on the server failed: UNAVAILABLE: ...', and
+        /proc/PID/maps shows no file of the directory;
+      - the stale file truncated to half under the 60 s worker (the server
+        is dead, so only the worker maps it): rows before the cut still
+        come from it, the first past it fails with "its file of version 1
+        was shortened while mapped" (no SIGBUS), the next re-lists and
+        fails as above;
+      - restarted on the same port and directory, the server removes the
+        stale files and publishes new ones (new inodes and nonces): AUTO
+        and REQUIRE read right rows again within version_refresh_ms plus
+        the channel's longest reconnect back-off (5 s, client/cluster.c),
+        and map exactly the new files;
+      - every row any worker got, in every phase, is the synthetic row of
+        the version it reported, and every worker exits 0 (never a
+        signal)."""
+    TABLE, ROWS_L, RB_L, SEED_BASE = "loc", 8192, 64, 3000
+    MODEL, MODEL_SEED = "tiny-v41", 9
+    REFRESH_MS = 200
+    BACKOFF_MS = 5000            # GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, client/cluster.c
+
+    @classmethod
+    def setUpClass(cls):
+        if not ARGS.engram_python:
+            raise unittest.SkipTest("needs --engram-python (the built engram package: not built "
+                                    "with ENGRAM_SANITIZE or without python3-dev)")
+        sys.path.insert(0, ARGS.pydir)
+        from engram.v1 import engram_pb2
+        cls.pb = engram_pb2
+        cls.tmp = tempfile.mkdtemp(prefix="engram-crash-local-")
+        shm_base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else cls.tmp
+        cls.shm_base = tempfile.mkdtemp(prefix="engram-crash-local-shm-", dir=shm_base)
+        cls.shm = os.path.join(os.path.realpath(cls.shm_base), "shm")
+        cls.log_path = os.path.join(cls.tmp, "server.log")
+        cls.proc = None
+        try:
+            cls.set_up_server()
+        except BaseException:
+            if cls.proc and cls.proc.poll() is None and cls.proc.pid > 0:
+                cls.proc.kill()      # only the server this class started
+                cls.proc.wait()
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            shutil.rmtree(cls.shm_base, ignore_errors=True)
+            raise
+
+    @classmethod
+    def set_up_server(cls):
+        cls.start_server("127.0.0.1:0")
+        for args in (["import-synthetic", "--table", cls.TABLE, "--rows", str(cls.ROWS_L),
+                      "--row-bytes", str(cls.RB_L), "--seed", str(cls.SEED_BASE + 1)],
+                     ["put-manifest", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                   "..", "..", "deploy", "examples",
+                                                   "tiny-deepseek-v4.1.json")],
+                     ["import-synthetic", "--manifest", cls.MODEL, "--seed",
+                      str(cls.MODEL_SEED)]):
+            p = subprocess.run([ARGS.engramctl, "--server", cls.addr] + args,
+                               capture_output=True, text=True, timeout=120)
+            if p.returncode != 0:
+                raise RuntimeError("engramctl %s: %s" % (args[0], p.stderr))
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = 0
+        if cls.proc and cls.proc.poll() is None:
+            cls.proc.send_signal(signal.SIGTERM)
+            rc = cls.proc.wait(timeout=60)
+        if rc != 0:
+            raise RuntimeError("engram-server exited with %d" % rc)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+        shutil.rmtree(cls.shm_base, ignore_errors=True)
+
+    @classmethod
+    def start_server(cls, listen):
+        """Starts the server on `listen` (a restart names the port the
+        first start got, so workers find it where they left it)."""
+        port_file = os.path.join(cls.tmp, "port")
+        if os.path.exists(port_file):
+            os.unlink(port_file)
+        with open(cls.log_path, "a") as log:
+            cls.log_start = log.tell()
+            cls.proc = subprocess.Popen(
+                [ARGS.server_bin, "--data", os.path.join(cls.tmp, "data"), "--listen", listen,
+                 "--port-file", port_file, "--threads", "2", "--shm-dir", cls.shm],
+                stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        port = ""
+        while not port:
+            if time.monotonic() > deadline or cls.proc.poll() is not None:
+                with open(cls.log_path) as f:
+                    raise AssertionError("engram-server did not start (exit %s); log:\n%s"
+                                         % (cls.proc.poll(), f.read()[-4000:]))
+            time.sleep(0.01)
+            if os.path.exists(port_file):
+                with open(port_file) as f:
+                    port = f.read().strip()
+        cls.addr = "127.0.0.1:" + port
+
+    def setUp(self):
+        self.workers = []
+
+    def tearDown(self):
+        for w in self.workers:     # only the workers this test started
+            w.kill()
+
+    def worker(self, local, refresh_ms):
+        from local_client import LocalClient  # beside this file
+        w = LocalClient(ARGS.engram_python, self.addr, local, refresh_ms, self.TABLE,
+                        self.ROWS_L, self.RB_L, self.SEED_BASE, self.MODEL, self.MODEL_SEED)
+        self.workers.append(w)
+        return w
+
+    def listed(self):
+        """(inode, path) of every file the server lists."""
+        import grpc
+        with grpc.insecure_channel(self.addr) as ch:
+            pb = self.pb
+            rpc = ch.unary_unary("/engram.v1.Admin/ListLocalTables",
+                                 request_serializer=pb.ListLocalTablesRequest.SerializeToString,
+                                 response_deserializer=pb.ListLocalTablesResponse.FromString)
+            files = rpc(self.pb.ListLocalTablesRequest(), timeout=30).files
+        self.assertEqual(sorted((f.table, f.version) for f in files),
+                         [(self.TABLE, 1), ("tiny-v41.l1", 1), ("tiny-v41.l14", 1)])
+        return sorted((f.st_ino, f.path) for f in files)
+
+    def ok(self, version=1):
+        return {"status": "OK", "version": version, "right": True}
+
+    def loc(self):
+        return "%s/%s@v1@s0of1.engram" % (self.shm, self.TABLE)
+
+    def test_server_killed_under_local_readers(self):
+        last = self.ROWS_L - 1
+        auto, req = self.worker("auto", self.REFRESH_MS), self.worker("require", self.REFRESH_MS)
+        held = self.worker("require", 60000)
+        files = self.listed()
+        for w in (auto, req, held):
+            self.assertEqual(w.lookup([0, last]), self.ok())
+            self.assertEqual(w.cmd("prefetch"), {"status": "OK", "right": True})
+            # AUTO's first lookups go over gRPC while it lists in the background.
+            deadline = time.monotonic() + 10
+            while w.maps(self.shm) != files and time.monotonic() < deadline:
+                self.assertEqual(w.lookup([0, last]), self.ok())
+                time.sleep(0.02)
+            self.assertEqual(w.maps(self.shm), files)
+        for w in (auto, req):
+            w.cmd("start")
+        time.sleep(0.3)
+        self.assertGreater(self.proc.pid, 0)
+        self.proc.kill()
+        self.assertEqual(self.proc.wait(timeout=60), -signal.SIGKILL)
+        # The files stay; the 60 s worker still reads them, the server dead.
+        self.assertEqual(sorted(os.listdir(self.shm)), [".engram-shm.lock"] + sorted(
+            os.path.basename(p) for _, p in files))
+        self.assertEqual(held.lookup([0, last, 4000]), self.ok())
+        self.assertEqual(held.cmd("prefetch"), {"status": "OK", "right": True})
+        self.assertEqual(held.maps(self.shm), files)
+        # The others' next listing fails and lets every mapping go.
+        deadline = time.monotonic() + 10
+        while auto.maps(self.shm) or req.maps(self.shm):
+            self.assertLess(time.monotonic(), deadline, "mappings kept with the server dead")
+            time.sleep(0.05)
+        down = 'table "%s" has no usable local file: ListLocalTables on the server failed: ' \
+               'UNAVAILABLE: ' % self.TABLE
+        r = auto.lookup([0, last])
+        self.assertEqual(r["status"], "UNAVAILABLE", r)
+        r = req.lookup([0, last])
+        self.assertEqual(r["status"], "FAILED_PRECONDITION", r)
+        self.assertTrue(r["message"].startswith(down), r)
+        # The stale file cut to half under the 60 s worker: only it maps it.
+        os.truncate(self.loc(), 4096 + self.ROWS_L * self.RB_L // 2)
+        self.assertEqual(held.lookup([0, 5, self.ROWS_L // 2 - 1]), self.ok())
+        self.assertEqual(held.lookup([0, last]), {
+            "status": "FAILED_PRECONDITION", "message": 'table "%s" has no usable local file: its '
+            'file of version 1 was shortened while mapped' % self.TABLE})
+        r = held.lookup([0, 5])
+        self.assertEqual(r["status"], "FAILED_PRECONDITION", r)
+        self.assertTrue(r["message"].startswith(down), r)
+        self.assertEqual(held.maps(self.shm), [])
+        held.close()
+
+        # Restart: same port, same directory.
+        time.sleep(0.5)
+        self.start_server(self.addr)
+        t_up = time.monotonic()
+        with open(self.log_path) as f:
+            f.seek(self.log_start)
+            self.assertIn("event=shm_stale_removed dir=%s files=3" % self.shm, f.read())
+        new = self.listed()
+        self.assertEqual([p for _, p in new], [p for _, p in files])
+        self.assertFalse({i for i, _ in new} & {i for i, _ in files}, (files, new))
+        back = {}
+        for w in (auto, req):
+            deadline = time.monotonic() + 30
+            while w.lookup([0, last]) != self.ok():
+                self.assertLess(time.monotonic(), deadline, "%s never read again" % w.local)
+                time.sleep(0.01)
+            back[w.local] = time.monotonic() - t_up
+        print("crash_test: local workers read again %s after the restart"
+              % ", ".join("%s %.2f s" % kv for kv in sorted(back.items())), flush=True)
+        for k, t in back.items():
+            self.assertLess(t, (self.REFRESH_MS + self.BACKOFF_MS) / 1000.0 + 2.0, k)
+        for w in (auto, req):     # the new files, by inode; no old one
+            deadline = time.monotonic() + 10
+            while w.maps(self.shm) != new:
+                self.assertLess(time.monotonic(), deadline, (w.local, w.maps(self.shm), new))
+                time.sleep(0.05)
+                w.lookup([0, last])
+        for w, lookups_down, prefetches_down in (
+                (auto, r"UNAVAILABLE: .+", r"UNAVAILABLE: table tiny-v41\.l(1|14): .+"),
+                (req, re.escape("FAILED_PRECONDITION: " + down) + ".+",
+                 r"FAILED_PRECONDITION: table tiny-v41\.l(1|14): " + re.escape(
+                     'table "tiny-v41.l') + r'(1|14)" has no usable local file: ' + re.escape(
+                     "ListLocalTables on the server failed: UNAVAILABLE: ") + ".+")):
+            self.assertTrue(w.wait_loop("OK v1"))
+            s = w.cmd("stop")
+            self.assertEqual(s["wrong"], [])
+            for seq, ok, down_re in ((s["lookup_seq"], "OK v1", lookups_down),
+                                     (s["prefetch_seq"], "OK", prefetches_down)):
+                keys = [k for k, _, _ in seq]
+                self.assertEqual((keys[0], keys[-1]), (ok, ok), keys)
+                self.assertGreater(len(keys), 2, keys)
+                for k in keys[1:-1]:
+                    self.assertRegex(k, "^" + down_re + "$")
+            self.assertEqual(w.lookup([0, last]), self.ok())
+            self.assertEqual(w.cmd("prefetch"), {"status": "OK", "right": True})
+            w.close()
+        self.assertEqual(sorted(os.listdir(self.shm)), [".engram-shm.lock"] + sorted(
+            os.path.basename(p) for _, p in new))
+
 def timeline(ev):
     """The events seen, in order, with their seconds."""
     return " ".join("%s %.3f" % (k, v) for k, v in sorted(ev.items(), key=lambda e: e[1])
@@ -519,16 +771,20 @@ def main():
     ap.add_argument("--server-bin", required=True)
     ap.add_argument("--engramctl", required=True)
     ap.add_argument("--pydir", required=True)
+    # ClientLocalCrashTest's workers (skipped without it): the built engram
+    # Python package's directory (build/python).
+    ap.add_argument("--engram-python")
     ap.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "little"))
     ARGS, rest = ap.parse_known_args()
     result = unittest.main(argv=[sys.argv[0]] + rest, exit=False, verbosity=2).result
     # A failed run keeps the data directory and the server's log to look at.
     if not result.wasSuccessful():
         print("crash_test: kept %s (server.log: every start, import and kill); replay with "
-              "--seed %d" % (CrashTest.tmp, ARGS.seed))
+              "--seed %d" % (getattr(CrashTest, "tmp", "nothing"), ARGS.seed))
         sys.exit(1)
-    shutil.rmtree(CrashTest.tmp)
-    shutil.rmtree(os.path.dirname(CrashTest.shm_dir))
+    if hasattr(CrashTest, "tmp"):     # not when only ClientLocalCrashTest ran
+        shutil.rmtree(CrashTest.tmp)
+        shutil.rmtree(os.path.dirname(CrashTest.shm_dir))
 
 
 if __name__ == "__main__":
