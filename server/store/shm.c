@@ -92,6 +92,28 @@ static void remove_stale(void)
         log_warn("shm_stale_remove_failed", "dir=%s files=%u", S.dir, failed);
 }
 
+/* Whether a new file of ours in DIR can be given S.gid: 0, or an errno.
+ * An unnamed file (O_TMPFILE) leaves nothing behind; where the filesystem
+ * has none, a named one matching the stale pattern, unlinked at once (and
+ * by the next start should we die in between). */
+static int probe_group(const char *dir)
+{
+    char path[PATH_MAX + 64];
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    path[0] = 0;
+    if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+        snprintf(path, sizeof path, "%s/.tmp@group-probe-XXXXXX.engram", dir);
+        fd = mkostemps(path, (int)strlen(".engram"), O_CLOEXEC);
+    }
+    if (fd < 0)
+        return errno;
+    int err = fchown(fd, (uid_t)-1, S.gid) < 0 ? errno : 0;
+    if (path[0])
+        unlink(path);
+    close(fd);
+    return err;
+}
+
 static int lock_dir(const char *dir, char *msg, size_t msglen)
 {
     char path[PATH_MAX + 32];
@@ -120,11 +142,15 @@ static int lock_dir(const char *dir, char *msg, size_t msglen)
     int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
     if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)n, 0) != n)
         log_warn("shm_lock_pid_failed", "path=%s error=\"%s\"", path, strerror(errno));
-    /* The group is tried here, on the lock file, so a server that may not
-     * give files that group stops at start rather than at every file. */
-    if (S.group_set && fchown(fd, (uid_t)-1, S.gid) < 0) {
+    /* The group is tried here, on a fresh file of ours, so a server that
+     * may not give files that group stops at start rather than at every
+     * file. Not on the lock file: it outlives the run that made it, and
+     * Linux lets a file's owner "give" it the group it already has, member
+     * or not, so a later run outside the group would pass. */
+    int err = S.group_set ? probe_group(dir) : 0;
+    if (err) {
         snprintf(msg, msglen, "--shm-group %lu: cannot give files in %s that group: %s",
-                 (unsigned long)S.gid, dir, strerror(errno));
+                 (unsigned long)S.gid, dir, strerror(err));
         close(fd);
         return ES_FAILED_PRECONDITION;
     }

@@ -1990,19 +1990,15 @@ class ClientLocalPathTest(AbuseBase):
             os.unlink(held)
         self.close_all()
 
-    @unittest.expectedFailure
     def test_g_sigbus_handler_installed_after_the_first_mapping(self):
-        """KNOWN BUG (issue 16; remove expectedFailure with the fix): a
-        process that installs a SIGBUS handler of its own after the client
-        mapped its first file (here Python's faulthandler.enable(), which
-        chains back by restoring the previous handler and raise()-ing the
-        signal again) loses the guard: safe_gather.c installs its handler
-        once (pthread_once) and the re-raised signal carries no fault
-        address, so on_sigbus hands it to SIG_DFL and the worker dies of
-        SIGBUS on a file shortened under it, where engram.h promises the
-        fault "never reaches the caller". Otherwise the same probe as
-        test_a: this must be FAILED_PRECONDITION "its file of version V was
-        shortened while mapped", then the new version."""
+        """A process that installs a SIGBUS handler of its own after the
+        client mapped its first file (here Python's faulthandler.enable(),
+        which chains back by restoring the previous handler and raise()-ing
+        the signal again) keeps the guard: the client's next guarded copy
+        finds another handler and puts its own back on top, chained to it
+        (safe_gather.c). Otherwise the same probe as test_a: exactly
+        FAILED_PRECONDITION "its file of version V was shortened while
+        mapped", then the new version, and no SIGBUS."""
         v = self.version()
         req = self.worker("require", 60000)
         self.assertEqual(req.lookup([0, self.ROWS_C - 1]), self.ok(v))

@@ -617,6 +617,46 @@ class ShmOptionsTest(unittest.TestCase):
             self.assertEqual((st.st_mode & 0o777, st.st_gid), (0o640, g.gr_gid))
             self.assertEqual(s.stop(), 0)
 
+    def test_group_tried_on_a_fresh_file(self):
+        """The start-up check of --shm-group G tries G on a new file: the
+        lock file an earlier run left may carry G already, and Linux lets
+        its owner "give" it the group it has, member or not, so a server
+        outside G passed and then failed every file. Here a lock file of
+        group 0 owned by nobody (65534), who is not in group 0, and a
+        server run as nobody: exit 2 naming the group."""
+        if os.geteuid() != 0:
+            self.skipTest("needs root, to run the server as another user")
+        nobody = 65534   # run with no supplementary groups: never in group 0
+        # Everything nobody needs, readable by it: the binary (a copy, as
+        # the build may sit under a mode-0700 directory), the data and DIR.
+        home = tempfile.mkdtemp(prefix="engram-shm-nobody-")
+        self.addCleanup(shutil.rmtree, home, True)
+        os.chmod(home, 0o755)
+        binary = os.path.join(home, "engram-server")
+        shutil.copy(ARGS.server_bin, binary)
+        shm, data = os.path.join(home, "shm"), os.path.join(home, "data")
+        os.mkdir(shm)
+        lock = os.path.join(shm, ".engram-shm.lock")
+        with open(lock, "w") as f:
+            f.write("1\n")
+        for path in (shm, lock):
+            os.chown(path, nobody, 0)
+        os.mkdir(data)
+        os.chown(data, nobody, nobody)
+
+        def as_nobody():
+            os.setgroups([])
+            os.setgid(nobody)
+            os.setuid(nobody)
+
+        p = subprocess.run([binary, "--listen", "127.0.0.1:0", "--data", data, "--shm-dir", shm,
+                            "--shm-group", "0"], capture_output=True, text=True, timeout=30,
+                           preexec_fn=as_nobody)
+        self.assertEqual((p.returncode, p.stderr), (
+            2, "engram-server: --shm-group 0: cannot give files in %s that group: Operation not "
+               "permitted\n" % shm))
+        self.assertEqual(sorted(os.listdir(shm)), [".engram-shm.lock"])
+
     def test_refusals(self):
         rc, err = run_server_expect_exit(["--data", os.path.join(self.tmp, "d"), "--shm-dir",
                                           os.path.join(self.base, "x"), "--shm-group",
