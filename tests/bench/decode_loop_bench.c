@@ -90,10 +90,7 @@ typedef struct bench {
     size_t out_rb;        /* bytes a row takes in out: row_bytes, or 2 * dim */
 } bench;
 
-typedef struct mode_result {
-    uint64_t steps, total_ns;
-    lat_log step, wait, start;
-} mode_result;
+typedef pf_loop mode_result;
 
 /* ---- options -------------------------------------------------------------- */
 
@@ -352,24 +349,9 @@ static const char *compute_name(const bench *b)
     return b->o->sleep_compute ? "sleep" : "busy-wait";
 }
 
-static double tps(const shape *s, const mode_result *r)
-{
-    return r->total_ns ? (double)(r->steps * s->w.B * s->w.T) / ((double)r->total_ns / 1e9) : 0;
-}
-
-/* Steps whose wait blocked for more than 50 us. */
-static uint64_t blocked_steps(const mode_result *r)
-{
-    uint64_t n = 0;
-    for (size_t i = 0; i < r->wait.len; i++)
-        n += r->wait.ns[i] > 50000;
-    return n;
-}
-
 static void print_human(const bench *b, const shape *s, const mode_result *on,
                         const mode_result *off)
 {
-    double t_on = tps(s, on), t_off = tps(s, off);
     double nominal_ms = (double)s->layer_ns * (double)b->o->layers / 1e6;
     char layers[256];
     printf("%s: B %zu x T %zu, %" PRIu64 " layers x %.3f ms %s (nominal "
@@ -381,18 +363,7 @@ static void print_human(const bench *b, const shape *s, const mode_result *on,
            b->o->wait_all_first ? "all waited for before the first" : "each waited for just before it",
            rows_per_step(b, s), (double)(rows_per_step(b, s) * b->out_rb) / (1 << 20),
            form_name(b));
-    printf("  %" PRIu64 " timed steps per mode (after %" PRIu64 " untimed), alternating\n",
-           on->steps, b->o->warmup);
-    printf("  without Engram: %.0f tokens/s, step ms p50 %.3f  p99 %.3f  max %.3f\n",
-           t_off, pct_ms(&off->step, 50), pct_ms(&off->step, 99), pct_ms(&off->step, 100));
-    printf("  with Engram:    %.0f tokens/s, step ms p50 %.3f  p99 %.3f  max %.3f\n",
-           t_on, pct_ms(&on->step, 50), pct_ms(&on->step, 99), pct_ms(&on->step, 100));
-    printf("  overhead        %.2f%% (1 - with / without)\n",
-           t_off > 0 ? (1 - t_on / t_off) * 100 : 0);
-    printf("  wait ms         p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f; "
-           "blocked > 50 us in %" PRIu64 " of %" PRIu64 " steps\n",
-           pct_ms(&on->wait, 50), pct_ms(&on->wait, 90), pct_ms(&on->wait, 99),
-           pct_ms(&on->wait, 100), lat_mean_ms(&on->wait), blocked_steps(on), on->steps);
+    pf_loop_print(&s->w, on, off, b->o->warmup, "");
     printf("  start ms        p50 %.3f  p99 %.3f  max %.3f (batch fill + "
            "engram_prefetch_start, HASH_ASYNC)\n", pct_ms(&on->start, 50),
            pct_ms(&on->start, 99), pct_ms(&on->start, 100));
@@ -401,7 +372,7 @@ static void print_human(const bench *b, const shape *s, const mode_result *on,
 static void print_machine(const bench *b, const shape *s, const mode_result *on,
                           const mode_result *off)
 {
-    double t_on = tps(s, on), t_off = tps(s, off);
+    double t_on = pf_loop_tokens_per_s(&s->w, on), t_off = pf_loop_tokens_per_s(&s->w, off);
     printf("bench: scenario=%s model=%s form=%s dtype=%s heads=%u row_bytes=%u "
            "out_row_bytes=%zu rows_per_step=%zu out_bytes_per_step=%zu batch=%zu "
            "seq=%zu layers=%" PRIu64
@@ -417,14 +388,7 @@ static void print_machine(const bench *b, const shape *s, const mode_result *on,
            t_off > 0 ? (1 - t_on / t_off) * 100 : 0, pct_ms(&off->step, 50),
            pct_ms(&on->step, 50), pct_ms(&on->wait, 50), pct_ms(&on->wait, 90),
            pct_ms(&on->wait, 99), pct_ms(&on->wait, 100), lat_mean_ms(&on->wait),
-           blocked_steps(on), pct_ms(&on->start, 50), pct_ms(&on->start, 100));
-}
-
-static void free_result(mode_result *r)
-{
-    free(r->step.ns);
-    free(r->wait.ns);
-    free(r->start.ns);
+           pf_loop_blocked_steps(on), pct_ms(&on->start, 50), pct_ms(&on->start, 100));
 }
 
 static int bench_shape(const bench *b, const shape *s)
@@ -432,17 +396,15 @@ static int bench_shape(const bench *b, const shape *s)
     mode_result on = {0}, off = {0};
     int rc = run_shape(b, s, &on, &off);
     if (rc == 0) {
-        lat_sort(&on.step);
-        lat_sort(&on.wait);
-        lat_sort(&on.start);
-        lat_sort(&off.step);
+        pf_loop_sort(&on);
+        pf_loop_sort(&off);
         print_human(b, s, &on, &off);
         print_machine(b, s, &on, &off);
         printf("\n");
         fflush(stdout);
     }
-    free_result(&on);
-    free_result(&off);
+    pf_loop_free(&on);
+    pf_loop_free(&off);
     return rc;
 }
 

@@ -153,3 +153,59 @@ long pf_verify(const pf_bench *p, const pf_shape *s, const pf_buf *b, uint64_t s
     free(want);
     return bad;
 }
+
+/* ---- step loops ---------------------------------------------------------- */
+
+double pf_loop_tokens_per_s(const pf_shape *s, const pf_loop *r)
+{
+    return r->total_ns ? (double)(r->steps * s->B * s->T) / ((double)r->total_ns / 1e9) : 0;
+}
+
+double pf_loop_overhead_pct(const pf_shape *s, const pf_loop *on, const pf_loop *off)
+{
+    double t_on = pf_loop_tokens_per_s(s, on), t_off = pf_loop_tokens_per_s(s, off);
+    return t_off > 0 ? (1 - t_on / t_off) * 100 : 0;
+}
+
+uint64_t pf_loop_blocked_steps(const pf_loop *r)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < r->wait.len; i++)
+        n += r->wait.ns[i] > 50000;
+    return n;
+}
+
+void pf_loop_sort(pf_loop *r)
+{
+    lat_sort(&r->step);
+    lat_sort(&r->wait);
+    lat_sort(&r->start);
+    lat_sort(&r->copy);
+}
+
+void pf_loop_free(pf_loop *r)
+{
+    free(r->step.ns);
+    free(r->wait.ns);
+    free(r->start.ns);
+    free(r->copy.ns);
+}
+
+void pf_loop_print(const pf_shape *s, const pf_loop *on, const pf_loop *off, uint64_t warmup,
+                   const char *wait_note)
+{
+    printf("  %" PRIu64 " timed steps per mode (after %" PRIu64 " untimed), alternating\n",
+           on->steps, warmup);
+    printf("  without Engram: %.0f tokens/s, step ms p50 %.3f  p99 %.3f  max %.3f\n",
+           pf_loop_tokens_per_s(s, off), pct_ms(&off->step, 50), pct_ms(&off->step, 99),
+           pct_ms(&off->step, 100));
+    printf("  with Engram:    %.0f tokens/s, step ms p50 %.3f  p99 %.3f  max %.3f\n",
+           pf_loop_tokens_per_s(s, on), pct_ms(&on->step, 50), pct_ms(&on->step, 99),
+           pct_ms(&on->step, 100));
+    printf("  overhead        %.2f%% (1 - with / without)\n", pf_loop_overhead_pct(s, on, off));
+    printf("  wait ms         p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f; "
+           "blocked > 50 us in %" PRIu64 " of %" PRIu64 " steps%s\n",
+           pct_ms(&on->wait, 50), pct_ms(&on->wait, 90), pct_ms(&on->wait, 99),
+           pct_ms(&on->wait, 100), lat_mean_ms(&on->wait), pf_loop_blocked_steps(on), on->steps,
+           wait_note);
+}

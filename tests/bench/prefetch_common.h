@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bench_util.h"
 #include "engram/engram.h"
 
 typedef struct pf_bench {
@@ -72,5 +73,28 @@ engram_prefetch_request pf_request(const pf_bench *p, const pf_shape *s, pf_buf 
  * reported), or -1 on a hashing error. */
 long pf_verify(const pf_bench *p, const pf_shape *s, const pf_buf *b, uint64_t seed,
                int bf16, uint64_t *checked);
+
+/* ---- step loops: engram-decode-loop-bench and tests/gpu's engram-gpu-decode-bench */
+
+/* One mode of a worker's step loop, with or without Engram: the timed
+ * steps, their summed time, and per step its time, the time blocked
+ * waiting for rows, the prefetch's start and (GPU only) the device copy. */
+typedef struct pf_loop {
+    uint64_t steps, total_ns;
+    lat_log step, wait, start, copy;
+} pf_loop;
+
+double pf_loop_tokens_per_s(const pf_shape *s, const pf_loop *r);
+/* 1 - with / without, in percent. */
+double pf_loop_overhead_pct(const pf_shape *s, const pf_loop *on, const pf_loop *off);
+/* Steps whose wait blocked for more than 50 us. */
+uint64_t pf_loop_blocked_steps(const pf_loop *r);
+void pf_loop_sort(pf_loop *r);
+void pf_loop_free(pf_loop *r);
+/* The lines both benches print under a shape's header: steps, without and
+ * with Engram, overhead, wait (wait_note appended to its line, "" for
+ * none). */
+void pf_loop_print(const pf_shape *s, const pf_loop *on, const pf_loop *off, uint64_t warmup,
+                   const char *wait_note);
 
 #endif

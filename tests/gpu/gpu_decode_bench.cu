@@ -140,10 +140,7 @@ typedef struct gpu_buf {
     uint8_t *dev;
 } gpu_buf;
 
-typedef struct mode_result {
-    uint64_t steps, total_ns;
-    lat_log step, wait, start, copy;
-} mode_result;
+typedef pf_loop mode_result;
 
 /* ---- CUDA errors -------------------------------------------------------------- */
 
@@ -633,24 +630,9 @@ static const char *form_name(const bench *b)
     return b->o->dequant ? "bf16" : "raw";
 }
 
-static double tps(const shape *s, const mode_result *r)
-{
-    return r->total_ns ? (double)(r->steps * s->w.B * s->w.T) / ((double)r->total_ns / 1e9) : 0;
-}
-
-/* Steps whose wait blocked for more than 50 us. */
-static uint64_t blocked_steps(const mode_result *r)
-{
-    uint64_t n = 0;
-    for (size_t i = 0; i < r->wait.len; i++)
-        n += r->wait.ns[i] > 50000;
-    return n;
-}
-
 static void print_human(const bench *b, const shape *s, const mode_result *on,
                         const mode_result *off)
 {
-    double t_on = tps(s, on), t_off = tps(s, off);
     double nominal_ms = (double)s->layer_ns * (double)b->o->layers / 1e6;
     size_t rows = pf_rows_per_step(&b->p, &s->w);
     char layers[256];
@@ -660,19 +642,8 @@ static void print_human(const bench *b, const shape *s, const mode_result *on,
            s->w.name, s->w.B, s->w.T, b->o->layers, (double)s->layer_ns / 1e6,
            s->layer_cycles, nominal_ms, pf_layer_list(&b->p, layers, sizeof layers), rows,
            (double)(rows * b->out_rb) / (1 << 20), form_name(b));
-    printf("  %" PRIu64 " timed steps per mode (after %" PRIu64 " untimed), alternating\n",
-           on->steps, b->o->warmup);
-    printf("  without Engram: %.0f tokens/s, step ms p50 %.3f  p99 %.3f  max %.3f\n",
-           t_off, pct_ms(&off->step, 50), pct_ms(&off->step, 99), pct_ms(&off->step, 100));
-    printf("  with Engram:    %.0f tokens/s, step ms p50 %.3f  p99 %.3f  max %.3f\n",
-           t_on, pct_ms(&on->step, 50), pct_ms(&on->step, 99), pct_ms(&on->step, 100));
-    printf("  overhead        %.2f%% (1 - with / without)\n",
-           t_off > 0 ? (1 - t_on / t_off) * 100 : 0);
-    printf("  wait ms         p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f; "
-           "blocked > 50 us in %" PRIu64 " of %" PRIu64 " steps (host time in wait_layer, "
-           "the GPU running queued layers meanwhile)\n",
-           pct_ms(&on->wait, 50), pct_ms(&on->wait, 90), pct_ms(&on->wait, 99),
-           pct_ms(&on->wait, 100), lat_mean_ms(&on->wait), blocked_steps(on), on->steps);
+    pf_loop_print(&s->w, on, off, b->o->warmup,
+                  " (host time in wait_layer, the GPU running queued layers meanwhile)");
     printf("  copy ms         p50 %.3f  p99 %.3f  max %.3f (host -> device, every Engram "
            "layer of the step, device-timed)\n",
            pct_ms(&on->copy, 50), pct_ms(&on->copy, 99), pct_ms(&on->copy, 100));
@@ -694,7 +665,7 @@ static const char *gpu_token(const gpu *g, char *buf, size_t cap)
 static void print_machine(const bench *b, const shape *s, const mode_result *on,
                           const mode_result *off)
 {
-    double t_on = tps(s, on), t_off = tps(s, off);
+    double t_on = pf_loop_tokens_per_s(&s->w, on), t_off = pf_loop_tokens_per_s(&s->w, off);
     size_t rows = pf_rows_per_step(&b->p, &s->w);
     char name[256];
     printf("bench: scenario=%s gpu=%s local=%s sync=%s model=%s form=%s dtype=%s heads=%u "
@@ -711,16 +682,8 @@ static void print_machine(const bench *b, const shape *s, const mode_result *on,
            s->layer_cycles, on->steps, t_off, t_on, t_off > 0 ? (1 - t_on / t_off) * 100 : 0,
            pct_ms(&off->step, 50), pct_ms(&on->step, 50), pct_ms(&on->wait, 50),
            pct_ms(&on->wait, 90), pct_ms(&on->wait, 99), pct_ms(&on->wait, 100),
-           lat_mean_ms(&on->wait), blocked_steps(on), pct_ms(&on->copy, 50),
+           lat_mean_ms(&on->wait), pf_loop_blocked_steps(on), pct_ms(&on->copy, 50),
            pct_ms(&on->copy, 100), pct_ms(&on->start, 50), pct_ms(&on->start, 100));
-}
-
-static void free_result(mode_result *r)
-{
-    free(r->step.ns);
-    free(r->wait.ns);
-    free(r->start.ns);
-    free(r->copy.ns);
 }
 
 static int bench_shape(const bench *b, const shape *s)
@@ -730,18 +693,15 @@ static int bench_shape(const bench *b, const shape *s)
     memset(&off, 0, sizeof off);
     int rc = run_shape(b, s, &on, &off);
     if (rc == 0) {
-        lat_sort(&on.step);
-        lat_sort(&on.wait);
-        lat_sort(&on.start);
-        lat_sort(&on.copy);
-        lat_sort(&off.step);
+        pf_loop_sort(&on);
+        pf_loop_sort(&off);
         print_human(b, s, &on, &off);
         print_machine(b, s, &on, &off);
         printf("\n");
         fflush(stdout);
     }
-    free_result(&on);
-    free_result(&off);
+    pf_loop_free(&on);
+    pf_loop_free(&off);
     return rc;
 }
 
