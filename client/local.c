@@ -1,6 +1,6 @@
 /* local.c: the same-node path (local.h). A server with --shm-dir keeps each
- * resident table version as a file on its host (server/store/shm.h has the
- * format and the trust rules); a client on the same host maps those files
+ * resident table version as a file on its host (common/shm_format.h has
+ * the format, server/store/shm.h the trust rules); a client on the same host maps those files
  * and copies a shard's rows from them on the calling thread.
  *
  * Discovery: each replica of the router (the one server of a single
@@ -56,8 +56,8 @@
 #include "engram/v1/engram.pb-c.h"
 #include "router.h"
 #include "safe_gather.h"
+#include "shm_format.h"
 
-#define HDR_BYTES 4096
 #define WHY_MAX 300
 
 /* A mapping, shared by the listings that name its file and the gathers
@@ -209,32 +209,18 @@ static Engram__V1__ListLocalTablesResponse *list_on(ec_cluster *cs, replica *r, 
     return g.reply;
 }
 
-static uint64_t le64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-/* The header at h agrees with the listing of t (shm.h's format 1). */
+/* The header at h agrees with the listing of t. */
 static int header_matches(const uint8_t *h, const Engram__V1__LocalTableFile *t)
 {
-    char name[137];
-    memcpy(name, h + 128, 136);
-    name[136] = '\0';
-    return memcmp(h, "ENGRSHM1", 8) == 0 && le32(h + 8) == 1 && le32(h + 12) == HDR_BYTES &&
-           le64(h + 16) == t->data_offset && le64(h + 24) == t->data_bytes &&
-           le64(h + 32) == t->version && le64(h + 40) == t->rows &&
-           le64(h + 48) == t->local_rows && le32(h + 56) == t->row_bytes &&
-           le32(h + 64) == t->shard_index && le32(h + 68) == t->shard_count &&
-           t->nonce.len == 16 && memcmp(h + 88, t->nonce.data, 16) == 0 &&
-           strcmp(name, t->table) == 0;
+    shm_header x;
+    shm_header_decode(h, &x);
+    return memcmp(x.magic, SHM_MAGIC, 8) == 0 && x.format_version == SHM_FORMAT_VERSION &&
+           x.header_bytes == SHM_HEADER_BYTES && x.data_offset == t->data_offset &&
+           x.data_bytes == t->data_bytes && x.version == t->version && x.rows == t->rows &&
+           x.local_rows == t->local_rows && x.row_bytes == t->row_bytes &&
+           x.shard_index == t->shard_index && x.shard_count == t->shard_count &&
+           t->nonce.len == 16 && memcmp(x.nonce, t->nonce.data, 16) == 0 &&
+           strcmp(x.table, t->table) == 0;
 }
 
 /* Maps every page of the file into this process now, on the lister's
@@ -277,8 +263,8 @@ static void map_file(lfile *f, const Engram__V1__LocalTableFile *t)
                (uint64_t)st.st_size != t->file_bytes) {
         snprintf(f->why, sizeof f->why,
                  "%.200s is not the file listed (device, inode or size differ)", t->path);
-    } else if (t->data_offset < HDR_BYTES || t->file_bytes != t->data_offset + t->data_bytes ||
-               !t->row_bytes || t->data_bytes / t->row_bytes != t->local_rows ||
+    } else if (t->data_offset < SHM_HEADER_BYTES ||
+               t->file_bytes != t->data_offset + t->data_bytes || !t->row_bytes || t->data_bytes / t->row_bytes != t->local_rows ||
                t->data_bytes % t->row_bytes || t->file_bytes > SIZE_MAX) {
         snprintf(f->why, sizeof f->why, "%.200s: the listed layout is inconsistent", t->path);
     } else {
@@ -288,9 +274,9 @@ static void map_file(lfile *f, const Engram__V1__LocalTableFile *t)
         } else {
             /* The header is read through the guard too: the file may be
              * shortened already. */
-            uint8_t h[HDR_BYTES];
+            uint8_t h[SHM_HEADER_BYTES];
             static const uint64_t zero = 0;
-            if (safe_gather(m, (size_t)t->file_bytes, &zero, 1, HDR_BYTES, NULL, h) != 0 ||
+            if (safe_gather(m, (size_t)t->file_bytes, &zero, 1, SHM_HEADER_BYTES, NULL, h) != 0 ||
                 !header_matches(h, t)) {
                 snprintf(f->why, sizeof f->why,
                          "%.200s: its header does not match the listing (nonce, layout, table, "

@@ -60,12 +60,8 @@
 #include "cluster.h"
 #include "ctl.h"
 #include "methods.h"
+#include "shm_format.h"
 
-/* shm.h's format 1 (the client side cannot include the server's header). */
-#define SHM_MAGIC "ENGRSHM1"
-#define SHM_FORMAT 1
-#define SHM_HEADER_BYTES 4096
-#define SHM_HEADER_CRC_AT 4092
 #define READ_CHUNK (4u << 20)
 #define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
 
@@ -94,19 +90,6 @@ static void add_diff(diffs *d, const char *fmt, ...)
         va_end(ap);
     }
     d->n++;
-}
-
-static uint64_t le64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 static void hex(char *out, const uint8_t *p, size_t n)
@@ -149,52 +132,48 @@ static void cmp_u64(diffs *d, const char *what, uint64_t want, uint64_t got)
                  (unsigned long long)got);
 }
 
-/* The header h against the listing t (shm.h's table, offset by offset). */
+/* The header h against the listing t, field by field (shm_format.h). */
 static void check_header(diffs *d, const uint8_t *h, const Engram__V1__LocalTableFile *t)
 {
     char want[64], got[64];
-    if (memcmp(h, SHM_MAGIC, 8) != 0) {
+    shm_header x;
+    shm_header_decode(h, &x);
+    if (memcmp(x.magic, SHM_MAGIC, 8) != 0) {
         hex(want, (const uint8_t *)SHM_MAGIC, 8);
         hex(got, h, 8);
         add_diff(d, "header magic: expected %s, got %s", want, got);
     }
-    cmp_u64(d, "format version", SHM_FORMAT, le32(h + 8));
-    cmp_u64(d, "header bytes", SHM_HEADER_BYTES, le32(h + 12));
-    cmp_u64(d, "data offset", t->data_offset, le64(h + 16));
-    cmp_u64(d, "data bytes", t->data_bytes, le64(h + 24));
-    cmp_u64(d, "version", t->version, le64(h + 32));
-    cmp_u64(d, "rows", t->rows, le64(h + 40));
-    cmp_u64(d, "local rows", t->local_rows, le64(h + 48));
-    cmp_u64(d, "row bytes", t->row_bytes, le32(h + 56));
-    cmp_u64(d, "dim", t->dim, le32(h + 60));
-    cmp_u64(d, "shard index", t->shard_index, le32(h + 64));
-    cmp_u64(d, "shard count", t->shard_count, le32(h + 68));
-    if (le64(h + 72) != t->xxh3)
+    cmp_u64(d, "format version", SHM_FORMAT_VERSION, x.format_version);
+    cmp_u64(d, "header bytes", SHM_HEADER_BYTES, x.header_bytes);
+    cmp_u64(d, "data offset", t->data_offset, x.data_offset);
+    cmp_u64(d, "data bytes", t->data_bytes, x.data_bytes);
+    cmp_u64(d, "version", t->version, x.version);
+    cmp_u64(d, "rows", t->rows, x.rows);
+    cmp_u64(d, "local rows", t->local_rows, x.local_rows);
+    cmp_u64(d, "row bytes", t->row_bytes, x.row_bytes);
+    cmp_u64(d, "dim", t->dim, x.dim);
+    cmp_u64(d, "shard index", t->shard_index, x.shard_index);
+    cmp_u64(d, "shard count", t->shard_count, x.shard_count);
+    if (x.xxh3 != t->xxh3)
         add_diff(d, "header xxh3: expected %016llx, got %016llx", (unsigned long long)t->xxh3,
-                 (unsigned long long)le64(h + 72));
-    if (le32(h + 80) != t->crc32)
-        add_diff(d, "header crc32: expected %08x, got %08x", t->crc32, le32(h + 80));
-    if (t->nonce.len != 16 || memcmp(h + 88, t->nonce.data, 16) != 0) {
+                 (unsigned long long)x.xxh3);
+    if (x.crc32 != t->crc32)
+        add_diff(d, "header crc32: expected %08x, got %08x", t->crc32, x.crc32);
+    if (t->nonce.len != 16 || memcmp(x.nonce, t->nonce.data, 16) != 0) {
         hex(want, t->nonce.data, t->nonce.len <= 16 ? t->nonce.len : 16);
-        hex(got, h + 88, 16);
+        hex(got, x.nonce, 16);
         add_diff(d, "header nonce: expected %s, got %s", want, got);
     }
     /* NUL-padded fields: the bytes after the string count too (the header
      * CRC covers them, but naming the field is the better message). */
-    char dtype[17], name[137];
-    memcpy(dtype, h + 112, 16);
-    dtype[16] = '\0';
-    memcpy(name, h + 128, 136);
-    name[136] = '\0';
-    if (strcmp(dtype, t->dtype) != 0)
-        add_diff(d, "header dtype: expected \"%s\", got \"%.16s\"", t->dtype, dtype);
-    if (strcmp(name, t->table) != 0)
-        add_diff(d, "header table: expected \"%s\", got \"%.136s\"", t->table, name);
-    uint32_t stored = le32(h + SHM_HEADER_CRC_AT);
+    if (strcmp(x.dtype, t->dtype) != 0)
+        add_diff(d, "header dtype: expected \"%s\", got \"%.16s\"", t->dtype, x.dtype);
+    if (strcmp(x.table, t->table) != 0)
+        add_diff(d, "header table: expected \"%s\", got \"%.136s\"", t->table, x.table);
     uint32_t computed = (uint32_t)crc32_z(0, h, SHM_HEADER_CRC_AT);
-    if (stored != computed)
+    if (x.header_crc != computed)
         add_diff(d, "header crc32 of bytes 0-4091: expected %08x (stored at byte 4092), got %08x",
-                 stored, computed);
+                 x.header_crc, computed);
 }
 
 /* XXH3-64 and CRC-32 of the data region, read in chunks; 0 or -1 with why. */
@@ -330,9 +309,10 @@ static void check_server(engram_client *cl, const char *addr, const char *boot_i
         printf("server %s: publishes no files (started without --shm-dir)\n", addr);
         ty->here++;
         ty->no_dir++;
-    } else if (r->format_version != SHM_FORMAT) {
+    } else if (r->format_version != SHM_FORMAT_VERSION) {
         ctl_fail(ENGRAM_FAILED_PRECONDITION, "server %s publishes files of format version %u; "
-                 "this engramctl reads format version %d", addr, r->format_version, SHM_FORMAT);
+                 "this engramctl reads format version %d", addr, r->format_version,
+                 SHM_FORMAT_VERSION);
         ty->here++;
         ty->failed++;
     } else {

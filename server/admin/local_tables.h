@@ -1,5 +1,5 @@
 /* local_tables.h: Admin.ListLocalTables, the files in --shm-dir that hold
- * this server's resident table versions (server/store/shm.h has the file
+ * this server's resident table versions (common/shm_format.h has the file
  * format; proto/engram/v1/engram.proto the reply). */
 #ifndef ENGRAM_SERVER_LOCAL_TABLES_H
 #define ENGRAM_SERVER_LOCAL_TABLES_H

@@ -1,5 +1,5 @@
 /* shm.c: resident table versions as files in --shm-dir (shm.h has the
- * format and the life of a file).
+ * life of a file, common/shm_format.h the format).
  *
  * The module keeps a list of the files it made, keyed by the address of
  * their rows: resident.c hands it the arrays it frees, and the ones that
@@ -229,41 +229,28 @@ const char *shm_dir(void)
 
 /* ---- files -------------------------------------------------------------------- */
 
-static void put_le32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_le64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
 static void header_encode(uint8_t *h, const shm_entry *e)
 {
     const shm_ident *id = &e->info.id;
-    memset(h, 0, SHM_HEADER_BYTES);
-    memcpy(h, SHM_MAGIC, 8);
-    put_le32(h + 8, SHM_FORMAT_VERSION);
-    put_le32(h + 12, SHM_HEADER_BYTES);
-    put_le64(h + 16, e->info.data_offset);
-    put_le64(h + 24, e->info.data_bytes);
-    put_le64(h + 32, id->version);
-    put_le64(h + 40, id->rows);
-    put_le64(h + 48, id->local_rows);
-    put_le32(h + 56, id->row_bytes);
-    put_le32(h + 60, id->dim);
-    put_le32(h + 64, id->shard_index);
-    put_le32(h + 68, id->shard_count);
-    put_le64(h + 72, id->xxh3);
-    put_le32(h + 80, id->crc32);
-    memcpy(h + 88, e->info.nonce, 16);
-    put_le64(h + 104, id->created_unix_ms);
-    memcpy(h + 112, id->dtype, strnlen(id->dtype, 15));
-    memcpy(h + 128, id->table, strnlen(id->table, SHM_NAME_MAX));
-    put_le32(h + 4092, (uint32_t)crc32_z(0, h, 4092));
+    shm_header x;
+    memset(&x, 0, sizeof x);
+    x.data_offset = e->info.data_offset;
+    x.data_bytes = e->info.data_bytes;
+    x.version = id->version;
+    x.rows = id->rows;
+    x.local_rows = id->local_rows;
+    x.row_bytes = id->row_bytes;
+    x.dim = id->dim;
+    x.shard_index = id->shard_index;
+    x.shard_count = id->shard_count;
+    x.xxh3 = id->xxh3;
+    x.crc32 = id->crc32;
+    memcpy(x.nonce, e->info.nonce, 16);
+    x.created_unix_ms = id->created_unix_ms;
+    snprintf(x.dtype, sizeof x.dtype, "%s", id->dtype);
+    snprintf(x.table, sizeof x.table, "%s", id->table);
+    shm_header_encode(h, &x);
+    shm_put_le32(h + SHM_HEADER_CRC_AT, (uint32_t)crc32_z(0, h, SHM_HEADER_CRC_AT));
 }
 
 static int nonce_fill(uint8_t nonce[16])

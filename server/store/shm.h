@@ -32,33 +32,8 @@
  * no '/'), so a name parses from either end and never collides with a
  * temporary one (".tmp@..." has no "@v").
  *
- * File format, version 1 (all integers little-endian):
- *   offset size  field
- *        0    8  magic "ENGRSHM1"
- *        8    4  format version (1)
- *       12    4  header bytes (4096)
- *       16    8  data offset (4096): row r is at data offset + r * row bytes,
- *                exactly the server's resident array
- *       24    8  data bytes (local rows * row bytes)
- *       32    8  table version
- *       40    8  rows (the table's global row count)
- *       48    8  local rows (this shard's: global rows r with
- *                r % shard count == shard index, as local row r / count)
- *       56    4  row bytes
- *       60    4  dim
- *       64    4  shard index
- *       68    4  shard count
- *       72    8  XXH3-64 (seed 0) of the data bytes, as recorded at import;
- *                0: unknown (a version written before xxh3 was recorded)
- *       80    4  CRC-32 (zlib) of the data bytes, as recorded at import
- *       84    4  reserved (0)
- *       88   16  nonce: 128 random bits naming this file (and no other)
- *      104    8  the version's creation time, Unix milliseconds
- *      112   16  dtype, NUL-padded ("bf16", "mxfp8_e4m3", ...)
- *      128  136  table name, NUL-padded
- *      264 3828  zero
- *     4092    4  CRC-32 (zlib) of header bytes [0, 4092)
- *     4096       the rows; the file is exactly data offset + data bytes long
+ * File format: common/shm_format.h (the rows at offset 4096, row r at
+ * 4096 + r * row bytes: exactly the server's resident array).
  * A client trusts a file by: open, fstat (st_dev, st_ino equal to what
  * Admin.ListLocalTables said, size equal to file_bytes), map it, and
  * compare the header's nonce and layout with the reply's. The nonce is
@@ -89,10 +64,8 @@
 #include <sys/types.h>
 
 #include "metric.h"
+#include "shm_format.h"
 
-#define SHM_MAGIC "ENGRSHM1"
-#define SHM_FORMAT_VERSION 1
-#define SHM_HEADER_BYTES 4096
 #define SHM_NAME_MAX 128             /* TABLE_NAME_MAX */
 #define SHM_LOCK_FILE ".engram-shm.lock"
 

@@ -11,7 +11,7 @@ imported with engramctl import-synthetic; the rows expected are computed
 here (common/synthetic.h's rule, in numpy). Then:
 
   - each resident version has exactly one file, named
-    "<table>@v<version>@s0of1.engram", mode 0600, whose header (shm.h)
+    "<table>@v<version>@s0of1.engram", mode 0600, whose header (common/shm_format.h)
     holds exactly the version's fields, checksums and a CRC-32 of itself,
     and whose rows, mapped from this test, equal the synthetic rows byte
     for byte; zbig has no file; nothing else is in the directory but the
@@ -80,7 +80,7 @@ RSS_ROWS, RSS_ROW_BYTES = 131072, 256          # 32 MiB
 BIG_ROWS = 40960                               # 10 MiB of 256-byte rows
 BUDGET = 40 << 20
 HEADER = 4096
-# shm.h's header, version 1: magic, format, header bytes, data offset, data
+# common/shm_format.h's header, version 1: magic, format, header bytes, data offset, data
 # bytes, version, rows, local rows, row bytes, dim, shard index, shard
 # count, xxh3, crc32, reserved, nonce, created, dtype, table.
 HEADER_FMT = "<8sIIQQQQQIIIIQII16sQ16s136s"

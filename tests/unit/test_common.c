@@ -1,6 +1,7 @@
 /* test_common.c: the synthetic row rule, status names, dtypes, the
  * cluster map's parser with each of its refusals (exact messages), and the
- * event log: log_allow's rate limit (with threads) and the key=value line. The expected
+ * event log: log_allow's rate limit (with threads) and the key=value line, and
+ * the --shm-dir file header field by field. The expected
  * synthetic bytes were computed independently (Python, arbitrary-precision
  * integers masked to 64 bits) from the rule's text. */
 #include <pthread.h>
@@ -18,6 +19,7 @@
 #include "cluster.h"
 #include "dtype.h"
 #include "log.h"
+#include "shm_format.h"
 #include "status.h"
 #include "synthetic.h"
 
@@ -389,6 +391,64 @@ static void test_log_line_format(void **state)
     assert_int_equal(log_level_parse("verbose"), -1);
 }
 
+/* The --shm-dir header: each field at the offset shm_format.h lists,
+ * little-endian, strings NUL-padded, and decoded back as written. */
+static void test_shm_header(void **state)
+{
+    (void)state;
+    shm_header x = {.data_offset = 4096, .data_bytes = 0x0102030405060708ULL, .version = 7,
+                    .rows = 1000, .local_rows = 334, .row_bytes = 264, .dim = 256,
+                    .shard_index = 2, .shard_count = 3, .xxh3 = 0xA1B2C3D4E5F60718ULL,
+                    .crc32 = 0xDEADBEEF, .created_unix_ms = 1765000000123ULL,
+                    .format_version = 99, .header_bytes = 99};
+    for (int i = 0; i < 16; i++)
+        x.nonce[i] = (uint8_t)(0xF0 + i);
+    snprintf(x.dtype, sizeof x.dtype, "mxfp8_e4m3");
+    snprintf(x.table, sizeof x.table, "layer14.embed");
+    uint8_t h[SHM_HEADER_BYTES];
+    memset(h, 0xEE, sizeof h);
+    shm_header_encode(h, &x);
+    assert_memory_equal(h, "ENGRSHM1", 8);
+    assert_int_equal(h[8], 1);          /* the format's, not x's */
+    assert_int_equal(h[13], 0x10);      /* 4096 */
+    const uint8_t bytes24[8] = {8, 7, 6, 5, 4, 3, 2, 1};
+    assert_memory_equal(h + 24, bytes24, 8);
+    assert_int_equal(h[32], 7);
+    assert_int_equal(h[56] | h[57] << 8, 264);
+    assert_int_equal(h[64], 2);
+    assert_int_equal(h[68], 3);
+    assert_int_equal(h[72], 0x18);
+    assert_int_equal(h[80], 0xEF);
+    assert_int_equal(h[88], 0xF0);
+    assert_string_equal((const char *)h + 112, "mxfp8_e4m3");
+    assert_string_equal((const char *)h + 128, "layer14.embed");
+    for (int i = 128 + 13; i < SHM_HEADER_BYTES; i++)   /* padding, the CRC left to the writer */
+        assert_int_equal(h[i], 0);
+    shm_put_le32(h + SHM_HEADER_CRC_AT, 0x11223344);
+
+    shm_header y;
+    shm_header_decode(h, &y);
+    assert_string_equal(y.magic, SHM_MAGIC);
+    assert_int_equal(y.format_version, SHM_FORMAT_VERSION);
+    assert_int_equal(y.header_bytes, SHM_HEADER_BYTES);
+    assert_int_equal(y.data_offset, x.data_offset);
+    assert_int_equal(y.data_bytes, x.data_bytes);
+    assert_int_equal(y.version, 7);
+    assert_int_equal(y.rows, 1000);
+    assert_int_equal(y.local_rows, 334);
+    assert_int_equal(y.row_bytes, 264);
+    assert_int_equal(y.dim, 256);
+    assert_int_equal(y.shard_index, 2);
+    assert_int_equal(y.shard_count, 3);
+    assert_int_equal(y.xxh3, x.xxh3);
+    assert_int_equal(y.crc32, 0xDEADBEEF);
+    assert_memory_equal(y.nonce, x.nonce, 16);
+    assert_int_equal(y.created_unix_ms, x.created_unix_ms);
+    assert_string_equal(y.dtype, "mxfp8_e4m3");
+    assert_string_equal(y.table, "layer14.embed");
+    assert_int_equal(y.header_crc, 0x11223344);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -403,6 +463,7 @@ int main(void)
         cmocka_unit_test(test_log_allow_limits),
         cmocka_unit_test(test_log_allow_threads),
         cmocka_unit_test(test_log_line_format),
+        cmocka_unit_test(test_shm_header),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
