@@ -452,12 +452,19 @@ static int64_t ms_left(const struct timespec *dl)
     return ms < 0 ? 0 : ms;
 }
 
-/* Waits for steps 1-2 to be over for layers [0, upto); 0, or
- * ENGRAM_TIMEOUT. */
+/* Layers [0, upto) are through steps 1-2; for all of them, the hashing
+ * thread is also done with p (`sent`): nsent reaches nlayers a moment
+ * before, and a waiter of every layer may free p next (p->mu held). */
+static int sent_enough(const engram_prefetch *p, size_t upto)
+{
+    return p->nsent >= upto && (upto < p->nlayers || p->sent);
+}
+
+/* Waits until sent_enough; 0, or ENGRAM_TIMEOUT. */
 static int wait_sent(engram_prefetch *p, size_t upto, int64_t timeout_ms)
 {
     pthread_mutex_lock(&p->mu);
-    while (p->nsent < upto) {
+    while (!sent_enough(p, upto)) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&p->cv, &p->mu);
             continue;
@@ -467,7 +474,7 @@ static int wait_sent(engram_prefetch *p, size_t upto, int64_t timeout_ms)
         int64_t ns = rt.tv_nsec + (timeout_ms % 1000) * 1000000;
         rt.tv_sec += timeout_ms / 1000 + ns / 1000000000;
         rt.tv_nsec = ns % 1000000000;
-        if (pthread_cond_timedwait(&p->cv, &p->mu, &rt) != 0 && p->nsent < upto) {
+        if (pthread_cond_timedwait(&p->cv, &p->mu, &rt) != 0 && !sent_enough(p, upto)) {
             pthread_mutex_unlock(&p->mu);
             return ENGRAM_TIMEOUT;
         }

@@ -15,7 +15,8 @@
  *     from the file, the client maps the table's file, and an out-of-range
  *     row still gets the server's own OUT_OF_RANGE message;
  *   - a prefetch of both layers (raw, BF16, a head subset, wait_layer in
- *     either order) is byte for byte the prefetch over gRPC;
+ *     either order) is byte for byte the prefetch over gRPC, and one freed
+ *     right after its last layer arrived is freed safely;
  *   - a cutover (a second import of layer 1's table, new rule seed) is
  *     read from the new version's file within version_refresh_ms;
  *   - a server without --shm-dir: REQUIRE fails with FAILED_PRECONDITION
@@ -306,6 +307,40 @@ static void test_prefetch_equals_grpc(void **state)
     }
 }
 
+/* A worker that frees its prefetch as soon as its last layer is in: the
+ * hashing thread may still be finishing with the prefetch then (it marks
+ * the last layer sent a moment before it lets go), and free must wait for
+ * that. Many small HASH_ASYNC prefetches, so ASan or valgrind see a free
+ * that did not. */
+static void test_free_right_after_the_last_layer(void **state)
+{
+    (void)state;
+    engram_model *m;
+    engram_error e;
+    assert_int_equal(engram_model_open(local, "tiny-v41", &m, &e), ENGRAM_OK);
+    const int64_t layers[2] = {1, 14};
+    int64_t tok[4] = {11, 12, 13, 14};
+    uint8_t out[2 * 4 * HEADS * RB];
+    for (int k = 0; k < 300; k++) {
+        tok[k % 4] = (int64_t)(k % 640);
+        engram_prefetch_request r;
+        engram_prefetch_request_init(&r);
+        r.layer_ids = layers;
+        r.n_layers = 2;
+        r.tokens = tok;
+        r.batch = 1;
+        r.seq_len = 4;
+        r.out = out;
+        r.out_cap = sizeof out;
+        r.flags = ENGRAM_PREFETCH_HASH_ASYNC;
+        engram_prefetch *p;
+        assert_int_equal(engram_prefetch_start(m, &r, &p, &e), ENGRAM_OK);
+        assert_int_equal(engram_prefetch_wait_layer(p, 14, 10000, &e), ENGRAM_OK);
+        engram_prefetch_free(p);
+    }
+    engram_model_close(m);
+}
+
 /* ---- versions ------------------------------------------------------------ */
 
 static void test_cutover_reads_the_new_file(void **state)
@@ -442,6 +477,7 @@ int main(void)
         cmocka_unit_test(test_lookup_reads_the_file),
         cmocka_unit_test(test_lookup_errors_are_the_servers),
         cmocka_unit_test(test_prefetch_equals_grpc),
+        cmocka_unit_test(test_free_right_after_the_last_layer),
         cmocka_unit_test(test_cutover_reads_the_new_file),
         cmocka_unit_test(test_require_without_shm_dir),
         cmocka_unit_test(test_shortened_file_after_a_crash),
