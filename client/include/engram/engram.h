@@ -211,8 +211,11 @@ typedef struct engram_client_options {
      * host (same boot_id) asks each server it routes to for its files
      * (Admin.ListLocalTables), maps the ones it may open read-only after
      * proving them the files the server meant (device, inode, size, the
-     * header's nonce and layout), and serves a shard's rows of a lookup or
-     * prefetch by copying them from the mapping on the calling thread,
+     * header's nonce and layout; every page is mapped in then, on a
+     * thread of the library's), and serves a shard's rows of a lookup or
+     * prefetch by copying them from the mapping on the thread that starts
+     * the lookup (a prefetch's hashing thread with
+     * ENGRAM_PREFETCH_HASH_ASYNC) straight to where they go,
      * when the mapped file is the version the lookup reads (the pinned one
      * in a cluster; on a single server the one its listing marks active,
      * the listing being refreshed in the background once it is
