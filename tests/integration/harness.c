@@ -2,6 +2,7 @@
  * The server is told to write its bound port to a file, so tests never race
  * for a port number. */
 #include "harness.h"
+#include "synthetic.h"
 
 #include <signal.h>
 #include <stdarg.h>
@@ -420,4 +421,54 @@ int raw_lookup(const char *addr, const char *table, const uint64_t *rows, size_t
                uint64_t version, char *msg, size_t msglen)
 {
     return raw_lookup_data(addr, table, rows, n, version, NULL, 0, NULL, msg, msglen);
+}
+
+int harness_put_manifest(engram_client *c, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        return -1;
+    }
+    char *json = malloc(1 << 20);
+    size_t len = fread(json, 1, (1 << 20) - 1, f);
+    fclose(f);
+    engram_error e;
+    int rc = engram_manifest_put(c, json, len, NULL, &e);
+    free(json);
+    if (rc)
+        fprintf(stderr, "put manifest %s: %s\n", path, e.message);
+    return rc ? -1 : 0;
+}
+
+int harness_import_layer(engram_client *c, const engram_manifest *man, int li, uint64_t seed_base)
+{
+    const eh_layer *L = &man->model->layers[li];
+    uint64_t seed = manifest_synthetic_seed(seed_base, L->layer_id);
+    size_t rb = man->row_bytes;
+    engram_import *imp;
+    engram_error e;
+    if (engram_import_begin(c, man->tables[li], L->total_rows, man->dim, man->dtype, &imp, &e)) {
+        fprintf(stderr, "import %s: %s\n", man->tables[li], e.message);
+        return -1;
+    }
+    enum { PER = 4096 };
+    uint8_t *buf = malloc(PER * rb);
+    for (uint64_t r = 0; r < L->total_rows; r += PER) {
+        uint64_t n = L->total_rows - r < PER ? L->total_rows - r : PER;
+        for (uint64_t i = 0; i < n; i++)
+            synthetic_row_typed(seed, r + i, buf + i * rb, rb, man->dtype);
+        if (engram_import_write(imp, r, buf, n * rb, &e)) {
+            fprintf(stderr, "import %s: write: %s\n", man->tables[li], e.message);
+            free(buf);
+            engram_import_abort(imp);
+            return -1;
+        }
+    }
+    free(buf);
+    if (engram_import_finish(imp, NULL, &e)) {
+        fprintf(stderr, "import %s: finish: %s\n", man->tables[li], e.message);
+        return -1;
+    }
+    return 0;
 }

@@ -1,5 +1,6 @@
-/* harness.h: starts and stops real engram-server processes and runs
- * engramctl for the integration tests. Paths to both binaries come from the
+/* harness.h: starts and stops real engram-server processes, runs
+ * engramctl and imports synthetic tables through libengram for the
+ * integration tests. Paths to both binaries come from the
  * build (ENGRAM_SERVER_BIN, ENGRAMCTL_BIN). */
 #ifndef ENGRAM_TESTS_HARNESS_H
 #define ENGRAM_TESTS_HARNESS_H
@@ -8,6 +9,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "engram/engram.h"
+#include "manifest.h"
 #include "test_signal.h"   /* the only way tests signal a process */
 
 typedef struct test_server {
@@ -96,5 +99,14 @@ int engramctl(const char *addr, ...);
  * captured. */
 int engramctl_capture(char *out, size_t out_cap, char *err, size_t err_cap,
                       const char *addr, ...);
+
+/* Stores the manifest file at path on the server through c. 0, or -1
+ * (reported). */
+int harness_put_manifest(engram_client *c, const char *path);
+
+/* Imports layer li's table of man through c, as one new active version:
+ * row r is synthetic_row_typed(manifest_synthetic_seed(seed_base, layer
+ * id), r) in the manifest's dtype. 0, or -1 (reported). */
+int harness_import_layer(engram_client *c, const engram_manifest *man, int li, uint64_t seed_base);
 
 #endif

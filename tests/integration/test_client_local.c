@@ -61,28 +61,7 @@ static void rule_row(int li, uint64_t r, uint8_t *out)
 
 static int import_layer(engram_client *c, int li)
 {
-    const eh_layer *L = &man->model->layers[li];
-    engram_import *imp;
-    engram_error e;
-    if (engram_import_begin(c, man->tables[li], L->total_rows, DIM, "mxfp8_e4m3", &imp, &e)) {
-        fprintf(stderr, "import %s: %s\n", man->tables[li], e.message);
-        return -1;
-    }
-    enum { PER = 4096 };
-    uint8_t *buf = malloc(PER * RB);
-    for (uint64_t r = 0; r < L->total_rows; r += PER) {
-        uint64_t n = L->total_rows - r < PER ? L->total_rows - r : PER;
-        for (uint64_t i = 0; i < n; i++)
-            rule_row(li, r + i, buf + i * RB);
-        if (engram_import_write(imp, r, buf, n * RB, &e)) {
-            fprintf(stderr, "write: %s\n", e.message);
-            free(buf);
-            engram_import_abort(imp);
-            return -1;
-        }
-    }
-    free(buf);
-    return engram_import_finish(imp, NULL, &e) ? -1 : 0;
+    return harness_import_layer(c, man, li, seed_base[li]);
 }
 
 static int open_client(const char *addr, int mode, engram_client **out)
@@ -97,20 +76,6 @@ static int open_client(const char *addr, int mode, engram_client **out)
         return -1;
     }
     return 0;
-}
-
-static int put_manifest(engram_client *c)
-{
-    FILE *f = fopen(MANIFEST, "rb");
-    if (!f)
-        return -1;
-    char *json = malloc(1 << 20);
-    size_t len = fread(json, 1, (1 << 20) - 1, f);
-    fclose(f);
-    engram_error e;
-    int rc = engram_manifest_put(c, json, len, NULL, &e);
-    free(json);
-    return rc;
 }
 
 static int group_setup(void **state)
@@ -133,7 +98,7 @@ static int group_setup(void **state)
     if (server_start(&srv, tmp, args) || open_client(srv.addr, ENGRAM_LOCAL_OFF, &remote) ||
         open_client(srv.addr, ENGRAM_LOCAL_REQUIRE, &local))
         return -1;
-    if (put_manifest(remote) || import_layer(remote, 0) || import_layer(remote, 1))
+    if (harness_put_manifest(remote, MANIFEST) || import_layer(remote, 0) || import_layer(remote, 1))
         return -1;
     return 0;
 }
@@ -381,7 +346,7 @@ static void test_require_without_shm_dir(void **state)
     assert_int_equal(server_start(&plain, plain_dir, NULL), 0);
     assert_int_equal(open_client(plain.addr, ENGRAM_LOCAL_REQUIRE, &c), 0);
     assert_int_equal(open_client(plain.addr, ENGRAM_LOCAL_OFF, &r), 0);
-    assert_int_equal(put_manifest(r), 0);
+    assert_int_equal(harness_put_manifest(r, MANIFEST), 0);
     assert_int_equal(import_layer(r, 1), 0);
     uint64_t row = 3;
     uint8_t out[RB];

@@ -36,31 +36,6 @@ static void v41_row(int64_t layer, uint64_t r, uint8_t *out)
     synthetic_row_typed(manifest_synthetic_seed(41, layer), r, out, RB, "mxfp8_e4m3");
 }
 
-static int import_layer(int li)
-{
-    const eh_layer *L = &man->model->layers[li];
-    engram_import *imp;
-    engram_error e;
-    if (engram_import_begin(client, man->tables[li], L->total_rows, DIM, "mxfp8_e4m3", &imp, &e)) {
-        fprintf(stderr, "import %s: %s\n", man->tables[li], e.message);
-        return -1;
-    }
-    enum { PER = 4096 };
-    uint8_t *buf = malloc(PER * RB);
-    for (uint64_t r = 0; r < L->total_rows; r += PER) {
-        uint64_t n = L->total_rows - r < PER ? L->total_rows - r : PER;
-        for (uint64_t i = 0; i < n; i++)
-            v41_row(L->layer_id, r + i, buf + i * RB);
-        if (engram_import_write(imp, r, buf, n * RB, &e)) {
-            fprintf(stderr, "write: %s\n", e.message);
-            free(buf);
-            return -1;
-        }
-    }
-    free(buf);
-    return engram_import_finish(imp, NULL, &e) ? -1 : 0;
-}
-
 static int group_setup(void **state)
 {
     (void)state;
@@ -72,18 +47,10 @@ static int group_setup(void **state)
     harness_tmpdir(tmp, sizeof tmp);
     if (server_start(&srv, tmp, NULL) || engram_client_open(srv.addr, NULL, &client, NULL))
         return -1;
-    FILE *f = fopen(MANIFEST, "rb");
-    if (!f)
+    if (harness_put_manifest(client, MANIFEST) || harness_import_layer(client, man, 0, 41) ||
+        harness_import_layer(client, man, 1, 41))
         return -1;
-    char *json = malloc(1 << 20);
-    size_t len = fread(json, 1, (1 << 20) - 1, f);
-    fclose(f);
-    json[len] = 0;
     engram_error e;
-    int rc = engram_manifest_put(client, json, len, NULL, &e);
-    free(json);
-    if (rc || import_layer(0) || import_layer(1))
-        return -1;
     return engram_model_open(client, "tiny-v41", &model, &e);
 }
 

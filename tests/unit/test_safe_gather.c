@@ -173,39 +173,19 @@ static void owner_handler(int sig)
     siglongjmp(owner_jb, 1);
 }
 
-/* A program's own SIGBUS handler, installed before libengram's, still
- * gets the faults that are not libengram's, and libengram's gathers still
- * get theirs. Exits 7 when both held. */
-static int chain_child(const char *file)
+/* A program's own SIGBUS handler, installed before libengram's
+ * (owner_first) or after it (a test framework's, Python's faulthandler:
+ * libengram's next gather puts its own back on top, chained to the
+ * newcomer), still gets the faults that are not libengram's, and
+ * libengram's gathers still get theirs. Exits 7 when both held. */
+static int owner_child(const char *file, int owner_first)
 {
-    signal(SIGBUS, owner_handler);
+    if (owner_first)
+        signal(SIGBUS, owner_handler);
     if (safe_gather_setup() != 0)
         return 2;
-    int f;
-    const uint8_t *m = map_shortened(file, &f);
-    if (!m)
-        return 3;
-    uint64_t past = ROWS - 1;
-    uint8_t out[RB];
-    if (safe_gather(m, len, &past, 1, RB, NULL, out) != -1)
-        return 4;
-    if (sigsetjmp(owner_jb, 1) == 0) {
-        volatile uint8_t v = m[len - 1];
-        (void)v;
-        return 5;
-    }
-    return 7;
-}
-
-/* A handler installed after libengram's (a test framework's, Python's
- * faulthandler): libengram's next gather puts its own back on top, chained
- * to the newcomer, so its faults are still its own and the newcomer still
- * gets the others. Exits 7 when both held. */
-static int late_child(const char *file)
-{
-    if (safe_gather_setup() != 0)
-        return 2;
-    signal(SIGBUS, owner_handler);
+    if (!owner_first)
+        signal(SIGBUS, owner_handler);
     int f;
     const uint8_t *m = map_shortened(file, &f);
     if (!m)
@@ -256,10 +236,8 @@ int main(int argc, char **argv)
         return shortened_child(argv[2]);
     if (argc == 3 && strcmp(argv[1], "outside") == 0)
         return outside_child(argv[2]);
-    if (argc == 3 && strcmp(argv[1], "chain") == 0)
-        return chain_child(argv[2]);
-    if (argc == 3 && strcmp(argv[1], "late") == 0)
-        return late_child(argv[2]);
+    if (argc == 3 && (strcmp(argv[1], "chain") == 0 || strcmp(argv[1], "late") == 0))
+        return owner_child(argv[2], strcmp(argv[1], "chain") == 0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gather),
         cmocka_unit_test(test_shortened),
